@@ -1,0 +1,78 @@
+"""Build dataclasses from YAML mappings, rejecting unknown keys, wrong types and bad ranges.
+
+Limits live next to each field as metadata (``min``, ``max``, ``choices``), so a component
+declares its defaults and their bounds in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+from autocompress.errors import ConfigError, did_you_mean
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, where)
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, where, prefix=f"{key}.")
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        return value
+    if not ok:
+        raise ConfigError(f"key '{key}' must be {_type_name(tp)}, got {value!r} ({where}): fix the value")
+    return float(value) if tp is float else value
+
+
+def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str, where: str) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        choices = ", ".join(map(str, meta["choices"]))
+        hint = did_you_mean(str(value), map(str, meta["choices"]))
+        raise ConfigError(f"key '{key}' is {value!r}{hint} ({where}): use one of {choices}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"key '{key}' is {value}, below its minimum {meta['min']} ({where}): raise it")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"key '{key}' is {value}, above its maximum {meta['max']} ({where}): lower it")
+
+
+def from_mapping(cls: type[T], data: Any, where: str, prefix: str = "") -> T:
+    """Instantiate ``cls`` from a mapping; ``where`` names the file for error messages."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        section = prefix.rstrip(".") or "the top level"
+        raise ConfigError(f"'{section}' must be a mapping of keys to values, got {data!r} ({where}): fix its layout")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            hint = did_you_mean(str(key), fields)
+            known = ", ".join(fields)
+            raise ConfigError(f"unknown key '{full}'{hint} ({where}): known keys here are {known}")
+        value = _coerce(value, hints[key], full, where)
+        _check_limits(value, fields[key].metadata, full, where)
+        kwargs[key] = value
+    return cls(**kwargs)

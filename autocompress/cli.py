@@ -1,0 +1,148 @@
+"""The ``autocompress`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from autocompress.errors import AutocompressError
+
+EXAMPLES_SEARCH = """examples:
+  autocompress search                              # studies/default.yaml: digits-cnn, 20 trials, 2 Ray workers
+  autocompress search --trials 40 --workers 2 --sampler nsga2
+  autocompress search studies/default.yaml --name mlp-run --trials 10 --workers 0   # in-process, for debugging
+  autocompress search --storage postgresql://user@db-host/autocompress --name shared
+Re-running the same command resumes the study and completes the missing trials."""
+
+EXAMPLES_REPORT = """examples:
+  autocompress report autocompress
+  autocompress report autocompress --json > front.json
+  optuna-dashboard sqlite:///studies/autocompress.db   # the same study in the browser"""
+
+EXAMPLES_LAYERS = """examples:
+  autocompress layers digits-cnn
+  autocompress layers digits-mlp --space search_spaces/default.yaml"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="autocompress",
+        description="Search per-layer pruning, quantization and low-rank factorization of a PyTorch model "
+        "for the best accuracy / size / latency trade-offs.",
+        epilog="Run 'autocompress COMMAND --help' for the options and examples of each command.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    s = sub.add_parser("search", help="run or resume a compression search", epilog=EXAMPLES_SEARCH, formatter_class=fmt)
+    s.add_argument("config", nargs="?", help="study config YAML (default: studies/default.yaml, else built-in defaults)")
+    s.add_argument("--name", help="study name; an existing study of that name is resumed")
+    s.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///studies/autocompress.db)")
+    s.add_argument("--trials", type=int, help="target number of complete trials in the study")
+    s.add_argument("--workers", type=int, help="trials evaluated at once on Ray; 0 evaluates in this process")
+    s.add_argument("--sampler", help="tpe (default), nsga2 or random")
+    s.add_argument("--seed", type=int, help="sampler seed")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    r = sub.add_parser("report", help="print a study's Pareto front", epilog=EXAMPLES_REPORT, formatter_class=fmt)
+    r.add_argument("name", help="study name")
+    r.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
+    r.add_argument("--json", action="store_true", help="print the front as a JSON list")
+    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    lay = sub.add_parser("layers", help="list a model's compressible layers and their knobs", epilog=EXAMPLES_LAYERS, formatter_class=fmt)
+    lay.add_argument("task", help="model name (see the list with any unknown name)")
+    lay.add_argument("--space", default=None, help="search space YAML (default: the default config's space, else the built-in one)")
+    lay.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _search(args: argparse.Namespace) -> int:
+    from autocompress.config import load_config
+    from autocompress.report import print_report
+    from autocompress.search import run_search
+
+    overrides = {
+        "name": args.name,
+        "storage": args.storage,
+        "search.trials": args.trials,
+        "search.workers": args.workers,
+        "search.sampler": args.sampler,
+        "search.seed": args.seed,
+    }
+    config = load_config(args.config, overrides)
+    study = run_search(config, progress=not args.no_progress and sys.stderr.isatty())
+    print_report(study)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from autocompress.config import load_config
+    from autocompress.report import print_report, report_json
+    from autocompress.storage import load_study, open_storage
+
+    url = args.storage or load_config(None).storage
+    study = load_study(open_storage(url, create=False), args.name, url)
+    if args.json:
+        from autocompress.report import report_rows
+
+        report_rows(study)  # validates before printing anything
+        print(report_json(study))
+    else:
+        print_report(study)
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from autocompress.config import load_config
+    from autocompress.report import make_console
+    from autocompress.space import load_space
+    from autocompress.tasks import TaskSpec, untrained_model
+
+    space_path = args.space or load_config(None).space
+    space = load_space(space_path).resolve(untrained_model(TaskSpec(model=args.task)))
+    table = Table(title=f"{args.task}: {len(space.layers)} layers, {space.dimensions} searched knobs ({space.source})")
+    for col in ("layer", "type", "weight", "params", "full rank", "sparsity", "bits", "rank fraction"):
+        table.add_column(col)
+    for ls in space.layers.values():
+        params = 1
+        for d in ls.weight_shape:
+            params *= d
+        table.add_row(
+            ls.name, ls.type, "x".join(map(str, ls.weight_shape)), str(params),
+            "-" if ls.full_rank is None else str(ls.full_rank),
+            *(ls.knobs[k].describe() for k in ("sparsity", "bits", "rank")),
+        )
+    make_console().print(table)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.debug:
+        logging.getLogger("optuna").setLevel(logging.WARNING)
+    handler = {"search": _search, "report": _report, "layers": _layers}[args.command]
+    try:
+        return handler(args)
+    except AutocompressError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: in-flight trials were marked FAIL (reason 'interrupted'); run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

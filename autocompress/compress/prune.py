@@ -1,0 +1,53 @@
+"""Unstructured magnitude pruning, kept during fine-tuning as a weight parametrization.
+
+The mask is computed once by ``torch.nn.utils.prune.L1Unstructured`` (the smallest-magnitude
+weights of each weight tensor) and applied on every forward pass, so fine-tuning never revives a
+pruned weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
+
+from autocompress.compress._base import TECHNIQUES, Technique, leaf_layers
+from autocompress.errors import SpaceError
+from autocompress.plan import LayerPlan
+
+
+class Mask(nn.Module):
+    """Parametrization ``w -> w * mask`` with a fixed 0/1 mask."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """0/1 mask that zeroes ``round(sparsity * numel)`` smallest-magnitude entries."""
+    method = torch_prune.L1Unstructured(amount=float(sparsity))
+    return method.compute_mask(weight.detach(), default_mask=torch.ones_like(weight))
+
+
+@TECHNIQUES.register("prune")
+class MagnitudePrune(Technique):
+    order = 20
+
+    def applies(self, plan: LayerPlan) -> bool:
+        return plan.sparsity > 0.0
+
+    def apply(self, layer: nn.Module, plan: LayerPlan, name: str) -> nn.Module:
+        if plan.structured:
+            raise SpaceError(
+                f"layer '{name}': structured (channel) pruning is not available in this version; "
+                "set structured: false"
+            )
+        for leaf in leaf_layers(layer):
+            mask = magnitude_mask(leaf.weight, plan.sparsity)
+            parametrize.register_parametrization(leaf, "weight", Mask(mask))
+        return layer

@@ -1,0 +1,94 @@
+"""Study configuration: ``studies/*.yaml`` plus command-line flags, validated once, up front."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autocompress._schema import from_mapping
+from autocompress.errors import ConfigError
+from autocompress.evaluate import FinetuneConfig
+from autocompress.latency import LatencyConfig
+from autocompress.tasks import TaskSpec
+
+DEFAULT_CONFIG = Path("studies/default.yaml")
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    trials: int = field(default=20, metadata={"min": 1})  # target number of COMPLETE trials
+    workers: int = field(default=2, metadata={"min": 0})  # trials in flight; 0 runs in-process
+    sampler: str = field(default="tpe", metadata={"choices": SAMPLERS})
+    seed: int | None = None  # sampler seed; None draws one
+    warm_start: bool = True  # enqueue uniform plans first so the front starts from known points
+    max_failures_in_a_row: int = field(default=10, metadata={"min": 1})  # then stop the search
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "autocompress"  # Optuna study name; re-using it resumes the study
+    storage: str = "sqlite:///studies/autocompress.db"  # SQLAlchemy URL; relative paths from the CWD
+    task: TaskSpec = field(default_factory=TaskSpec)
+    space: str | None = None  # space YAML, relative to the config file; None = built-in default
+    search: SearchConfig = field(default_factory=SearchConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    cache_dir: str = "studies/baselines"  # trained baselines, keyed by task spec
+    source: str = field(default="(built-in defaults)", compare=False)  # where it was read from
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("source")
+        return data
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, turning every failure into a one-line ConfigError naming the file."""
+    if not path.is_file():
+        hint = "" if path.parent.is_dir() else f" (folder '{path.parent}' does not exist either)"
+        raise ConfigError(f"file not found ({path}){hint}: check the path or run from the project folder")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{problem} ({path}{line}): fix the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the file ({path}): {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read a study config and apply flag overrides (``{"search.trials": 8, "name": "x"}``).
+
+    With no path, ``studies/default.yaml`` is used when present, else the built-in defaults.
+    The space path is made relative to the config file's folder.
+    """
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is None:
+        config = StudyConfig()
+    else:
+        path = Path(path)
+        config = from_mapping(StudyConfig, read_yaml(path), where=str(path))
+        if config.space is not None and not Path(config.space).is_absolute():
+            config = replace(config, space=os.path.normpath(path.parent / config.space))
+        config = replace(config, source=str(path))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            config = _override(config, key, value)
+    return config
+
+
+def _override(config: StudyConfig, key: str, value: Any) -> StudyConfig:
+    section, _, name = key.rpartition(".")
+    target = getattr(config, section) if section else config
+    # Validate the one key through the same schema as the file, then graft it on.
+    checked = from_mapping(type(target), {name: value}, where=f"--{name.replace('_', '-')}", prefix=f"{section}." if section else "")
+    updated = replace(target, **{name: getattr(checked, name)})
+    return replace(config, **{section: updated}) if section else updated

@@ -1,0 +1,122 @@
+"""The evaluator: plan -> compress -> fine-tune -> measure -> Result.
+
+Runs inside a worker (a Ray actor or the driver process for ``--workers 0``). It never touches the
+study storage: it receives a plan and returns a plain :class:`~autocompress.plan.Result`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from autocompress import compress
+from autocompress.errors import AutocompressError
+from autocompress.latency import LatencyConfig, count_macs, measure_latency
+from autocompress.plan import CompressionPlan, Result
+from autocompress.size import packed_size
+from autocompress.tasks import Task, evaluate_accuracy
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    steps: int = field(default=150, metadata={"min": 0})  # optimizer steps after compression; 0 skips
+    lr: float = field(default=5e-4, metadata={"min": 0.0, "max": 1.0})  # Adam, cosine-annealed to 0
+    batch_size: int = field(default=64, metadata={"min": 1})
+    log_every: int = field(default=10, metadata={"min": 1})  # record the loss every this many steps
+
+
+def finetune(model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0) -> list[float]:
+    """Train the compressed model briefly; masks and quantizers stay attached. Returns the loss log."""
+    if config.steps <= 0:
+        return []
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)  # same plan, same result
+    x, y = task.data.x_train, task.data.y_train
+    log: list[float] = []
+    model.train()
+    for step in range(config.steps):
+        idx = torch.randint(len(x), (config.batch_size,), generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x[idx]), y[idx])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fine-tuning diverged at step {step} (loss {loss.item()})")
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % config.log_every == 0 or step == config.steps - 1:
+            log.append(round(loss.item(), 5))
+    model.eval()
+    return log
+
+
+class Evaluator:
+    """Builds and measures compressed variants of one task's baseline."""
+
+    def __init__(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig) -> None:
+        self.task = task
+        self.finetune_config = finetune
+        self.latency_config = latency
+        self.example = task.data.x_val[: latency.batch_size]
+        self.worker = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def measure(self, model: nn.Module) -> Result:
+        """Accuracy, size, latency and counts of a (possibly compressed) model, baked in place."""
+        data = self.task.data
+        accuracy = evaluate_accuracy(model, data.x_val, data.y_val)
+        size = packed_size(model)
+        deploy = compress.bake(model)
+        latency_ms, cv = measure_latency(deploy, self.example, self.latency_config)
+        weights = [p for n, p in deploy.named_parameters() if n.endswith("weight")]
+        return Result(
+            accuracy=accuracy,
+            size_bytes=size.total_bytes,
+            latency_ms=latency_ms,
+            latency_cv=cv,
+            params=sum(p.numel() for p in deploy.parameters()),
+            nonzeros=sum(int(torch.count_nonzero(w)) for w in weights),
+            macs=count_macs(deploy, self.example),
+            per_layer=size.per_layer,
+        )
+
+    def baseline(self) -> Result:
+        """The uncompressed model measured the same way as every trial."""
+        return self._timed(lambda: self.measure(self.task.build_model()))
+
+    def evaluate(self, plan: CompressionPlan) -> Result:
+        """Compress, fine-tune and measure; any failure becomes ``Result.error``, never an exception."""
+
+        def run() -> Result:
+            model = compress.apply(self.task.build_model(), plan)
+            log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed)
+            result = self.measure(model)
+            result.finetune_log = log
+            return result
+
+        return self._timed(run)
+
+    def _timed(self, fn) -> Result:  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        try:
+            result = fn()
+            if not math.isfinite(result.accuracy) or not math.isfinite(result.latency_ms):
+                result.error = f"non-finite measurement (accuracy={result.accuracy}, latency={result.latency_ms})"
+        except AutocompressError as exc:
+            result = Result.failure(str(exc))
+        except torch.OutOfMemoryError as exc:
+            result = Result.failure(f"out of memory: {exc}")
+        except Exception as exc:  # a failing trial must never take the search down
+            last = traceback.extract_tb(exc.__traceback__)[-1]
+            result = Result.failure(f"{type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})")
+        result.eval_seconds = round(time.perf_counter() - start, 4)
+        result.worker = dict(self.worker)
+        return result

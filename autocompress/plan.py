@@ -1,0 +1,109 @@
+"""Plain-data compression plans and results: keyed by layer names, JSON round-trip.
+
+Plans are what the driver stores on each trial and sends to workers; results are what workers
+send back. Neither holds a module, a tensor or an open connection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FULL_PRECISION_BITS = 32  # "not quantized": weights stay float32
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """How to compress one layer.
+
+    Args:
+        sparsity: share of the layer's weights set to zero (0 keeps all).
+        structured: remove whole output channels instead of single weights.
+        bits: weight bit-width; 32 means not quantized.
+        rank: rank of the low-rank factorization; None means not factorized.
+    """
+
+    sparsity: float = 0.0
+    structured: bool = False
+    bits: int = FULL_PRECISION_BITS
+    rank: int | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.sparsity == 0.0 and self.bits == FULL_PRECISION_BITS and self.rank is None
+
+
+@dataclass
+class CompressionPlan:
+    """Per-layer plans keyed by the module's qualified name (``features.0``, ``fc1``...)."""
+
+    layers: dict[str, LayerPlan] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: asdict(lp) for name, lp in self.layers.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, Any]]) -> CompressionPlan:
+        return cls({name: LayerPlan(**lp) for name, lp in data.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CompressionPlan:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class Result:
+    """What evaluating one plan measured.
+
+    Args:
+        accuracy: top-1 accuracy on the validation split, in [0, 1].
+        size_bytes: bytes of the packed representation (codes, sparse index, scales, the rest).
+        latency_ms: median forward time of one batch, in milliseconds.
+        params: parameters of the deployable model (after factorization).
+        nonzeros: nonzero weights of the deployable model.
+        macs: multiply-accumulates of one sample through the deployable model (dense count).
+        per_layer: one row per compressed layer (name, params, nonzeros, bits, rank, bytes).
+        finetune_log: training loss every few fine-tuning steps.
+        latency_cv: coefficient of variation of the latency repeats.
+        error: why the evaluation failed; None when it succeeded.
+        worker: where it ran (host, pid, Ray node id when on Ray).
+    """
+
+    accuracy: float = float("nan")
+    size_bytes: int = 0
+    latency_ms: float = float("nan")
+    params: int = 0
+    nonzeros: int = 0
+    macs: int = 0
+    per_layer: list[dict[str, Any]] = field(default_factory=list)
+    finetune_log: list[float] = field(default_factory=list)
+    latency_cv: float = float("nan")
+    eval_seconds: float = 0.0
+    error: str | None = None
+    worker: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        finite = all(math.isfinite(v) for v in (self.accuracy, self.latency_ms))
+        return self.error is None and finite and self.size_bytes > 0
+
+    @property
+    def values(self) -> list[float]:
+        """Objective values in the study's order: accuracy, size_bytes, latency_ms."""
+        return [self.accuracy, float(self.size_bytes), self.latency_ms]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        return cls(**data)
+
+    @classmethod
+    def failure(cls, error: str, **kwargs: Any) -> Result:
+        return cls(error=error, **kwargs)

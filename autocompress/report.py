@@ -1,0 +1,85 @@
+"""Reports of a study's Pareto front: a terminal table and JSON rows."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+from autocompress.errors import StorageError
+from autocompress.pareto import OBJECTIVES, front_rows
+
+
+def make_console() -> Console:
+    """A console that does not squeeze tables to 80 columns when output goes to a file or pipe."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def check_study(study: optuna.Study) -> None:
+    """Refuse studies that are not autocompress searches (other tools share the same storage)."""
+    if list(study.metric_names or []) != list(OBJECTIVES) or len(study.directions) != len(OBJECTIVES):
+        raise StorageError(
+            f"study '{study.study_name}' is not an autocompress search (objectives {study.metric_names}): "
+            "pass the name of a study made by 'autocompress search'"
+        )
+
+
+def plan_summary(plan: dict[str, dict[str, Any]]) -> str:
+    """A compact per-layer summary: ``fc1 s0.80/4b/r16``."""
+    parts = []
+    for name, lp in plan.items():
+        bits = "fp32" if lp["bits"] >= 32 else f"{lp['bits']}b"
+        rank = f"/r{lp['rank']}" if lp.get("rank") else ""
+        parts.append(f"{name} s{lp['sparsity']:.2f}/{bits}{rank}")
+    return " ".join(parts)
+
+
+def report_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    check_study(study)
+    return front_rows(study)
+
+
+def print_report(study: optuna.Study, console: Console | None = None) -> None:
+    console = console or make_console()
+    rows = report_rows(study)
+    baseline = study.user_attrs.get("baseline", {})
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    counts = ", ".join(f"{states.count(s)} {s.name.lower()}" for s in (TrialState.COMPLETE, TrialState.FAIL) if s in states)
+    console.print(f"study [bold]{study.study_name}[/bold]: {counts or 'no trials'}; Pareto front: {len(rows)} trials")
+    if baseline:
+        console.print(
+            f"baseline: accuracy {100 * baseline['accuracy']:.2f}% (test {100 * baseline.get('test_accuracy', float('nan')):.2f}%), "
+            f"{baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms"
+        )
+    if not rows:
+        console.print("no complete trials yet: run 'autocompress search' with this study name")
+        return
+    table = Table(show_lines=False)
+    for col, justify in (
+        ("trial", "right"), ("accuracy %", "right"), ("drop pts", "right"), ("size KB", "right"),
+        ("ratio", "right"), ("latency ms", "right"), ("speedup", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(
+            str(r["trial"]),
+            f"{100 * r['accuracy']:.2f}",
+            "" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:+.2f}",
+            f"{r['size_bytes'] / 1024:.2f}",
+            "" if r["compression_ratio"] is None else f"{r['compression_ratio']:.1f}x",
+            f"{r['latency_ms']:.3f}",
+            "" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+        )
+    console.print(table)
+    console.print("plans (layer sparsity/bits/rank):")
+    for r in rows:
+        console.print(f"  trial {r['trial']}: {plan_summary(r['plan'])}", highlight=False, soft_wrap=True)
+
+
+def report_json(study: optuna.Study) -> str:
+    return json.dumps(report_rows(study), indent=2)

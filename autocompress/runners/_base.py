@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from autocompress.evaluate import FinetuneConfig
+from autocompress.latency import LatencyConfig
+from autocompress.plan import CompressionPlan, Result
+from autocompress.registry import Registry
+from autocompress.tasks import Task
+
+
+class Runner(ABC):
+    """Evaluates plans somewhere and hands results back to the driver.
+
+    The driver calls :meth:`start` once, then :meth:`submit` while fewer than :attr:`capacity`
+    trials are in flight and :meth:`next_result` to collect one, and :meth:`close` at the end
+    (also after an error or Ctrl-C). A runner never touches the study storage, and an
+    evaluation that fails comes back as a :class:`Result` with ``error`` set, not as an exception.
+    """
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int:
+        """How many trials may be in flight at once."""
+
+    @abstractmethod
+    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig) -> None:
+        """Prepare workers that can evaluate plans on ``task``."""
+
+    @abstractmethod
+    def submit(self, trial_number: int, plan: CompressionPlan) -> None:
+        """Start evaluating ``plan`` for trial ``trial_number``."""
+
+    @abstractmethod
+    def next_result(self, timeout: float | None = None) -> tuple[int, Result] | None:
+        """The next finished (trial number, result), or None if none finished within ``timeout``."""
+
+    def close(self) -> None:  # noqa: B027  (optional hook)
+        """Release workers. Does nothing by default."""
+
+
+RUNNERS: Registry[type[Runner]] = Registry("runner")

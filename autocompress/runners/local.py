@@ -1,0 +1,32 @@
+"""In-process runner (``--workers 0``): evaluates in the driver's process, one trial at a time."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from autocompress.evaluate import Evaluator, FinetuneConfig
+from autocompress.latency import LatencyConfig
+from autocompress.plan import CompressionPlan, Result
+from autocompress.runners._base import RUNNERS, Runner
+from autocompress.tasks import Task
+
+
+@RUNNERS.register("local")
+class LocalRunner(Runner):
+    def __init__(self, workers: int = 0, **_: object) -> None:
+        self._evaluator: Evaluator | None = None
+        self._done: deque[tuple[int, Result]] = deque()  # finished, not yet collected
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig) -> None:
+        self._evaluator = Evaluator(task, finetune, latency)
+
+    def submit(self, trial_number: int, plan: CompressionPlan) -> None:
+        assert self._evaluator is not None, "start() first"
+        self._done.append((trial_number, self._evaluator.evaluate(plan)))
+
+    def next_result(self, timeout: float | None = None) -> tuple[int, Result] | None:
+        return self._done.popleft() if self._done else None

@@ -1,0 +1,244 @@
+"""The driver: an Optuna study in SQL storage, ask/tell with N trials in flight on a runner.
+
+Only the driver writes to the study storage. Workers get plans and return results.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import warnings
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autocompress import pareto
+from autocompress.config import StudyConfig
+from autocompress.errors import SearchError, StorageError
+from autocompress.evaluate import Evaluator
+from autocompress.plan import Result
+from autocompress.runners import Runner, make_runner
+from autocompress.space import SearchSpace, load_space
+from autocompress.storage import check_url, load_study, mask_url, open_storage
+from autocompress.tasks import Task, build_task, evaluate_accuracy, untrained_model
+
+log = logging.getLogger(__name__)
+
+# Uniform plans tried first in a new study (sparsity, bits, rank fraction): known-good anchors
+# that give the sampler a front to improve on from the first trials.
+WARM_START = ((0.0, 8, 1.0), (0.5, 6, 1.0), (0.7, 4, 1.0))
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # Multivariate TPE models the interaction of the knobs (bits x sparsity of one layer).
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+
+
+def prepare(config: StudyConfig) -> SearchSpace:
+    """Validate the task and resolve the space against the model, before training or storage."""
+    check_url(config.storage)
+    return load_space(config.space).resolve(untrained_model(config.task))
+
+
+def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:
+    """Refuse to mix trials of a different task or space into one study."""
+    expected = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    if list(study.directions) != expected:
+        raise StorageError(
+            f"study '{study.study_name}' in {mask_url(url)} has other objectives "
+            f"({[d.name.lower() for d in study.directions]}): choose another --name"
+        )
+    attrs = study.user_attrs
+    task = config.task.resolved().to_dict()
+    if attrs.get("task") not in (None, task):
+        diff = [k for k in task if attrs["task"].get(k) != task[k]]
+        raise StorageError(
+            f"study '{study.study_name}' was created for another task (differs in {', '.join(diff)}): "
+            "choose another --name or use the config it was created with"
+        )
+    if attrs.get("space") not in (None, space.to_dict()):
+        old = attrs["space"]
+        diff = sorted(set(old) ^ set(space.to_dict())) or [n for n in old if old[n] != space.to_dict().get(n)]
+        raise StorageError(
+            f"study '{study.study_name}' was created with another search space (differs at layer "
+            f"{', '.join(diff[:3])}): choose another --name or use the space it was created with"
+        )
+
+
+def measure_baseline(task: Task, config: StudyConfig) -> dict[str, Any]:
+    result = Evaluator(task, config.finetune, config.latency).baseline()
+    if result.error:
+        raise SearchError(f"the baseline model cannot be measured: {result.error}")
+    return {
+        "accuracy": result.accuracy,
+        "test_accuracy": evaluate_accuracy(task.build_model(), task.data.x_test, task.data.y_test),
+        "size_bytes": result.size_bytes,
+        "latency_ms": result.latency_ms,
+        "params": result.params,
+        "macs": result.macs,
+    }
+
+
+class Driver:
+    """Runs one study to its target number of COMPLETE trials."""
+
+    def __init__(self, config: StudyConfig, runner: Runner | None = None, progress: bool = True, ray_address: str | None = None) -> None:
+        self.config = config
+        self.runner = runner or make_runner(config.search.workers, ray_address)
+        self.show_progress = progress
+        self.study: optuna.Study | None = None
+        self.failures: collections.Counter[str] = collections.Counter()  # reason -> count, this run
+
+    def run(self) -> optuna.Study:
+        cfg = self.config
+        space = prepare(cfg)  # every user mistake surfaces here, before storage or Ray
+        storage = open_storage(cfg.storage)
+        study = self._open_study(storage, space)
+        task = build_task(cfg.task, cfg.cache_dir)
+        if "baseline" not in study.user_attrs:
+            study.set_user_attr("baseline", measure_baseline(task, cfg))
+        self.study = study
+        done = self._count(TrialState.COMPLETE)
+        if done >= cfg.search.trials:
+            log.info("study '%s' already has %d complete trials", study.study_name, done)
+            return study
+        self.runner.start(task, cfg.finetune, cfg.latency)
+        try:
+            self._loop(study, space)
+        finally:
+            self.runner.close()
+        return study
+
+    def _open_study(self, storage: optuna.storages.BaseStorage, space: SearchSpace) -> optuna.Study:
+        cfg = self.config
+        sampler = make_sampler(cfg.search.sampler, cfg.search.seed)
+        try:
+            study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
+        except KeyError:
+            study = None
+        if study is not None:
+            _check_existing(study, cfg, space, cfg.storage)
+            return study
+        study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=list(pareto.DIRECTIONS))
+        with warnings.catch_warnings():  # experimental since 3.2, stable in practice; keep output clean
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(pareto.OBJECTIVES))
+        study.set_user_attr("task", cfg.task.resolved().to_dict())
+        study.set_user_attr("space", space.to_dict())
+        study.set_user_attr("config", cfg.to_dict())
+        if cfg.search.warm_start:
+            for sparsity, bits, rank in WARM_START[: cfg.search.trials]:
+                study.enqueue_trial(space.uniform_params(sparsity, bits, rank), skip_if_exists=True)
+        return study
+
+    def _count(self, state: TrialState) -> int:
+        assert self.study is not None
+        return len(self.study.get_trials(deepcopy=False, states=(state,)))
+
+    def _loop(self, study: optuna.Study, space: SearchSpace) -> None:
+        cfg = self.config.search
+        in_flight: dict[int, optuna.Trial] = {}
+        complete = self._count(TrialState.COMPLETE)
+        failed_in_a_row = 0
+        with _Progress(self.show_progress, cfg.trials, complete) as bar:
+            try:
+                while True:
+                    while len(in_flight) < self.runner.capacity and complete + len(in_flight) < cfg.trials:
+                        trial = study.ask()
+                        plan = space.sample(trial)
+                        trial.set_user_attr("plan", plan.to_dict())
+                        self.runner.submit(trial.number, plan)
+                        in_flight[trial.number] = trial
+                    if not in_flight:
+                        break
+                    got = self.runner.next_result(timeout=1.0)
+                    if got is None:
+                        continue
+                    number, result = got
+                    trial = in_flight.pop(number)
+                    if self._tell(study, trial, result):
+                        complete += 1
+                        failed_in_a_row = 0
+                    else:
+                        failed_in_a_row += 1
+                        if failed_in_a_row >= cfg.max_failures_in_a_row:
+                            reason, count = self.failures.most_common(1)[0]
+                            raise SearchError(
+                                f"{failed_in_a_row} trials in a row failed; most common reason ({count}x): {reason}: "
+                                "fix the cause, or raise search.max_failures_in_a_row"
+                            )
+                    bar.update(complete, sum(self.failures.values()), len(study.best_trials))
+            except BaseException as exc:
+                reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"search stopped: {exc}"
+                for trial in in_flight.values():
+                    trial.set_user_attr("fail_reason", reason)
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> bool:
+        """Store one result; True when the trial is COMPLETE."""
+        trial.set_user_attr("worker", result.worker)
+        if result.worker.get("node_id"):
+            trial.set_user_attr("node_id", result.worker["node_id"])
+        if not result.ok:
+            reason = result.error or "invalid measurement"
+            self.failures[reason] += 1
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, reason)
+            return False
+        baseline = study.user_attrs.get("baseline", {})
+        metrics = {
+            k: getattr(result, k)
+            for k in ("accuracy", "size_bytes", "latency_ms", "latency_cv", "params", "nonzeros", "macs", "eval_seconds")
+        }
+        if baseline:
+            metrics["accuracy_drop"] = 100.0 * (baseline["accuracy"] - result.accuracy)
+            metrics["compression_ratio"] = baseline["size_bytes"] / result.size_bytes
+            metrics["speedup"] = baseline["latency_ms"] / result.latency_ms
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("per_layer", result.per_layer)
+        trial.set_user_attr("finetune_log", result.finetune_log)
+        study.tell(trial, result.values)
+        return True
+
+
+class _Progress:
+    """A rich progress bar (trials done, failures, front size); silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled = enabled
+        self.total, self.done = total, done
+        self._progress: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("search", total=self.total, completed=self.done, info="")
+        return self
+
+    def update(self, done: int, failed: int, front: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, info=f"failed {failed} | front {front}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def run_search(config: StudyConfig, progress: bool = True, ray_address: str | None = None) -> optuna.Study:
+    """Run (or resume) the study described by ``config`` and return it."""
+    return Driver(config, progress=progress, ray_address=ray_address).run()
+
+
+__all__ = ["Driver", "load_study", "prepare", "run_search"]

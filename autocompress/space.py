@@ -1,0 +1,292 @@
+"""Search spaces: ``search_spaces/*.yaml`` x the model's layers -> Optuna distributions -> plans.
+
+A space file says which layers to compress (globs on module names) and the knobs each gets::
+
+    layers: ["*"]                 # globs on qualified module names (Linear and Conv2d only)
+    exclude: []                   # globs taken out of the selection
+    knobs:
+      sparsity: {low: 0.0, high: 0.95, step: 0.05}
+      bits: [2, 3, 4, 5, 6, 8, 32]        # 32 = not quantized
+      rank: {low: 0.1, high: 1.0, step: 0.1}   # fraction of full rank; 1.0 = not factorized
+    overrides:                    # later entries win; each names layers by glob
+      - layers: ["fc2"]
+        bits: [4, 6, 8, 32]
+
+A knob is a fixed value (``bits: 8``), a list of choices, or a range ``{low, high, step, log}``;
+``null`` or leaving it out switches it off. Optuna parameters are named ``<layer>.<knob>``.
+Without a space file the built-in default (:data:`DEFAULT_KNOBS` on every layer) is used; it is
+the same as ``search_spaces/default.yaml``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from torch import nn
+
+from autocompress.compress import compressible_layers, full_rank
+from autocompress.config import read_yaml
+from autocompress.errors import SpaceError, did_you_mean
+from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
+
+KNOBS = ("sparsity", "bits", "rank")
+SUPPORTED_BITS = (*range(2, 17), FULL_PRECISION_BITS)
+MAX_SPARSITY = 0.99
+_TOP_KEYS = ("layers", "exclude", "knobs", "overrides")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searchable (or fixed) value: exactly one of ``value``, ``choices`` or ``low``/``high``."""
+
+    value: Any = None
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    @property
+    def fixed(self) -> bool:
+        return self.choices is None and self.low is None
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.low is not None:
+            assert self.high is not None
+            return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+        return self.value
+
+    def snap(self, target: float) -> Any:
+        """The allowed value closest to ``target`` (for warm-start plans)."""
+        if self.choices is not None:
+            return min(self.choices, key=lambda c: abs(c - target))
+        if self.low is not None:
+            assert self.high is not None
+            v = min(max(target, self.low), self.high)
+            if self.step:
+                v = self.low + round((v - self.low) / self.step) * self.step
+            return round(v, 10)
+        return self.value
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return ",".join(map(str, self.choices))
+        if self.low is not None:
+            step = f"/{self.step:g}" if self.step else ""
+            return f"{self.low:g}..{self.high:g}{step}{' log' if self.log else ''}"
+        return "off" if self.value is None else f"={self.value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, False)}
+
+
+DEFAULT_KNOBS = {
+    "sparsity": Knob(low=0.0, high=0.95, step=0.05),
+    "bits": Knob(choices=(2, 3, 4, 5, 6, 8, FULL_PRECISION_BITS)),
+    "rank": Knob(low=0.1, high=1.0, step=0.1),
+}
+
+
+@dataclass(frozen=True)
+class LayerSpace:
+    name: str
+    type: str  # Linear or Conv2d
+    weight_shape: tuple[int, ...]
+    full_rank: int | None
+    knobs: dict[str, Knob]
+
+    def rank_from_fraction(self, fraction: float | None) -> int | None:
+        if fraction is None or self.full_rank is None or fraction >= 1.0:
+            return None
+        return max(1, min(self.full_rank, round(fraction * self.full_rank)))
+
+
+@dataclass
+class SearchSpace:
+    """A space resolved against one model: the knobs of every selected layer."""
+
+    layers: dict[str, LayerSpace]
+    source: str = "(built-in)"
+
+    def sample(self, trial: optuna.Trial) -> CompressionPlan:
+        """Draw a plan from ``trial`` (define-by-run: parameters ``<layer>.<knob>``)."""
+        return self.plan_from_values({name: {k: knob.suggest(trial, f"{name}.{k}") for k, knob in ls.knobs.items()} for name, ls in self.layers.items()})
+
+    def plan_from_values(self, values: dict[str, dict[str, Any]]) -> CompressionPlan:
+        plans = {}
+        for name, ls in self.layers.items():
+            v = values[name]
+            plans[name] = LayerPlan(
+                sparsity=round(float(v.get("sparsity") or 0.0), 6),  # 0.15, not 0.15000000000000002
+                bits=int(v.get("bits") or FULL_PRECISION_BITS),
+                rank=ls.rank_from_fraction(v.get("rank")),
+            )
+        return CompressionPlan(plans)
+
+    def uniform_params(self, sparsity: float, bits: int, rank: float = 1.0) -> dict[str, Any]:
+        """Optuna params for one setting applied to every layer, snapped to each layer's knobs."""
+        target = {"sparsity": sparsity, "bits": bits, "rank": rank}
+        return {
+            f"{name}.{k}": knob.snap(target[k])
+            for name, ls in self.layers.items()
+            for k, knob in ls.knobs.items()
+            if not knob.fixed
+        }
+
+    @property
+    def dimensions(self) -> int:
+        return sum(not k.fixed for ls in self.layers.values() for k in ls.knobs.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: {k: knob.to_dict() for k, knob in ls.knobs.items()} for name, ls in self.layers.items()}
+
+
+@dataclass
+class SpaceSpec:
+    """A parsed, validated space file, not yet matched against a model."""
+
+    layers: list[str] = field(default_factory=lambda: ["*"])
+    exclude: list[str] = field(default_factory=list)
+    knobs: dict[str, Knob] = field(default_factory=dict)
+    overrides: list[tuple[list[str], dict[str, Knob]]] = field(default_factory=list)
+    source: str = "(built-in)"
+
+    def resolve(self, model: nn.Module) -> SearchSpace:
+        """Match the globs against ``model``'s Linear/Conv2d layers and give each its knobs."""
+        available = compressible_layers(model)
+        names = list(available)
+        selected = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in self.layers)]
+        self._check_globs(self.layers, names, "layers")
+        self._check_globs(self.exclude, names, "exclude")
+        selected = [n for n in selected if not any(fnmatch.fnmatchcase(n, g) for g in self.exclude)]
+        if not selected:
+            raise SpaceError(f"no layer is selected ({self.source}): the model's layers are {', '.join(names)}")
+        result: dict[str, LayerSpace] = {}
+        for name in selected:
+            module = available[name]
+            knobs = {k: self.knobs.get(k, Knob()) for k in KNOBS}
+            for i, (globs, extra) in enumerate(self.overrides):
+                if any(fnmatch.fnmatchcase(name, g) for g in globs):
+                    knobs.update(extra)
+            rank_limit = full_rank(module)
+            if rank_limit is None:
+                knobs["rank"] = Knob()  # depthwise/grouped convs: factorization does not apply
+            result[name] = LayerSpace(name, type(module).__name__, tuple(module.weight.shape), rank_limit, knobs)
+        for i, (globs, _) in enumerate(self.overrides):
+            self._check_globs(globs, selected, f"overrides[{i}].layers")
+        return SearchSpace(result, source=self.source)
+
+    def _check_globs(self, globs: list[str], names: list[str], key: str) -> None:
+        for g in globs:
+            if not any(fnmatch.fnmatchcase(n, g) for n in names):
+                hint = did_you_mean(g, names)
+                raise SpaceError(
+                    f"glob '{g}' in '{key}' matches no layer{hint} ({self.source}): "
+                    f"the selectable layers are {', '.join(names)}"
+                )
+
+
+def _parse_knob(name: str, raw: Any, where: str, key: str) -> Knob:
+    if raw is None:
+        return Knob()
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"low", "high", "step", "log"}
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise SpaceError(f"unknown key '{key}.{bad}'{did_you_mean(bad, ['low', 'high', 'step', 'log'])} ({where}): a range has low, high, step, log")
+        if "low" not in raw or "high" not in raw:
+            raise SpaceError(f"range '{key}' needs both low and high ({where}): e.g. {{low: 0.0, high: 0.9}}")
+        for part in ("low", "high", "step"):
+            if part in raw and (isinstance(raw[part], bool) or not isinstance(raw[part], (int, float))):
+                raise SpaceError(f"'{key}.{part}' must be a number, got {raw[part]!r} ({where}): fix the value")
+        if name == "bits":
+            raise SpaceError(f"'{key}' must be a list of bit-widths, not a range ({where}): e.g. [2, 4, 8, 32]")
+        knob = Knob(low=float(raw["low"]), high=float(raw["high"]), step=raw.get("step"), log=bool(raw.get("log", False)))
+        if knob.low > knob.high:  # type: ignore[operator]
+            raise SpaceError(f"'{key}' has low {knob.low} above high {knob.high} ({where}): swap them")
+        if knob.step is not None and knob.step <= 0:
+            raise SpaceError(f"'{key}.step' is {knob.step} ({where}): a step must be positive")
+        _check_values(name, [knob.low, knob.high], where, key)
+        return knob
+    if isinstance(raw, list):
+        if not raw:
+            raise SpaceError(f"'{key}' is an empty list ({where}): give at least one value or null to switch it off")
+        if len(set(map(repr, raw))) != len(raw):
+            raise SpaceError(f"'{key}' lists a value twice ({where}): remove the duplicate")
+        _check_values(name, raw, where, key)
+        return Knob(choices=tuple(raw))
+    _check_values(name, [raw], where, key)
+    return Knob(value=raw)
+
+
+def _check_values(name: str, values: list[Any], where: str, key: str) -> None:
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SpaceError(f"'{key}' has {v!r}, not a number ({where}): fix the value")
+        if name == "sparsity" and not 0.0 <= v <= MAX_SPARSITY:
+            raise SpaceError(f"'{key}' has sparsity {v}, outside [0, {MAX_SPARSITY}] ({where}): use a share of weights to remove, e.g. 0.5")
+        if name == "bits" and (v not in SUPPORTED_BITS or not float(v).is_integer()):
+            raise SpaceError(f"'{key}' has {v} bits ({where}): supported bit-widths are 2 to 16, or 32 for not quantized")
+        if name == "rank" and not (0.0 < v <= 1.0 and math.isfinite(v)):
+            raise SpaceError(f"'{key}' has rank {v} ({where}): a rank is a fraction of full rank in (0, 1]; 1.0 means not factorized")
+
+
+def _parse_knobs(raw: Any, where: str, key: str) -> dict[str, Knob]:
+    if not isinstance(raw, dict):
+        raise SpaceError(f"'{key}' must be a mapping of knob names to values ({where}): knobs are {', '.join(KNOBS)}")
+    knobs = {}
+    for name, value in raw.items():
+        if name not in KNOBS:
+            raise SpaceError(f"unknown knob '{key}.{name}'{did_you_mean(str(name), KNOBS)} ({where}): knobs are {', '.join(KNOBS)}")
+        knobs[name] = _parse_knob(name, value, where, f"{key}.{name}")
+    return knobs
+
+
+def _globs(raw: Any, where: str, key: str) -> list[str]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(g, str) for g in raw):
+        raise SpaceError(f"'{key}' must be a glob or a list of globs ({where}): e.g. [\"fc*\", \"conv1\"]")
+    if not raw and key == "layers":
+        raise SpaceError(f"'{key}' is empty ({where}): name at least one layer glob, e.g. [\"*\"]")
+    return raw
+
+
+def parse_space(data: Any, source: str) -> SpaceSpec:
+    """Validate a space mapping (as read from YAML); errors name ``source`` and the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpaceError(f"a search space must be a mapping with keys {', '.join(_TOP_KEYS)} ({source}): fix its layout")
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise SpaceError(f"unknown key '{key}'{did_you_mean(str(key), _TOP_KEYS)} ({source}): known keys are {', '.join(_TOP_KEYS)}")
+    spec = SpaceSpec(source=source)
+    spec.layers = _globs(data.get("layers", ["*"]), source, "layers")
+    spec.exclude = _globs(data.get("exclude", []), source, "exclude")
+    spec.knobs = _parse_knobs(data.get("knobs", {}), source, "knobs")
+    overrides = data.get("overrides", []) or []
+    if not isinstance(overrides, list):
+        raise SpaceError(f"'overrides' must be a list ({source}): each entry has 'layers' and knobs")
+    for i, entry in enumerate(overrides):
+        key = f"overrides[{i}]"
+        if not isinstance(entry, dict) or "layers" not in entry:
+            raise SpaceError(f"'{key}' needs a 'layers' glob list and knobs ({source}): e.g. {{layers: [fc2], bits: [8, 32]}}")
+        rest = {k: v for k, v in entry.items() if k != "layers"}
+        spec.overrides.append((_globs(entry["layers"], source, f"{key}.layers"), _parse_knobs(rest, source, key)))
+    return spec
+
+
+def load_space(path: str | Path | None) -> SpaceSpec:
+    """Read a space file; None gives the built-in default space."""
+    if path is None:
+        return SpaceSpec(knobs=dict(DEFAULT_KNOBS))
+    path = Path(path)
+    return parse_space(read_yaml(path), str(path))

@@ -1,0 +1,70 @@
+"""Study storage: an Optuna RDBStorage from a URL, with errors that never show a password."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from autocompress.errors import StorageError
+
+DEFAULT_STORAGE = "sqlite:///studies/autocompress.db"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print and log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a sqlite URL; None for other backends and in-memory databases."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def check_url(url: str) -> None:
+    """Reject a malformed URL before anything is created."""
+    try:
+        make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(
+            f"malformed storage URL '{mask_url(url)}' (--storage): use e.g. "
+            "sqlite:///studies/autocompress.db or postgresql://user:password@host:5432/db"
+        ) from None
+
+
+def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+    """Open (and for sqlite with ``create``, create) the storage behind ``url``."""
+    check_url(url)
+    path = sqlite_path(url)
+    if path is not None:
+        if not create and not path.is_file():
+            raise StorageError(f"no database at {path} ({mask_url(url)}): run a search first or pass --storage")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = {}
+    if make_url(url).get_backend_name() == "postgresql":
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ModuleNotFoundError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = reason.replace(url, mask_url(url))
+        raise StorageError(f"cannot open storage {mask_url(url)}: {reason}: check the URL and that the server is up") from None
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str, url: str) -> optuna.Study:
+    """Load an existing study or fail naming the ones that do exist."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in storage.get_all_studies()]
+        known = ", ".join(names) if names else "none"
+        raise StorageError(f"no study named '{name}' in {mask_url(url)}: studies there are {known}") from None

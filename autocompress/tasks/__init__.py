@@ -1,0 +1,31 @@
+"""Tasks: a model and its data, described by a small picklable spec.
+
+A :class:`TaskSpec` names a model and a dataset from the registries below; :func:`build_task`
+trains the baseline once (cached on disk, keyed by the spec) and returns a :class:`Task` that
+workers rebuild from :meth:`Task.payload` without touching the filesystem.
+"""
+
+from autocompress.tasks._task import (
+    DATASETS,
+    MODELS,
+    DataSplits,
+    ModelEntry,
+    Task,
+    TaskSpec,
+    build_task,
+    evaluate_accuracy,
+    untrained_model,
+)
+from autocompress.tasks import digits as _digits  # noqa: F401  (registers the built-ins)
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "DataSplits",
+    "ModelEntry",
+    "Task",
+    "TaskSpec",
+    "build_task",
+    "evaluate_accuracy",
+    "untrained_model",
+]
