@@ -82,7 +82,7 @@ class Result:
     macs: int = 0
     per_layer: list[dict[str, Any]] = field(default_factory=list)
     finetune_log: list[float] = field(default_factory=list)
-    latency_cv: float = float("nan")
+    latency_cv: float = 0.0
     eval_seconds: float = 0.0
     error: str | None = None
     worker: dict[str, Any] = field(default_factory=dict)

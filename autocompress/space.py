@@ -21,6 +21,7 @@ the same as ``search_spaces/default.yaml``.
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,8 @@ class Knob:
         return "off" if self.value is None else f"={self.value}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, False)}
+        # `is`, not `in (None, False)`: 0.0 == False would drop a range's low of 0.0
+        return {k: v for k, v in self.__dict__.items() if v is not None and v is not False}
 
 
 DEFAULT_KNOBS = {
@@ -145,7 +147,9 @@ class SearchSpace:
         return sum(not k.fixed for ls in self.layers.values() for k in ls.knobs.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: {k: knob.to_dict() for k, knob in ls.knobs.items()} for name, ls in self.layers.items()}
+        """JSON-shaped (lists, not tuples): compares equal to the copy stored on the study."""
+        data = {name: {k: knob.to_dict() for k, knob in ls.knobs.items()} for name, ls in self.layers.items()}
+        return json.loads(json.dumps(data))
 
 
 @dataclass

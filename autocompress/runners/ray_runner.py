@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from autocompress.errors import AutocompressError
@@ -36,7 +37,8 @@ class _EvaluatorActor:
 class RayRunner(Runner):
     def __init__(self, workers: int = 2, address: str | None = None, cpus_per_worker: float = 1.0) -> None:
         self.workers = workers
-        self.address = address  # None starts a local Ray with one CPU per worker
+        # None: RAY_ADDRESS if set (Ray's standard variable), else a new local Ray with one CPU per worker
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.cpus_per_worker = cpus_per_worker
         self._started_ray = False  # shut Ray down on close only if we started it
         self._actor_cls: Any = None

@@ -1,0 +1,140 @@
+"""Each technique alone, then the contract every registered technique and model must meet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress import compress
+from autocompress.compress import TECHNIQUES, FakeQuant, factorize, full_rank
+from autocompress.compress.prune import magnitude_mask
+from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.size import packed_size
+from autocompress.tasks import MODELS, TaskSpec, untrained_model
+
+
+def _relative_error(layer: nn.Module, factorized: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        ref = layer(x)
+        return float((factorized(x) - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize(
+    "layer, x",
+    [
+        (nn.Linear(40, 30), torch.randn(16, 40)),
+        (nn.Conv2d(6, 12, 3, padding=1), torch.randn(4, 6, 8, 8)),
+        (nn.Conv2d(4, 8, 3, stride=2, padding=1, dilation=1), torch.randn(2, 4, 9, 9)),
+    ],
+)
+def test_svd_error_falls_as_rank_rises_and_vanishes_at_full_rank(layer: nn.Module, x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    limit = full_rank(layer)
+    assert limit is not None
+    errors = [_relative_error(layer, factorize(layer, r), x) for r in range(1, limit + 1)]
+    assert all(later <= earlier + 1e-6 for earlier, later in zip(errors, errors[1:]))
+    assert errors[0] > 0.05
+    assert errors[-1] < 1e-5
+    assert factorize(layer, 1)(x).shape == layer(x).shape
+
+
+def test_grouped_conv_has_no_rank() -> None:
+    assert full_rank(nn.Conv2d(8, 8, 3, groups=8)) is None
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.9, 0.99])
+def test_pruning_hits_the_requested_sparsity(sparsity: float) -> None:
+    weight = torch.randn(64, 50)
+    mask = magnitude_mask(weight, sparsity)
+    assert float((mask == 0).float().mean()) == pytest.approx(sparsity, abs=1 / weight.numel())
+    kept = weight.abs()[mask.bool()]
+    dropped = weight.abs()[~mask.bool()]
+    if dropped.numel() and kept.numel():
+        assert dropped.max() <= kept.min()  # magnitude: only the smallest go
+
+
+def test_pruned_weights_stay_zero_through_finetuning() -> None:
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 3))
+    compress.apply(model, CompressionPlan({"0": LayerPlan(sparsity=0.6)}))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        model(torch.randn(8, 10)).sum().backward()
+        opt.step()
+    assert float((model[0].weight == 0).float().mean()) == pytest.approx(0.6, abs=0.01)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_quantization_leaves_at_most_2_pow_k_levels_per_channel(bits: int) -> None:
+    weight = torch.randn(16, 3, 3, 3)
+    quantized = FakeQuant(bits)(weight)
+    for channel in quantized:
+        assert channel.unique().numel() <= 2**bits
+    assert (quantized - weight).abs().max() <= FakeQuant(bits).scale(weight).max() / 2 + 1e-6
+
+
+def test_quantization_passes_gradients_straight_through() -> None:
+    weight = torch.randn(4, 5, requires_grad=True)
+    FakeQuant(3)(weight).sum().backward()
+    assert torch.equal(weight.grad, torch.ones_like(weight))
+
+
+def test_bake_keeps_outputs_and_leaves_plain_modules(cnn_task) -> None:
+    model = cnn_task.build_model()
+    plan = CompressionPlan({"conv2": LayerPlan(0.5, False, 4, 8), "fc1": LayerPlan(0.8, False, 3, 20)})
+    compress.apply(model, plan)
+    x = cnn_task.data.x_val[:20]
+    before = model(x).detach()
+    baked = compress.bake(model)
+    assert torch.equal(baked(x), before)
+    assert not any("parametrizations" in name for name, _ in baked.named_parameters())
+
+
+def test_unknown_layer_in_plan_is_a_clear_error(cnn_task) -> None:
+    from autocompress.errors import SpaceError
+
+    with pytest.raises(SpaceError, match="'fc9'"):
+        compress.apply(cnn_task.build_model(), CompressionPlan({"fc9": LayerPlan(bits=4)}))
+
+
+# ---- contracts over the registries -------------------------------------------------------
+
+PLAN_FOR_TECHNIQUE = {
+    "lowrank": lambda full: LayerPlan(rank=max(1, full // 4)),
+    "prune": lambda full: LayerPlan(sparsity=0.7),
+    "quantize": lambda full: LayerPlan(bits=4),
+}
+
+
+def test_every_technique_has_a_contract_plan() -> None:
+    assert set(TECHNIQUES) == set(PLAN_FOR_TECHNIQUE)
+
+
+@pytest.mark.parametrize("model_name", MODELS.names())
+@pytest.mark.parametrize("technique", TECHNIQUES.names())
+def test_technique_contract(model_name: str, technique: str) -> None:
+    """Every technique on every model: it applies, the forward pass works, the size shrinks."""
+    torch.manual_seed(0)
+    model = untrained_model(TaskSpec(model=model_name))
+    x = torch.rand(4, 1, 8, 8)
+    before = packed_size(model).total_bytes
+    layers = compress.compressible_layers(model)
+    plan = CompressionPlan({n: PLAN_FOR_TECHNIQUE[technique](full_rank(m) or 1) for n, m in layers.items()})
+    assert all(TECHNIQUES.get(technique)().applies(lp) for lp in plan.layers.values())
+    compress.apply(model, plan)
+    out = model(x)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+    assert packed_size(model).total_bytes < before
+    assert compress.bake(model)(x).shape == (4, 10)
+
+
+@pytest.mark.parametrize("model_name", MODELS.names())
+def test_model_contract(model_name: str) -> None:
+    """Every registered model has compressible layers and a default dataset that exists."""
+    from autocompress.tasks import DATASETS
+
+    entry = MODELS.get(model_name)
+    assert entry.default_dataset in DATASETS
+    model = untrained_model(TaskSpec(model=model_name))
+    assert compress.compressible_layers(model)

@@ -1,0 +1,171 @@
+"""Real searches: the CLI with its own local Ray and a SQLite file, the Python API, resumption."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autocompress.config import load_config
+from autocompress.errors import SearchError
+from autocompress.pareto import dominates
+from autocompress.plan import CompressionPlan, Result
+from autocompress.runners import LocalRunner
+from autocompress.search import Driver, run_search
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def _write_config(folder: Path, cache_dir: Path, **search: object) -> Path:
+    search_yaml = "".join(f"  {k}: {v}\n" for k, v in search.items())
+    path = folder / "study.yaml"
+    path.write_text(
+        f"name: e2e\nstorage: sqlite:///{folder / 'e2e.db'}\ncache_dir: {cache_dir}\n"
+        f"task: {{model: digits-cnn}}\nspace: {REPO / 'search_spaces/default.yaml'}\n"
+        f"search:\n{search_yaml}finetune: {{steps: 40}}\nlatency: {{max_seconds: 0.2}}\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_study(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """One real CLI search: 4 trials on 2 local Ray workers into a SQLite file."""
+    folder = tmp_path_factory.mktemp("cli")
+    config = _write_config(folder, cache_dir, trials=4, workers=2, seed=1)
+    proc = run_cli("search", str(config), cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert "Pareto front" in proc.stdout
+    return folder
+
+
+def test_cli_search_stores_complete_trials_with_three_named_values(cli_study: Path) -> None:
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}")
+    assert study.metric_names == ["accuracy", "size_bytes", "latency_ms"]
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    baseline = study.user_attrs["baseline"]
+    assert baseline["accuracy"] > 0.9 and baseline["size_bytes"] > 100_000
+    for t in trials:
+        accuracy, size_bytes, latency_ms = t.values
+        assert 0.0 <= accuracy <= 1.0 and 0 < size_bytes < baseline["size_bytes"] and latency_ms > 0
+        assert CompressionPlan.from_dict(t.user_attrs["plan"]).layers.keys() == {"conv1", "conv2", "fc1", "fc2"}
+        assert t.user_attrs["metrics"]["size_bytes"] == size_bytes
+        assert len(t.user_attrs["per_layer"]) == 4
+        assert t.user_attrs["node_id"]  # evaluated on a Ray node
+    # The first trial is the enqueued uniform 8-bit plan: 8-bit keeps accuracy, ~4x smaller.
+    first = study.trials[0]
+    assert {lp["bits"] for lp in first.user_attrs["plan"].values()} == {8}
+    assert first.values[0] >= baseline["accuracy"] - 0.02
+    assert 3.5 < baseline["size_bytes"] / first.values[1] < 4.1
+
+
+def test_report_json_is_a_nonempty_non_dominated_front(cli_study: Path) -> None:
+    proc = run_cli("report", "e2e", "--storage", f"sqlite:///{cli_study / 'e2e.db'}", "--json", cwd=cli_study)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert rows
+    keys = {"trial", "accuracy", "accuracy_drop", "size_bytes", "compression_ratio", "latency_ms", "speedup", "plan"}
+    assert all(keys <= row.keys() for row in rows)
+    points = [[r["accuracy"], r["size_bytes"], r["latency_ms"]] for r in rows]
+    assert not any(dominates(a, b) for a in points for b in points if a is not b)
+    for r in rows:
+        assert r["compression_ratio"] > 1.0
+
+
+def test_terminal_report_shows_the_front_and_baseline(cli_study: Path) -> None:
+    proc = run_cli("report", "e2e", "--storage", f"sqlite:///{cli_study / 'e2e.db'}", cwd=cli_study)
+    assert proc.returncode == 0, proc.stderr
+    assert "baseline: accuracy" in proc.stdout and "ratio" in proc.stdout and "trial 0:" in proc.stdout
+
+
+def test_rerun_resumes_and_completes_only_what_is_missing(cli_study: Path) -> None:
+    config = cli_study / "study.yaml"
+    proc = run_cli("search", str(config), "--trials", "5", "--workers", "0", cwd=cli_study)
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(cli_study / "e2e.db") as db:
+        states = [s for (s,) in db.execute("SELECT state FROM trials ORDER BY number")]
+    assert states == ["COMPLETE"] * 5
+
+
+def test_optuna_dashboard_serves_the_study(cli_study: Path) -> None:
+    """The real optuna-dashboard, on loopback, reads the study with its objective names."""
+    port = 18000 + (hash(str(cli_study)) % 1000)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "optuna-dashboard"), f"sqlite:///{cli_study / 'e2e.db'}", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        body = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                    body = json.load(resp)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "dashboard did not answer"
+        (study,) = [s for s in body["study_summaries"] if s["study_name"] == "e2e"]
+        assert study["directions"] == ["maximize", "minimize", "minimize"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=5) as resp:
+            detail = json.load(resp)
+        assert detail["objective_names"] == ["accuracy", "size_bytes", "latency_ms"]
+        assert len(detail["best_trials"]) >= 1
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_space_stored_on_the_study_keeps_zero_bounds(cli_study: Path) -> None:
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}")
+    assert study.user_attrs["space"]["fc1"]["sparsity"] == {"low": 0.0, "high": 0.95, "step": 0.05}
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "random"])
+def test_samplers_run_in_process(tmp_path: Path, cache_dir: Path, sampler: str) -> None:
+    config = load_config(_write_config(tmp_path, cache_dir, trials=2, workers=0, sampler=sampler, warm_start="false"))
+    study = run_search(config, progress=False)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert "sampler" in study.user_attrs["config"]["search"]
+
+
+def test_python_api_on_a_shared_ray(tmp_path: Path, cache_dir: Path, ray_local) -> None:
+    """The Ray runner joins an already-initialised Ray and leaves it running."""
+    config = load_config(_write_config(tmp_path, cache_dir, trials=3, workers=2))
+    study = run_search(config, progress=False)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert ray_local.is_initialized()
+
+
+class _FailingRunner(LocalRunner):
+    """A real runner whose every evaluation fails the same way."""
+
+    def submit(self, trial_number: int, plan: CompressionPlan) -> None:
+        self._done.append((trial_number, Result.failure("RuntimeError: kernel exploded")))
+
+
+def test_repeated_failures_stop_the_search_and_keep_reasons(tmp_path: Path, cache_dir: Path) -> None:
+    config = load_config(_write_config(tmp_path, cache_dir, trials=10, workers=0, max_failures_in_a_row=3))
+    with pytest.raises(SearchError, match="3 trials in a row failed.*kernel exploded"):
+        Driver(config, runner=_FailingRunner(), progress=False).run()
+    study = optuna.load_study(study_name="e2e", storage=config.storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
+    assert all(t.user_attrs["fail_reason"] == "RuntimeError: kernel exploded" for t in study.trials)
+
+
+def test_a_failing_plan_becomes_a_failed_result_not_an_exception(cnn_task) -> None:
+    from autocompress.evaluate import Evaluator, FinetuneConfig
+    from autocompress.latency import LatencyConfig
+    from autocompress.plan import LayerPlan
+
+    evaluator = Evaluator(cnn_task, FinetuneConfig(steps=2), LatencyConfig(max_seconds=0.05))
+    result = evaluator.evaluate(CompressionPlan({"fc1": LayerPlan(rank=999)}))
+    assert not result.ok and "rank 999" in result.error

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autocompress.config import load_config
+from autocompress.errors import ConfigError, SpaceError
+from autocompress.space import DEFAULT_KNOBS, load_space, parse_space
+from autocompress.tasks import TaskSpec, untrained_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cnn():
+    return untrained_model(TaskSpec(model="digits-cnn"))
+
+
+def test_default_yaml_is_the_builtin_default() -> None:
+    from_file = load_space(REPO / "search_spaces/default.yaml")
+    assert from_file.knobs == DEFAULT_KNOBS
+    assert from_file.resolve(cnn()).to_dict() == load_space(None).resolve(cnn()).to_dict()
+
+
+def test_space_from_yaml_selects_layers_and_applies_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        "layers: ['conv*', 'fc1']\n"
+        "exclude: ['conv1']\n"
+        "knobs:\n  sparsity: {low: 0.1, high: 0.9, step: 0.1}\n  bits: [4, 8]\n  rank: 1.0\n"
+        "overrides:\n  - layers: fc1\n    bits: 6\n    rank: {low: 0.2, high: 0.5, step: 0.1}\n"
+    )
+    space = load_space(f).resolve(cnn())
+    assert list(space.layers) == ["conv2", "fc1"]
+    assert space.layers["conv2"].knobs["bits"].choices == (4, 8)
+    assert space.layers["fc1"].knobs["bits"].value == 6
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    trial = study.ask()
+    plan = space.sample(trial)
+    assert set(trial.params) == {"conv2.sparsity", "conv2.bits", "fc1.sparsity", "fc1.rank"}
+    assert plan.layers["fc1"].bits == 6
+    assert plan.layers["conv2"].rank is None  # rank fraction 1.0 = not factorized
+    assert 13 <= plan.layers["fc1"].rank <= 32  # 0.2..0.5 of full rank 64
+
+
+def test_rank_fraction_maps_to_integer_rank() -> None:
+    space = load_space(None).resolve(cnn())
+    fc1 = space.layers["fc1"]
+    assert fc1.full_rank == 64
+    assert fc1.rank_from_fraction(0.5) == 32
+    assert fc1.rank_from_fraction(0.01) == 1
+    assert fc1.rank_from_fraction(1.0) is None
+
+
+def test_uniform_params_snap_to_each_layer_domain() -> None:
+    space = load_space(None).resolve(cnn())
+    params = space.uniform_params(sparsity=0.52, bits=7, rank=1.0)
+    assert params["fc1.sparsity"] == 0.5
+    assert params["fc1.bits"] in (6, 8)
+    assert params["fc1.rank"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("knobs: {sparsity: 1.5}", "sparsity 1.5"),
+        ("knobs: {bits: [1, 4]}", "1 bits"),
+        ("knobs: {rank: 0}", "rank 0"),
+        ("knobs: {rank: {low: 0.0, high: 0.5}}", "rank 0.0"),
+        ("knobs: {bits: []}", "empty list"),
+        ("knobs: {bits: [4, 4]}", "twice"),
+        ("knobs: {sparsty: 0.5}", "did you mean 'sparsity'"),
+        ("layerz: ['*']", "did you mean 'layers'"),
+        ("knobs: {sparsity: {low: 0.8, high: 0.2}}", "swap"),
+        ("knobs: {sparsity: {lo: 0.1, high: 0.2}}", "did you mean 'low'"),
+        ("overrides: [{bits: [4]}]", "overrides[0]"),
+    ],
+)
+def test_bad_space_values_name_the_key_and_file(text: str, needle: str) -> None:
+    with pytest.raises(SpaceError) as err:
+        parse_space(__import__("yaml").safe_load(text), "my-space.yaml")
+    assert needle in str(err.value) and "my-space.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("layers: ['fc9']", "'fc9'"),
+        ("exclude: ['nothing*']", "'nothing*'"),
+        ("overrides: [{layers: ['conv7'], bits: [4]}]", "'conv7'"),
+    ],
+)
+def test_globs_matching_nothing_are_errors(text: str, needle: str) -> None:
+    spec = parse_space(__import__("yaml").safe_load(text), "s.yaml")
+    with pytest.raises(SpaceError) as err:
+        spec.resolve(cnn())
+    assert needle in str(err.value) and "conv1, conv2, fc1, fc2" in str(err.value)
+
+
+def test_config_file_and_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "study.yaml"
+    f.write_text("name: x\ntask: {model: digits-mlp}\nspace: spaces/s.yaml\nsearch: {trials: 7}\n")
+    config = load_config(f, {"search.workers": 0, "search.trials": None})
+    assert config.name == "x" and config.task.model == "digits-mlp"
+    assert config.search.trials == 7 and config.search.workers == 0
+    assert Path(config.space) == tmp_path / "spaces/s.yaml"  # relative to the config file
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("serch: {trials: 3}", "did you mean 'search'"),
+        ("search: {trials: 0}", "search.trials"),
+        ("search: {trials: many}", "must be an integer"),
+        ("search: {sampler: cmaes}", "tpe, nsga2, random"),
+        ("finetune: {stepz: 3}", "did you mean 'steps'"),
+        ("search: [1, 2]", "must be a mapping"),
+        ("name: [unclosed", "fix the YAML syntax"),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert needle in str(err.value) and str(f) in str(err.value)
