@@ -5,6 +5,7 @@ weight bit-width and a low-rank rank; workers build, fine-tune and measure each 
 the Pareto front of accuracy / size / latency lands in a SQL database optuna-dashboard reads.
 """
 
+from autocompress.artifact import load
 from autocompress.config import StudyConfig, load_config
 from autocompress.errors import AutocompressError
 from autocompress.plan import CompressionPlan, LayerPlan, Result
@@ -18,6 +19,7 @@ __all__ = [
     "LayerPlan",
     "Result",
     "StudyConfig",
+    "load",
     "load_config",
     "run_search",
 ]

@@ -21,6 +21,15 @@ EXAMPLES_REPORT = """examples:
   autocompress report autocompress --json > front.json
   optuna-dashboard sqlite:///studies/autocompress.db   # the same study in the browser"""
 
+EXAMPLES_EXPORT = """examples:
+  autocompress export autocompress --trial 14                 # writes autocompress-trial14.acz
+  autocompress export autocompress --trial 14 -o model.acz
+  python -c "import autocompress; m = autocompress.load('model.acz')"   # an nn.Module again"""
+
+EXAMPLES_INSPECT = """examples:
+  autocompress inspect model.acz
+  autocompress inspect model.acz --json"""
+
 EXAMPLES_LAYERS = """examples:
   autocompress layers digits-cnn
   autocompress layers digits-mlp --space search_spaces/default.yaml"""
@@ -54,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the front as a JSON list")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    e = sub.add_parser("export", help="write a trial's packed model to a file", epilog=EXAMPLES_EXPORT, formatter_class=fmt)
+    e.add_argument("name", help="study name")
+    e.add_argument("--trial", type=int, required=True, help="trial number (see 'autocompress report')")
+    e.add_argument("-o", "--output", help="output file (default: NAME-trialN.acz in the current folder)")
+    e.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
+    e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    i = sub.add_parser("inspect", help="show what a packed artifact holds", epilog=EXAMPLES_INSPECT, formatter_class=fmt)
+    i.add_argument("file", help="an .acz file from 'autocompress export'")
+    i.add_argument("--json", action="store_true", help="print as JSON")
+    i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     lay = sub.add_parser("layers", help="list a model's compressible layers and their knobs", epilog=EXAMPLES_LAYERS, formatter_class=fmt)
     lay.add_argument("task", help="model name (see the list with any unknown name)")
     lay.add_argument("--space", default=None, help="search space YAML (default: the default config's space, else the built-in one)")
@@ -81,19 +102,62 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from autocompress.config import load_config
     from autocompress.report import print_report, report_json
-    from autocompress.storage import load_study, open_storage
 
-    url = args.storage or load_config(None).storage
-    study = load_study(open_storage(url, create=False), args.name, url)
+    study = _open_study(args.name, args.storage)
     if args.json:
-        from autocompress.report import report_rows
-
-        report_rows(study)  # validates before printing anything
         print(report_json(study))
     else:
         print_report(study)
+    return 0
+
+
+def _open_study(name: str, storage: str | None):  # type: ignore[no-untyped-def]
+    from autocompress.config import load_config
+    from autocompress.report import check_study
+    from autocompress.storage import load_study, open_storage
+
+    url = storage or load_config(None).storage
+    study = load_study(open_storage(url, create=False), name, url)
+    check_study(study)
+    return study
+
+
+def _export(args: argparse.Namespace) -> int:
+    from autocompress.export import export_trial
+
+    study = _open_study(args.name, args.storage)
+    path = export_trial(study, args.trial, args.output)
+    trial = study.trials[args.trial]
+    print(f"wrote {path}: {path.stat().st_size} bytes (trial {args.trial}: accuracy {100 * trial.values[0]:.2f}%, size_bytes {int(trial.values[1])})")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.table import Table
+
+    from autocompress.export import describe
+    from autocompress.report import make_console, plan_summary
+
+    info = describe(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    console = make_console()
+    task = info["task"]
+    console.print(f"{info['file']}: {info['size_bytes']} bytes ({info['unpacked_bytes']} before zlib), "
+                  f"model {task['model']} ({task['num_classes']} classes, input {task['input_shape']}), {info['params']} parameters")
+    console.print(f"plan: {plan_summary(info['plan'])}")
+    for layer, idxs in info["channels_removed"].items():
+        console.print(f"channels removed from {layer}: {len(idxs)}")
+    table = Table()
+    for col in ("tensor", "shape", "kind", "encoding", "bits", "bytes"):
+        table.add_column(col)
+    for t in info["tensors"]:
+        table.add_row(t["name"], "x".join(map(str, t["shape"])), t["kind"], t["encoding"], str(t["bits"] or ""), str(t["bytes"]))
+    console.print(table)
     return 0
 
 
@@ -103,12 +167,13 @@ def _layers(args: argparse.Namespace) -> int:
     from autocompress.config import load_config
     from autocompress.report import make_console
     from autocompress.space import load_space
-    from autocompress.tasks import TaskSpec, untrained_model
+    from autocompress.tasks import TaskSpec, example_input, untrained_model
 
     space_path = args.space or load_config(None).space
-    space = load_space(space_path).resolve(untrained_model(TaskSpec(model=args.task)))
+    spec = TaskSpec(model=args.task)
+    space = load_space(space_path).resolve(untrained_model(spec), example_input(spec))
     table = Table(title=f"{args.task}: {len(space.layers)} layers, {space.dimensions} searched knobs ({space.source})")
-    for col in ("layer", "type", "weight", "params", "full rank", "sparsity", "bits", "rank fraction"):
+    for col in ("layer", "type", "weight", "params", "full rank", "sparsity", "mode", "bits", "rank fraction"):
         table.add_column(col)
     for ls in space.layers.values():
         params = 1
@@ -117,7 +182,9 @@ def _layers(args: argparse.Namespace) -> int:
         table.add_row(
             ls.name, ls.type, "x".join(map(str, ls.weight_shape)), str(params),
             "-" if ls.full_rank is None else str(ls.full_rank),
-            *(ls.knobs[k].describe() for k in ("sparsity", "bits", "rank")),
+            *(ls.knobs[k].describe() for k in ("sparsity",)),
+            ls.knobs["sparsity_mode"].describe() if not ls.knobs["sparsity_mode"].fixed or ls.knobs["sparsity_mode"].value else "unstructured",
+            *(ls.knobs[k].describe() for k in ("bits", "rank")),
         )
     make_console().print(table)
     return 0
@@ -131,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.debug:
         logging.getLogger("optuna").setLevel(logging.WARNING)
-    handler = {"search": _search, "report": _report, "layers": _layers}[args.command]
+    handler = {"search": _search, "report": _report, "export": _export, "inspect": _inspect, "layers": _layers}[args.command]
     try:
         return handler(args)
     except AutocompressError as exc:

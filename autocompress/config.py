@@ -39,6 +39,7 @@ class StudyConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     cache_dir: str = "studies/baselines"  # trained baselines, keyed by task spec
+    artifact_dir: str = "studies/artifacts"  # every trial's packed model (optuna-dashboard shows them)
     source: str = field(default="(built-in defaults)", compare=False)  # where it was read from
 
     def to_dict(self) -> dict[str, Any]:

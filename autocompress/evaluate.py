@@ -20,7 +20,8 @@ from autocompress import compress
 from autocompress.errors import AutocompressError
 from autocompress.latency import LatencyConfig, count_macs, measure_latency
 from autocompress.plan import CompressionPlan, Result
-from autocompress.size import packed_size
+from autocompress.artifact import pack
+from autocompress.size import layer_rows
 from autocompress.tasks import Task, evaluate_accuracy
 
 
@@ -69,36 +70,44 @@ class Evaluator:
         self.example = task.data.x_val[: latency.batch_size]
         self.worker = {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def measure(self, model: nn.Module) -> Result:
-        """Accuracy, size, latency and counts of a (possibly compressed) model, baked in place."""
+    def measure(self, model: nn.Module, plan: CompressionPlan) -> Result:
+        """Accuracy, packed size, latency and counts of a (possibly compressed) model.
+
+        Packing bakes the model in place; latency is then measured on that deployable form.
+        """
         data = self.task.data
+        model.eval()
         accuracy = evaluate_accuracy(model, data.x_val, data.y_val)
-        size = packed_size(model)
-        deploy = compress.bake(model)
-        latency_ms, cv = measure_latency(deploy, self.example, self.latency_config)
-        weights = [p for n, p in deploy.named_parameters() if n.endswith("weight")]
+        rows = layer_rows(model)
+        packed = pack(model, plan, self.task.artifact_task(), compress.channels_removed(model))
+        for row in rows:
+            row["bytes"] = packed.per_layer.get(row["layer"], 0)
+        latency_ms, cv, backend = measure_latency(model, self.example, self.latency_config, plan)
+        weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
         return Result(
             accuracy=accuracy,
-            size_bytes=size.total_bytes,
+            size_bytes=len(packed.data),
             latency_ms=latency_ms,
             latency_cv=cv,
-            params=sum(p.numel() for p in deploy.parameters()),
+            latency_backend=backend,
+            params=sum(p.numel() for p in model.parameters()),
             nonzeros=sum(int(torch.count_nonzero(w)) for w in weights),
-            macs=count_macs(deploy, self.example),
-            per_layer=size.per_layer,
+            macs=count_macs(model, self.example),
+            per_layer=rows,
+            artifact=packed.data,
         )
 
     def baseline(self) -> Result:
-        """The uncompressed model measured the same way as every trial."""
-        return self._timed(lambda: self.measure(self.task.build_model()))
+        """The uncompressed model measured the same way as every trial (its fp32 artifact)."""
+        return self._timed(lambda: self.measure(self.task.build_model(), CompressionPlan()))
 
     def evaluate(self, plan: CompressionPlan) -> Result:
         """Compress, fine-tune and measure; any failure becomes ``Result.error``, never an exception."""
 
         def run() -> Result:
-            model = compress.apply(self.task.build_model(), plan)
+            model = compress.apply(self.task.build_model(), plan, example=self.task.data.x_val[:2])
             log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed)
-            result = self.measure(model)
+            result = self.measure(model, plan)
             result.finetune_log = log
             return result
 

@@ -24,8 +24,12 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
     return list(study.best_trials)
 
 
-def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per Pareto trial, smallest first, with ratios against the stored baseline."""
+def front_rows(study: optuna.Study, test_accuracy: dict[int, float] | None = None) -> list[dict[str, Any]]:
+    """One row per Pareto trial, smallest first, with ratios against the stored baseline.
+
+    Args:
+        test_accuracy: trial number -> test-split accuracy, shown beside the validation one.
+    """
     baseline = study.user_attrs.get("baseline", {})
     rows = []
     for t in front(study):
@@ -42,6 +46,10 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "nonzeros": t.user_attrs.get("metrics", {}).get("nonzeros"),
             "plan": t.user_attrs.get("plan", {}),
         }
+        if test_accuracy is not None and t.number in test_accuracy:
+            row["test_accuracy"] = test_accuracy[t.number]
+            if "test_accuracy" in baseline:
+                row["test_accuracy_drop"] = round(100.0 * (baseline["test_accuracy"] - test_accuracy[t.number]), 3)
         if baseline:
             row["accuracy_drop"] = round(100.0 * (baseline["accuracy"] - accuracy), 3)
             row["compression_ratio"] = baseline["size_bytes"] / size_bytes

@@ -72,6 +72,7 @@ class Result:
         latency_cv: coefficient of variation of the latency repeats.
         error: why the evaluation failed; None when it succeeded.
         worker: where it ran (host, pid, Ray node id when on Ray).
+        artifact: the packed model (``size_bytes`` is its length); not stored as an attribute.
     """
 
     accuracy: float = float("nan")
@@ -83,9 +84,11 @@ class Result:
     per_layer: list[dict[str, Any]] = field(default_factory=list)
     finetune_log: list[float] = field(default_factory=list)
     latency_cv: float = 0.0
+    latency_backend: str = "fp32"
     eval_seconds: float = 0.0
     error: str | None = None
     worker: dict[str, Any] = field(default_factory=dict)
+    artifact: bytes = b""
 
     @property
     def ok(self) -> bool:

@@ -35,13 +35,21 @@ def plan_summary(plan: dict[str, dict[str, Any]]) -> str:
     for name, lp in plan.items():
         bits = "fp32" if lp["bits"] >= 32 else f"{lp['bits']}b"
         rank = f"/r{lp['rank']}" if lp.get("rank") else ""
-        parts.append(f"{name} s{lp['sparsity']:.2f}/{bits}{rank}")
+        mode = "c" if lp.get("structured") else "s"  # c: channels removed, s: single weights
+        parts.append(f"{name} {mode}{lp['sparsity']:.2f}/{bits}{rank}")
     return " ".join(parts)
 
 
-def report_rows(study: optuna.Study) -> list[dict[str, Any]]:
+def report_rows(study: optuna.Study, test_split: bool = True) -> list[dict[str, Any]]:
+    """The front's rows; with ``test_split``, each re-checked once on the held-out test split."""
     check_study(study)
-    return front_rows(study)
+    tests = None
+    if test_split:
+        from autocompress.export import test_accuracies
+
+        numbers = [t.number for t in study.best_trials if "artifact_id" in t.user_attrs]
+        tests = test_accuracies(study, numbers) if numbers else {}
+    return front_rows(study, tests)
 
 
 def print_report(study: optuna.Study, console: Console | None = None) -> None:
@@ -61,7 +69,7 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
         return
     table = Table(show_lines=False)
     for col, justify in (
-        ("trial", "right"), ("accuracy %", "right"), ("drop pts", "right"), ("size KB", "right"),
+        ("trial", "right"), ("val acc %", "right"), ("drop pts", "right"), ("test acc %", "right"), ("test drop", "right"), ("size KB", "right"),
         ("ratio", "right"), ("latency ms", "right"), ("speedup", "right"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -70,13 +78,15 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
             str(r["trial"]),
             f"{100 * r['accuracy']:.2f}",
             "" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:+.2f}",
+            f"{100 * r['test_accuracy']:.2f}" if "test_accuracy" in r else "",
+            f"{r['test_accuracy_drop']:+.2f}" if "test_accuracy_drop" in r else "",
             f"{r['size_bytes'] / 1024:.2f}",
             "" if r["compression_ratio"] is None else f"{r['compression_ratio']:.1f}x",
             f"{r['latency_ms']:.3f}",
             "" if r["speedup"] is None else f"{r['speedup']:.2f}x",
         )
     console.print(table)
-    console.print("plans (layer sparsity/bits/rank):")
+    console.print("plans (layer s=sparsity or c=channel share / bits / r=rank):")
     for r in rows:
         console.print(f"  trial {r['trial']}: {plan_summary(r['plan'])}", highlight=False, soft_wrap=True)
 

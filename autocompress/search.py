@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
 from autocompress import pareto
@@ -21,7 +24,7 @@ from autocompress.plan import Result
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace, load_space
 from autocompress.storage import check_url, load_study, mask_url, open_storage
-from autocompress.tasks import Task, build_task, evaluate_accuracy, untrained_model
+from autocompress.tasks import Task, build_task, evaluate_accuracy, example_input, untrained_model
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 def prepare(config: StudyConfig) -> SearchSpace:
     """Validate the task and resolve the space against the model, before training or storage."""
     check_url(config.storage)
-    return load_space(config.space).resolve(untrained_model(config.task))
+    return load_space(config.space).resolve(untrained_model(config.task), example_input(config.task))
 
 
 def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:
@@ -70,18 +73,35 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
         )
 
 
-def measure_baseline(task: Task, config: StudyConfig) -> dict[str, Any]:
+def measure_baseline(task: Task, config: StudyConfig) -> tuple[dict[str, Any], bytes]:
+    """The uncompressed model's numbers (its fp32 artifact from the same packer) and artifact."""
     result = Evaluator(task, config.finetune, config.latency).baseline()
     if result.error:
         raise SearchError(f"the baseline model cannot be measured: {result.error}")
-    return {
+    numbers = {
         "accuracy": result.accuracy,
         "test_accuracy": evaluate_accuracy(task.build_model(), task.data.x_test, task.data.y_test),
         "size_bytes": result.size_bytes,
         "latency_ms": result.latency_ms,
+        "latency_cv": result.latency_cv,
+        "latency_backend": result.latency_backend,
         "params": result.params,
         "macs": result.macs,
     }
+    return numbers, result.artifact
+
+
+def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir: str, name: str) -> str:
+    """Put a packed model in the study's artifact store (optuna-dashboard lists it); its id."""
+    folder = Path(artifact_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(folder))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        return upload_artifact(
+            artifact_store=store, file_path=str(path), study_or_trial=owner, mimetype="application/x-autocompress",
+        )
 
 
 class Driver:
@@ -101,7 +121,9 @@ class Driver:
         study = self._open_study(storage, space)
         task = build_task(cfg.task, cfg.cache_dir)
         if "baseline" not in study.user_attrs:
-            study.set_user_attr("baseline", measure_baseline(task, cfg))
+            baseline, data = measure_baseline(task, cfg)
+            baseline["artifact_id"] = store_artifact(study, data, cfg.artifact_dir, "baseline.acz")
+            study.set_user_attr("baseline", baseline)
         self.study = study
         done = self._count(TrialState.COMPLETE)
         if done >= cfg.search.trials:
@@ -131,6 +153,7 @@ class Driver:
         study.set_user_attr("task", cfg.task.resolved().to_dict())
         study.set_user_attr("space", space.to_dict())
         study.set_user_attr("config", cfg.to_dict())
+        study.set_user_attr("artifact_dir", str(Path(cfg.artifact_dir).resolve()))
         if cfg.search.warm_start:
             for sparsity, bits, rank in WARM_START[: cfg.search.trials]:
                 study.enqueue_trial(space.uniform_params(sparsity, bits, rank), skip_if_exists=True)
@@ -195,7 +218,7 @@ class Driver:
         baseline = study.user_attrs.get("baseline", {})
         metrics = {
             k: getattr(result, k)
-            for k in ("accuracy", "size_bytes", "latency_ms", "latency_cv", "params", "nonzeros", "macs", "eval_seconds")
+            for k in ("accuracy", "size_bytes", "latency_ms", "latency_cv", "latency_backend", "params", "nonzeros", "macs", "eval_seconds")
         }
         if baseline:
             metrics["accuracy_drop"] = 100.0 * (baseline["accuracy"] - result.accuracy)
@@ -204,6 +227,8 @@ class Driver:
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("per_layer", result.per_layer)
         trial.set_user_attr("finetune_log", result.finetune_log)
+        artifact_id = store_artifact(trial, result.artifact, self.config.artifact_dir, f"trial-{trial.number}.acz")
+        trial.set_user_attr("artifact_id", artifact_id)
         study.tell(trial, result.values)
         return True
 

@@ -1,4 +1,4 @@
-"""Bytes of the packed representation of a (compressed) model, everything counted.
+"""How each weight tensor is stored in the packed artifact, and per-layer accounting.
 
 Per weight tensor the cheapest of three encodings is chosen:
 
@@ -10,24 +10,23 @@ Per weight tensor the cheapest of three encodings is chosen:
 
 Quantized tensors store integer codes plus one float16 scale per output channel; unquantized
 ones store float32 values. Biases, normalisation parameters and buffers count at their dtype's
-width. Each tensor also carries a fixed header (encoding, bit-width, shape).
+width. ``artifact.pack`` writes exactly these encodings; the size objective is the byte length
+of its output.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.compress import FakeQuant, Factorized, compressible_layers, leaf_layers
+from autocompress import compress
+from autocompress.compress import FakeQuant, Factorized, leaf_layers
 from autocompress.plan import FULL_PRECISION_BITS
 
-HEADER_BYTES = 16  # per tensor: encoding tag, bit-width, index width, rank and up to 4 dims
-SCALE_BITS = 16  # per-channel scales are stored as float16
 MAX_INDEX_BITS = 8
 
 
@@ -38,12 +37,7 @@ class WeightCodes:
     values: torch.Tensor  # integer codes when quantized, float values otherwise
     bits: int  # width of one stored value
     channels_with_scale: int  # output channels carrying a float16 scale (0 when unquantized)
-
-
-@dataclass
-class SizeReport:
-    total_bytes: int
-    per_layer: list[dict[str, Any]] = field(default_factory=list)
+    scale: torch.Tensor | None = None  # float16 per-channel scales, when quantized
 
 
 def weight_codes(leaf: nn.Module) -> WeightCodes:
@@ -54,7 +48,9 @@ def weight_codes(leaf: nn.Module) -> WeightCodes:
     for step in leaf.parametrizations.weight:
         if isinstance(step, FakeQuant):
             with torch.no_grad():
-                return WeightCodes(step.codes(step_input(leaf, step)), step.bits, weight.shape[0])
+                x = step_input(leaf, step)
+                scale = step.scale(x)
+                return WeightCodes(step.codes(x, scale), step.bits, weight.shape[0], scale.reshape(-1).half())
     return WeightCodes(leaf.weight.detach(), FULL_PRECISION_BITS, 0)
 
 
@@ -86,68 +82,38 @@ def encoded_bits(values: torch.Tensor, value_bits: int) -> tuple[int, str]:
     return best
 
 
-def _tensor_bytes(bits: int) -> int:
-    return HEADER_BYTES + math.ceil(bits / 8)
+def layer_rows(model: nn.Module) -> list[dict[str, Any]]:
+    """Per compressed layer: type, rank, bits, params, nonzeros, sparsity and chosen encoding.
 
-
-def packed_size(model: nn.Module) -> SizeReport:
-    """Size in bytes of the packed model and a per-layer breakdown.
-
-    Works on the compressed model as evaluated (masks and quantizers still attached).
+    Works on the model as evaluated (masks and quantizers still attached); the packer adds the
+    bytes each layer takes.
     """
-    accounted: set[int] = set()
-    rows: list[dict[str, Any]] = []
-    total = 0
-    for name, layer in _top_compressible(model).items():
-        layer_bytes = params = nonzeros = 0
+    rows = []
+    for name, layer in compress.layer_map(model).items():
+        params = nonzeros = 0
         bits = FULL_PRECISION_BITS
         encodings = []
-        for leaf in leaf_layers(layer):
+        leaves = leaf_layers(layer)
+        for leaf in leaves:
             codes = weight_codes(leaf)
             bits = codes.bits
-            weight_bits, encoding = encoded_bits(codes.values, codes.bits)
-            encodings.append(encoding)
-            layer_bytes += _tensor_bytes(weight_bits)
-            if codes.channels_with_scale:
-                layer_bytes += _tensor_bytes(codes.channels_with_scale * SCALE_BITS)
+            encodings.append(encoded_bits(codes.values, codes.bits)[1])
             params += codes.values.numel()
             nonzeros += int(torch.count_nonzero(codes.values))
-            for tensor in _own_tensors(leaf):
-                accounted.add(id(tensor))
             if leaf.bias is not None:
-                layer_bytes += _tensor_bytes(leaf.bias.numel() * leaf.bias.element_size() * 8)
                 params += leaf.bias.numel()
                 nonzeros += int(torch.count_nonzero(leaf.bias))
         rows.append(
             {
                 "layer": name,
-                "type": "Linear" if isinstance(leaf_layers(layer)[0], nn.Linear) else "Conv2d",
+                "type": "Linear" if isinstance(leaves[0], nn.Linear) else "Conv2d",
+                "weight_shape": list(leaves[-1].weight.shape),
                 "rank": layer.first.weight.shape[0] if isinstance(layer, Factorized) else None,
                 "bits": bits,
                 "params": params,
                 "nonzeros": nonzeros,
                 "sparsity": round(1.0 - nonzeros / max(1, params), 4),
                 "encoding": "+".join(encodings),
-                "bytes": layer_bytes,
             }
         )
-        total += layer_bytes
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if id(tensor) not in accounted:
-            total += _tensor_bytes(tensor.numel() * tensor.element_size() * 8)
-    return SizeReport(total_bytes=total, per_layer=rows)
-
-
-def _top_compressible(model: nn.Module) -> dict[str, nn.Module]:
-    """Compressible layers by name, with factorized pairs as one layer (their original name)."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, Factorized)}
-    for name, m in compressible_layers(model).items():
-        if not any(name.startswith(f"{outer}.") for outer in layers) and ".parametrizations." not in name:
-            layers[name] = m
-    order = [name for name, _ in model.named_modules()]
-    return dict(sorted(layers.items(), key=lambda item: order.index(item[0])))
-
-
-def _own_tensors(leaf: nn.Module) -> list[torch.Tensor]:
-    """Every parameter and buffer of a leaf layer, parametrization state included."""
-    return list(leaf.parameters()) + list(leaf.buffers())
+    return rows

@@ -6,6 +6,7 @@ A space file says which layers to compress (globs on module names) and the knobs
     exclude: []                   # globs taken out of the selection
     knobs:
       sparsity: {low: 0.0, high: 0.95, step: 0.05}
+      sparsity_mode: unstructured         # or channel (removes output channels), or a list of both
       bits: [2, 3, 4, 5, 6, 8, 32]        # 32 = not quantized
       rank: {low: 0.1, high: 1.0, step: 0.1}   # fraction of full rank; 1.0 = not factorized
     overrides:                    # later entries win; each names layers by glob
@@ -28,14 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from torch import nn
 
 from autocompress.compress import compressible_layers, full_rank
+from autocompress.compress.channel import produces_output
 from autocompress.config import read_yaml
 from autocompress.errors import SpaceError, did_you_mean
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
 
-KNOBS = ("sparsity", "bits", "rank")
+KNOBS = ("sparsity", "sparsity_mode", "bits", "rank")
+SPARSITY_MODES = ("unstructured", "channel")
 SUPPORTED_BITS = (*range(2, 17), FULL_PRECISION_BITS)
 MAX_SPARSITY = 0.99
 _TOP_KEYS = ("layers", "exclude", "knobs", "overrides")
@@ -64,9 +68,11 @@ class Knob:
             return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
         return self.value
 
-    def snap(self, target: float) -> Any:
+    def snap(self, target: Any) -> Any:
         """The allowed value closest to ``target`` (for warm-start plans)."""
         if self.choices is not None:
+            if isinstance(target, str):
+                return target if target in self.choices else self.choices[0]
             return min(self.choices, key=lambda c: abs(c - target))
         if self.low is not None:
             assert self.high is not None
@@ -127,6 +133,7 @@ class SearchSpace:
             v = values[name]
             plans[name] = LayerPlan(
                 sparsity=round(float(v.get("sparsity") or 0.0), 6),  # 0.15, not 0.15000000000000002
+                structured=v.get("sparsity_mode") == "channel",
                 bits=int(v.get("bits") or FULL_PRECISION_BITS),
                 rank=ls.rank_from_fraction(v.get("rank")),
             )
@@ -134,7 +141,7 @@ class SearchSpace:
 
     def uniform_params(self, sparsity: float, bits: int, rank: float = 1.0) -> dict[str, Any]:
         """Optuna params for one setting applied to every layer, snapped to each layer's knobs."""
-        target = {"sparsity": sparsity, "bits": bits, "rank": rank}
+        target = {"sparsity": sparsity, "sparsity_mode": "unstructured", "bits": bits, "rank": rank}
         return {
             f"{name}.{k}": knob.snap(target[k])
             for name, ls in self.layers.items()
@@ -162,8 +169,12 @@ class SpaceSpec:
     overrides: list[tuple[list[str], dict[str, Knob]]] = field(default_factory=list)
     source: str = "(built-in)"
 
-    def resolve(self, model: nn.Module) -> SearchSpace:
-        """Match the globs against ``model``'s Linear/Conv2d layers and give each its knobs."""
+    def resolve(self, model: nn.Module, example: torch.Tensor | None = None) -> SearchSpace:
+        """Match the globs against ``model``'s Linear/Conv2d layers and give each its knobs.
+
+        With an ``example`` input, the layer producing the model's output gets no channel
+        pruning (removing its channels would remove classes).
+        """
         available = compressible_layers(model)
         names = list(available)
         selected = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in self.layers)]
@@ -182,6 +193,8 @@ class SpaceSpec:
             rank_limit = full_rank(module)
             if rank_limit is None:
                 knobs["rank"] = Knob()  # depthwise/grouped convs: factorization does not apply
+            if example is not None and _allows_channel(knobs["sparsity_mode"]) and produces_output(model, module, example):
+                knobs["sparsity_mode"] = Knob()  # the output layer keeps all its channels
             result[name] = LayerSpace(name, type(module).__name__, tuple(module.weight.shape), rank_limit, knobs)
         for i, (globs, _) in enumerate(self.overrides):
             self._check_globs(globs, selected, f"overrides[{i}].layers")
@@ -197,9 +210,20 @@ class SpaceSpec:
                 )
 
 
+def _allows_channel(knob: Knob) -> bool:
+    return knob.value == "channel" or "channel" in (knob.choices or ())
+
+
 def _parse_knob(name: str, raw: Any, where: str, key: str) -> Knob:
     if raw is None:
         return Knob()
+    if name == "sparsity_mode":
+        values = raw if isinstance(raw, list) else [raw]
+        bad = [v for v in values if v not in SPARSITY_MODES]
+        if bad or not values:
+            shown = bad[0] if bad else "[]"
+            raise SpaceError(f"'{key}' has {shown!r}{did_you_mean(str(shown), SPARSITY_MODES)} ({where}): use unstructured, channel or a list of both")
+        return Knob(choices=tuple(values)) if isinstance(raw, list) else Knob(value=raw)
     if isinstance(raw, dict):
         unknown = set(raw) - {"low", "high", "step", "log"}
         if unknown:

@@ -1,16 +1,11 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from autocompress.tasks import Task, TaskSpec, build_task
-
-REPO = Path(__file__).resolve().parents[1]
-
+from tests import helpers  # noqa: F401  (registers the test models once)
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -36,13 +31,3 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m autocompress ARGS`` as a user would, in ``cwd``."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("RAY_ADDRESS", None) if env is None or "RAY_ADDRESS" not in env else None
-    return subprocess.run(
-        [sys.executable, "-m", "autocompress", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
-    )

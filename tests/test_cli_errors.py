@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 SPACE = str(REPO / "search_spaces/default.yaml")
 
@@ -30,8 +30,20 @@ CASES = {
     "unknown sampler flag": (lambda d: ["search", _config(d, ""), "--sampler", "cmaes"], "cmaes"),
     "malformed storage URL": (lambda d: ["search", _config(d, ""), "--storage", "not a url"], "malformed storage URL"),
     "report of a missing database": (lambda d: ["report", "x", "--storage", f"sqlite:///{d / 'bad.db'}"], "no database"),
+    "export of a missing study": (lambda d: ["export", "x", "--trial", "0", "--storage", _empty_db(d)], "no study named 'x'"),
+    "inspect a file that is no artifact": (lambda d: ["inspect", _space(d, "knobs: {}")], "not an autocompress artifact"),
+    "inspect a missing file": (lambda d: ["inspect", str(d / "gone.acz")], "gone.acz"),
     "layers of an unknown model": (lambda d: ["layers", "digits-cnnn"], "did you mean 'digits-cnn'"),
 }
+
+
+def _empty_db(folder: Path) -> str:
+    """A real database with no studies, under another name than the one checked below."""
+    import optuna
+
+    url = f"sqlite:///{folder / 'empty.db'}"
+    optuna.storages.RDBStorage(url)
+    return url
 
 
 def _space(folder: Path, body: str) -> str:

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from autocompress import compress
+from autocompress.artifact import decode_tensors, pack, read_header
 from autocompress.plan import CompressionPlan, LayerPlan, Result
-from autocompress.size import HEADER_BYTES, encoded_bits, packed_size, weight_codes
+from autocompress.size import encoded_bits, weight_codes
 
 
 def test_plan_json_round_trip() -> None:
@@ -20,7 +21,7 @@ def test_plan_json_round_trip() -> None:
 
 def test_result_round_trip_and_validity() -> None:
     r = Result(accuracy=0.9, size_bytes=100, latency_ms=1.5, per_layer=[{"layer": "fc"}])
-    assert Result.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    assert Result.from_dict(json.loads(json.dumps({**r.to_dict(), "artifact": ""}))) == Result(**{**r.to_dict(), "artifact": ""})
     assert r.ok and r.values == [0.9, 100.0, 1.5]
     assert not Result.failure("boom").ok
     assert not Result(accuracy=math.nan, size_bytes=10, latency_ms=1.0).ok
@@ -42,26 +43,29 @@ def test_encodings_pick_the_cheapest() -> None:
     assert encoded_bits(torch.zeros(50), 4) == (0, "empty")
 
 
-def test_baseline_size_counts_every_float32_tensor() -> None:
-    model = nn.Sequential(nn.Linear(10, 20), nn.BatchNorm1d(20), nn.Linear(20, 3))
-    tensors = list(model.parameters()) + list(model.buffers())
-    expected = sum(HEADER_BYTES + t.numel() * t.element_size() for t in tensors)
-    assert packed_size(model).total_bytes == expected
+def test_baseline_artifact_stores_every_tensor_exactly() -> None:
+    model = nn.Sequential(nn.Linear(10, 20), nn.BatchNorm1d(20), nn.Linear(20, 3)).eval()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    header, payload = read_header(pack(model, CompressionPlan(), {}).data)
+    decoded = dict(decode_tensors(header, payload))
+    assert decoded.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(decoded[key].to(tensor.dtype), tensor), key
+    raw = sum(t.numel() * t.element_size() for t in expected.values())
+    assert len(payload) == raw  # float32 weights dense, everything else raw
 
 
-def test_quantized_sparse_layer_is_counted_from_its_codes() -> None:
+def test_quantized_sparse_layer_is_stored_as_codes_bitmask_and_fp16_scales() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(100, 50))
-    compress.apply(model, CompressionPlan({"0": LayerPlan(sparsity=0.5, bits=4)}))
+    compress.apply(model, CompressionPlan({"0": LayerPlan(sparsity=0.5, bits=4)})).eval()
     codes = weight_codes(model[0])
     assert codes.bits == 4 and codes.values.abs().max() <= 7
     nnz = int(torch.count_nonzero(codes.values))
     assert nnz <= 2500
-    report = packed_size(model)
-    (row,) = report.per_layer
-    assert row["bits"] == 4 and row["encoding"] == "bitmask"
-    weight_bytes = HEADER_BYTES + math.ceil((5000 + nnz * 4) / 8)  # bitmask + 4-bit codes
-    scale_bytes = HEADER_BYTES + 50 * 2  # float16 per output channel
-    bias_bytes = HEADER_BYTES + 50 * 4  # float32
-    assert row["bytes"] == weight_bytes + scale_bytes + bias_bytes
-    assert report.total_bytes == row["bytes"]
+    header, _ = read_header(pack(model, CompressionPlan({"0": LayerPlan(sparsity=0.5, bits=4)}), {}).data)
+    weight = next(t for t in header["tensors"] if t["name"] == "0.weight")
+    assert weight["kind"] == "codes" and weight["enc"] == "bitmask" and weight["n"] == nnz
+    assert weight["index"][1] == math.ceil(5000 / 8)  # one bit per position
+    assert weight["values"][1] == math.ceil(nnz * 4 / 8)  # 4-bit codes of the nonzeros
+    assert weight["scale"][1] == 50 * 2  # a float16 scale per output channel

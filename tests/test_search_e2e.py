@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from autocompress.pareto import dominates
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners import LocalRunner
 from autocompress.search import Driver, run_search
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -81,10 +82,41 @@ def test_report_json_is_a_nonempty_non_dominated_front(cli_study: Path) -> None:
         assert r["compression_ratio"] > 1.0
 
 
+def test_report_rechecks_the_front_on_the_test_split_once(cli_study: Path) -> None:
+    url = f"sqlite:///{cli_study / 'e2e.db'}"
+    rows = json.loads(run_cli("report", "e2e", "--storage", url, "--json", cwd=cli_study).stdout)
+    study = optuna.load_study(study_name="e2e", storage=url)
+    stored = study.user_attrs["test_accuracy"]
+    assert sorted(map(int, stored)) == sorted(r["trial"] for r in rows)
+    for r in rows:
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_accuracy"] == stored[str(r["trial"])]
+        assert r["test_accuracy_drop"] == pytest.approx(100 * (study.user_attrs["baseline"]["test_accuracy"] - r["test_accuracy"]), abs=1e-3)
+
+
+def test_export_writes_the_trial_artifact_and_it_reloads(cli_study: Path) -> None:
+    import autocompress
+    from autocompress.tasks import DATASETS, evaluate_accuracy
+
+    url = f"sqlite:///{cli_study / 'e2e.db'}"
+    study = optuna.load_study(study_name="e2e", storage=url)
+    trial = study.best_trials[0]
+    out = cli_study / "exported.acz"
+    proc = run_cli("export", "e2e", "--trial", str(trial.number), "-o", str(out), "--storage", url, cwd=cli_study)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size == trial.values[1]  # the size objective is this file's length
+    model = autocompress.load(out)
+    data = DATASETS.get("digits")(0)
+    assert evaluate_accuracy(model, data.x_val, data.y_val) == trial.values[0]
+    proc = run_cli("inspect", str(out), "--json", cwd=cli_study)
+    info = json.loads(proc.stdout)
+    assert info["size_bytes"] == trial.values[1] and info["plan"] == trial.user_attrs["plan"]
+
+
 def test_terminal_report_shows_the_front_and_baseline(cli_study: Path) -> None:
     proc = run_cli("report", "e2e", "--storage", f"sqlite:///{cli_study / 'e2e.db'}", cwd=cli_study)
     assert proc.returncode == 0, proc.stderr
-    assert "baseline: accuracy" in proc.stdout and "ratio" in proc.stdout and "trial 0:" in proc.stdout
+    assert "baseline: accuracy" in proc.stdout and "ratio" in proc.stdout and "test acc %" in proc.stdout
+    assert re.search(r"^  trial \d+: conv1 ", proc.stdout, re.MULTILINE)  # each front trial's plan
 
 
 def test_rerun_resumes_and_completes_only_what_is_missing(cli_study: Path) -> None:
@@ -119,6 +151,9 @@ def test_optuna_dashboard_serves_the_study(cli_study: Path) -> None:
             detail = json.load(resp)
         assert detail["objective_names"] == ["accuracy", "size_bytes", "latency_ms"]
         assert len(detail["best_trials"]) >= 1
+        # Each trial's packed model is an artifact the dashboard lists (and the baseline's too).
+        assert all(len(t["artifacts"]) == 1 for t in detail["trials"])
+        assert detail["artifacts"][0]["filename"] == "baseline.acz"
     finally:
         server.terminate()
         server.wait(timeout=10)

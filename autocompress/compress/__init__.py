@@ -1,16 +1,19 @@
 """Compression: ``apply(model, plan)`` runs every registered technique on every planned layer.
 
-Order is fixed by each technique's ``order``: low-rank factorization, then pruning, then
-quantization, so pruning masks the factors and quantization sees the masked weights.
+Order is fixed by each technique's ``order``: low-rank factorization, channel pruning,
+unstructured pruning, then quantization, so pruning masks the factors and quantization sees
+the masked weights.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.compress import lowrank, prune, quantize  # noqa: F401  (register techniques)
-from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, Technique, leaf_layers
+from autocompress.compress import channel, lowrank, prune, quantize  # noqa: F401  (register techniques)
+from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique, leaf_layers
+from autocompress.compress.channel import remove_channels
 from autocompress.compress.lowrank import Factorized, factorize, full_rank
 from autocompress.compress.prune import Mask
 from autocompress.compress.quantize import FakeQuant
@@ -20,22 +23,41 @@ from autocompress.plan import CompressionPlan
 __all__ = [
     "COMPRESSIBLE_TYPES",
     "TECHNIQUES",
+    "ApplyContext",
     "FakeQuant",
     "Factorized",
     "Mask",
     "Technique",
     "apply",
-    "compressible_layers",
+    "apply_structure",
     "bake",
+    "channels_removed",
+    "compressible_layers",
     "factorize",
     "full_rank",
+    "layer_map",
     "leaf_layers",
 ]
+
+_CHANNELS_ATTR = "_autocompress_channels_removed"
 
 
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every Linear and Conv2d of ``model`` by qualified name, in definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSIBLE_TYPES)}
+
+
+def layer_map(model: nn.Module) -> dict[str, nn.Module]:
+    """The plan's view of a (possibly compressed) model: a factorized pair is one layer under
+    its original name; parametrization internals are not layers."""
+    factorized = {name: m for name, m in model.named_modules() if isinstance(m, Factorized)}
+    layers: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if name in factorized:
+            layers[name] = m
+        elif isinstance(m, COMPRESSIBLE_TYPES) and not any(name.startswith(f"{f}.") for f in factorized):
+            layers[name] = m
+    return layers
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -44,18 +66,39 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def apply(model: nn.Module, plan: CompressionPlan) -> nn.Module:
-    """Compress ``model`` in place following ``plan`` and return it."""
-    layers = compressible_layers(model)
-    techniques = sorted((TECHNIQUES.get(n)() for n in TECHNIQUES), key=lambda t: t.order)
-    for name, layer_plan in plan.layers.items():
-        if name not in layers:
+def apply(model: nn.Module, plan: CompressionPlan, example: torch.Tensor | None = None) -> nn.Module:
+    """Compress ``model`` in place following ``plan`` and return it.
+
+    Args:
+        example: a small input batch; needed when the plan removes channels (to trace the model).
+    """
+    available = compressible_layers(model)
+    for name in plan.layers:
+        if name not in available:
             raise SpaceError(f"plan names layer '{name}', which is not a Linear or Conv2d of the model")
-        layer = layers[name]
-        for technique in techniques:
+    ctx = ApplyContext(model=model, example=example)
+    for technique in sorted((TECHNIQUES.get(n)() for n in TECHNIQUES), key=lambda t: t.order):
+        layers = layer_map(model)
+        for name, layer_plan in plan.layers.items():
             if technique.applies(layer_plan):
-                layer = technique.apply(layer, layer_plan, name)
-        _set_submodule(model, name, layer)
+                _set_submodule(model, name, technique.apply(layers[name], layer_plan, name, ctx))
+    setattr(model, _CHANNELS_ATTR, ctx.channels_removed)
+    return model
+
+
+def channels_removed(model: nn.Module) -> dict[str, list[int]]:
+    """Per layer, the output channels that ``apply`` removed (empty when none were)."""
+    return dict(getattr(model, _CHANNELS_ATTR, {}))
+
+
+def apply_structure(model: nn.Module, plan: CompressionPlan, removed: dict[str, list[int]], example: torch.Tensor) -> nn.Module:
+    """Rebuild the shapes of a compressed model (factorized layers, removed channels), weights aside."""
+    for name, layer_plan in plan.layers.items():
+        if layer_plan.rank is not None:
+            _set_submodule(model, name, factorize(model.get_submodule(name), layer_plan.rank, name))
+    layers = layer_map(model)
+    for name, idxs in removed.items():
+        remove_channels(model, channel.out_layer(layers[name]), list(idxs), example)
     return model
 
 

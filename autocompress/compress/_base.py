@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from autocompress.plan import LayerPlan
@@ -11,24 +13,35 @@ from autocompress.registry import Registry
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
 
-class Technique(ABC):
-    """One compression technique, applied to one layer at a time.
+@dataclass
+class ApplyContext:
+    """What a technique may need beyond its layer: the whole model, an input to trace it with."""
 
-    ``compress.apply`` calls, for every layer in the plan and every registered technique in
-    ascending ``order``: :meth:`applies`, then :meth:`apply` when it said yes. ``apply`` may
-    replace the layer (low-rank does) by returning a new module, or change it in place and
-    return it. Techniques that keep state during fine-tuning use ``torch.nn.utils.parametrize``
-    on the weights, so later techniques see the effective weight.
+    model: nn.Module
+    example: torch.Tensor | None = None  # a small input batch (structured pruning traces it)
+    channels_removed: dict[str, list[int]] = field(default_factory=dict)  # layer -> channel indices
+
+
+class Technique(ABC):
+    """One compression technique, applied to every planned layer in turn.
+
+    ``compress.apply`` calls, for every registered technique in ascending ``order`` and then
+    every layer in the plan: :meth:`applies`, then :meth:`apply` when it said yes. Running one
+    technique over all layers before the next means structural changes (factorization, channel
+    removal) are done before any mask or quantizer is attached. ``apply`` may replace the layer
+    (low-rank does) by returning a new module, or change it in place and return it. Techniques
+    that keep state during fine-tuning use ``torch.nn.utils.parametrize`` on the weights, so
+    later techniques see the effective weight.
     """
 
-    order: int = 0  # position in the fixed application order (low-rank, pruning, quantization)
+    order: int = 0  # position in the fixed order: low-rank, channel pruning, pruning, quantization
 
     @abstractmethod
     def applies(self, plan: LayerPlan) -> bool:
         """Whether this layer plan asks for this technique."""
 
     @abstractmethod
-    def apply(self, layer: nn.Module, plan: LayerPlan, name: str) -> nn.Module:
+    def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
         """Compress ``layer`` (named ``name`` in the model) and return the module to use."""
 
 

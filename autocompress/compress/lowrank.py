@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autocompress.compress._base import TECHNIQUES, Technique
+from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique
 from autocompress.errors import SpaceError
 from autocompress.plan import LayerPlan
 
@@ -85,6 +85,6 @@ class LowRank(Technique):
     def applies(self, plan: LayerPlan) -> bool:
         return plan.rank is not None
 
-    def apply(self, layer: nn.Module, plan: LayerPlan, name: str) -> nn.Module:
+    def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
         assert plan.rank is not None
         return factorize(layer, plan.rank, name)

@@ -12,8 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
-from autocompress.compress._base import TECHNIQUES, Technique, leaf_layers
-from autocompress.errors import SpaceError
+from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique, leaf_layers
 from autocompress.plan import LayerPlan
 
 
@@ -39,14 +38,9 @@ class MagnitudePrune(Technique):
     order = 20
 
     def applies(self, plan: LayerPlan) -> bool:
-        return plan.sparsity > 0.0
+        return plan.sparsity > 0.0 and not plan.structured
 
-    def apply(self, layer: nn.Module, plan: LayerPlan, name: str) -> nn.Module:
-        if plan.structured:
-            raise SpaceError(
-                f"layer '{name}': structured (channel) pruning is not available in this version; "
-                "set structured: false"
-            )
+    def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
         for leaf in leaf_layers(layer):
             mask = magnitude_mask(leaf.weight, plan.sparsity)
             parametrize.register_parametrization(leaf, "weight", Mask(mask))

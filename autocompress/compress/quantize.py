@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.compress._base import TECHNIQUES, Technique, leaf_layers
+from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique, leaf_layers
 from autocompress.plan import FULL_PRECISION_BITS, LayerPlan
 
 _MIN_SCALE = 2.0**-14  # smallest normal float16: keeps scales representable and nonzero
@@ -38,6 +38,10 @@ class FakeQuant(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         scale = self.scale(weight)
         quantized = self.codes(weight, scale) * scale
+        if not self.training:
+            # Exactly codes * scale: what the packed artifact reloads to, bit for bit.
+            # (The straight-through form below can differ from it in the last bit.)
+            return quantized
         return weight + (quantized - weight).detach()
 
 
@@ -48,7 +52,7 @@ class Quantize(Technique):
     def applies(self, plan: LayerPlan) -> bool:
         return plan.bits < FULL_PRECISION_BITS
 
-    def apply(self, layer: nn.Module, plan: LayerPlan, name: str) -> nn.Module:
+    def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
         for leaf in leaf_layers(layer):
             parametrize.register_parametrization(leaf, "weight", FakeQuant(plan.bits))
         return layer

@@ -14,6 +14,7 @@ from autocompress.tasks._task import (
     TaskSpec,
     build_task,
     evaluate_accuracy,
+    example_input,
     untrained_model,
 )
 from autocompress.tasks import digits as _digits  # noqa: F401  (registers the built-ins)
@@ -27,5 +28,6 @@ __all__ = [
     "TaskSpec",
     "build_task",
     "evaluate_accuracy",
+    "example_input",
     "untrained_model",
 ]

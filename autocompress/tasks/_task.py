@@ -115,6 +115,15 @@ class Task:
         model.load_state_dict(self.state_dict)
         return model.eval()
 
+    def artifact_task(self) -> dict[str, Any]:
+        """What an artifact needs to rebuild the module: model name and shapes."""
+        return {
+            "model": self.spec.model,
+            "dataset": self.spec.dataset,
+            "num_classes": self.data.num_classes,
+            "input_shape": list(self.data.input_shape),
+        }
+
     def payload(self) -> dict[str, Any]:
         """Plain data for the Ray object store: spec, weights and tensors, no module."""
         return {"spec": self.spec.to_dict(), "data": asdict(self.data), "state_dict": self.state_dict}
@@ -151,6 +160,12 @@ def untrained_model(spec: TaskSpec) -> nn.Module:
     spec = spec.resolved()
     data = _dataset_fn(spec.dataset)(spec.seed)  # type: ignore[arg-type]
     return _model_entry(spec.model).factory(num_classes=data.num_classes, input_shape=data.input_shape)
+
+
+def example_input(spec: TaskSpec, batch: int = 2) -> torch.Tensor:
+    """A small batch of the task's validation inputs (to trace a model)."""
+    spec = spec.resolved()
+    return _dataset_fn(spec.dataset)(spec.seed).x_val[:batch]  # type: ignore[arg-type]
 
 
 def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines") -> Task:

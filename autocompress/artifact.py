@@ -1,0 +1,359 @@
+"""The packed artifact: the compressed model as it ships, and the size objective's bytes.
+
+Layout (format 1)::
+
+    b"ACZ1" | zlib( u32 header length | header JSON | payload )
+
+The header holds the task spec (model name, classes, input shape), the plan, the structure
+needed to rebuild the module (factorization ranks come from the plan; removed channels are
+listed) and a table of tensors. Each tensor is stored as:
+
+* ``codes``: integer codes of a quantized weight, offset to unsigned and bit-packed at ``bits``
+  bits, in the cheapest of the dense / bitmask / relative-index encodings (see ``size.py``),
+  plus one float16 scale per output channel;
+* ``sparse``: an unquantized weight's float32 nonzeros in the cheapest encoding;
+* ``raw``: any other tensor (biases, norms, buffers) as little-endian bytes of its dtype.
+
+Loading never unpickles anything: the header is JSON, tensors are rebuilt from raw bytes, and
+every offset and length is checked against the payload.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress import compress
+from autocompress.errors import AutocompressError
+from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan
+from autocompress.size import encoded_bits, weight_codes
+
+MAGIC = b"ACZ1"
+FORMAT_VERSION = 1
+MAX_UNPACKED_BYTES = 4 << 30  # refuse decompression bombs
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bfloat16": torch.bfloat16}
+
+
+class ArtifactError(AutocompressError):
+    """An artifact cannot be written or read."""
+
+
+@dataclass
+class Packed:
+    """A packed model: the artifact's bytes and the bytes each layer took before the codec."""
+
+    data: bytes
+    per_layer: dict[str, int] = field(default_factory=dict)
+
+
+# ---- bit-level helpers ---------------------------------------------------------------------
+
+
+def pack_uint(values: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned integers < 2**bits, little-endian bit order, ``bits`` bits each."""
+    if values.size == 0:
+        return b""
+    shifts = np.arange(bits, dtype=np.uint64)
+    planes = (values.astype(np.uint64)[:, None] >> shifts) & np.uint64(1)
+    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_uint(data: bytes, bits: int, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: count * bits]
+    if flat.size < count * bits:
+        raise ArtifactError("artifact is truncated: a tensor's packed bits end early; re-export it")
+    planes = flat.reshape(count, bits).astype(np.int64)
+    return (planes << np.arange(bits, dtype=np.int64)).sum(axis=1)
+
+
+def _encode_positions(flat_nonzero: np.ndarray, encoding: str) -> tuple[bytes, np.ndarray]:
+    """Sparse index bytes and the positions of the entries to store (fillers included)."""
+    positions = np.flatnonzero(flat_nonzero)
+    if encoding == "bitmask":
+        return np.packbits(flat_nonzero.astype(np.uint8), bitorder="little").tobytes(), positions
+    index_bits = int(encoding.rsplit("-", 1)[1])
+    cap = 2**index_bits - 1
+    gaps = np.diff(positions, prepend=-1) - 1  # zeros before each nonzero
+    fillers = gaps // (cap + 1)  # a filler entry stores a zero after `cap` skipped zeros
+    group_end = np.cumsum(fillers + 1) - 1  # index of each real entry among all entries
+    skips = np.full(int(group_end[-1]) + 1 if group_end.size else 0, cap, dtype=np.int64)
+    skips[group_end] = gaps - fillers * (cap + 1)
+    entries = np.cumsum(skips + 1) - 1
+    return pack_uint(skips, index_bits), entries
+
+
+def _decode_positions(index: bytes, encoding: str, numel: int, entries: int) -> np.ndarray:
+    if encoding == "bitmask":
+        mask = np.unpackbits(np.frombuffer(index, dtype=np.uint8), bitorder="little")[:numel]
+        return np.flatnonzero(mask)
+    index_bits = int(encoding.rsplit("-", 1)[1])
+    skips = unpack_uint(index, index_bits, entries)
+    positions = np.cumsum(skips + 1) - 1
+    if positions.size and positions[-1] >= numel:
+        raise ArtifactError("artifact is corrupt: a sparse index points past its tensor; re-export it")
+    return positions
+
+
+# ---- pack ----------------------------------------------------------------------------------
+
+
+class _Payload:
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+
+    def add(self, data: bytes) -> list[int]:
+        offset = self.buf.tell()
+        self.buf.write(data)
+        return [offset, len(data)]
+
+
+def _pack_weight(values: torch.Tensor, bits: int, scale: torch.Tensor | None, payload: _Payload) -> dict[str, Any]:
+    flat = values.detach().reshape(-1).cpu()
+    _, encoding = encoded_bits(flat, bits)
+    entry: dict[str, Any] = {"enc": encoding, "bits": bits}
+    nonzero = (flat != 0).numpy()
+    if encoding in ("dense", "empty"):
+        stored = flat.numpy() if encoding == "dense" else np.zeros(0)
+        positions = None
+    else:
+        index, positions = _encode_positions(nonzero, encoding)
+        entry["index"] = payload.add(index)
+        entry["n"] = int(positions.size)
+        stored = flat.numpy()[positions]
+    if scale is not None:
+        qmax = 2 ** (bits - 1) - 1
+        entry["kind"] = "codes"
+        entry["values"] = payload.add(pack_uint(stored.astype(np.int64) + qmax, bits))
+        entry["scale"] = payload.add(scale.numpy().astype("<f2").tobytes())
+    else:
+        entry["kind"] = "sparse" if positions is not None else "float"
+        entry["values"] = payload.add(stored.astype("<f4").tobytes())
+    return entry
+
+
+def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], channels_removed: dict[str, list[int]] | None = None) -> Packed:
+    """Pack a (compressed, evaluated) model. Bakes its masks and quantizers in place.
+
+    Args:
+        model: the model as evaluated, parametrizations attached (or a plain baseline).
+        plan: the plan it was compressed with (ranks rebuild the factorized layers).
+        task: ``{"model", "num_classes", "input_shape", ...}``: what rebuilds the module.
+        channels_removed: per layer, the output channels structured pruning removed.
+    """
+    model.eval()
+    codes = {}
+    for layer in compress.compressible_layers(model).values():
+        wc = weight_codes(layer)
+        codes[id(layer)] = wc
+    compress.bake(model)
+    owner = {}
+    for name, module in model.named_modules():
+        if isinstance(module, compress.COMPRESSIBLE_TYPES):
+            owner[f"{name}.weight" if name else "weight"] = module
+    layer_of = _layer_names(model, plan)
+    payload = _Payload()
+    tensors: list[dict[str, Any]] = []
+    per_layer: dict[str, int] = {}
+    for key, tensor in model.state_dict().items():
+        start = payload.buf.tell()
+        module = owner.get(key)
+        if module is not None:
+            wc = codes.get(id(module))
+            if wc is not None and wc.bits < FULL_PRECISION_BITS:
+                entry = _pack_weight(wc.values, wc.bits, wc.scale, payload)
+            else:
+                entry = _pack_weight(tensor, FULL_PRECISION_BITS, None, payload)
+        else:
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            if dtype not in _DTYPES:
+                raise ArtifactError(f"tensor '{key}' has dtype {dtype}, which the artifact format does not store")
+            entry = {"kind": "raw", "dtype": dtype, "values": payload.add(_raw_bytes(tensor))}
+        entry["name"] = key
+        entry["shape"] = list(tensor.shape)
+        tensors.append(entry)
+        layer = layer_of(key)
+        if layer is not None:
+            per_layer[layer] = per_layer.get(layer, 0) + payload.buf.tell() - start
+    header = {
+        "format": FORMAT_VERSION,
+        "task": task,
+        "plan": plan.to_dict(),
+        "channels_removed": channels_removed or {},
+        "tensors": tensors,
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    body = struct.pack("<I", len(head)) + head + payload.buf.getvalue()
+    return Packed(MAGIC + zlib.compress(body, 9), per_layer)
+
+
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    t = tensor.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().astype("<i2").tobytes()
+    return t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
+
+
+def _layer_names(model: nn.Module, plan: CompressionPlan):  # type: ignore[no-untyped-def]
+    names = sorted(compress.layer_map(model), key=len, reverse=True)
+
+    def layer_of(key: str) -> str | None:
+        for n in names:
+            if key.startswith(f"{n}."):
+                return n
+        return None
+
+    return layer_of
+
+
+# ---- unpack --------------------------------------------------------------------------------
+
+
+def read_header(data: bytes, source: str = "artifact") -> tuple[dict[str, Any], bytes]:
+    """Check the magic, decompress with a size cap, parse the JSON header."""
+    if not data.startswith(MAGIC):
+        raise ArtifactError(f"{source} is not an autocompress artifact (no ACZ1 signature): export one with 'autocompress export'")
+    try:
+        inflater = zlib.decompressobj()
+        body = inflater.decompress(data[len(MAGIC):], MAX_UNPACKED_BYTES)
+        if not inflater.eof:
+            raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
+    except zlib.error:
+        raise ArtifactError(f"{source} is corrupt (bad compressed data): re-export it") from None
+    if len(body) < 4:
+        raise ArtifactError(f"{source} is truncated: re-export it")
+    (head_len,) = struct.unpack("<I", body[:4])
+    try:
+        header = json.loads(body[4 : 4 + head_len])
+    except (ValueError, UnicodeDecodeError):
+        raise ArtifactError(f"{source} has a corrupt header: re-export it") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+        raise ArtifactError(f"{source} has format {header.get('format') if isinstance(header, dict) else '?'}; this version reads format {FORMAT_VERSION}")
+    return header, body[4 + head_len :]
+
+
+def _segment(payload: bytes, span: Any, name: str) -> bytes:
+    if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) and v >= 0 for v in span)):
+        raise ArtifactError(f"artifact is corrupt: tensor '{name}' has a bad offset")
+    start, length = span
+    if start + length > len(payload):
+        raise ArtifactError(f"artifact is truncated: tensor '{name}' ends past the data; re-export it")
+    return payload[start : start + length]
+
+
+def decode_tensors(header: dict[str, Any], payload: bytes) -> Iterator[tuple[str, torch.Tensor]]:
+    for entry in header["tensors"]:
+        name, shape = entry["name"], tuple(entry["shape"])
+        numel = int(np.prod(shape)) if shape else 1
+        values = _segment(payload, entry["values"], name)
+        if entry["kind"] == "raw":
+            dtype = entry["dtype"]
+            if dtype not in _DTYPES:
+                raise ArtifactError(f"artifact is corrupt: tensor '{name}' has unknown dtype {dtype}")
+            if dtype == "bfloat16":
+                t = torch.from_numpy(np.frombuffer(values, dtype="<i2").copy()).view(torch.bfloat16)
+            else:
+                t = torch.from_numpy(np.frombuffer(values, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype))
+            if t.numel() != numel:
+                raise ArtifactError(f"artifact is corrupt: tensor '{name}' has {t.numel()} values for shape {list(shape)}")
+            yield name, t.reshape(shape)
+            continue
+        enc, bits = entry["enc"], int(entry["bits"])
+        count = numel if enc == "dense" else (0 if enc == "empty" else int(entry["n"]))
+        if entry["kind"] == "codes":
+            qmax = 2 ** (bits - 1) - 1
+            stored = torch.from_numpy(unpack_uint(values, bits, count) - qmax).float()
+        else:
+            arr = np.frombuffer(values, dtype="<f4")
+            if arr.size != count:
+                raise ArtifactError(f"artifact is truncated: tensor '{name}' has {arr.size} of {count} values")
+            stored = torch.from_numpy(arr.astype(np.float32))
+        flat = torch.zeros(numel, dtype=torch.float32)
+        if enc == "dense":
+            flat = stored
+        elif enc != "empty":
+            positions = _decode_positions(_segment(payload, entry["index"], name), enc, numel, count)
+            if positions.size != count:
+                raise ArtifactError(f"artifact is corrupt: tensor '{name}' index and values disagree")
+            flat[torch.from_numpy(positions)] = stored
+        weight = flat.reshape(shape)
+        if entry["kind"] == "codes":
+            scale = torch.from_numpy(np.frombuffer(_segment(payload, entry["scale"], name), dtype="<f2").astype(np.float16))
+            if scale.numel() != shape[0]:
+                raise ArtifactError(f"artifact is corrupt: tensor '{name}' has {scale.numel()} scales for {shape[0]} channels")
+            weight = weight * scale.float().reshape(-1, *([1] * (len(shape) - 1)))
+        yield name, weight
+
+
+def rebuild(header: dict[str, Any]) -> nn.Module:
+    """The module skeleton the header describes: the model factory, then the plan's structure."""
+    from autocompress.tasks import MODELS
+
+    task = header["task"]
+    model = MODELS.get(task["model"]).factory(num_classes=task["num_classes"], input_shape=tuple(task["input_shape"]))
+    plan = CompressionPlan.from_dict(header["plan"])
+    example = torch.zeros(1, *task["input_shape"])
+    compress.apply_structure(model, plan, header.get("channels_removed", {}), example)
+    return model.eval()
+
+
+def loads(data: bytes, source: str = "artifact") -> nn.Module:
+    header, payload = read_header(data, source)
+    model = rebuild(header)
+    state = dict(decode_tensors(header, payload))
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key not in expected or expected[key].shape != tensor.shape:
+            raise ArtifactError(f"{source}: tensor '{key}' does not fit the rebuilt model; it was made by another version")
+    missing = set(expected) - set(state)
+    if missing:
+        raise ArtifactError(f"{source}: tensor '{sorted(missing)[0]}' is missing; re-export it")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load(path: str | Path) -> nn.Module:
+    """Rebuild the compressed ``nn.Module`` stored in an artifact file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact ({path}): {exc.strerror}") from None
+    return loads(data, str(path))
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a failure leaves nothing half-written."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ArtifactError(f"folder '{folder}' does not exist (-o {path}): create it or pick another path")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ArtifactError(f"cannot write to '{folder}' (-o {path}): {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ArtifactError(f"cannot write '{path}': {exc.strerror}") from None

@@ -1,0 +1,70 @@
+"""Structured (channel) pruning: removes output channels for real.
+
+The least important output channels of a layer (smallest L1 norm of their weights) are removed
+with Torch-Pruning's dependency graph, which shrinks every layer that consumes them (the next
+conv's or linear's inputs, BatchNorm, residual adds, concatenations) so the network stays
+consistent. The removed indices are recorded so a packed artifact can replay the same surgery.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique
+from autocompress.compress.lowrank import Factorized
+from autocompress.errors import SpaceError
+from autocompress.plan import LayerPlan
+
+
+def out_layer(layer: nn.Module) -> nn.Module:
+    """The module whose output channels are the layer's (the second factor when factorized)."""
+    return layer.second if isinstance(layer, Factorized) else layer
+
+
+def remove_channels(model: nn.Module, target: nn.Module, idxs: list[int], example: torch.Tensor) -> None:
+    """Remove output channels ``idxs`` of ``target`` and everything that depends on them."""
+    import torch_pruning as tp
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    fn = tp.prune_conv_out_channels if isinstance(target, nn.Conv2d) else tp.prune_linear_out_channels
+    graph.get_pruning_group(target, fn, idxs=idxs).prune()
+
+
+def produces_output(model: nn.Module, target: nn.Module, example: torch.Tensor) -> bool:
+    """Whether ``target``'s output is the model's output (pruning it would change the classes)."""
+    seen: list[torch.Tensor] = []
+    handle = target.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        with torch.no_grad():
+            output = model(example)
+    finally:
+        handle.remove()
+    return any(o is output for o in seen)
+
+
+@TECHNIQUES.register("channel")
+class ChannelPrune(Technique):
+    order = 15
+
+    def applies(self, plan: LayerPlan) -> bool:
+        return plan.structured and plan.sparsity > 0.0
+
+    def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
+        if ctx.example is None:
+            raise SpaceError(f"layer '{name}': channel pruning needs an example input to trace the model")
+        target = out_layer(layer)
+        if produces_output(ctx.model, target, ctx.example):
+            raise SpaceError(
+                f"layer '{name}' produces the model's output; removing its channels would drop classes: "
+                "use sparsity_mode: unstructured for it"
+            )
+        n_out = target.weight.shape[0]
+        n_remove = min(n_out - 1, round(plan.sparsity * n_out))
+        if n_remove <= 0:
+            return layer
+        importance = target.weight.detach().abs().flatten(1).sum(dim=1)
+        idxs = sorted(torch.argsort(importance)[:n_remove].tolist())
+        remove_channels(ctx.model, target, idxs, ctx.example)
+        ctx.channels_removed[name] = idxs
+        return layer

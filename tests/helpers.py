@@ -1,0 +1,51 @@
+"""Helpers shared by the tests: the repo path, a CLI runner, and a registered test model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autocompress.tasks import MODELS, ModelEntry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TinyResNet(nn.Module):
+    """A residual block with BatchNorm and a depthwise conv: structure that channel pruning and
+    the registry contracts must handle. Registered for every test as ``test-tiny-resnet``."""
+
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 8, 8)) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(input_shape[0], 16, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn0(self.stem(x)))
+        y = torch.relu(self.bn1(self.a(x)))
+        y = self.bn2(self.b(torch.relu(self.dw(y))))
+        x = torch.relu(x + y)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+MODELS.register("test-tiny-resnet")(ModelEntry(TinyResNet, "digits", "residual test net"))
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m autocompress ARGS`` as a user would, in ``cwd``."""
+    full_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray unless asked
+    full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "autocompress", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
+    )

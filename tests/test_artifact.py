@@ -1,0 +1,133 @@
+"""Packed artifacts: reload equals the evaluated model, size is the file, bad files are refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from autocompress import artifact, compress
+from autocompress.artifact import ArtifactError
+from autocompress.evaluate import Evaluator, FinetuneConfig
+from autocompress.latency import LatencyConfig, count_macs, measure_latency
+from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.tasks import DATASETS, TaskSpec, build_task, evaluate_accuracy
+from tests.helpers import TinyResNet
+
+ALL = "all"
+TECHNIQUE_PLANS = {
+    "lowrank": lambda layers: {n: LayerPlan(rank=3) for n in layers},
+    "channel": lambda layers: {n: LayerPlan(sparsity=0.5, structured=True) for n in layers[:-1]},
+    "prune": lambda layers: {n: LayerPlan(sparsity=0.8) for n in layers},
+    "quantize": lambda layers: {n: LayerPlan(bits=b) for n, b in zip(layers, [2, 3, 5, 8])},
+    ALL: lambda layers: {
+        n: LayerPlan(sparsity=s, structured=(i == 1), bits=b, rank=r)
+        for i, (n, s, b, r) in enumerate(zip(layers, [0.3, 0.5, 0.9, 0.2], [6, 4, 3, 8], [None, 6, 8, None]))
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def tasks(cache_dir: Path):
+    return {m: build_task(TaskSpec(model=m, train_epochs=5), cache_dir) for m in ("digits-mlp", "digits-cnn")}
+
+
+@pytest.mark.parametrize("model_name", ["digits-mlp", "digits-cnn"])
+@pytest.mark.parametrize("techniques", list(TECHNIQUE_PLANS))
+def test_export_round_trip_reproduces_the_evaluated_model(tmp_path: Path, tasks, model_name: str, techniques: str) -> None:
+    task = tasks[model_name]
+    layers = list(compress.compressible_layers(task.build_model()))
+    plan = CompressionPlan(TECHNIQUE_PLANS[techniques](layers))
+    result = Evaluator(task, FinetuneConfig(steps=20), LatencyConfig(max_seconds=0.05)).evaluate(plan)
+    assert result.ok, result.error
+    path = tmp_path / "m.acz"
+    artifact.write_atomic(path, result.artifact)
+    assert result.size_bytes == os.path.getsize(path)
+    model = artifact.load(path)
+    # Bit-identical: the reloaded weights are codes * float16 scales, exactly the evaluated ones,
+    # and the same kernels run on the same shapes.
+    assert evaluate_accuracy(model, task.data.x_val, task.data.y_val) == result.accuracy
+    evaluated = compress.apply(task.build_model(), plan, example=task.data.x_val[:2])
+    shapes = {k: v.shape for k, v in compress.bake(evaluated).state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes
+
+
+def test_evaluated_and_reloaded_outputs_are_identical(tasks) -> None:
+    task = tasks["digits-cnn"]
+    plan = CompressionPlan({"conv1": LayerPlan(0.3, False, 6, None), "conv2": LayerPlan(0.5, True, 4, 8), "fc1": LayerPlan(0.8, False, 3, 20)})
+    model = compress.apply(task.build_model(), plan, example=task.data.x_val[:2])
+    from autocompress.evaluate import finetune
+
+    finetune(model, task, FinetuneConfig(steps=10))
+    x = task.data.x_test
+    expected = model.eval()(x).detach()
+    packed = artifact.pack(model, plan, task.artifact_task(), compress.channels_removed(model))
+    assert torch.equal(artifact.loads(packed.data)(x), expected)
+
+
+def test_channel_pruning_keeps_a_residual_net_consistent_and_smaller() -> None:
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.rand(2, 1, 8, 8)
+    params_before = sum(p.numel() for p in model.parameters())
+    macs_before = count_macs(model, x)
+    a_b_before = model.a.weight.numel() + model.b.weight.numel()
+    plan = CompressionPlan({"a": LayerPlan(sparsity=0.5, structured=True), "stem": LayerPlan(sparsity=0.25, structured=True)})
+    compress.apply(model, plan, example=x)
+    # `a` lost half its outputs; the depthwise conv, bn1 and b's inputs followed.
+    assert model.a.out_channels == 8 and model.dw.out_channels == 8 and model.bn1.num_features == 8
+    # The stem feeds a residual add: b's outputs, bn0/bn2 and the head's inputs shrink with it.
+    assert model.stem.out_channels == 12 and model.b.out_channels == 12 and model.head.in_features == 12
+    assert model(x).shape == (2, 10)
+    assert model.a.weight.numel() + model.b.weight.numel() == 8 * 12 * 9 + 12 * 8 * 9 < a_b_before / 2
+    assert sum(p.numel() for p in model.parameters()) < params_before
+    assert count_macs(model, x) < 0.5 * macs_before
+    task = {"model": "test-tiny-resnet", "num_classes": 10, "input_shape": [1, 8, 8]}
+    packed = artifact.pack(model, plan, task, compress.channels_removed(model))
+    assert torch.equal(artifact.loads(packed.data)(x), model(x))
+
+
+def test_latency_reports_cv_and_the_backend_that_ran(tasks) -> None:
+    task = tasks["digits-mlp"]
+    plan = CompressionPlan({"fc1": LayerPlan(bits=8), "fc2": LayerPlan(bits=4), "fc3": LayerPlan(bits=32)})
+    model = compress.bake(compress.apply(task.build_model(), plan).eval())
+    x = task.data.x_val[:32]
+    ms, cv, backend = measure_latency(model, x, LatencyConfig(max_seconds=0.3), plan)
+    assert ms > 0 and 0 <= cv < 1 and backend == "fp32"
+    ms, cv, backend = measure_latency(model, x, LatencyConfig(max_seconds=0.3, backend="int8"), plan)
+    assert ms > 0 and backend == "int8-dynamic[fc1,fc2]+fp32"  # fc3 stays fp32 at 32 bits
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (b"PK\x03\x04not ours", "not an autocompress artifact"),
+        (b"ACZ1" + b"\x78\x9c\x01\x02", "truncated or corrupt"),
+        (b"ACZ1garbage-not-zlib", "corrupt"),
+    ],
+)
+def test_foreign_or_damaged_files_are_refused(data: bytes, needle: str) -> None:
+    with pytest.raises(ArtifactError, match=needle):
+        artifact.loads(data)
+
+
+def test_truncated_artifact_is_refused(tasks) -> None:
+    task = tasks["digits-cnn"]
+    data = artifact.pack(task.build_model(), CompressionPlan(), task.artifact_task()).data
+    for cut in (len(data) // 2, len(data) - 1, 10):
+        with pytest.raises(ArtifactError):
+            artifact.loads(data[:cut])
+
+
+def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="does not exist"):
+        artifact.write_atomic(tmp_path / "missing" / "m.acz", b"x")
+    with pytest.raises(ArtifactError, match="cannot write"):  # /proc refuses new files, even to root
+        artifact.write_atomic(Path("/proc/m.acz"), b"x")
+    artifact.write_atomic(tmp_path / "ok.acz", b"data")
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.acz"]  # no temporary left over
+
+
+def test_dataset_registry_has_digits() -> None:
+    assert "digits" in DATASETS
