@@ -7,6 +7,7 @@ declares its defaults and their bounds in one place.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from typing import Any, TypeVar
@@ -56,6 +57,18 @@ def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str, where: s
         raise ConfigError(f"key '{key}' is {value}, above its maximum {meta['max']} ({where}): lower it")
 
 
+def _closest_hint(key: str, cls: type, prefix: str, fields: dict[str, Any]) -> str:
+    """' (did you mean ...?)' for the closest key here or one level down (trials -> search.trials)."""
+    hints = typing.get_type_hints(cls)
+    candidates = {name: f"{prefix}{name}" for name in fields}
+    for name in fields:
+        if dataclasses.is_dataclass(hints[name]):
+            for inner in dataclasses.fields(hints[name]):
+                candidates.setdefault(inner.name, f"{prefix}{name}.{inner.name}")
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{candidates[close[0]]}'?)" if close else ""
+
+
 def from_mapping(cls: type[T], data: Any, where: str, prefix: str = "") -> T:
     """Instantiate ``cls`` from a mapping; ``where`` names the file for error messages."""
     if data is None:
@@ -63,13 +76,13 @@ def from_mapping(cls: type[T], data: Any, where: str, prefix: str = "") -> T:
     if not isinstance(data, dict):
         section = prefix.rstrip(".") or "the top level"
         raise ConfigError(f"'{section}' must be a mapping of keys to values, got {data!r} ({where}): fix its layout")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in fields:
-            hint = did_you_mean(str(key), fields)
+            hint = _closest_hint(str(key), cls, prefix, fields)
             known = ", ".join(fields)
             raise ConfigError(f"unknown key '{full}'{hint} ({where}): known keys here are {known}")
         value = _coerce(value, hints[key], full, where)

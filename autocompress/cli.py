@@ -54,31 +54,32 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="trials evaluated at once on Ray; 0 evaluates in this process")
     s.add_argument("--sampler", help="tpe (default), nsga2 or random")
     s.add_argument("--seed", type=int, help="sampler seed")
+    s.add_argument("--ray-address", help="join this Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     r = sub.add_parser("report", help="print a study's Pareto front", epilog=EXAMPLES_REPORT, formatter_class=fmt)
     r.add_argument("name", help="study name")
     r.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
     r.add_argument("--json", action="store_true", help="print the front as a JSON list")
-    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     e = sub.add_parser("export", help="write a trial's packed model to a file", epilog=EXAMPLES_EXPORT, formatter_class=fmt)
     e.add_argument("name", help="study name")
     e.add_argument("--trial", type=int, required=True, help="trial number (see 'autocompress report')")
     e.add_argument("-o", "--output", help="output file (default: NAME-trialN.acz in the current folder)")
     e.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
-    e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    e.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     i = sub.add_parser("inspect", help="show what a packed artifact holds", epilog=EXAMPLES_INSPECT, formatter_class=fmt)
     i.add_argument("file", help="an .acz file from 'autocompress export'")
     i.add_argument("--json", action="store_true", help="print as JSON")
-    i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     lay = sub.add_parser("layers", help="list a model's compressible layers and their knobs", epilog=EXAMPLES_LAYERS, formatter_class=fmt)
     lay.add_argument("task", help="model name (see the list with any unknown name)")
     lay.add_argument("--space", default=None, help="search space YAML (default: the default config's space, else the built-in one)")
-    lay.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    lay.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -94,6 +95,7 @@ def _search(args: argparse.Namespace) -> int:
         "search.workers": args.workers,
         "search.sampler": args.sampler,
         "search.seed": args.seed,
+        "search.ray_address": args.ray_address,
     }
     config = load_config(args.config, overrides)
     study = run_search(config, progress=not args.no_progress and sys.stderr.isatty())

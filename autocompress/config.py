@@ -27,6 +27,7 @@ class SearchConfig:
     seed: int | None = None  # sampler seed; None draws one
     warm_start: bool = True  # enqueue uniform plans first so the front starts from known points
     max_failures_in_a_row: int = field(default=10, metadata={"min": 1})  # then stop the search
+    ray_address: str | None = None  # join this Ray cluster (else RAY_ADDRESS, else a local Ray)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class StudyConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     cache_dir: str = "studies/baselines"  # trained baselines, keyed by task spec
     artifact_dir: str = "studies/artifacts"  # every trial's packed model (optuna-dashboard shows them)
-    source: str = field(default="(built-in defaults)", compare=False)  # where it was read from
+    source: str = field(default="(built-in defaults)", compare=False, metadata={"internal": True})  # where it was read from
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -48,18 +49,38 @@ class StudyConfig:
         return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, (dict, list)):
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value", key_node.start_mark)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file, turning every failure into a one-line ConfigError naming the file."""
+    if path.is_dir():
+        raise ConfigError(f"expected a YAML file, got a folder ({path}): name the file inside it")
     if not path.is_file():
         hint = "" if path.parent.is_dir() else f" (folder '{path.parent}' does not exist either)"
         raise ConfigError(f"file not found ({path}){hint}: check the path or run from the project folder")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{problem} ({path}{line}): fix the YAML syntax") from None
+        fix = "keep one of them" if "twice" in problem else "fix the YAML syntax"
+        raise ConfigError(f"{problem} ({path}{line}): {fix}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the file ({path}): {exc}") from None
 

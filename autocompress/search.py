@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -42,9 +44,29 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
 
 
+def check_ray_address(address: str | None, source: str = "--ray-address") -> None:
+    """Fail fast on a Ray address nobody listens on (ray.init would wait a long time)."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"Ray address '{address}' is not host:port ({source}): e.g. 10.0.0.5:6379, or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SearchError(
+            f"Ray address {address} is unreachable ({reason}) ({source}): start the head with "
+            "'ray start --head' or fix the address"
+        ) from None
+
+
 def prepare(config: StudyConfig) -> SearchSpace:
     """Validate the task and resolve the space against the model, before training or storage."""
     check_url(config.storage)
+    if config.search.workers:
+        address = config.search.ray_address or os.environ.get("RAY_ADDRESS")
+        check_ray_address(address, "--ray-address" if config.search.ray_address else "RAY_ADDRESS")
     return load_space(config.space).resolve(untrained_model(config.task), example_input(config.task))
 
 
@@ -107,9 +129,9 @@ def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir
 class Driver:
     """Runs one study to its target number of COMPLETE trials."""
 
-    def __init__(self, config: StudyConfig, runner: Runner | None = None, progress: bool = True, ray_address: str | None = None) -> None:
+    def __init__(self, config: StudyConfig, runner: Runner | None = None, progress: bool = True) -> None:
         self.config = config
-        self.runner = runner or make_runner(config.search.workers, ray_address)
+        self.runner = runner or make_runner(config.search.workers, config.search.ray_address)
         self.show_progress = progress
         self.study: optuna.Study | None = None
         self.failures: collections.Counter[str] = collections.Counter()  # reason -> count, this run
@@ -261,9 +283,9 @@ class _Progress:
             self._progress.stop()
 
 
-def run_search(config: StudyConfig, progress: bool = True, ray_address: str | None = None) -> optuna.Study:
+def run_search(config: StudyConfig, progress: bool = True) -> optuna.Study:
     """Run (or resume) the study described by ``config`` and return it."""
-    return Driver(config, progress=progress, ray_address=ray_address).run()
+    return Driver(config, progress=progress).run()
 
 
 __all__ = ["Driver", "load_study", "prepare", "run_search"]

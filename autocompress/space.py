@@ -232,15 +232,23 @@ def _parse_knob(name: str, raw: Any, where: str, key: str) -> Knob:
         if "low" not in raw or "high" not in raw:
             raise SpaceError(f"range '{key}' needs both low and high ({where}): e.g. {{low: 0.0, high: 0.9}}")
         for part in ("low", "high", "step"):
-            if part in raw and (isinstance(raw[part], bool) or not isinstance(raw[part], (int, float))):
-                raise SpaceError(f"'{key}.{part}' must be a number, got {raw[part]!r} ({where}): fix the value")
-        if name == "bits":
-            raise SpaceError(f"'{key}' must be a list of bit-widths, not a range ({where}): e.g. [2, 4, 8, 32]")
-        knob = Knob(low=float(raw["low"]), high=float(raw["high"]), step=raw.get("step"), log=bool(raw.get("log", False)))
-        if knob.low > knob.high:  # type: ignore[operator]
+            value = raw.get(part)
+            if part in raw and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise SpaceError(f"'{key}.{part}' must be a finite number, got {value!r} ({where}): fix the value")
+        if not isinstance(raw.get("log", False), bool):
+            raise SpaceError(f"'{key}.log' must be true or false, got {raw['log']!r} ({where}): fix the value")
+        if name in ("bits", "sparsity_mode"):
+            raise SpaceError(f"'{key}' must be a list, not a range ({where}): e.g. [2, 4, 8, 32]")
+        knob = Knob(low=float(raw["low"]), high=float(raw["high"]), step=raw.get("step"), log=raw.get("log", False))
+        assert knob.low is not None and knob.high is not None
+        if knob.low > knob.high:
             raise SpaceError(f"'{key}' has low {knob.low} above high {knob.high} ({where}): swap them")
         if knob.step is not None and knob.step <= 0:
             raise SpaceError(f"'{key}.step' is {knob.step} ({where}): a step must be positive")
+        if knob.step is not None and knob.step > knob.high - knob.low and knob.high > knob.low:
+            raise SpaceError(f"'{key}.step' {knob.step} is wider than the range {knob.low}..{knob.high} ({where}): use a smaller step")
+        if knob.log and (knob.low <= 0 or knob.step is not None):
+            raise SpaceError(f"'{key}' is log-scaled, which needs low > 0 and no step ({where}): raise low or drop log")
         _check_values(name, [knob.low, knob.high], where, key)
         return knob
     if isinstance(raw, list):
@@ -260,7 +268,7 @@ def _check_values(name: str, values: list[Any], where: str, key: str) -> None:
             raise SpaceError(f"'{key}' has {v!r}, not a number ({where}): fix the value")
         if name == "sparsity" and not 0.0 <= v <= MAX_SPARSITY:
             raise SpaceError(f"'{key}' has sparsity {v}, outside [0, {MAX_SPARSITY}] ({where}): use a share of weights to remove, e.g. 0.5")
-        if name == "bits" and (v not in SUPPORTED_BITS or not float(v).is_integer()):
+        if name == "bits" and (not float(v).is_integer() or int(v) not in SUPPORTED_BITS):
             raise SpaceError(f"'{key}' has {v} bits ({where}): supported bit-widths are 2 to 16, or 32 for not quantized")
         if name == "rank" and not (0.0 < v <= 1.0 and math.isfinite(v)):
             raise SpaceError(f"'{key}' has rank {v} ({where}): a rank is a fraction of full rank in (0, 1]; 1.0 means not factorized")

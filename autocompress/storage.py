@@ -54,7 +54,13 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ModuleNotFoundError) as exc:
+    except ImportError as exc:
+        missing = getattr(exc.__cause__, "name", None) or "its database driver"
+        raise StorageError(
+            f"storage {mask_url(url)} needs the Python module '{missing}', which is not installed: "
+            "pip install 'autocompress[postgres]' (PostgreSQL) or the driver for your database"
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         reason = reason.replace(url, mask_url(url))
         raise StorageError(f"cannot open storage {mask_url(url)}: {reason}: check the URL and that the server is up") from None

@@ -114,7 +114,7 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
         ("search: {trials: 0}", "search.trials"),
         ("search: {trials: many}", "must be an integer"),
         ("search: {sampler: cmaes}", "tpe, nsga2, random"),
-        ("finetune: {stepz: 3}", "did you mean 'steps'"),
+        ("finetune: {stepz: 3}", "did you mean 'finetune.steps'"),
         ("search: [1, 2]", "must be a mapping"),
         ("name: [unclosed", "fix the YAML syntax"),
     ],
