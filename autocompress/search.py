@@ -116,14 +116,20 @@ def measure_baseline(task: Task, config: StudyConfig) -> tuple[dict[str, Any], b
 def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir: str, name: str) -> str:
     """Put a packed model in the study's artifact store (optuna-dashboard lists it); its id."""
     folder = Path(artifact_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    store = FileSystemArtifactStore(str(folder))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_bytes(data)
-        return upload_artifact(
-            artifact_store=store, file_path=str(path), study_or_trial=owner, mimetype="application/x-autocompress",
-        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        store = FileSystemArtifactStore(str(folder))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            return upload_artifact(
+                artifact_store=store, file_path=str(path), study_or_trial=owner, mimetype="application/x-autocompress",
+            )
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write artifacts to {artifact_dir} ({exc.strerror or exc}): "
+            "free disk space or fix permissions, then run the same command to resume"
+        ) from None
 
 
 class Driver:
@@ -249,7 +255,13 @@ class Driver:
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("per_layer", result.per_layer)
         trial.set_user_attr("finetune_log", result.finetune_log)
-        artifact_id = store_artifact(trial, result.artifact, self.config.artifact_dir, f"trial-{trial.number}.acz")
+        try:
+            artifact_id = store_artifact(trial, result.artifact, self.config.artifact_dir, f"trial-{trial.number}.acz")
+        except StorageError as exc:
+            # The database stays consistent: this trial is failed with the reason, never left RUNNING.
+            trial.set_user_attr("fail_reason", f"artifact not stored: {exc}")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
         trial.set_user_attr("artifact_id", artifact_id)
         study.tell(trial, result.values)
         return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from dataclasses import replace
 import sqlite3
 import subprocess
 import sys
@@ -194,6 +196,28 @@ def test_repeated_failures_stop_the_search_and_keep_reasons(tmp_path: Path, cach
     study = optuna.load_study(study_name="e2e", storage=config.storage)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
     assert all(t.user_attrs["fail_reason"] == "RuntimeError: kernel exploded" for t in study.trials)
+
+
+def test_an_artifact_write_failure_fails_the_trial_and_stops_cleanly(tmp_path: Path, cache_dir: Path) -> None:
+    from autocompress.errors import StorageError
+
+    config = load_config(_write_config(tmp_path, cache_dir, trials=2, workers=0))
+    config = replace(config, artifact_dir=str(tmp_path / "artifacts"))
+
+    class BreaksTheArtifactFolder(LocalRunner):
+        """Evaluates for real, then puts a file where the artifact folder was (a dead disk)."""
+
+        def submit(self, trial_number: int, plan: CompressionPlan) -> None:
+            super().submit(trial_number, plan)
+            shutil.rmtree(tmp_path / "artifacts")
+            (tmp_path / "artifacts").write_text("not a folder")
+
+    with pytest.raises(StorageError, match="cannot write artifacts"):
+        Driver(config, runner=BreaksTheArtifactFolder(), progress=False).run()
+    study = optuna.load_study(study_name="e2e", storage=config.storage)
+    trial = study.trials[0]
+    assert trial.state == TrialState.FAIL and "artifact not stored" in trial.user_attrs["fail_reason"]
+    assert not any(t.state == TrialState.RUNNING for t in study.trials)  # the rest still WAITING
 
 
 def test_a_failing_plan_becomes_a_failed_result_not_an_exception(cnn_task) -> None:
