@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from autocompress.errors import AutocompressError
 
@@ -19,7 +20,12 @@ Re-running the same command resumes the study and completes the missing trials."
 EXAMPLES_REPORT = """examples:
   autocompress report autocompress
   autocompress report autocompress --json > front.json
+  autocompress report autocompress --html studies/report.html   # plots, opens offline
   optuna-dashboard sqlite:///studies/autocompress.db   # the same study in the browser"""
+
+EXAMPLES_DASHBOARD = """examples:
+  autocompress dashboard                       # http://127.0.0.1:8080, studies/autocompress.db
+  autocompress dashboard --port 8081 --storage postgresql://user@db-host/autocompress"""
 
 EXAMPLES_EXPORT = """examples:
   autocompress export autocompress --trial 14                 # writes autocompress-trial14.acz
@@ -62,7 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("name", help="study name")
     r.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
     r.add_argument("--json", action="store_true", help="print the front as a JSON list")
+    r.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots")
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on this machine for the study database", epilog=EXAMPLES_DASHBOARD, formatter_class=fmt)
+    d.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--artifact-dir", help="where trial artifacts live (default: the default config's artifact_dir)")
+    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     e = sub.add_parser("export", help="write a trial's packed model to a file", epilog=EXAMPLES_EXPORT, formatter_class=fmt)
     e.add_argument("name", help="study name")
@@ -111,6 +125,27 @@ def _report(args: argparse.Namespace) -> int:
         print(report_json(study))
     else:
         print_report(study)
+    if args.html:
+        from autocompress.html_report import write_html
+
+        path = write_html(study, args.html)
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import run_server
+
+    from autocompress.config import load_config
+    from autocompress.storage import mask_url, open_storage
+
+    config = load_config(None)
+    url = args.storage or config.storage
+    storage = open_storage(url, create=False)
+    folder = Path(args.artifact_dir or config.artifact_dir)
+    print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(url)} (artifacts: {folder}); Ctrl-C stops it")
+    run_server(storage, host=args.host, port=args.port, artifact_store=FileSystemArtifactStore(str(folder)) if folder.is_dir() else None)
     return 0
 
 
@@ -200,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.debug:
         logging.getLogger("optuna").setLevel(logging.WARNING)
-    handler = {"search": _search, "report": _report, "export": _export, "inspect": _inspect, "layers": _layers}[args.command]
+    handler = {"search": _search, "report": _report, "dashboard": _dashboard, "export": _export, "inspect": _inspect, "layers": _layers}[args.command]
     try:
         return handler(args)
     except AutocompressError as exc:

@@ -31,6 +31,12 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class ParetoConfig:
+    # Trials losing more accuracy than this (points, vs the baseline) are infeasible; None = off.
+    max_accuracy_drop: float | None = field(default=None, metadata={"min": 0.0, "max": 100.0})
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = "autocompress"  # Optuna study name; re-using it resumes the study
     storage: str = "sqlite:///studies/autocompress.db"  # SQLAlchemy URL; relative paths from the CWD
@@ -39,6 +45,7 @@ class StudyConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    pareto: ParetoConfig = field(default_factory=ParetoConfig)
     cache_dir: str = "studies/baselines"  # trained baselines, keyed by task spec
     artifact_dir: str = "studies/artifacts"  # every trial's packed model (optuna-dashboard shows them)
     source: str = field(default="(built-in defaults)", compare=False, metadata={"internal": True})  # where it was read from

@@ -1,14 +1,38 @@
-"""Pareto analysis over the study's objectives (accuracy up, size and latency down)."""
+"""Pareto analysis over the study's objectives (accuracy up, size and latency down).
+
+Everything is computed in a baseline-relative minimization space, so the units compare:
+
+    loss      = baseline accuracy - accuracy       (fraction; 0.01 is one point)
+    size      = size_bytes / baseline size_bytes   (1.0 is no compression)
+    latency   = latency_ms / baseline latency_ms   (1.0 is no speedup)
+
+Hypervolume is measured in that space against the reference point
+``(reference_drop / 100, 1.0, reference_latency)``: a trial counts only where it is within
+``reference_drop`` points of the baseline's accuracy, no larger than the baseline and at most
+``reference_latency`` times slower. ``reference_drop`` is ``max_accuracy_drop`` when that
+constraint is set, else 10 points. The knee is the front point closest (Euclidean) to the
+ideal point after scaling each objective to [0, 1] over the front.
+
+With ``max_accuracy_drop`` set, trials losing more accuracy are infeasible: the front is built
+from feasible trials only; infeasible trials stay listed and marked. When no trial is
+feasible, the analysis names the closest ones (least accuracy lost) instead.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
-from optuna.trial import FrozenTrial
+from optuna._hypervolume import compute_hypervolume
+from optuna.trial import FrozenTrial, TrialState
 
 OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
 DIRECTIONS = ("maximize", "minimize", "minimize")
+DEFAULT_REFERENCE_DROP = 10.0  # points of accuracy, when no constraint is set
+DEFAULT_REFERENCE_LATENCY = 2.0  # times the baseline latency
+PROJECTIONS = {"accuracy-size": (0, 1), "accuracy-latency": (0, 2)}
 
 
 def dominates(a: list[float], b: list[float], directions: tuple[str, ...] = DIRECTIONS) -> bool:
@@ -19,40 +43,160 @@ def dominates(a: list[float], b: list[float], directions: tuple[str, ...] = DIRE
     return all(x <= y for x, y in zip(a_, b_)) and any(x < y for x, y in zip(a_, b_))
 
 
-def front(study: optuna.Study) -> list[FrozenTrial]:
-    """The non-dominated COMPLETE trials (Optuna's own non-dominated sort)."""
-    return list(study.best_trials)
+def non_dominated(losses: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows of ``losses`` (all minimized) that no other row dominates."""
+    if len(losses) == 0:
+        return np.zeros(0, dtype=bool)
+    le = (losses[:, None, :] <= losses[None, :, :]).all(axis=2)
+    lt = (losses[:, None, :] < losses[None, :, :]).any(axis=2)
+    dominated_by = le & lt  # [i, j]: row i dominates row j
+    return ~dominated_by.any(axis=0)
 
 
-def front_rows(study: optuna.Study, test_accuracy: dict[int, float] | None = None) -> list[dict[str, Any]]:
-    """One row per Pareto trial, smallest first, with ratios against the stored baseline.
+def hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
+    """Volume dominated by ``losses`` and bounded by ``reference`` (all objectives minimized)."""
+    inside = losses[(losses < reference).all(axis=1)] if len(losses) else losses
+    if len(inside) == 0:
+        return 0.0
+    front = inside[non_dominated(inside)]
+    return float(compute_hypervolume(front, reference, assume_pareto=True))
 
-    Args:
-        test_accuracy: trial number -> test-split accuracy, shown beside the validation one.
-    """
-    baseline = study.user_attrs.get("baseline", {})
-    rows = []
-    for t in front(study):
+
+def knee_index(losses: np.ndarray) -> int | None:
+    """Index of the front point closest to the ideal point, objectives scaled to [0, 1]."""
+    if len(losses) == 0:
+        return None
+    low, high = losses.min(axis=0), losses.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    scaled = (losses - low) / span
+    return int(np.argmin(np.linalg.norm(scaled, axis=1)))
+
+
+@dataclass
+class Point:
+    """One COMPLETE trial in baseline-relative terms."""
+
+    trial: int
+    accuracy: float
+    size_bytes: int
+    latency_ms: float
+    accuracy_drop: float  # points
+    compression_ratio: float
+    speedup: float
+    feasible: bool
+
+    @property
+    def loss(self) -> list[float]:
+        return [self.accuracy_drop / 100.0, 1.0 / self.compression_ratio, 1.0 / self.speedup]
+
+
+@dataclass
+class Analysis:
+    points: list[Point]
+    front: list[int] = field(default_factory=list)  # trial numbers, smallest first
+    knee: int | None = None
+    hypervolume: float = 0.0
+    reference: list[float] = field(default_factory=list)
+    max_accuracy_drop: float | None = None
+    closest: list[int] = field(default_factory=list)  # when nothing is feasible
+    projections: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def feasible_count(self) -> int:
+        return sum(p.feasible for p in self.points)
+
+    def point(self, trial: int) -> Point:
+        return next(p for p in self.points if p.trial == trial)
+
+
+def to_points(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_drop: float | None) -> list[Point]:
+    points = []
+    for t in trials:
+        if t.state != TrialState.COMPLETE or t.values is None:
+            continue
         accuracy, size_bytes, latency_ms = t.values
+        drop = 100.0 * (baseline["accuracy"] - accuracy)
+        points.append(Point(
+            trial=t.number, accuracy=accuracy, size_bytes=int(size_bytes), latency_ms=latency_ms,
+            accuracy_drop=drop, compression_ratio=baseline["size_bytes"] / size_bytes,
+            speedup=baseline["latency_ms"] / latency_ms,
+            feasible=max_accuracy_drop is None or drop <= max_accuracy_drop + 1e-9,
+        ))
+    return points
+
+
+def reference_point(max_accuracy_drop: float | None) -> np.ndarray:
+    drop = DEFAULT_REFERENCE_DROP if max_accuracy_drop is None else max(max_accuracy_drop, 1e-6)
+    return np.array([drop / 100.0, 1.0, DEFAULT_REFERENCE_LATENCY])
+
+
+def analyse(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_drop: float | None = None) -> Analysis:
+    """The front, its hypervolume and knee, projections, and feasibility of every trial."""
+    points = to_points(trials, baseline, max_accuracy_drop)
+    reference = reference_point(max_accuracy_drop)
+    analysis = Analysis(points=points, reference=reference.tolist(), max_accuracy_drop=max_accuracy_drop)
+    feasible = [p for p in points if p.feasible]
+    if not feasible:
+        analysis.closest = [p.trial for p in sorted(points, key=lambda p: p.accuracy_drop)[:3]]
+        return analysis
+    losses = np.array([p.loss for p in feasible])
+    mask = non_dominated(losses)
+    front = [p for p, keep in zip(feasible, mask) if keep]
+    front_losses = losses[mask]
+    analysis.front = [p.trial for p in sorted(front, key=lambda p: (p.size_bytes, -p.accuracy))]
+    knee = knee_index(front_losses)
+    analysis.knee = front[knee].trial if knee is not None else None
+    analysis.hypervolume = hypervolume(losses, reference)
+    for name, (i, j) in PROJECTIONS.items():
+        sub = losses[:, [i, j]]
+        analysis.projections[name] = sorted(p.trial for p, keep in zip(feasible, non_dominated(sub)) if keep)
+    return analysis
+
+
+def hypervolume_history(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_drop: float | None = None) -> list[tuple[int, float]]:
+    """(complete trials so far, hypervolume) after each COMPLETE trial, in completion order."""
+    done = sorted((t for t in trials if t.datetime_complete is not None), key=lambda t: (t.datetime_complete, t.number))
+    points = to_points(done, baseline, max_accuracy_drop)
+    reference = reference_point(max_accuracy_drop)
+    history, seen = [], []
+    for p in points:
+        if p.feasible:
+            seen.append(p.loss)
+        history.append((len(history) + 1, hypervolume(np.array(seen), reference) if seen else 0.0))
+    return history
+
+
+def study_analysis(study: optuna.Study) -> Analysis:
+    """Analyse a study with the constraint recorded in its config."""
+    max_drop = (study.user_attrs.get("config", {}).get("pareto") or {}).get("max_accuracy_drop")
+    return analyse(study.get_trials(deepcopy=False), study.user_attrs["baseline"], max_drop)
+
+
+def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int, float] | None = None) -> list[dict[str, Any]]:
+    """One row per trial to show: the front (smallest first), or the closest when none is feasible."""
+    baseline = study.user_attrs.get("baseline", {})
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows = []
+    for number in analysis.front or analysis.closest:
+        p = analysis.point(number)
+        t = trials[number]
         row: dict[str, Any] = {
-            "trial": t.number,
-            "accuracy": accuracy,
-            "accuracy_drop": None,
-            "size_bytes": int(size_bytes),
-            "compression_ratio": None,
-            "latency_ms": latency_ms,
-            "speedup": None,
+            "trial": number,
+            "accuracy": p.accuracy,
+            "accuracy_drop": round(p.accuracy_drop, 3),
+            "size_bytes": p.size_bytes,
+            "compression_ratio": p.compression_ratio,
+            "latency_ms": p.latency_ms,
+            "speedup": p.speedup,
+            "feasible": p.feasible,
+            "knee": number == analysis.knee,
             "params": t.user_attrs.get("metrics", {}).get("params"),
             "nonzeros": t.user_attrs.get("metrics", {}).get("nonzeros"),
             "plan": t.user_attrs.get("plan", {}),
         }
-        if test_accuracy is not None and t.number in test_accuracy:
-            row["test_accuracy"] = test_accuracy[t.number]
+        if test_accuracy is not None and number in test_accuracy:
+            row["test_accuracy"] = test_accuracy[number]
             if "test_accuracy" in baseline:
-                row["test_accuracy_drop"] = round(100.0 * (baseline["test_accuracy"] - test_accuracy[t.number]), 3)
-        if baseline:
-            row["accuracy_drop"] = round(100.0 * (baseline["accuracy"] - accuracy), 3)
-            row["compression_ratio"] = baseline["size_bytes"] / size_bytes
-            row["speedup"] = baseline["latency_ms"] / latency_ms
+                row["test_accuracy_drop"] = round(100.0 * (baseline["test_accuracy"] - test_accuracy[number]), 3)
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["size_bytes"], -r["accuracy"]))
+    return rows

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autocompress.errors import StorageError
-from autocompress.pareto import OBJECTIVES, front_rows
+from autocompress.pareto import OBJECTIVES, Analysis, front_rows, study_analysis
 
 
 def make_console() -> Console:
@@ -40,33 +40,52 @@ def plan_summary(plan: dict[str, dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def _analysis(study: optuna.Study) -> Analysis:
+    if "baseline" not in study.user_attrs:
+        raise StorageError(f"study '{study.study_name}' has no baseline yet: run 'autocompress search' with this name first")
+    return study_analysis(study)
+
+
 def report_rows(study: optuna.Study, test_split: bool = True) -> list[dict[str, Any]]:
-    """The front's rows; with ``test_split``, each re-checked once on the held-out test split."""
+    """The front's rows (or the closest trials when none is feasible); with ``test_split``,
+    each re-checked once on the held-out test split."""
     check_study(study)
+    analysis = _analysis(study)
     tests = None
     if test_split:
         from autocompress.export import test_accuracies
 
-        numbers = [t.number for t in study.best_trials if "artifact_id" in t.user_attrs]
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        numbers = [n for n in analysis.front or analysis.closest if "artifact_id" in trials[n].user_attrs]
         tests = test_accuracies(study, numbers) if numbers else {}
-    return front_rows(study, tests)
+    return front_rows(study, analysis, tests)
 
 
 def print_report(study: optuna.Study, console: Console | None = None) -> None:
     console = console or make_console()
+    check_study(study)
     rows = report_rows(study)
+    analysis = _analysis(study)
     baseline = study.user_attrs.get("baseline", {})
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counts = ", ".join(f"{states.count(s)} {s.name.lower()}" for s in (TrialState.COMPLETE, TrialState.FAIL) if s in states)
-    console.print(f"study [bold]{study.study_name}[/bold]: {counts or 'no trials'}; Pareto front: {len(rows)} trials")
+    console.print(f"study [bold]{study.study_name}[/bold]: {counts or 'no trials'}; Pareto front: {len(analysis.front)} trials")
     if baseline:
         console.print(
             f"baseline: accuracy {100 * baseline['accuracy']:.2f}% (test {100 * baseline.get('test_accuracy', float('nan')):.2f}%), "
             f"{baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms"
         )
-    if not rows:
+    if analysis.max_accuracy_drop is not None:
+        console.print(f"constraint: accuracy drop <= {analysis.max_accuracy_drop:g} points; {analysis.feasible_count} of {len(analysis.points)} trials feasible")
+    if not analysis.points:
         console.print("no complete trials yet: run 'autocompress search' with this study name")
         return
+    if not analysis.front:
+        console.print("[bold]no trial meets the constraint[/bold]; the closest trials (least accuracy lost):")
+    else:
+        ref = analysis.reference
+        knee = f"; knee: trial {analysis.knee}" if analysis.knee is not None else ""
+        console.print(f"hypervolume {analysis.hypervolume:.4f} (reference: {100 * ref[0]:g} points lost, baseline size, {ref[2]:g}x baseline latency){knee}")
     table = Table(show_lines=False)
     for col, justify in (
         ("trial", "right"), ("val acc %", "right"), ("drop pts", "right"), ("test acc %", "right"), ("test drop", "right"), ("size KB", "right"),
@@ -74,16 +93,17 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in rows:
+        mark = " (knee)" if r["knee"] else ("" if r["feasible"] else " (infeasible)")
         table.add_row(
-            str(r["trial"]),
+            f"{r['trial']}{mark}",
             f"{100 * r['accuracy']:.2f}",
-            "" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:+.2f}",
+            f"{r['accuracy_drop']:+.2f}",
             f"{100 * r['test_accuracy']:.2f}" if "test_accuracy" in r else "",
             f"{r['test_accuracy_drop']:+.2f}" if "test_accuracy_drop" in r else "",
             f"{r['size_bytes'] / 1024:.2f}",
-            "" if r["compression_ratio"] is None else f"{r['compression_ratio']:.1f}x",
+            f"{r['compression_ratio']:.1f}x",
             f"{r['latency_ms']:.3f}",
-            "" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+            f"{r['speedup']:.2f}x",
         )
     console.print(table)
     console.print("plans (layer s=sparsity or c=channel share / bits / r=rank):")

@@ -18,7 +18,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
-from autocompress import pareto
+from autocompress import pareto, tables
 from autocompress.config import StudyConfig
 from autocompress.errors import SearchError, StorageError
 from autocompress.evaluate import Evaluator
@@ -147,6 +147,8 @@ class Driver:
         space = prepare(cfg)  # every user mistake surfaces here, before storage or Ray
         storage = open_storage(cfg.storage)
         study = self._open_study(storage, space)
+        tables.ensure_schema(storage.engine)
+        self._engine, self._study_id = storage.engine, storage.get_study_id_from_name(study.study_name)
         task = build_task(cfg.task, cfg.cache_dir)
         if "baseline" not in study.user_attrs:
             baseline, data = measure_baseline(task, cfg)
@@ -223,7 +225,8 @@ class Driver:
                                 f"{failed_in_a_row} trials in a row failed; most common reason ({count}x): {reason}: "
                                 "fix the cause, or raise search.max_failures_in_a_row"
                             )
-                    bar.update(complete, sum(self.failures.values()), len(study.best_trials))
+                    analysis = pareto.study_analysis(study)
+                    bar.update(complete, sum(self.failures.values()), len(analysis.front), analysis.hypervolume)
             except BaseException as exc:
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"search stopped: {exc}"
                 for trial in in_flight.values():
@@ -263,12 +266,21 @@ class Driver:
             study.tell(trial, state=TrialState.FAIL)
             raise
         trial.set_user_attr("artifact_id", artifact_id)
+        max_drop = self.config.pareto.max_accuracy_drop
+        if max_drop is not None and baseline:
+            violation = metrics["accuracy_drop"] - max_drop  # <= 0 is feasible
+            if hasattr(trial, "set_constraint"):  # Optuna 5 keeps named constraints...
+                trial.set_constraint("max_accuracy_drop", violation)
+            # ...but optuna-dashboard 0.21 reads only the older "constraints" system attribute.
+            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
         study.tell(trial, result.values)
+        analysis = pareto.study_analysis(study)
+        tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, trial.user_attrs.get("plan", {}), analysis)
         return True
 
 
 class _Progress:
-    """A rich progress bar (trials done, failures, front size); silent when disabled."""
+    """A rich progress bar (trials done, failures, front size, hypervolume); silent when disabled."""
 
     def __init__(self, enabled: bool, total: int, done: int) -> None:
         self.enabled = enabled
@@ -286,9 +298,9 @@ class _Progress:
             self._task = self._progress.add_task("search", total=self.total, completed=self.done, info="")
         return self
 
-    def update(self, done: int, failed: int, front: int) -> None:
+    def update(self, done: int, failed: int, front: int, hypervolume: float) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=done, info=f"failed {failed} | front {front}")
+            self._progress.update(self._task, completed=done, info=f"failed {failed} | front {front} | HV {hypervolume:.4f}")
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

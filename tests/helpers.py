@@ -49,3 +49,36 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
         [sys.executable, "-m", "autocompress", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--virtual-time-budget=10000", "--window-size=1400,1600",
+]
+
+
+def chromium(url: str, screenshot: Path | None = None) -> str:
+    """Load ``url`` in headless Chromium, run its scripts, and return the rendered DOM.
+
+    With ``screenshot``, also keep a PNG of the page (a test artifact to look at)."""
+    import shutil
+    import tempfile
+
+    import pytest
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        if os.environ.get("CI"):
+            raise AssertionError("chromium is not installed; .ci/run installs it")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI always runs this")
+    with tempfile.TemporaryDirectory() as profile:
+        args = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([*args, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+        proc = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    return proc.stdout
+
+
+ARTIFACTS = REPO / "test-artifacts"  # screenshots the browser tests keep (git-ignored)

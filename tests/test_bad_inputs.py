@@ -27,7 +27,7 @@ CASE_KEYS = {"mistake", "args", "files", "expect", "forbid"}
 @pytest.fixture(scope="module")
 def populated(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """A database with a real autocompress study (2 complete trials and a failed one), a study of
-    another tool (one objective) and one with other directions."""
+    another tool (one objective), one with other directions and an empty one."""
     folder = tmp_path_factory.mktemp("populated")
     url = f"sqlite:///{folder / 'studies.db'}"
     (folder / "good.yaml").write_text(
@@ -41,6 +41,8 @@ def populated(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path
     other = optuna.create_study(study_name="other-tool", storage=url)
     other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     optuna.create_study(study_name="other-directions", storage=url, directions=["minimize"] * 3)
+    empty = optuna.create_study(study_name="empty", storage=url, directions=["maximize", "minimize", "minimize"])
+    empty.set_metric_names(["accuracy", "size_bytes", "latency_ms"])
     return folder
 
 
@@ -84,3 +86,4 @@ def test_bad_input(path: Path, populated: Path, tmp_path: Path, capsys: pytest.C
     assert _row_counts(populated / "studies.db") == before  # nothing written, not even a study
     assert sorted((populated / "artifacts").rglob("*")) == artifacts_before
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "studies").exists()
+    assert not list(tmp_path.glob("*.html"))  # no half-written report either

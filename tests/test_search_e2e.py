@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import replace
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -23,7 +24,7 @@ from autocompress.pareto import dominates
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners import LocalRunner
 from autocompress.search import Driver, run_search
-from tests.helpers import REPO, run_cli
+from tests.helpers import ARTIFACTS, REPO, chromium, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +36,7 @@ def _write_config(folder: Path, cache_dir: Path, **search: object) -> Path:
         f"name: e2e\nstorage: sqlite:///{folder / 'e2e.db'}\ncache_dir: {cache_dir}\n"
         f"task: {{model: digits-cnn}}\nspace: {REPO / 'search_spaces/default.yaml'}\n"
         f"search:\n{search_yaml}finetune: {{steps: 40}}\nlatency: {{max_seconds: 0.2}}\n"
+        "pareto: {max_accuracy_drop: 2.0}\n"
     )
     return path
 
@@ -130,35 +132,110 @@ def test_rerun_resumes_and_completes_only_what_is_missing(cli_study: Path) -> No
     assert states == ["COMPLETE"] * 5
 
 
-def test_optuna_dashboard_serves_the_study(cli_study: Path) -> None:
-    """The real optuna-dashboard, on loopback, reads the study with its objective names."""
-    port = 18000 + (hash(str(cli_study)) % 1000)
+@pytest.fixture(scope="module")
+def dashboard(cli_study: Path):
+    """``autocompress dashboard`` (the real optuna-dashboard) on loopback for the CLI study."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "optuna-dashboard"), f"sqlite:///{cli_study / 'e2e.db'}", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "autocompress", "dashboard", "--storage", f"sqlite:///{cli_study / 'e2e.db'}",
+         "--port", str(port), "--artifact-dir", str(cli_study / "studies" / "artifacts")],
+        cwd=cli_study, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        body = None
-        for _ in range(60):
+        for _ in range(120):
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
-                    body = json.load(resp)
+                urllib.request.urlopen(f"{base}/api/studies", timeout=2).close()
                 break
             except OSError:
                 time.sleep(0.5)
-        assert body is not None, "dashboard did not answer"
-        (study,) = [s for s in body["study_summaries"] if s["study_name"] == "e2e"]
-        assert study["directions"] == ["maximize", "minimize", "minimize"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=5) as resp:
-            detail = json.load(resp)
-        assert detail["objective_names"] == ["accuracy", "size_bytes", "latency_ms"]
-        assert len(detail["best_trials"]) >= 1
-        # Each trial's packed model is an artifact the dashboard lists (and the baseline's too).
-        assert all(len(t["artifacts"]) == 1 for t in detail["trials"])
-        assert detail["artifacts"][0]["filename"] == "baseline.acz"
+        else:
+            raise AssertionError("the dashboard did not answer")
+        yield base
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+def test_dashboard_shows_objectives_constraints_and_artifacts(dashboard: str, cli_study: Path) -> None:
+    (summary,) = [s for s in _get_json(f"{dashboard}/api/studies")["study_summaries"] if s["study_name"] == "e2e"]
+    assert summary["directions"] == ["maximize", "minimize", "minimize"]
+    detail = _get_json(f"{dashboard}/api/studies/{summary['study_id']}")
+    assert detail["objective_names"] == ["accuracy", "size_bytes", "latency_ms"]
+    baseline = optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}").user_attrs["baseline"]
+    complete = [t for t in detail["trials"] if t["state"] == "Complete"]
+    for t in complete:
+        # feasibility as the dashboard reads it: accuracy drop minus the 2-point limit
+        drop = 100 * (baseline["accuracy"] - t["values"][0])
+        assert t["constraints"] == [pytest.approx(drop - 2.0)]
+        (art,) = t["artifacts"]
+        assert art["filename"] == f"trial-{t['number']}.acz"
+    assert detail["artifacts"][0]["filename"] == "baseline.acz"
+    t = complete[0]
+    url = f"{dashboard}/artifacts/{summary['study_id']}/{t['trial_id']}/{t['artifacts'][0]['artifact_id']}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        data = resp.read()
+    assert data.startswith(b"ACZ1") and len(data) == t["values"][1]  # the artifact, served whole
+
+
+def test_dashboard_page_renders_the_pareto_plot_in_chromium(dashboard: str, cli_study: Path) -> None:
+    summary = [s for s in _get_json(f"{dashboard}/api/studies")["study_summaries"] if s["study_name"] == "e2e"][0]
+    dom = chromium(f"{dashboard}/dashboard/studies/{summary['study_id']}", screenshot=ARTIFACTS / "dashboard-study.png")
+    start = dom.index('id="graph-pareto-front"')
+    plot = dom[start : dom.index("</svg>", start)]
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}")
+    complete = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    assert plot.count('class="point"') == complete  # one marker per complete trial
+
+
+def test_html_report_is_self_contained_and_renders_in_chromium(cli_study: Path) -> None:
+    out = cli_study / "report.html"
+    proc = run_cli("report", "e2e", "--storage", f"sqlite:///{cli_study / 'e2e.db'}", "--html", str(out), cwd=cli_study)
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text()
+    assert "<script src=" not in page and "cdn" not in page.lower().split("plotly.js v")[0]  # no remote scripts
+    dom = chromium(out.as_uri(), screenshot=ARTIFACTS / "html-report.png")
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}")
+    from autocompress.pareto import study_analysis
+
+    analysis = study_analysis(study)
+    projection = dom[dom.index('id="plot-0"') : dom.index('id="plot-1"')]
+    expected = (
+        2 * len(analysis.points)  # every trial in both panels
+        + sum(len(v) for v in analysis.projections.values())  # each panel's own front
+        + 2 * (analysis.knee is not None) + 2  # the knee and the baseline in both panels
+    )
+    assert projection.count('class="point"') == expected
+    assert 'id="plot-3"' in dom  # the per-layer heatmap of the front
+
+
+def test_sql_tables_hold_layers_hypervolume_and_fronts(cli_study: Path) -> None:
+    with sqlite3.connect(cli_study / "e2e.db") as db:
+        (version,) = db.execute("SELECT version FROM autocompress_schema").fetchone()
+        n_complete = db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+        layers = db.execute(
+            "SELECT t.number, l.layer, l.bits, l.bytes FROM autocompress_layers l "
+            "JOIN trials t ON t.study_id = l.study_id AND t.number = l.trial_number ORDER BY t.number, l.layer"
+        ).fetchall()
+        history = [hv for (hv,) in db.execute("SELECT hypervolume FROM autocompress_hypervolume ORDER BY n_complete")]
+        last = db.execute("SELECT MAX(snapshot) FROM autocompress_front").fetchone()[0]
+        front = sorted(n for (n,) in db.execute("SELECT trial_number FROM autocompress_front WHERE snapshot = ?", (last,)))
+    assert version == 1
+    assert len(layers) == 4 * n_complete and {layer for _, layer, _, _ in layers} == {"conv1", "conv2", "fc1", "fc2"}
+    assert all(b > 0 for *_, b in layers)
+    assert len(history) == n_complete and all(b >= a for a, b in zip(history, history[1:]))
+    from autocompress.pareto import study_analysis
+
+    analysis = study_analysis(optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}"))
+    assert last == n_complete and front == sorted(analysis.front)
+    assert history[-1] == pytest.approx(analysis.hypervolume)
 
 
 def test_space_stored_on_the_study_keeps_zero_bounds(cli_study: Path) -> None:

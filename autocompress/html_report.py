@@ -1,0 +1,150 @@
+"""A self-contained HTML report of a study: plotly is inlined, so it opens offline.
+
+Sections: summary and front table; the front in 2-D projections (accuracy-size,
+accuracy-latency) and in 3-D; hypervolume after each trial (optuna-dashboard has none);
+a per-layer heatmap of the front's plans (sparsity, bits, rank as a fraction of full rank).
+The baseline is marked in every scatter plot.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from autocompress.artifact import write_atomic
+from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
+from autocompress.report import check_study, plan_summary, report_rows, _analysis
+
+AXES = {0: ("accuracy %", lambda p: 100 * p.accuracy), 1: ("size KB", lambda p: p.size_bytes / 1024), 2: ("latency ms", lambda p: p.latency_ms)}
+
+
+def _projection_figure(analysis: Analysis, baseline: dict[str, Any]) -> go.Figure:
+    names = list(PROJECTIONS)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[n.replace("-", " vs ") for n in names])
+    base = {0: 100 * baseline["accuracy"], 1: baseline["size_bytes"] / 1024, 2: baseline["latency_ms"]}
+    for col, name in enumerate(names, start=1):
+        i, j = PROJECTIONS[name]
+        (xi, fx), (yi, fy) = AXES[j], AXES[i]
+        pts = analysis.points
+        show = col == 1
+        fig.add_trace(go.Scatter(
+            x=[fx(p) for p in pts], y=[fy(p) for p in pts], mode="markers", name="trials", legendgroup="trials", showlegend=show,
+            marker={"color": ["#9aa5b1" if p.feasible else "#e4572e" for p in pts], "symbol": ["circle" if p.feasible else "x" for p in pts], "size": 7},
+            text=[f"trial {p.trial}{'' if p.feasible else ' (infeasible)'}" for p in pts], hoverinfo="text+x+y",
+        ), row=1, col=col)
+        front = sorted((analysis.point(n) for n in analysis.projections.get(name, [])), key=fx)
+        fig.add_trace(go.Scatter(
+            x=[fx(p) for p in front], y=[fy(p) for p in front], mode="lines+markers", name="Pareto front", legendgroup="front", showlegend=show,
+            line={"shape": "hv", "color": "#1f77b4"}, marker={"size": 10, "color": "#1f77b4"},
+            text=[f"trial {p.trial}: {p.compression_ratio:.1f}x, {p.accuracy_drop:+.2f} pts" for p in front], hoverinfo="text",
+        ), row=1, col=col)
+        if analysis.knee is not None:
+            k = analysis.point(analysis.knee)
+            fig.add_trace(go.Scatter(x=[fx(k)], y=[fy(k)], mode="markers", name="knee", legendgroup="knee", showlegend=show,
+                                     marker={"symbol": "star", "size": 16, "color": "#f2a541"}, text=[f"knee: trial {k.trial}"], hoverinfo="text"), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[base[j]], y=[base[i]], mode="markers", name="baseline", legendgroup="baseline", showlegend=show,
+                                 marker={"symbol": "diamond", "size": 13, "color": "black"}, text=["baseline"], hoverinfo="text"), row=1, col=col)
+        fig.update_xaxes(title_text=xi, type="log" if j == 1 else "linear", row=1, col=col)
+        fig.update_yaxes(title_text=AXES[i][0], row=1, col=col)
+    fig.update_layout(height=460, title="Pareto front, 2-D projections (each panel's own front)")
+    return fig
+
+
+def _figure_3d(analysis: Analysis, baseline: dict[str, Any]) -> go.Figure:
+    pts = analysis.points
+    front = [analysis.point(n) for n in analysis.front]
+    fig = go.Figure([
+        go.Scatter3d(x=[p.size_bytes / 1024 for p in pts], y=[p.latency_ms for p in pts], z=[100 * p.accuracy for p in pts],
+                     mode="markers", name="trials", marker={"size": 3, "color": "#9aa5b1"}, text=[f"trial {p.trial}" for p in pts]),
+        go.Scatter3d(x=[p.size_bytes / 1024 for p in front], y=[p.latency_ms for p in front], z=[100 * p.accuracy for p in front],
+                     mode="markers", name="Pareto front", marker={"size": 6, "color": "#1f77b4"}, text=[f"trial {p.trial}" for p in front]),
+        go.Scatter3d(x=[baseline["size_bytes"] / 1024], y=[baseline["latency_ms"]], z=[100 * baseline["accuracy"]],
+                     mode="markers", name="baseline", marker={"size": 7, "color": "black", "symbol": "diamond"}),
+    ])
+    fig.update_layout(height=560, title="Pareto front in 3-D", scene={"xaxis_title": "size KB", "yaxis_title": "latency ms", "zaxis_title": "accuracy %"})
+    return fig
+
+
+def _hypervolume_figure(study: optuna.Study, analysis: Analysis) -> go.Figure:
+    history = hypervolume_history(study.get_trials(deepcopy=False), study.user_attrs["baseline"], analysis.max_accuracy_drop)
+    fig = go.Figure(go.Scatter(x=[n for n, _ in history], y=[hv for _, hv in history], mode="lines", line={"shape": "hv"}, name="hypervolume"))
+    fig.update_layout(height=360, title="Hypervolume after each complete trial", xaxis_title="complete trials", yaxis_title="hypervolume")
+    return fig
+
+
+def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figure:
+    params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    layers = list(rows[0]["plan"])
+    labels = [f"trial {r['trial']}" for r in rows]
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, subplot_titles=["sparsity (c = channels)", "bits (32 = float)", "rank / full rank"])
+    for col, knob in enumerate(("sparsity", "bits", "rank"), start=1):
+        z, text = [], []
+        for r in rows:
+            zr, tr = [], []
+            for layer in layers:
+                lp = r["plan"][layer]
+                if knob == "sparsity":
+                    zr.append(lp["sparsity"])
+                    tr.append(f"{lp['sparsity']:.2f}{'c' if lp.get('structured') else ''}")
+                elif knob == "bits":
+                    zr.append(lp["bits"] if lp["bits"] < 32 else 16)
+                    tr.append(str(lp["bits"]))
+                else:
+                    rank = lp.get("rank")
+                    # the sampled parameter is the fraction of full rank (absent: not searched)
+                    zr.append(params[r["trial"]].get(f"{layer}.rank", 1.0) if rank is not None else 1.0)
+                    tr.append("full" if rank is None else str(rank))
+            z.append(zr)
+            text.append(tr)
+        fig.add_trace(go.Heatmap(z=z, x=layers, y=labels, text=text, texttemplate="%{text}", showscale=False,
+                                 colorscale="Blues" if knob != "bits" else "Blues_r"), row=1, col=col)
+    fig.update_layout(height=160 + 28 * max(1, len(rows)), title="Per-layer plans of the front")
+    return fig
+
+
+def write_html(study: optuna.Study, path: str | Path) -> Path:
+    check_study(study)
+    analysis = _analysis(study)
+    rows = report_rows(study)
+    baseline = study.user_attrs["baseline"]
+    figures = [_projection_figure(analysis, baseline), _figure_3d(analysis, baseline), _hypervolume_figure(study, analysis)]
+    if rows:
+        figures.append(_heatmap_figure(study, rows))
+    parts = []
+    for i, fig in enumerate(figures):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False, div_id=f"plot-{i}"))
+    cells = []
+    for r in rows:
+        test = f"{100 * r['test_accuracy']:.2f}" if "test_accuracy" in r else ""
+        cells.append(
+            f"<tr><td>{r['trial']}{' (knee)' if r['knee'] else ''}</td><td>{100 * r['accuracy']:.2f}</td>"
+            f"<td>{r['accuracy_drop']:+.2f}</td><td>{test}</td><td>{r['size_bytes'] / 1024:.2f}</td>"
+            f"<td>{r['compression_ratio']:.1f}x</td><td>{r['latency_ms']:.3f}</td><td>{r['speedup']:.2f}x</td>"
+            f"<td><code>{html.escape(plan_summary(r['plan']))}</code></td></tr>"
+        )
+    table_rows = "".join(cells)
+    constraint = "" if analysis.max_accuracy_drop is None else f"; constraint: drop &le; {analysis.max_accuracy_drop:g} points, {analysis.feasible_count} of {len(analysis.points)} feasible"
+    headline = (f"Pareto front: {len(analysis.front)} trials, hypervolume {analysis.hypervolume:.4f}"
+                if analysis.front else "No trial meets the constraint; the closest trials are listed")
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>autocompress: {html.escape(study.study_name)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:last-child{{text-align:left}}</style></head>
+<body>
+<h1>autocompress study <code>{html.escape(study.study_name)}</code></h1>
+<p id="summary" data-front="{len(analysis.front)}" data-trials="{len(analysis.points)}">{len(analysis.points)} complete trials.
+Baseline: accuracy {100 * baseline['accuracy']:.2f}%, {baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms{constraint}.</p>
+<h2>{headline}</h2>
+<table><tr><th>trial</th><th>val acc %</th><th>drop pts</th><th>test acc %</th><th>size KB</th><th>ratio</th><th>latency ms</th><th>speedup</th><th>plan</th></tr>
+{table_rows}</table>
+{''.join(parts)}
+</body></html>
+"""
+    path = Path(path)
+    write_atomic(path, page.encode())
+    return path

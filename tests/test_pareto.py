@@ -1,0 +1,81 @@
+"""Non-dominated sorting, hypervolume, knee and constraints against small fronts worked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from autocompress.pareto import analyse, hypervolume, hypervolume_history, knee_index, non_dominated
+
+BASELINE = {"accuracy": 0.9, "size_bytes": 1000, "latency_ms": 1.0}
+
+
+def _trial(number: int, accuracy: float, size: int, latency: float) -> optuna.trial.FrozenTrial:
+    t = create_trial(values=[accuracy, size, latency], state=TrialState.COMPLETE)
+    t.number = number
+    return t
+
+
+def test_non_dominated_by_hand() -> None:
+    losses = np.array([[1, 5], [2, 3], [3, 3], [4, 1], [5, 5], [2, 3]], dtype=float)
+    # (3,3) is dominated by (2,3); (5,5) by everything; the duplicate (2,3) pair dominates neither.
+    assert non_dominated(losses).tolist() == [True, True, False, True, False, True]
+
+
+def test_hypervolume_by_hand() -> None:
+    ref = np.array([1.0, 1.0])
+    assert hypervolume(np.array([[0.5, 0.5]]), ref) == pytest.approx(0.25)
+    # two boxes 0.8x0.2 and 0.2x0.8 overlapping in 0.2x0.2: 0.16 + 0.16 - 0.04
+    assert hypervolume(np.array([[0.2, 0.8], [0.8, 0.2]]), ref) == pytest.approx(0.28)
+    # a point outside the reference adds nothing; a dominated point adds nothing
+    assert hypervolume(np.array([[0.5, 0.5], [1.5, 0.1], [0.6, 0.6]]), ref) == pytest.approx(0.25)
+    ref3 = np.array([1.0, 1.0, 1.0])
+    assert hypervolume(np.array([[0.5, 0.5, 0.5]]), ref3) == pytest.approx(0.125)
+    assert hypervolume(np.array([[0.0, 0.5, 0.5], [0.5, 0.0, 0.5]]), ref3) == pytest.approx(0.25 + 0.25 - 0.125)
+    assert hypervolume(np.zeros((0, 3)), ref3) == 0.0
+
+
+def test_knee_is_closest_to_the_ideal_point() -> None:
+    front = np.array([[0.0, 1.0], [0.3, 0.3], [1.0, 0.0]])
+    assert knee_index(front) == 1
+
+
+def test_analysis_in_baseline_relative_terms() -> None:
+    trials = [
+        _trial(0, 0.90, 250, 1.0),  # 4x, no loss
+        _trial(1, 0.89, 100, 1.0),  # 10x, 1 point lost
+        _trial(2, 0.88, 200, 1.1),  # dominated by trial 1
+        _trial(3, 0.70, 20, 0.5),  # 50x but 20 points lost: outside the 10-point reference
+    ]
+    analysis = analyse(trials, BASELINE)
+    assert analysis.front == [3, 1, 0]  # smallest first; trial 3 is still non-dominated
+    assert analysis.reference == pytest.approx([0.10, 1.0, 2.0])
+    # Losses (drop, size ratio, latency ratio): t0 (0, .25, 1), t1 (.01, .1, 1); t3 is outside.
+    # Union of two boxes to (0.1, 1, 2): 0.1*0.75*1 + 0.09*0.9*1 - 0.09*0.75*1
+    assert analysis.hypervolume == pytest.approx(0.075 + 0.081 - 0.0675)
+    assert analysis.projections["accuracy-size"] == [0, 1, 3]
+
+
+def test_constraint_keeps_infeasible_trials_out_of_the_front() -> None:
+    trials = [_trial(0, 0.90, 250, 1.0), _trial(1, 0.89, 100, 1.0), _trial(2, 0.85, 50, 1.0)]
+    analysis = analyse(trials, BASELINE, max_accuracy_drop=2.0)
+    assert analysis.front == [1, 0]
+    assert [p.feasible for p in analysis.points] == [True, True, False]
+    assert analysis.reference[0] == pytest.approx(0.02)
+
+
+def test_nothing_feasible_names_the_closest_trials() -> None:
+    trials = [_trial(0, 0.80, 250, 1.0), _trial(1, 0.85, 100, 1.0), _trial(2, 0.50, 50, 1.0), _trial(3, 0.7, 60, 1.0)]
+    analysis = analyse(trials, BASELINE, max_accuracy_drop=1.0)
+    assert analysis.front == [] and analysis.hypervolume == 0.0 and analysis.knee is None
+    assert analysis.closest == [1, 0, 3]
+
+
+def test_hypervolume_history_never_falls() -> None:
+    trials = [_trial(i, 0.9 - 0.01 * (i % 3), 1000 // (i + 2), 1.0) for i in range(8)]
+    for t in trials:
+        t.datetime_complete = t.datetime_start
+    history = [hv for _, hv in hypervolume_history(trials, BASELINE)]
+    assert len(history) == 8 and all(b >= a for a, b in zip(history, history[1:])) and history[-1] > 0
