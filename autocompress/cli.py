@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", help="tpe (default), nsga2 or random")
     s.add_argument("--seed", type=int, help="sampler seed")
     s.add_argument("--ray-address", help="join this Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray")
+    s.add_argument("--cpus-per-worker", type=float, help="CPUs each Ray worker reserves (default 1)")
+    s.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker reserves (default 0)")
+    s.add_argument("--max-retries", type=int, help="re-runs of a trial whose worker died (default 1)")
+    s.add_argument("--trial-timeout", type=float, help="seconds before a trial is failed and its worker replaced")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -100,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
 def _search(args: argparse.Namespace) -> int:
     from autocompress.config import load_config
     from autocompress.report import print_report
-    from autocompress.search import run_search
+    from autocompress.search import Driver
 
     overrides = {
         "name": args.name,
@@ -110,9 +114,19 @@ def _search(args: argparse.Namespace) -> int:
         "search.sampler": args.sampler,
         "search.seed": args.seed,
         "search.ray_address": args.ray_address,
+        "search.cpus_per_worker": args.cpus_per_worker,
+        "search.gpus_per_worker": args.gpus_per_worker,
+        "search.max_retries": args.max_retries,
+        "search.trial_timeout": args.trial_timeout,
     }
     config = load_config(args.config, overrides)
-    study = run_search(config, progress=not args.no_progress and sys.stderr.isatty())
+    driver = Driver(config, progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        study = driver.run()
+    except KeyboardInterrupt:
+        if driver.study is not None and driver.study.user_attrs.get("baseline"):
+            print_report(driver.study)  # what was found so far is worth seeing
+        raise
     print_report(study)
     return 0
 

@@ -28,6 +28,10 @@ class SearchConfig:
     warm_start: bool = True  # enqueue uniform plans first so the front starts from known points
     max_failures_in_a_row: int = field(default=10, metadata={"min": 1})  # then stop the search
     ray_address: str | None = None  # join this Ray cluster (else RAY_ADDRESS, else a local Ray)
+    cpus_per_worker: float = field(default=1.0, metadata={"min": 0.0})  # Ray actor resources
+    gpus_per_worker: float = field(default=0.0, metadata={"min": 0.0})
+    max_retries: int = field(default=1, metadata={"min": 0})  # re-runs of a trial whose worker died
+    trial_timeout: float | None = field(default=None, metadata={"min": 1.0})  # seconds, then FAIL
 
 
 @dataclass(frozen=True)

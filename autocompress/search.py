@@ -6,10 +6,13 @@ Only the driver writes to the study storage. Workers get plans and return result
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
 import tempfile
+import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,9 @@ from autocompress.storage import check_url, load_study, mask_url, open_storage
 from autocompress.tasks import Task, build_task, evaluate_accuracy, example_input, untrained_model
 
 log = logging.getLogger(__name__)
+
+LEASE_TIMEOUT_S = 60.0  # a driver on another host silent this long is taken for dead
+HEARTBEAT_EVERY_S = 5.0
 
 # Uniform plans tried first in a new study (sparsity, bits, rank fraction): known-good anchors
 # that give the sampler a front to improve on from the first trials.
@@ -137,10 +143,11 @@ class Driver:
 
     def __init__(self, config: StudyConfig, runner: Runner | None = None, progress: bool = True) -> None:
         self.config = config
-        self.runner = runner or make_runner(config.search.workers, config.search.ray_address)
+        self.runner = runner or make_runner(config.search)
         self.show_progress = progress
         self.study: optuna.Study | None = None
         self.failures: collections.Counter[str] = collections.Counter()  # reason -> count, this run
+        self.driver_id = uuid.uuid4().hex[:12]  # this process's lease in autocompress_drivers
 
     def run(self) -> optuna.Study:
         cfg = self.config
@@ -149,6 +156,7 @@ class Driver:
         study = self._open_study(storage, space)
         tables.ensure_schema(storage.engine)
         self._engine, self._study_id = storage.engine, storage.get_study_id_from_name(study.study_name)
+        self._url = cfg.storage
         task = build_task(cfg.task, cfg.cache_dir)
         if "baseline" not in study.user_attrs:
             baseline, data = measure_baseline(task, cfg)
@@ -159,12 +167,41 @@ class Driver:
         if done >= cfg.search.trials:
             log.info("study '%s' already has %d complete trials", study.study_name, done)
             return study
-        self.runner.start(task, cfg.finetune, cfg.latency)
+        tables.start_lease(self._engine, self.driver_id, self._study_id, socket.gethostname(), os.getpid(), time.time())
+        self._last_beat = time.monotonic()
         try:
-            self._loop(study, space)
+            self.recover_stale_trials(study)
+            self.runner.start(task, cfg.finetune, cfg.latency)
+            try:
+                self._loop(study, space)
+            finally:
+                self.runner.close()
         finally:
-            self.runner.close()
+            tables.heartbeat(self._engine, self.driver_id, time.time(), finished=True)
         return study
+
+    def recover_stale_trials(self, study: optuna.Study) -> int:
+        """Fail the RUNNING trials of drivers that died, with the reason, and re-queue their plans."""
+        now = time.time()
+        alive: dict[str, bool] = {}
+        for driver_id, lease in tables.leases(self._engine, self._study_id).items():
+            if lease["finished"]:
+                alive[driver_id] = False
+            elif lease["host"] == socket.gethostname() and lease["pid"] != os.getpid():
+                alive[driver_id] = _pid_alive(lease["pid"])  # same machine: ask the OS, no waiting
+            else:
+                alive[driver_id] = now - lease["heartbeat_at"] < LEASE_TIMEOUT_S
+        recovered = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get("driver_id")
+            if owner == self.driver_id or alive.get(owner, owner is None and now - t.datetime_start.timestamp() < LEASE_TIMEOUT_S):
+                continue
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"driver {owner or 'unknown'} died while the trial ran; plan re-queued")
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
+            recovered += 1
+            log.warning("trial %d: its driver %s is gone; failed and re-queued", t.number, owner)
+        return recovered
 
     def _open_study(self, storage: optuna.storages.BaseStorage, space: SearchSpace) -> optuna.Study:
         cfg = self.config
@@ -176,7 +213,12 @@ class Driver:
         if study is not None:
             _check_existing(study, cfg, space, cfg.storage)
             return study
-        study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=list(pareto.DIRECTIONS))
+        try:
+            study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=list(pareto.DIRECTIONS))
+        except optuna.exceptions.DuplicatedStudyError:  # another driver created it a moment ago
+            study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
+            _check_existing(study, cfg, space, cfg.storage)
+            return study
         with warnings.catch_warnings():  # experimental since 3.2, stable in practice; keep output clean
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(pareto.OBJECTIVES))
@@ -201,14 +243,24 @@ class Driver:
         with _Progress(self.show_progress, cfg.trials, complete) as bar:
             try:
                 while True:
-                    while len(in_flight) < self.runner.capacity and complete + len(in_flight) < cfg.trials:
-                        trial = study.ask()
+                    while len(in_flight) < self.runner.capacity:
+                        trial = self._claim(study, cfg.trials)
+                        if trial is None:
+                            break
+                        in_flight[trial.number] = trial  # before submit: the local runner evaluates inside it
                         plan = space.sample(trial)
                         trial.set_user_attr("plan", plan.to_dict())
                         self.runner.submit(trial.number, plan)
-                        in_flight[trial.number] = trial
+                    self._beat()
                     if not in_flight:
-                        break
+                        complete = self._count(TrialState.COMPLETE)
+                        if complete >= cfg.trials:
+                            break
+                        # Other drivers hold the remaining trials: wait for them, or for their
+                        # leases to lapse, then take over what they leave behind.
+                        time.sleep(1.0)
+                        self.recover_stale_trials(study)
+                        continue
                     got = self.runner.next_result(timeout=1.0)
                     if got is None:
                         continue
@@ -233,6 +285,44 @@ class Driver:
                     trial.set_user_attr("fail_reason", reason)
                     study.tell(trial, state=TrialState.FAIL)
                 raise
+
+    def _claim(self, study: optuna.Study, target: int) -> optuna.Trial | None:
+        """Ask for a trial if the study (all drivers together) still needs one.
+
+        COMPLETE plus RUNNING trials of every driver count against the target, so several
+        drivers on one study finish exactly the requested number. On PostgreSQL the count
+        and the ask are serialised across drivers by an advisory lock.
+        """
+        # (A driver killed while sampling leaves a RUNNING trial with some parameters; its
+        # re-queued copy keeps those and samples the rest.)
+        with self._ask_lock():
+            states = [t.state for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))]
+            if len(states) >= target:
+                return None
+            trial = study.ask()
+            trial.set_user_attr("driver_id", self.driver_id)
+            return trial
+
+    @contextlib.contextmanager
+    def _ask_lock(self):  # type: ignore[no-untyped-def]
+        if self._engine.dialect.name != "postgresql":
+            yield  # SQLite: one driver per database file
+            return
+        import sqlalchemy as sa
+
+        key = 0x6163_0000_0000 + self._study_id  # "ac" + study id: one lock per study
+        with self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
+    def _beat(self) -> None:
+        if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY_S:
+            tables.heartbeat(self._engine, self.driver_id, time.time())
+            self._last_beat = time.monotonic()
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> bool:
         """Store one result; True when the trial is COMPLETE."""
@@ -274,9 +364,20 @@ class Driver:
             # ...but optuna-dashboard 0.21 reads only the older "constraints" system attribute.
             trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
         study.tell(trial, result.values)
-        analysis = pareto.study_analysis(study)
-        tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, trial.user_attrs.get("plan", {}), analysis)
+        with self._ask_lock():  # drivers sharing a study write their snapshots one at a time
+            analysis = pareto.study_analysis(study)
+            tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, trial.user_attrs.get("plan", {}), analysis)
         return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Progress:

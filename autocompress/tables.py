@@ -11,6 +11,8 @@ Schema (version 1), keyed by Optuna's ``studies.study_id`` and trial numbers:
 ``autocompress_front``       the front after each COMPLETE trial: ``study_id, snapshot
                              (= n_complete), trial_number, accuracy, accuracy_drop, size_bytes,
                              compression_ratio, latency_ms, speedup, feasible, knee``
+``autocompress_drivers``     one lease per driver process: ``driver_id, study_id, host, pid,
+                             started_at, heartbeat_at, finished`` (times: Unix seconds)
 
 Only the driver (and ``autocompress report``, for trials finished before these tables existed)
 writes them; workers never do. See docs/ARCHITECTURE.md for example queries.
@@ -67,6 +69,18 @@ front = sa.Table(
 )
 
 
+drivers = sa.Table(
+    "autocompress_drivers", metadata,
+    sa.Column("driver_id", sa.String(64), primary_key=True),
+    sa.Column("study_id", sa.Integer, index=True),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("started_at", sa.Float),
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("finished", sa.Boolean, default=False),
+)
+
+
 def ensure_schema(engine: Engine) -> None:
     """Create the tables if missing; refuse a database written by a newer schema."""
     metadata.create_all(engine)
@@ -109,3 +123,19 @@ def record_trial(engine: Engine, study_id: int, trial_number: int, per_layer: li
         conn.execute(sa.delete(front).where(front.c.study_id == study_id, front.c.snapshot == n_complete))
         if front_rows:
             conn.execute(front.insert(), front_rows)
+
+
+def start_lease(engine: Engine, driver_id: str, study_id: int, host: str, pid: int, now: float) -> None:
+    with engine.begin() as conn:
+        conn.execute(drivers.insert().values(driver_id=driver_id, study_id=study_id, host=host, pid=pid, started_at=now, heartbeat_at=now, finished=False))
+
+
+def heartbeat(engine: Engine, driver_id: str, now: float, finished: bool = False) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.update(drivers).where(drivers.c.driver_id == driver_id).values(heartbeat_at=now, finished=finished))
+
+
+def leases(engine: Engine, study_id: int) -> dict[str, dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(drivers).where(drivers.c.study_id == study_id)).mappings().all()
+    return {r["driver_id"]: dict(r) for r in rows}

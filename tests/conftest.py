@@ -28,6 +28,6 @@ def ray_local():
     """One real local Ray for the whole session (starting one takes seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()

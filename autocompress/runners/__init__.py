@@ -7,8 +7,11 @@ from autocompress.runners.ray_runner import RayRunner
 __all__ = ["RUNNERS", "LocalRunner", "RayRunner", "Runner", "make_runner"]
 
 
-def make_runner(workers: int, address: str | None = None) -> Runner:
+def make_runner(search: "SearchConfig") -> Runner:  # type: ignore[name-defined]  # noqa: F821
     """``workers == 0`` evaluates in-process; otherwise a Ray actor pool of that size."""
-    if workers == 0:
+    if search.workers == 0:
         return LocalRunner()
-    return RayRunner(workers=workers, address=address)
+    return RayRunner(
+        workers=search.workers, address=search.ray_address, cpus_per_worker=search.cpus_per_worker,
+        gpus_per_worker=search.gpus_per_worker, max_retries=search.max_retries, trial_timeout=search.trial_timeout,
+    )

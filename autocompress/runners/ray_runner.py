@@ -1,9 +1,17 @@
-"""Ray runner: one actor per worker; each builds the task once from the object store."""
+"""Ray runner: one actor per worker; each builds the task once from the object store.
+
+Faults are handled here, below the driver: a worker that dies mid-trial (killed, out of memory,
+its node gone) is replaced and the trial re-run on the new actor, up to ``max_retries`` times,
+then reported failed with the reason; a trial running longer than ``trial_timeout`` seconds has
+its actor killed and replaced and is reported failed.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from autocompress.errors import AutocompressError
@@ -33,18 +41,39 @@ class _EvaluatorActor:
         return result.to_dict()
 
 
+@dataclass
+class _Job:
+    trial_number: int
+    plan: dict[str, Any]
+    actor: Any
+    started: float  # time.monotonic() of the current attempt
+    attempts: int = 1
+
+
 @RUNNERS.register("ray")
 class RayRunner(Runner):
-    def __init__(self, workers: int = 2, address: str | None = None, cpus_per_worker: float = 1.0) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        address: str | None = None,
+        cpus_per_worker: float = 1.0,
+        gpus_per_worker: float = 0.0,
+        max_retries: int = 1,
+        trial_timeout: float | None = None,
+    ) -> None:
         self.workers = workers
         # None: RAY_ADDRESS if set (Ray's standard variable), else a new local Ray with one CPU per worker
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.cpus_per_worker = cpus_per_worker
+        self.gpus_per_worker = gpus_per_worker
+        self.max_retries = max_retries  # re-runs of a trial whose worker died
+        self.trial_timeout = trial_timeout  # seconds; None waits forever
         self._started_ray = False  # shut Ray down on close only if we started it
         self._actor_cls: Any = None
         self._actor_args: tuple[Any, ...] = ()
         self._idle: list[Any] = []  # actors with nothing to do
-        self._pending: dict[Any, tuple[int, Any]] = {}  # ObjectRef -> (trial number, actor)
+        self._pending: dict[Any, _Job] = {}  # ObjectRef -> the job it computes
+        self.replaced = 0  # actors replaced after a death or a timeout (for reports and tests)
 
     @property
     def capacity(self) -> int:
@@ -55,13 +84,16 @@ class RayRunner(Runner):
 
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {
-                "include_dashboard": False,
+                "include_dashboard": False,  # no web UI unless a cluster operator starts one
                 "logging_level": logging.ERROR,
                 "configure_logging": True,
             }
             if self.address:
                 kwargs["address"] = self.address
             else:
+                # "local" always starts a fresh instance; without it Ray joins whatever cluster
+                # /tmp/ray/ray_current_cluster names, even a dead one.
+                kwargs["address"] = "local"
                 kwargs["num_cpus"] = max(1, int(self.workers * self.cpus_per_worker))
             try:
                 ray.init(**kwargs)
@@ -69,37 +101,80 @@ class RayRunner(Runner):
                 where = self.address or "a local Ray instance"
                 raise AutocompressError(f"cannot start or join Ray ({where}): {exc}") from None
             self._started_ray = True
-        self._actor_cls = ray.remote(num_cpus=self.cpus_per_worker)(_EvaluatorActor)
+        self._actor_cls = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)(_EvaluatorActor)
         self._actor_args = (ray.put(task.payload()), finetune, latency)
-        self._idle = [self._actor_cls.remote(*self._actor_args) for _ in range(self.workers)]
+        self._idle = [self._new_actor() for _ in range(self.workers)]
+
+    def _new_actor(self) -> Any:
+        return self._actor_cls.remote(*self._actor_args)
+
+    def _launch(self, job: _Job) -> None:
+        job.actor = self._idle.pop()
+        job.started = time.monotonic()
+        self._pending[job.actor.evaluate.remote(job.plan)] = job
+
+    def _replace(self, actor: Any) -> None:
+        import ray
+
+        ray.kill(actor, no_restart=True)
+        self._idle.append(self._new_actor())
+        self.replaced += 1
 
     def submit(self, trial_number: int, plan: CompressionPlan) -> None:
-        actor = self._idle.pop()
-        self._pending[actor.evaluate.remote(plan.to_dict())] = (trial_number, actor)
+        self._launch(_Job(trial_number, plan.to_dict(), actor=None, started=0.0))
 
     def next_result(self, timeout: float | None = None) -> tuple[int, Result] | None:
         import ray
 
         if not self._pending:
             return None
-        ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        expired = self._expired()
+        if expired is not None:
+            return expired
+        wait = timeout
+        if self.trial_timeout is not None:
+            next_deadline = min(j.started for j in self._pending.values()) + self.trial_timeout - time.monotonic()
+            wait = max(0.0, min(wait if wait is not None else next_deadline, next_deadline))
+        ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=wait)
         if not ready:
-            return None
-        trial_number, actor = self._pending.pop(ready[0])
+            return self._expired()
+        job = self._pending.pop(ready[0])
         try:
             result = Result.from_dict(ray.get(ready[0]))
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as exc:
+            self._replace(job.actor)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'worker died'}"
+            if job.attempts <= self.max_retries:
+                job.attempts += 1
+                logging.getLogger(__name__).warning("trial %d: worker lost (%s); retrying on a new worker", job.trial_number, reason)
+                self._launch(job)
+                return None
+            result = Result.failure(f"worker lost {job.attempts} time(s), last: {reason}")
         except ray.exceptions.RayError as exc:
-            # The actor (or its node) died: replace it so capacity stays the same.
-            ray.kill(actor, no_restart=True)
-            actor = self._actor_cls.remote(*self._actor_args)
-            result = Result.failure(f"worker lost: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-        self._idle.append(actor)
-        return trial_number, result
+            self._idle.append(job.actor)
+            result = Result.failure(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        else:
+            self._idle.append(job.actor)
+        result.worker["attempts"] = job.attempts
+        return job.trial_number, result
+
+    def _expired(self) -> tuple[int, Result] | None:
+        if self.trial_timeout is None:
+            return None
+        now = time.monotonic()
+        for ref, job in list(self._pending.items()):
+            if now - job.started > self.trial_timeout:
+                del self._pending[ref]
+                self._replace(job.actor)
+                result = Result.failure(f"timed out after {self.trial_timeout:g} s (search.trial_timeout); its worker was replaced")
+                result.worker["attempts"] = job.attempts
+                return job.trial_number, result
+        return None
 
     def close(self) -> None:
         import ray
 
-        for actor in self._idle + [a for _, a in self._pending.values()]:
+        for actor in self._idle + [job.actor for job in self._pending.values()]:
             ray.kill(actor, no_restart=True)
         self._idle, self._pending = [], {}
         if self._started_ray:

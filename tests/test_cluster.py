@@ -1,0 +1,232 @@
+"""Cluster behaviour with real processes and servers: a two-node Ray cluster started with
+``ray start``, PostgreSQL, and faults delivered as real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.helpers import REPO, run_cli
+
+pytestmark = pytest.mark.e2e
+LOCAL_POSTGRES = "postgresql://autocompress:ci-Pa55word@127.0.0.1:5432/autocompress"
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    """The PostgreSQL server .ci/run starts; outside CI, skipped (saying so) when none is up."""
+    url = os.environ.get("AUTOCOMPRESS_TEST_POSTGRES", LOCAL_POSTGRES)
+    try:
+        import sqlalchemy as sa
+
+        sa.create_engine(url, connect_args={"connect_timeout": 3}).connect().close()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise AssertionError(f"CI must provide PostgreSQL at {url}: {exc}") from exc
+        pytest.skip(f"no PostgreSQL server reachable ({type(exc).__name__}); .ci/run installs and starts one")
+    return url
+
+
+def _config(folder: Path, cache_dir: Path, storage: str, steps: int = 20, **search: object) -> Path:
+    search_yaml = ", ".join(f"{k}: {v}" for k, v in search.items())
+    path = folder / "study.yaml"
+    path.write_text(
+        f"storage: {storage}\ncache_dir: {cache_dir}\nartifact_dir: {folder / 'artifacts'}\n"
+        f"space: {REPO / 'search_spaces/default.yaml'}\nsearch: {{{search_yaml}}}\n"
+        f"finetune: {{steps: {steps}}}\nlatency: {{max_seconds: 0.1}}\n"
+    )
+    return path
+
+
+def _states(url: str, name: str) -> list[TrialState]:
+    return [t.state for t in optuna.load_study(study_name=name, storage=url).trials]
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    full.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    return subprocess.Popen([sys.executable, "-m", "autocompress", *args], cwd=cwd, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- PostgreSQL -----------------------------------------------------------------------------
+
+
+def test_search_on_postgres_never_prints_the_password(tmp_path: Path, cache_dir: Path, postgres_url: str) -> None:
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    config = _config(tmp_path, cache_dir, postgres_url, trials=2, workers=0)
+    password = postgres_url.split(":")[2].split("@")[0]
+    proc = run_cli("search", str(config), "--name", name, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.replace(password, "***")
+    report = run_cli("report", name, "--storage", postgres_url, cwd=tmp_path)
+    dashboard_err = run_cli("report", "missing-" + name, "--storage", postgres_url, cwd=tmp_path)
+    assert _states(postgres_url, name) == [TrialState.COMPLETE] * 2
+    for out in (proc.stdout, proc.stderr, report.stdout, report.stderr, dashboard_err.stdout, dashboard_err.stderr):
+        assert password not in out
+    assert "***" in dashboard_err.stderr  # the URL is named, masked
+
+
+def test_two_drivers_on_one_postgres_study_finish_exactly_the_target(tmp_path: Path, cache_dir: Path, postgres_url: str) -> None:
+    name = f"pg2-{uuid.uuid4().hex[:8]}"
+    config = _config(tmp_path, cache_dir, postgres_url, trials=6, workers=0)
+    drivers = [_cli("search", str(config), "--name", name, "--no-progress", cwd=tmp_path) for _ in range(2)]
+    outputs = [d.communicate(timeout=600) for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], [err for _, err in outputs]
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 6 and not study.get_trials(states=(TrialState.RUNNING,))
+    assert len({t.user_attrs["driver_id"] for t in complete}) == 2  # both drivers did work
+
+
+# ---- a two-node Ray cluster ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def ray_cluster(tmp_path: Path):
+    """``ray start --head`` plus a second ``ray start --address``: two nodes, one CPU each.
+
+    Token authentication stays on: every process of the cluster runs with RAY_AUTH_MODE=token.
+    """
+    port = 26000 + os.getpid() % 1000
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--block"]
+    head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    procs = [head]
+    try:
+        time.sleep(6)
+        procs.append(subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}", *common],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        time.sleep(6)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for p in reversed(procs):
+            os.killpg(p.pid, signal.SIGTERM)  # --block: the node's processes stop with it
+        for p in procs:
+            p.wait(timeout=60)
+
+
+def test_search_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path, cache_dir: Path, ray_cluster: str) -> None:
+    config = _config(tmp_path, cache_dir, f"sqlite:///{tmp_path / 'c.db'}", steps=150, trials=6, workers=2)
+    proc = run_cli("search", str(config), "--ray-address", ray_cluster, cwd=tmp_path, env={"RAY_AUTH_MODE": "token"})
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{tmp_path / 'c.db'}")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 6
+    assert len({t.user_attrs["node_id"] for t in trials}) == 2  # evaluated on both nodes
+    assert all(t.user_attrs["worker"]["host"] for t in trials)
+
+
+# ---- faults -------------------------------------------------------------------------------------
+
+
+def _evaluator_pids() -> list[int]:
+    """Ray worker processes currently running an evaluation (Ray names them after the task)."""
+    out = subprocess.run(["pgrep", "-f", "ray::_EvaluatorActor.evaluate"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path: Path, cache_dir: Path) -> None:
+    db = tmp_path / "k.db"
+    config = _config(tmp_path, cache_dir, f"sqlite:///{db}", steps=1500, trials=3, workers=2, max_retries=1)
+    driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
+    _wait_for(lambda: bool(_evaluator_pids()), 120, "a worker to start evaluating")
+    os.kill(_evaluator_pids()[0], signal.SIGKILL)
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, err
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3  # nothing lost
+    assert any(t.user_attrs["worker"].get("attempts") == 2 for t in study.trials)
+
+
+def test_a_trial_over_its_timeout_is_failed_with_the_reason(tmp_path: Path, cache_dir: Path) -> None:
+    db = tmp_path / "t.db"
+    config = _config(tmp_path, cache_dir, f"sqlite:///{db}", steps=5000, trials=2, workers=1, trial_timeout=2, max_failures_in_a_row=2)
+    proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2 and "2 trials in a row failed" in proc.stderr
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 2 and all("timed out after 2 s" in t.user_attrs["fail_reason"] for t in failed)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_a_killed_driver_leaves_nothing_running_after_resume(tmp_path: Path, cache_dir: Path) -> None:
+    db = tmp_path / "d.db"
+    url = f"sqlite:///{db}"
+    config = _config(tmp_path, cache_dir, url, steps=600, trials=4, workers=0)
+    driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
+
+    def one_done_one_running() -> bool:
+        if not db.exists():
+            return False
+        with sqlite3.connect(db) as conn:
+            try:
+                states = [s for (s,) in conn.execute("SELECT state FROM trials")]
+            except sqlite3.OperationalError:
+                return False
+        return "COMPLETE" in states and "RUNNING" in states
+
+    _wait_for(one_done_one_running, 300, "a complete and a running trial")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    killed = [t for t in optuna.load_study(study_name="autocompress", storage=url).trials if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+    proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="autocompress", storage=url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    dead = study.trials[killed[0].number]
+    assert dead.state == TrialState.FAIL and "died" in dead.user_attrs["fail_reason"]
+    requeued = [t for t in study.trials if t.user_attrs.get("requeued_from") == dead.number]
+    # The re-queued trial keeps every parameter the dead one had drawn (it may have been killed
+    # while sampling, before drawing them all).
+    assert len(requeued) == 1 and requeued[0].state == TrialState.COMPLETE
+    assert dead.params.items() <= requeued[0].params.items()
+
+
+def test_ctrl_c_fails_in_flight_trials_prints_the_report_and_exits_130(tmp_path: Path, cache_dir: Path) -> None:
+    db = tmp_path / "i.db"
+    url = f"sqlite:///{db}"
+    config = _config(tmp_path, cache_dir, url, steps=600, trials=5, workers=0)
+    driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
+
+    def complete_then_running() -> bool:
+        if not db.exists():
+            return False
+        with sqlite3.connect(db) as conn:
+            try:
+                states = [s for (s,) in conn.execute("SELECT state FROM trials ORDER BY number")]
+            except sqlite3.OperationalError:
+                return False
+        return "COMPLETE" in states and "RUNNING" in states
+
+    _wait_for(complete_then_running, 300, "a complete and a running trial")
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, err
+    assert "Pareto front" in out and "interrupted" in err and "Traceback" not in err
+    study = optuna.load_study(study_name="autocompress", storage=url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert any(t.user_attrs.get("fail_reason") == "interrupted" for t in study.get_trials(states=(TrialState.FAIL,)))
