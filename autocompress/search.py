@@ -148,6 +148,7 @@ class Driver:
         self.study: optuna.Study | None = None
         self.failures: collections.Counter[str] = collections.Counter()  # reason -> count, this run
         self.driver_id = uuid.uuid4().hex[:12]  # this process's lease in autocompress_drivers
+        self._analysis: pareto.Analysis | None = None  # after the last COMPLETE trial
 
     def run(self) -> optuna.Study:
         cfg = self.config
@@ -238,19 +239,13 @@ class Driver:
     def _loop(self, study: optuna.Study, space: SearchSpace) -> None:
         cfg = self.config.search
         in_flight: dict[int, optuna.Trial] = {}
+        finished: optuna.Trial | None = None  # a result in hand, not yet told
         complete = self._count(TrialState.COMPLETE)
         failed_in_a_row = 0
         with _Progress(self.show_progress, cfg.trials, complete) as bar:
             try:
                 while True:
-                    while len(in_flight) < self.runner.capacity:
-                        trial = self._claim(study, cfg.trials)
-                        if trial is None:
-                            break
-                        in_flight[trial.number] = trial  # before submit: the local runner evaluates inside it
-                        plan = space.sample(trial)
-                        trial.set_user_attr("plan", plan.to_dict())
-                        self.runner.submit(trial.number, plan)
+                    self._fill(study, space, in_flight)
                     self._beat()
                     if not in_flight:
                         complete = self._count(TrialState.COMPLETE)
@@ -265,8 +260,12 @@ class Driver:
                     if got is None:
                         continue
                     number, result = got
-                    trial = in_flight.pop(number)
-                    if self._tell(study, trial, result):
+                    finished = in_flight.pop(number)
+                    if self.runner.runs_in_background:
+                        # Hand the free worker its next trial first; book-keeping overlaps with it.
+                        self._fill(study, space, in_flight)
+                    told, finished = finished, None
+                    if self._tell(study, told, result):
                         complete += 1
                         failed_in_a_row = 0
                     else:
@@ -277,14 +276,25 @@ class Driver:
                                 f"{failed_in_a_row} trials in a row failed; most common reason ({count}x): {reason}: "
                                 "fix the cause, or raise search.max_failures_in_a_row"
                             )
-                    analysis = pareto.study_analysis(study)
-                    bar.update(complete, sum(self.failures.values()), len(analysis.front), analysis.hypervolume)
+                    if self._analysis is not None:
+                        bar.update(complete, sum(self.failures.values()), len(self._analysis.front), self._analysis.hypervolume)
             except BaseException as exc:
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"search stopped: {exc}"
-                for trial in in_flight.values():
+                for trial in [*in_flight.values(), *([finished] if finished is not None else [])]:
                     trial.set_user_attr("fail_reason", reason)
                     study.tell(trial, state=TrialState.FAIL)
                 raise
+
+    def _fill(self, study: optuna.Study, space: SearchSpace, in_flight: dict[int, optuna.Trial]) -> None:
+        """Start trials until every worker is busy or the study needs no more."""
+        while len(in_flight) < self.runner.capacity:
+            trial = self._claim(study, self.config.search.trials)
+            if trial is None:
+                return
+            in_flight[trial.number] = trial  # before submit: the local runner evaluates inside it
+            plan = space.sample(trial)
+            trial.set_user_attr("plan", plan.to_dict())
+            self.runner.submit(trial.number, plan)
 
     def _claim(self, study: optuna.Study, target: int) -> optuna.Trial | None:
         """Ask for a trial if the study (all drivers together) still needs one.
@@ -365,7 +375,7 @@ class Driver:
             trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
         study.tell(trial, result.values)
         with self._ask_lock():  # drivers sharing a study write their snapshots one at a time
-            analysis = pareto.study_analysis(study)
+            self._analysis = analysis = pareto.study_analysis(study)
             tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, trial.user_attrs.get("plan", {}), analysis)
         return True
 

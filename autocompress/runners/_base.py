@@ -23,6 +23,12 @@ class Runner(ABC):
     def capacity(self) -> int:
         """How many trials may be in flight at once."""
 
+    @property
+    def runs_in_background(self) -> bool:
+        """Whether ``submit`` returns while the evaluation runs elsewhere (the driver then starts
+        the next trial before storing the last one's result)."""
+        return True
+
     @abstractmethod
     def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig) -> None:
         """Prepare workers that can evaluate plans on ``task``."""

@@ -21,6 +21,10 @@ class LocalRunner(Runner):
     def capacity(self) -> int:
         return 1
 
+    @property
+    def runs_in_background(self) -> bool:
+        return False  # submit evaluates on the spot
+
     def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig) -> None:
         self._evaluator = Evaluator(task, finetune, latency)
 
