@@ -68,6 +68,27 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _complete_and_running(db: Path) -> bool:
+    """Whether the SQLite study has a COMPLETE trial and one RUNNING (a moment to strike)."""
+    if not db.exists():
+        return False
+    with sqlite3.connect(db) as conn:
+        try:
+            states = {s for (s,) in conn.execute("SELECT state FROM trials")}
+        except sqlite3.OperationalError:  # the driver has not created the tables yet
+            return False
+    return {"COMPLETE", "RUNNING"} <= states
+
+
+def _driver_mid_trial(tmp_path: Path, cache_dir: Path, trials: int) -> tuple[subprocess.Popen[str], str, Path]:
+    """An in-process search (SQLite) caught with one trial done and the next one running."""
+    db = tmp_path / "mid.db"
+    config = _config(tmp_path, cache_dir, f"sqlite:///{db}", steps=600, trials=trials, workers=0)
+    driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
+    _wait_for(lambda: _complete_and_running(db), 300, "a complete and a running trial")
+    return driver, f"sqlite:///{db}", config
+
+
 # ---- PostgreSQL -----------------------------------------------------------------------------
 
 
@@ -175,22 +196,7 @@ def test_a_trial_over_its_timeout_is_failed_with_the_reason(tmp_path: Path, cach
 
 
 def test_a_killed_driver_leaves_nothing_running_after_resume(tmp_path: Path, cache_dir: Path) -> None:
-    db = tmp_path / "d.db"
-    url = f"sqlite:///{db}"
-    config = _config(tmp_path, cache_dir, url, steps=600, trials=4, workers=0)
-    driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
-
-    def one_done_one_running() -> bool:
-        if not db.exists():
-            return False
-        with sqlite3.connect(db) as conn:
-            try:
-                states = [s for (s,) in conn.execute("SELECT state FROM trials")]
-            except sqlite3.OperationalError:
-                return False
-        return "COMPLETE" in states and "RUNNING" in states
-
-    _wait_for(one_done_one_running, 300, "a complete and a running trial")
+    driver, url, config = _driver_mid_trial(tmp_path, cache_dir, trials=4)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     killed = [t for t in optuna.load_study(study_name="autocompress", storage=url).trials if t.state == TrialState.RUNNING]
@@ -210,22 +216,7 @@ def test_a_killed_driver_leaves_nothing_running_after_resume(tmp_path: Path, cac
 
 
 def test_ctrl_c_fails_in_flight_trials_prints_the_report_and_exits_130(tmp_path: Path, cache_dir: Path) -> None:
-    db = tmp_path / "i.db"
-    url = f"sqlite:///{db}"
-    config = _config(tmp_path, cache_dir, url, steps=600, trials=5, workers=0)
-    driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
-
-    def complete_then_running() -> bool:
-        if not db.exists():
-            return False
-        with sqlite3.connect(db) as conn:
-            try:
-                states = [s for (s,) in conn.execute("SELECT state FROM trials ORDER BY number")]
-            except sqlite3.OperationalError:
-                return False
-        return "COMPLETE" in states and "RUNNING" in states
-
-    _wait_for(complete_then_running, 300, "a complete and a running trial")
+    driver, url, _ = _driver_mid_trial(tmp_path, cache_dir, trials=5)
     driver.send_signal(signal.SIGINT)
     out, err = driver.communicate(timeout=60)
     assert driver.returncode == 130, err
