@@ -30,10 +30,6 @@ class LayerPlan:
     bits: int = FULL_PRECISION_BITS
     rank: int | None = None
 
-    @property
-    def is_identity(self) -> bool:
-        return self.sparsity == 0.0 and self.bits == FULL_PRECISION_BITS and self.rank is None
-
 
 @dataclass
 class CompressionPlan:

@@ -28,7 +28,7 @@ from autocompress.evaluate import Evaluator
 from autocompress.plan import Result
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace, load_space
-from autocompress.storage import check_url, load_study, mask_url, open_storage
+from autocompress.storage import check_url, mask_url, open_storage
 from autocompress.tasks import Task, build_task, evaluate_accuracy, example_input, untrained_model
 
 log = logging.getLogger(__name__)
@@ -423,4 +423,4 @@ def run_search(config: StudyConfig, progress: bool = True) -> optuna.Study:
     return Driver(config, progress=progress).run()
 
 
-__all__ = ["Driver", "load_study", "prepare", "run_search"]
+__all__ = ["Driver", "prepare", "run_search"]

@@ -9,9 +9,8 @@ __all__ = ["RUNNERS", "LocalRunner", "RayRunner", "Runner", "make_runner"]
 
 def make_runner(search: "SearchConfig") -> Runner:  # type: ignore[name-defined]  # noqa: F821
     """``workers == 0`` evaluates in-process; otherwise a Ray actor pool of that size."""
-    if search.workers == 0:
-        return LocalRunner()
-    return RayRunner(
+    runner = RUNNERS.get("local" if search.workers == 0 else "ray")
+    return runner(
         workers=search.workers, address=search.ray_address, cpus_per_worker=search.cpus_per_worker,
         gpus_per_worker=search.gpus_per_worker, max_retries=search.max_retries, trial_timeout=search.trial_timeout,
     )

@@ -13,7 +13,7 @@ from autocompress.tasks import Task
 
 @RUNNERS.register("local")
 class LocalRunner(Runner):
-    def __init__(self, workers: int = 0, **_: object) -> None:
+    def __init__(self, workers: int = 0, **_: object) -> None:  # Ray's options mean nothing here
         self._evaluator: Evaluator | None = None
         self._done: deque[tuple[int, Result]] = deque()  # finished, not yet collected
 
