@@ -157,7 +157,6 @@ class Driver:
         study = self._open_study(storage, space)
         tables.ensure_schema(storage.engine)
         self._engine, self._study_id = storage.engine, storage.get_study_id_from_name(study.study_name)
-        self._url = cfg.storage
         task = build_task(cfg.task, cfg.cache_dir)
         if "baseline" not in study.user_attrs:
             baseline, data = measure_baseline(task, cfg)
@@ -195,7 +194,10 @@ class Driver:
         recovered = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = t.user_attrs.get("driver_id")
-            if owner == self.driver_id or alive.get(owner, owner is None and now - t.datetime_start.timestamp() < LEASE_TIMEOUT_S):
+            # A driver without a lease row is dead; a trial without an owner (asked, but killed
+            # before tagging) counts as alive only while it is younger than the lease timeout.
+            fresh = owner is None and now - t.datetime_start.timestamp() < LEASE_TIMEOUT_S
+            if owner == self.driver_id or alive.get(owner, fresh):
                 continue
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"driver {owner or 'unknown'} died while the trial ran; plan re-queued")
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
