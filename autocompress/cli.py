@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker reserves (default 0)")
     s.add_argument("--max-retries", type=int, help="re-runs of a trial whose worker died (default 1)")
     s.add_argument("--trial-timeout", type=float, help="seconds before a trial is failed and its worker replaced")
+    s.add_argument("--new-study", action="store_true", default=None, help="never resume: if NAME is taken, start NAME-2 (NAME-3, ...)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -113,6 +114,7 @@ def _search(args: argparse.Namespace) -> int:
         "search.workers": args.workers,
         "search.sampler": args.sampler,
         "search.seed": args.seed,
+        "search.new_study": args.new_study,
         "search.ray_address": args.ray_address,
         "search.cpus_per_worker": args.cpus_per_worker,
         "search.gpus_per_worker": args.gpus_per_worker,

@@ -26,6 +26,7 @@ class SearchConfig:
     sampler: str = field(default="tpe", metadata={"choices": SAMPLERS})
     seed: int | None = None  # sampler seed; None draws one
     warm_start: bool = True  # enqueue uniform plans first so the front starts from known points
+    new_study: bool = False  # never resume: a taken name becomes NAME-2, NAME-3, ...
     max_failures_in_a_row: int = field(default=10, metadata={"min": 1})  # then stop the search
     ray_address: str | None = None  # join this Ray cluster (else RAY_ADDRESS, else a local Ray)
     cpus_per_worker: float = field(default=1.0, metadata={"min": 0.0})  # Ray actor resources

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+from dataclasses import replace
 import logging
 import os
 import socket
@@ -82,7 +83,7 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
     if list(study.directions) != expected:
         raise StorageError(
             f"study '{study.study_name}' in {mask_url(url)} has other objectives "
-            f"({[d.name.lower() for d in study.directions]}): choose another --name"
+            f"({[d.name.lower() for d in study.directions]}): choose another --name or pass --new-study"
         )
     attrs = study.user_attrs
     task = config.task.resolved().to_dict()
@@ -90,14 +91,14 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
         diff = [k for k in task if attrs["task"].get(k) != task[k]]
         raise StorageError(
             f"study '{study.study_name}' was created for another task (differs in {', '.join(diff)}): "
-            "choose another --name or use the config it was created with"
+            "choose another --name, pass --new-study, or use the config it was created with"
         )
     if attrs.get("space") not in (None, space.to_dict()):
         old = attrs["space"]
         diff = sorted(set(old) ^ set(space.to_dict())) or [n for n in old if old[n] != space.to_dict().get(n)]
         raise StorageError(
             f"study '{study.study_name}' was created with another search space (differs at layer "
-            f"{', '.join(diff[:3])}): choose another --name or use the space it was created with"
+            f"{', '.join(diff[:3])}): choose another --name, pass --new-study, or use the space it was created with"
         )
 
 
@@ -209,6 +210,14 @@ class Driver:
     def _open_study(self, storage: optuna.storages.BaseStorage, space: SearchSpace) -> optuna.Study:
         cfg = self.config
         sampler = make_sampler(cfg.search.sampler, cfg.search.seed)
+        if cfg.search.new_study:
+            taken = {s.study_name for s in storage.get_all_studies()}
+            name, k = cfg.name, 2
+            while name in taken:
+                name, k = f"{cfg.name}-{k}", k + 1
+            if name != cfg.name:
+                log.warning("study '%s' exists; starting a new study '%s'", cfg.name, name)
+            cfg = self.config = replace(cfg, name=name)
         try:
             study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
         except KeyError:

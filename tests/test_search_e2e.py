@@ -238,6 +238,24 @@ def test_sql_tables_hold_layers_hypervolume_and_fronts(cli_study: Path) -> None:
     assert history[-1] == pytest.approx(analysis.hypervolume)
 
 
+def test_new_study_never_resumes_a_taken_name(cli_study: Path, tmp_path: Path) -> None:
+    """A study of that name with another space is refused; --new-study starts NAME-2 instead."""
+    shutil.copy(cli_study / "e2e.db", tmp_path / "copy.db")  # leave the shared study as it is
+    (tmp_path / "other-space.yaml").write_text("knobs: {bits: [4, 8]}\n")
+    text = (cli_study / "study.yaml").read_text()
+    text = text.replace(str(cli_study / "e2e.db"), str(tmp_path / "copy.db"))
+    text = text.replace(str(REPO / "search_spaces/default.yaml"), "other-space.yaml")
+    (tmp_path / "other.yaml").write_text(text)
+    args = ["search", str(tmp_path / "other.yaml"), "--workers", "0", "--trials", "1"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and "another search space" in proc.stderr and "--new-study" in proc.stderr
+    proc = run_cli(*args, "--new-study", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "study e2e-2: 1 complete" in proc.stdout
+    studies = {s.study_name: s for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'copy.db'}")}
+    assert studies["e2e-2"].n_trials == 1 and studies["e2e"].n_trials == len(optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}").trials)
+
+
 def test_space_stored_on_the_study_keeps_zero_bounds(cli_study: Path) -> None:
     study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}")
     assert study.user_attrs["space"]["fc1"]["sparsity"] == {"low": 0.0, "high": 0.95, "step": 0.05}
