@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from autocompress.artifact import write_atomic
 from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
-from autocompress.report import check_study, plan_summary, report_rows, _analysis
+from autocompress.report import checked_analysis, plan_summary, report_rows
 
 AXES = {0: ("accuracy %", lambda p: 100 * p.accuracy), 1: ("size KB", lambda p: p.size_bytes / 1024), 2: ("latency ms", lambda p: p.latency_ms)}
 
@@ -29,7 +29,7 @@ def _projection_figure(analysis: Analysis, baseline: dict[str, Any]) -> go.Figur
     base = {0: 100 * baseline["accuracy"], 1: baseline["size_bytes"] / 1024, 2: baseline["latency_ms"]}
     for col, name in enumerate(names, start=1):
         i, j = PROJECTIONS[name]
-        (xi, fx), (yi, fy) = AXES[j], AXES[i]
+        (xi, fx), (_, fy) = AXES[j], AXES[i]
         pts = analysis.points
         show = col == 1
         fig.add_trace(go.Scatter(
@@ -108,9 +108,8 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
 
 
 def write_html(study: optuna.Study, path: str | Path) -> Path:
-    check_study(study)
-    analysis = _analysis(study)
-    rows = report_rows(study)
+    analysis = checked_analysis(study)
+    rows = report_rows(study, analysis)
     baseline = study.user_attrs["baseline"]
     figures = [_projection_figure(analysis, baseline), _figure_3d(analysis, baseline), _hypervolume_figure(study, analysis)]
     if rows:

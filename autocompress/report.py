@@ -40,17 +40,17 @@ def plan_summary(plan: dict[str, dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
-def _analysis(study: optuna.Study) -> Analysis:
+def checked_analysis(study: optuna.Study) -> Analysis:
+    """The study's Pareto analysis, after checking it is an autocompress search with a baseline."""
+    check_study(study)
     if "baseline" not in study.user_attrs:
         raise StorageError(f"study '{study.study_name}' has no baseline yet: run 'autocompress search' with this name first")
     return study_analysis(study)
 
 
-def report_rows(study: optuna.Study, test_split: bool = True) -> list[dict[str, Any]]:
+def report_rows(study: optuna.Study, analysis: Analysis, test_split: bool = True) -> list[dict[str, Any]]:
     """The front's rows (or the closest trials when none is feasible); with ``test_split``,
     each re-checked once on the held-out test split."""
-    check_study(study)
-    analysis = _analysis(study)
     tests = None
     if test_split:
         from autocompress.export import test_accuracies
@@ -63,9 +63,8 @@ def report_rows(study: optuna.Study, test_split: bool = True) -> list[dict[str, 
 
 def print_report(study: optuna.Study, console: Console | None = None) -> None:
     console = console or make_console()
-    check_study(study)
-    rows = report_rows(study)
-    analysis = _analysis(study)
+    analysis = checked_analysis(study)
+    rows = report_rows(study, analysis)
     baseline = study.user_attrs.get("baseline", {})
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counts = ", ".join(f"{states.count(s)} {s.name.lower()}" for s in (TrialState.COMPLETE, TrialState.FAIL) if s in states)
@@ -112,4 +111,4 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
 
 
 def report_json(study: optuna.Study) -> str:
-    return json.dumps(report_rows(study), indent=2)
+    return json.dumps(report_rows(study, checked_analysis(study)), indent=2)
