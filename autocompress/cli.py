@@ -220,11 +220,11 @@ def _layers(args: argparse.Namespace) -> int:
     from autocompress.config import load_config
     from autocompress.report import make_console
     from autocompress.space import load_space
-    from autocompress.tasks import TaskSpec, example_input, untrained_model
+    from autocompress.tasks import TaskSpec, model_skeleton
 
     space_path = args.space or load_config(None).space
     spec = TaskSpec(model=args.task)
-    space = load_space(space_path).resolve(untrained_model(spec), example_input(spec))
+    space = load_space(space_path).resolve(*model_skeleton(spec))
     table = Table(title=f"{args.task}: {len(space.layers)} layers, {space.dimensions} searched knobs ({space.source})")
     for col in ("layer", "type", "weight", "params", "full rank", "sparsity", "mode", "bits", "rank fraction"):
         table.add_column(col)

@@ -30,7 +30,7 @@ from autocompress.plan import Result
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace, load_space
 from autocompress.storage import check_url, mask_url, open_storage
-from autocompress.tasks import Task, build_task, evaluate_accuracy, example_input, untrained_model
+from autocompress.tasks import Task, build_task, evaluate_accuracy, model_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def prepare(config: StudyConfig) -> SearchSpace:
     if config.search.workers:
         address = config.search.ray_address or os.environ.get("RAY_ADDRESS")
         check_ray_address(address, "--ray-address" if config.search.ray_address else "RAY_ADDRESS")
-    return load_space(config.space).resolve(untrained_model(config.task), example_input(config.task))
+    return load_space(config.space).resolve(*model_skeleton(config.task))
 
 
 def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:
@@ -219,15 +219,8 @@ class Driver:
                 log.warning("study '%s' exists; starting a new study '%s'", cfg.name, name)
             cfg = self.config = replace(cfg, name=name)
         try:
-            study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
-        except KeyError:
-            study = None
-        if study is not None:
-            _check_existing(study, cfg, space, cfg.storage)
-            return study
-        try:
             study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=list(pareto.DIRECTIONS))
-        except optuna.exceptions.DuplicatedStudyError:  # another driver created it a moment ago
+        except optuna.exceptions.DuplicatedStudyError:  # an existing study (maybe another driver's, just made)
             study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
             _check_existing(study, cfg, space, cfg.storage)
             return study

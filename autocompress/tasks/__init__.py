@@ -15,6 +15,7 @@ from autocompress.tasks._task import (
     build_task,
     evaluate_accuracy,
     example_input,
+    model_skeleton,
     untrained_model,
 )
 from autocompress.tasks import digits as _digits  # noqa: F401  (registers the built-ins)
@@ -29,5 +30,6 @@ __all__ = [
     "build_task",
     "evaluate_accuracy",
     "example_input",
+    "model_skeleton",
     "untrained_model",
 ]

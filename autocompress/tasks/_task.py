@@ -6,13 +6,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from autocompress.errors import TaskError
+from autocompress.errors import RegistryError, TaskError
 from autocompress.registry import Registry
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +76,19 @@ class TaskSpec:
         return asdict(self)
 
 
-def _model_entry(name: str) -> ModelEntry:
+def _lookup(registry: Registry[T], name: str) -> T:
     try:
-        return MODELS.get(name)
-    except Exception as exc:  # RegistryError is already user-facing; re-home it as a TaskError
+        return registry.get(name)
+    except RegistryError as exc:  # already user-facing; re-home it as a TaskError
         raise TaskError(str(exc)) from None
+
+
+def _model_entry(name: str) -> ModelEntry:
+    return _lookup(MODELS, name)
 
 
 def _dataset_fn(name: str) -> Callable[[int], DataSplits]:
-    try:
-        return DATASETS.get(name)
-    except Exception as exc:
-        raise TaskError(str(exc)) from None
+    return _lookup(DATASETS, name)
 
 
 @torch.inference_mode()
@@ -155,17 +158,23 @@ def _train(model: nn.Module, data: DataSplits, spec: TaskSpec) -> None:
     model.eval()
 
 
-def untrained_model(spec: TaskSpec) -> nn.Module:
-    """The task's model with random weights: enough to list and validate its layers."""
+def model_skeleton(spec: TaskSpec, batch: int = 2) -> tuple[nn.Module, torch.Tensor]:
+    """The task's model with random weights and a small batch of validation inputs, from one
+    load of the data: enough to list, validate and trace its layers."""
     spec = spec.resolved()
     data = _dataset_fn(spec.dataset)(spec.seed)  # type: ignore[arg-type]
-    return _model_entry(spec.model).factory(num_classes=data.num_classes, input_shape=data.input_shape)
+    model = _model_entry(spec.model).factory(num_classes=data.num_classes, input_shape=data.input_shape)
+    return model, data.x_val[:batch]
+
+
+def untrained_model(spec: TaskSpec) -> nn.Module:
+    """The task's model with random weights."""
+    return model_skeleton(spec)[0]
 
 
 def example_input(spec: TaskSpec, batch: int = 2) -> torch.Tensor:
     """A small batch of the task's validation inputs (to trace a model)."""
-    spec = spec.resolved()
-    return _dataset_fn(spec.dataset)(spec.seed).x_val[:batch]  # type: ignore[arg-type]
+    return model_skeleton(spec, batch)[1]
 
 
 def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines") -> Task:
