@@ -82,3 +82,14 @@ def chromium(url: str, screenshot: Path | None = None) -> str:
 
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots the browser tests keep (git-ignored)
+
+
+def write_study_config(folder: Path, cache_dir: Path, search: dict[str, object], **sections: object) -> Path:
+    """``folder/study.yaml`` for a small real search: the session's cached baselines, the repo's
+    default space, the given ``search`` section and any other sections (storage, finetune...)."""
+    import yaml
+
+    config = {"cache_dir": str(cache_dir), "space": str(REPO / "search_spaces/default.yaml"), "search": search, **sections}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import run_cli, write_study_config
 
 pytestmark = pytest.mark.e2e
 LOCAL_POSTGRES = "postgresql://autocompress:ci-Pa55word@127.0.0.1:5432/autocompress"
@@ -38,14 +38,10 @@ def postgres_url() -> str:
 
 
 def _config(folder: Path, cache_dir: Path, storage: str, steps: int = 20, **search: object) -> Path:
-    search_yaml = ", ".join(f"{k}: {v}" for k, v in search.items())
-    path = folder / "study.yaml"
-    path.write_text(
-        f"storage: {storage}\ncache_dir: {cache_dir}\nartifact_dir: {folder / 'artifacts'}\n"
-        f"space: {REPO / 'search_spaces/default.yaml'}\nsearch: {{{search_yaml}}}\n"
-        f"finetune: {{steps: {steps}}}\nlatency: {{max_seconds: 0.1}}\n"
+    return write_study_config(
+        folder, cache_dir, search, storage=storage, artifact_dir=str(folder / "artifacts"),
+        finetune={"steps": steps}, latency={"max_seconds": 0.1},
     )
-    return path
 
 
 def _states(url: str, name: str) -> list[TrialState]:

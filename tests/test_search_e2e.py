@@ -24,21 +24,16 @@ from autocompress.pareto import dominates
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners import LocalRunner
 from autocompress.search import Driver, run_search
-from tests.helpers import ARTIFACTS, REPO, chromium, run_cli
+from tests.helpers import ARTIFACTS, REPO, chromium, run_cli, write_study_config
 
 pytestmark = pytest.mark.e2e
 
 
 def _write_config(folder: Path, cache_dir: Path, **search: object) -> Path:
-    search_yaml = "".join(f"  {k}: {v}\n" for k, v in search.items())
-    path = folder / "study.yaml"
-    path.write_text(
-        f"name: e2e\nstorage: sqlite:///{folder / 'e2e.db'}\ncache_dir: {cache_dir}\n"
-        f"task: {{model: digits-cnn}}\nspace: {REPO / 'search_spaces/default.yaml'}\n"
-        f"search:\n{search_yaml}finetune: {{steps: 40}}\nlatency: {{max_seconds: 0.2}}\n"
-        "pareto: {max_accuracy_drop: 2.0}\n"
+    return write_study_config(
+        folder, cache_dir, search, name="e2e", storage=f"sqlite:///{folder / 'e2e.db'}", task={"model": "digits-cnn"},
+        finetune={"steps": 40}, latency={"max_seconds": 0.2}, pareto={"max_accuracy_drop": 2.0},
     )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +258,7 @@ def test_space_stored_on_the_study_keeps_zero_bounds(cli_study: Path) -> None:
 
 @pytest.mark.parametrize("sampler", ["nsga2", "random"])
 def test_samplers_run_in_process(tmp_path: Path, cache_dir: Path, sampler: str) -> None:
-    config = load_config(_write_config(tmp_path, cache_dir, trials=2, workers=0, sampler=sampler, warm_start="false"))
+    config = load_config(_write_config(tmp_path, cache_dir, trials=2, workers=0, sampler=sampler, warm_start=False))
     study = run_search(config, progress=False)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert "sampler" in study.user_attrs["config"]["search"]
