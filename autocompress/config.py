@@ -14,6 +14,7 @@ from autocompress.errors import ConfigError
 from autocompress.evaluate import FinetuneConfig
 from autocompress.latency import LatencyConfig
 from autocompress.tasks import TaskSpec
+from autocompress.tasks.custom import add_import_path, is_custom
 
 DEFAULT_CONFIG = Path("studies/default.yaml")
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -33,6 +34,7 @@ class SearchConfig:
     gpus_per_worker: float = field(default=0.0, metadata={"min": 0.0})
     max_retries: int = field(default=1, metadata={"min": 0})  # re-runs of a trial whose worker died
     trial_timeout: float | None = field(default=None, metadata={"min": 1.0})  # seconds, then FAIL
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})  # where workers evaluate
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if config.space is not None and not Path(config.space).is_absolute():
             config = replace(config, space=os.path.normpath(path.parent / config.space))
         config = replace(config, source=str(path))
+        if is_custom(config.task.model) or is_custom(config.task.dataset):
+            add_import_path(str(path.parent))  # a task module may sit next to its config
     for key, value in (overrides or {}).items():
         if value is not None:
             config = _override(config, key, value)

@@ -67,6 +67,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "task": header["task"],
         "plan": header["plan"],
         "channels_removed": header.get("channels_removed", {}),
+        "bn_folded": header.get("bn_folded", {}),
         "params": sum(p.numel() for p in model.parameters()),
         "tensors": tensors,
     }
@@ -78,13 +79,13 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
     Optuna freezes finished trials, so the values live in the study attribute ``test_accuracy``
     (trial number -> accuracy); later reports read them instead of re-evaluating.
     """
-    from autocompress.tasks import DATASETS, TaskSpec, evaluate_accuracy
+    from autocompress.tasks import TaskSpec, evaluate_accuracy, load_data
 
     stored: dict[str, float] = dict(study.user_attrs.get("test_accuracy", {}))
     missing = [n for n in numbers if str(n) not in stored]
     if missing:
         spec = TaskSpec(**study.user_attrs["task"]).resolved()
-        data = DATASETS.get(spec.dataset)(spec.seed)  # type: ignore[arg-type]
+        data = load_data(spec)
         for n in missing:
             model = artifact.loads(trial_artifact(study, n), f"trial {n}'s artifact")
             stored[str(n)] = evaluate_accuracy(model, data.x_test, data.y_test)

@@ -25,6 +25,23 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind  # what one entry is, for error messages ("model", "technique", ...)
         self._entries: dict[str, T] = {}
+        self._families: dict[str, Callable[[str], T]] = {}
+
+    def register_family(self, prefix: str) -> Callable[[Callable[[str], T]], Callable[[str], T]]:
+        """Resolve every ``prefix:NAME`` through one function (``torchvision:resnet18``).
+
+        The prefix ``""`` takes any other name with a colon (``package.module:function``).
+        The resolver gets the part after the prefix and raises a user-facing error when it
+        cannot build the entry.
+        """
+
+        def decorator(resolver: Callable[[str], T]) -> Callable[[str], T]:
+            if prefix in self._families:
+                raise RegistryError(f"{self.kind} family '{prefix}:' is registered twice")
+            self._families[prefix] = resolver
+            return resolver
+
+        return decorator
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -36,12 +53,19 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        if name not in self._entries and ":" in name:
+            prefix, _, rest = name.partition(":")
+            if prefix in self._families:
+                return self._families[prefix](rest)
+            if "" in self._families:
+                return self._families[""](name)
         try:
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
+            families = "".join(f", {p}:NAME" if p else ", module:function" for p in sorted(self._families))
             raise RegistryError(
-                f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}: known {self.kind}s are {known}"
+                f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}: known {self.kind}s are {known}{families}"
             ) from None
 
     def names(self, pattern: str = "*") -> list[str]:

@@ -39,7 +39,7 @@ knobs:
 
 def remeasure_in_fresh_process(study: optuna.Study, numbers: list[int], config: LatencyConfig) -> dict[int, float]:
     from autocompress.export import trial_artifact
-    from autocompress.tasks import DATASETS, TaskSpec
+    from autocompress.tasks import TaskSpec
 
     spec = TaskSpec(**study.user_attrs["task"]).resolved()
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,8 +51,8 @@ def remeasure_in_fresh_process(study: optuna.Study, numbers: list[int], config: 
 import json, sys, torch
 import autocompress
 from autocompress.latency import LatencyConfig, measure_latency
-from autocompress.tasks import DATASETS
-x = DATASETS.get({spec.dataset!r})({spec.seed}).x_val[:{config.batch_size}]
+from autocompress.tasks import TaskSpec, load_data
+x = load_data(TaskSpec(**{spec.to_dict()!r})).x_val[:{config.batch_size}]
 cfg = LatencyConfig(**{json.dumps(config.__dict__)})
 out = {{}}
 for n, path in json.loads(sys.argv[1]).items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -12,9 +14,15 @@ from autocompress.compress.prune import magnitude_mask
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.artifact import loads, pack
 from autocompress.compress.channel import produces_output
-from autocompress.tasks import MODELS, TaskSpec, untrained_model
+from autocompress.tasks import MODELS
 
-TASK = {name: {"model": name, "num_classes": 10, "input_shape": [1, 8, 8]} for name in MODELS.names()}
+TASK = {name: {"model": name, "num_classes": 10, "input_shape": list(MODELS.get(name).input_shape)} for name in MODELS.names()}
+
+
+def fresh(model_name: str) -> nn.Module:
+    """A randomly initialised registered model at the input shape it declares (no data needed)."""
+    entry = MODELS.get(model_name)
+    return entry.factory(num_classes=10, input_shape=entry.input_shape)
 
 
 def _relative_error(layer: nn.Module, factorized: nn.Module, x: torch.Tensor) -> float:
@@ -108,6 +116,7 @@ PLAN_FOR_TECHNIQUE = {
     "channel": lambda full: LayerPlan(sparsity=0.5, structured=True),
     "prune": lambda full: LayerPlan(sparsity=0.7),
     "quantize": lambda full: LayerPlan(bits=4),
+    "fold_bn": lambda full: LayerPlan(bits=8),
 }
 
 
@@ -120,9 +129,10 @@ def test_every_technique_has_a_contract_plan() -> None:
 def test_technique_contract(model_name: str, technique: str) -> None:
     """Every technique on every model: it applies, the forward pass works, the size shrinks."""
     torch.manual_seed(0)
-    model = untrained_model(TaskSpec(model=model_name)).eval()
-    x = torch.rand(4, 1, 8, 8)
-    before = len(pack(untrained_model(TaskSpec(model=model_name)), CompressionPlan(), TASK[model_name]).data)
+    torch.manual_seed(0)
+    model = fresh(model_name).eval()
+    x = torch.rand(4, *MODELS.get(model_name).input_shape)
+    before = len(pack(copy.deepcopy(model), CompressionPlan(), TASK[model_name]).data)
     layers = compress.compressible_layers(model)
     plan = CompressionPlan({
         n: PLAN_FOR_TECHNIQUE[technique](full_rank(m) or 1)
@@ -134,7 +144,7 @@ def test_technique_contract(model_name: str, technique: str) -> None:
     compress.apply(model, plan, example=x)
     out = model(x)
     assert out.shape == (4, 10) and torch.isfinite(out).all()
-    packed = pack(model, plan, TASK[model_name], compress.channels_removed(model))
+    packed = pack(model, plan, TASK[model_name], compress.structure(model))
     assert len(packed.data) < before
     assert torch.equal(loads(packed.data)(x), model(x))  # the artifact is the evaluated model
 
@@ -146,5 +156,4 @@ def test_model_contract(model_name: str) -> None:
 
     entry = MODELS.get(model_name)
     assert entry.default_dataset in DATASETS
-    model = untrained_model(TaskSpec(model=model_name))
-    assert compress.compressible_layers(model)
+    assert compress.compressible_layers(fresh(model_name))

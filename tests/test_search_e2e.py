@@ -94,7 +94,7 @@ def test_report_rechecks_the_front_on_the_test_split_once(cli_study: Path) -> No
 
 def test_export_writes_the_trial_artifact_and_it_reloads(cli_study: Path) -> None:
     import autocompress
-    from autocompress.tasks import DATASETS, evaluate_accuracy
+    from autocompress.tasks import TaskSpec, evaluate_accuracy, load_data
 
     url = f"sqlite:///{cli_study / 'e2e.db'}"
     study = optuna.load_study(study_name="e2e", storage=url)
@@ -104,7 +104,7 @@ def test_export_writes_the_trial_artifact_and_it_reloads(cli_study: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size == trial.values[1]  # the size objective is this file's length
     model = autocompress.load(out)
-    data = DATASETS.get("digits")(0)
+    data = load_data(TaskSpec(model="digits-cnn"))
     assert evaluate_accuracy(model, data.x_val, data.y_val) == trial.values[0]
     proc = run_cli("inspect", str(out), "--json", cwd=cli_study)
     info = json.loads(proc.stdout)

@@ -15,10 +15,15 @@ from autocompress.tasks._task import (
     build_task,
     evaluate_accuracy,
     example_input,
+    layer_skeleton,
+    load_checkpoint,
+    load_data,
     model_skeleton,
     untrained_model,
 )
+from autocompress.tasks import custom as _custom  # noqa: F401  (registers module:function tasks)
 from autocompress.tasks import digits as _digits  # noqa: F401  (registers the built-ins)
+from autocompress.tasks import vision as _vision  # noqa: F401  (torchvision models and datasets)
 
 __all__ = [
     "DATASETS",
@@ -30,6 +35,9 @@ __all__ = [
     "build_task",
     "evaluate_accuracy",
     "example_input",
+    "layer_skeleton",
+    "load_checkpoint",
+    "load_data",
     "model_skeleton",
     "untrained_model",
 ]

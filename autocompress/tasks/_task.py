@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,21 +42,31 @@ class DataSplits:
 class ModelEntry:
     """A registered model: a factory and the dataset it is meant for."""
 
-    factory: Callable[..., nn.Module]  # (num_classes, input_shape) -> untrained module
-    default_dataset: str
+    factory: Callable[..., nn.Module]  # (num_classes, input_shape) -> module
+    default_dataset: str | None  # None: the config must name one
     description: str = ""
+    trained: bool = False  # the factory's weights are the baseline (a user's model): never train
+    input_shape: tuple[int, ...] = (1, 8, 8)  # what it is built for when no data is at hand (tests)
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
-DATASETS: Registry[Callable[[int], DataSplits]] = Registry("dataset")  # (seed) -> DataSplits
+DATASETS: Registry[Callable[["TaskSpec"], DataSplits]] = Registry("dataset")  # (spec) -> DataSplits
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """Everything needed to rebuild a task anywhere: names and numbers, no objects."""
 
-    model: str = "digits-cnn"  # a name in MODELS
-    dataset: str | None = None  # a name in DATASETS; None takes the model's default
+    model: str = "digits-cnn"  # a name in MODELS, torchvision:NAME, or package.module:function
+    dataset: str | None = None  # a name in DATASETS or module:function; None takes the model's default
+    num_classes: int | None = field(default=None, metadata={"min": 2})  # None: the dataset's
+    weights: str | None = None  # the trained baseline's state_dict (torch.save); None trains one
+    data_root: str | None = None  # folder of a file-based dataset (MNIST, CIFAR, ImageFolder)
+    download: bool = False  # let torchvision fetch a missing dataset into data_root
+    image_size: int | None = field(default=None, metadata={"min": 4})  # resize images to this square
+    channels: int | None = field(default=None, metadata={"choices": (1, 3)})  # gray <-> RGB
+    max_train_samples: int | None = field(default=None, metadata={"min": 1})  # a seeded subset
+    max_eval_samples: int | None = field(default=None, metadata={"min": 1})  # per val/test split
     seed: int = 0  # data split and baseline initialisation
     train_epochs: int = field(default=40, metadata={"min": 1})  # baseline training, when not cached
     train_lr: float = field(default=2e-3, metadata={"min": 0.0})
@@ -64,6 +76,11 @@ class TaskSpec:
         """The same spec with the dataset filled in, after checking both names exist."""
         entry = _model_entry(self.model)
         dataset = self.dataset or entry.default_dataset
+        if dataset is None:
+            raise TaskError(
+                f"model '{self.model}' has no data of its own (task.dataset): name a dataset, "
+                f"e.g. {', '.join(DATASETS.names())}"
+            )
         _dataset_fn(dataset)
         return TaskSpec(**{**asdict(self), "dataset": dataset})
 
@@ -129,10 +146,16 @@ class Task:
 
     def payload(self) -> dict[str, Any]:
         """Plain data for the Ray object store: spec, weights and tensors, no module."""
-        return {"spec": self.spec.to_dict(), "data": asdict(self.data), "state_dict": self.state_dict}
+        from autocompress.tasks.custom import IMPORT_PATHS
+
+        # The driver's import folders travel too: a module:function model imports from them on a worker.
+        return {"spec": self.spec.to_dict(), "data": asdict(self.data), "state_dict": self.state_dict, "import_paths": list(IMPORT_PATHS)}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Task:
+        for folder in payload.get("import_paths", []):
+            if folder not in sys.path and os.path.isdir(folder):
+                sys.path.append(folder)
         return cls(
             spec=TaskSpec(**payload["spec"]),
             data=DataSplits(**payload["data"]),
@@ -158,13 +181,81 @@ def _train(model: nn.Module, data: DataSplits, spec: TaskSpec) -> None:
     model.eval()
 
 
-def model_skeleton(spec: TaskSpec, batch: int = 2) -> tuple[nn.Module, torch.Tensor]:
-    """The task's model with random weights and a small batch of validation inputs, from one
-    load of the data: enough to list, validate and trace its layers."""
+def load_data(spec: TaskSpec) -> DataSplits:
+    """The task's splits, resized, converted and subsampled as the spec says."""
     spec = spec.resolved()
-    data = _dataset_fn(spec.dataset)(spec.seed)  # type: ignore[arg-type]
-    model = _model_entry(spec.model).factory(num_classes=data.num_classes, input_shape=data.input_shape)
+    data = _dataset_fn(spec.dataset)(spec)  # type: ignore[arg-type]
+    data = _reshape_images(data, spec.image_size, spec.channels)
+    gen = torch.Generator().manual_seed(spec.seed)
+
+    def subset(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if limit is None or limit >= len(x):
+            return x, y
+        idx = torch.randperm(len(x), generator=gen)[:limit]
+        return x[idx], y[idx]
+
+    x_train, y_train = subset(data.x_train, data.y_train, spec.max_train_samples)
+    x_val, y_val = subset(data.x_val, data.y_val, spec.max_eval_samples)
+    x_test, y_test = subset(data.x_test, data.y_test, spec.max_eval_samples)
+    num_classes = data.num_classes
+    if spec.num_classes is not None:
+        seen = int(max(int(y.max()) for y in (y_train, y_val, y_test) if len(y))) + 1
+        if spec.num_classes < seen:
+            raise TaskError(
+                f"task.num_classes is {spec.num_classes} but dataset '{spec.dataset}' has labels up to {seen - 1}: "
+                f"set num_classes to at least {seen} or leave it out"
+            )
+        num_classes = spec.num_classes
+    return DataSplits(x_train, y_train, x_val, y_val, x_test, y_test, num_classes)
+
+
+def _reshape_images(data: DataSplits, size: int | None, channels: int | None) -> DataSplits:
+    if size is None and channels is None:
+        return data
+    if len(data.input_shape) != 3:
+        raise TaskError(f"task.image_size and task.channels apply to images (C, H, W), not inputs of shape {data.input_shape}: remove them")
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if channels is not None and x.shape[1] != channels:
+            if channels == 1:
+                x = x.mean(dim=1, keepdim=True)
+            elif x.shape[1] == 1:
+                x = x.expand(-1, channels, -1, -1).contiguous()
+            else:
+                raise TaskError(f"cannot turn {x.shape[1]}-channel images into {channels} channels: set task.channels to 1 or 3")
+        return x
+
+    return DataSplits(
+        convert(data.x_train), data.y_train, convert(data.x_val), data.y_val, convert(data.x_test), data.y_test, data.num_classes
+    )
+
+
+def _make_model(spec: TaskSpec, data: DataSplits) -> nn.Module:
+    return _model_entry(spec.model).factory(num_classes=data.num_classes, input_shape=data.input_shape)
+
+
+def model_skeleton(spec: TaskSpec, batch: int = 2) -> tuple[nn.Module, torch.Tensor]:
+    """The task's model (untrained unless the model brings its own weights) and a small batch
+    of validation inputs, from one load of the data: enough to list, validate and trace it."""
+    spec = spec.resolved()
+    data = load_data(spec)
+    model = _make_model(spec, data)
+    _check_output(model, data, spec)
+    if spec.weights is not None:
+        load_checkpoint(model, spec.weights)  # a mismatch surfaces before anything is stored
     return model, data.x_val[:batch]
+
+
+def layer_skeleton(spec: TaskSpec) -> tuple[nn.Module, torch.Tensor]:
+    """Like :func:`model_skeleton`, but with no dataset named, a registered model is built at its
+    declared input shape with random inputs: listing layers needs no data (a user's
+    ``module:function`` model is built with its own data)."""
+    entry = _model_entry(spec.model)
+    if spec.dataset is None and not entry.trained:
+        return entry.factory(num_classes=spec.num_classes or 10, input_shape=entry.input_shape), torch.randn(2, *entry.input_shape)
+    return model_skeleton(spec)
 
 
 def untrained_model(spec: TaskSpec) -> nn.Module:
@@ -178,14 +269,21 @@ def example_input(spec: TaskSpec, batch: int = 2) -> torch.Tensor:
 
 
 def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines") -> Task:
-    """Load the data, then the cached baseline weights or train them (seconds for digits)."""
+    """Load the data, then the baseline weights: a checkpoint, the model's own, the cache, or
+    train them (seconds for digits)."""
     spec = spec.resolved()
-    data = _dataset_fn(spec.dataset)(spec.seed)  # type: ignore[arg-type]
+    data = load_data(spec)
     entry = _model_entry(spec.model)
-    cache = Path(cache_dir) / f"{spec.model}-{spec.dataset}-{spec.key()}.pt"
+    safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{spec.model}-{spec.dataset}")
+    cache = Path(cache_dir) / f"{safe_name}-{spec.key()}.pt"
     torch.manual_seed(spec.seed)
-    model = entry.factory(num_classes=data.num_classes, input_shape=data.input_shape)
-    if cache.is_file():
+    model = _make_model(spec, data)
+    _check_output(model, data, spec)
+    if spec.weights is not None:
+        load_checkpoint(model, spec.weights)
+    elif entry.trained:
+        pass  # a user's model arrives trained
+    elif cache.is_file():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
     else:
         log.info("training the baseline %s on %s (cached at %s)", spec.model, spec.dataset, cache)
@@ -196,3 +294,66 @@ def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines") -> T
         tmp.replace(cache)  # a crash mid-write leaves no truncated cache behind
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return Task(spec=spec, data=data, state_dict=state)
+
+
+def _check_output(model: nn.Module, data: DataSplits, spec: TaskSpec) -> None:
+    """One forward pass on two validation inputs: the model must take them and give one logit per class."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.x_val[:2])
+    except Exception as exc:  # noqa: BLE001  (any failure here is a model/data mismatch)
+        raise TaskError(
+            f"model '{spec.model}' fails on dataset '{spec.dataset}' inputs of shape {tuple(data.input_shape)} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): check task.image_size and task.channels"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TaskError(
+            f"model '{spec.model}' gives outputs of shape {shape} but dataset '{spec.dataset}' has {data.num_classes} classes: "
+            "the model must return (batch, num_classes) logits; set task.num_classes or fix the model"
+        )
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a trained state_dict into ``model`` (weights only: no pickled code runs).
+
+    Accepts a bare state_dict or one under ``state_dict``/``model``/``model_state_dict``, with or
+    without DataParallel's ``module.`` prefix. Mismatches are named key by key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"checkpoint not found ({path}) in task.weights: check the path (relative to the current folder)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (torch raises many kinds for bad files)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TaskError(
+            f"cannot read checkpoint {path} as plain weights ({first[:160]}): save it with torch.save(model.state_dict(), path)"
+        ) from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TaskError(f"checkpoint {path} is not a state_dict of tensors: save it with torch.save(model.state_dict(), path)")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise TaskError(
+            f"checkpoint {path} does not fit the model: '{k}' has shape {tuple(state[k].shape)}, the model expects "
+            f"{tuple(expected[k].shape)}{f' ({len(wrong)} keys differ)' if len(wrong) > 1 else ''}: check task.model and task.num_classes"
+        )
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (first '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first '{unexpected[0]}')")
+        raise TaskError(f"checkpoint {path} does not fit model: {', '.join(parts)}: check that it was saved from this architecture")
+    model.load_state_dict(state)

@@ -6,24 +6,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocompress.tasks._task import DATASETS, MODELS, DataSplits, ModelEntry
+from autocompress.tasks._task import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
+
+
+def split_60_20_20(x: np.ndarray, y: np.ndarray, seed: int, num_classes: int) -> DataSplits:
+    """Stratified 60/20/20 train/val/test with a fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=seed)
+    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.25, stratify=y_rest, random_state=seed)
+    t = torch.from_numpy
+    return DataSplits(t(x_train), t(y_train), t(x_val), t(y_val), t(x_test), t(y_test), num_classes=num_classes)
 
 
 @DATASETS.register("digits")
-def digits(seed: int = 0) -> DataSplits:
-    """1,797 digits split 60/20/20 train/val/test, stratified, with a fixed seed."""
+def digits(spec: TaskSpec) -> DataSplits:
+    """sklearn's bundled 1,797 digits (8x8, 10 classes), split 60/20/20, stratified."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
-    y = bunch.target.astype(np.int64)
-    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=seed)
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=0.25, stratify=y_rest, random_state=seed
-    )
-    t = torch.from_numpy
-    return DataSplits(t(x_train), t(y_train), t(x_val), t(y_val), t(x_test), t(y_test), num_classes=10)
+    return split_60_20_20(x, bunch.target.astype(np.int64), spec.seed, num_classes=10)
 
 
 class DigitsMLP(nn.Module):

@@ -1,0 +1,130 @@
+"""Custom tasks: ``task.model: package.module:function`` names a function of yours.
+
+The protocol (see ``examples/custom_task.py``): the function takes no required arguments and
+returns either
+
+* a trained ``nn.Module`` (then ``task.dataset`` names the data), or
+* a mapping (or an object with these attributes) holding ``model`` and the data splits
+  ``train``, ``val`` and ``test``, each a ``DataLoader`` (or any iterable of ``(inputs, labels)``
+  batches) or an ``(inputs, labels)`` pair of tensors; ``num_classes`` is optional.
+
+The model's own weights are the baseline: it is never retrained (``task.weights`` still replaces
+them when given). Splits are read once, on the driver, into tensors that travel to the workers
+through Ray; workers import the module to rebuild the architecture, so it must be importable
+there (the driver's current folder is put on their path; on a multi-node cluster ship it with
+Ray's ``runtime_env``). Modules are imported from the current folder and from the folder of
+the study config that names them.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import os
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocompress.errors import TaskError
+from autocompress.tasks._task import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
+
+_SPLITS = ("train", "val", "test")
+IMPORT_PATHS: list[str] = []  # folders added to sys.path for custom tasks; they travel to workers
+
+
+def add_import_path(folder: str) -> None:
+    folder = os.path.abspath(folder)
+    if folder not in IMPORT_PATHS:
+        IMPORT_PATHS.append(folder)
+    if folder not in sys.path:
+        sys.path.append(folder)
+
+
+def is_custom(name: str | None) -> bool:
+    return bool(name) and ":" in name and not name.startswith("torchvision:")  # type: ignore[operator]
+
+
+@functools.lru_cache(maxsize=8)
+def call_task_function(target: str) -> tuple[nn.Module, dict[str, Any] | None]:
+    """Import ``module:function``, call it once per process, check what it returned."""
+    module_name, _, function_name = target.partition(":")
+    if not module_name or not function_name or ":" in function_name:
+        raise TaskError(f"'{target}' is not module:function (task.model): write it as package.module:function")
+    add_import_path(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001  (an import can fail in any way)
+        raise TaskError(
+            f"cannot import '{module_name}' for task '{target}' ({type(exc).__name__}: {exc}): "
+            "check the module name and that it is importable from the current folder"
+        ) from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise TaskError(f"module '{module_name}' has no function '{function_name}' (task.model '{target}'): check the name")
+    try:
+        returned = function()
+    except Exception as exc:  # noqa: BLE001
+        raise TaskError(f"task function '{target}' failed ({type(exc).__name__}: {exc}): fix the function") from None
+    if isinstance(returned, nn.Module):
+        return returned.eval(), None
+    parts = returned if isinstance(returned, dict) else {k: getattr(returned, k) for k in ("model", *_SPLITS, "num_classes") if hasattr(returned, k)}
+    if not isinstance(parts.get("model"), nn.Module):
+        raise TaskError(
+            f"task function '{target}' returned {type(returned).__name__}: it must return an nn.Module, or a mapping "
+            "with 'model' (an nn.Module) and 'train', 'val', 'test' data"
+        )
+    return parts["model"].eval(), parts
+
+
+def _model(target: str) -> ModelEntry:
+    def factory(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+        return copy.deepcopy(call_task_function(target)[0])  # fresh module each time; shapes checked by build_task
+
+    has_data = call_task_function(target)[1] is not None
+    return ModelEntry(factory, default_dataset=target if has_data else None, description=f"custom task {target}", trained=True)
+
+
+MODELS.register_family("")(_model)
+
+
+def _tensors(split: Any, target: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
+        x, y = split
+    else:
+        try:
+            batches = [(torch.as_tensor(x), torch.as_tensor(y)) for x, y in split]
+        except (TypeError, ValueError) as exc:
+            raise TaskError(
+                f"split '{name}' of task '{target}' is not a DataLoader of (inputs, labels) batches or an (inputs, labels) pair ({exc}): fix what the function returns"
+            ) from None
+        if not batches:
+            raise TaskError(f"split '{name}' of task '{target}' is empty: give it at least one batch")
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    if len(x) != len(y) or y.dim() != 1 or y.dtype.is_floating_point:
+        raise TaskError(
+            f"split '{name}' of task '{target}' has inputs {tuple(x.shape)} and labels {tuple(y.shape)} ({y.dtype}): "
+            "labels must be one integer class per input"
+        )
+    return x.float(), y.long()
+
+
+def _dataset(target: str) -> Any:
+    def load(spec: TaskSpec) -> DataSplits:
+        _, parts = call_task_function(target)
+        if parts is None:
+            raise TaskError(f"task function '{target}' returns only a model, so it has no data (task.dataset): name a dataset")
+        missing = [s for s in _SPLITS if parts.get(s) is None]
+        if missing:
+            raise TaskError(f"task function '{target}' returned no '{missing[0]}' split: return train, val and test data")
+        (x_train, y_train), (x_val, y_val), (x_test, y_test) = (_tensors(parts[s], target, s) for s in _SPLITS)
+        num_classes = parts.get("num_classes") or int(max(y_train.max(), y_val.max(), y_test.max())) + 1
+        return DataSplits(x_train, y_train, x_val, y_val, x_test, y_test, int(num_classes))
+
+    call_task_function(target)  # fail early on a bad name
+    return load
+
+
+DATASETS.register_family("")(_dataset)

@@ -1,0 +1,234 @@
+"""torchvision classifiers and datasets, read from local files (nothing is downloaded unless
+``task.download: true``).
+
+Models: ``torchvision:NAME`` for any classification model of ``torchvision.models`` (random
+initialisation; a trained baseline comes from ``task.weights`` or is trained on the data), and
+``lenet5`` for 28x28 digits.
+
+Datasets: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100`` (the official train split, of
+which a seeded 10% is held out for validation; the official test split for test), ``imagefolder``
+(``root/CLASS/*.png``, split 60/20/20; or ``root/train`` with ``root/val`` or ``root/test``) and
+``fakedata`` (torchvision's random images, for smoke runs). Images are scaled to [0, 1] and
+standardised per channel with the training split's mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.errors import TaskError, did_you_mean
+from autocompress.tasks._task import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
+
+VAL_FRACTION = 0.1  # of an official training split, held out for validation (seeded)
+_AUX_HEADS = {"googlenet", "inception_v3"}  # their train-mode tuple outputs would break fine-tuning
+
+
+def classification_models() -> list[str]:
+    """Names of torchvision's classification models (not detection, segmentation, video)."""
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+@MODELS.register_family("torchvision")
+def torchvision_model(name: str) -> ModelEntry:
+    known = classification_models()
+    if name not in known:
+        raise TaskError(
+            f"unknown torchvision model '{name}'{did_you_mean(name, known)} (task.model): "
+            f"torchvision's classification models include {', '.join(known[:8])}, ... ({len(known)} in all)"
+        )
+
+    def factory(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+        import torchvision
+
+        if len(input_shape) != 3 or input_shape[0] != 3:
+            raise TaskError(
+                f"torchvision:{name} takes 3-channel images, the data has shape {tuple(input_shape)}: set task.channels: 3"
+            )
+        extra: dict[str, Any] = {"aux_logits": False, "init_weights": True} if name in _AUX_HEADS else {}
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+
+    return ModelEntry(factory, default_dataset=None, description=f"torchvision {name}", input_shape=(3, 32, 32))
+
+
+class LeNet5(nn.Module):
+    """LeCun et al. 1998 on 28x28 inputs: two 5x5 convs with pooling, then 120-84-classes."""
+
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28)) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        self.conv1 = nn.Conv2d(channels, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(16 * ((height // 2 - 4) // 2) * ((width // 2 - 4) // 2), 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.conv1(x)))
+        x = self.pool(self.act(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        return self.fc3(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+MODELS.register("lenet5")(ModelEntry(LeNet5, "mnist", "LeNet-5 for 28x28 images (2 conv + 3 linear)", input_shape=(1, 28, 28)))
+
+
+# ---- datasets ------------------------------------------------------------------------------
+
+
+def _root(spec: TaskSpec, holds: str) -> Path:
+    if spec.data_root is None:
+        raise TaskError(f"dataset '{spec.dataset}' needs task.data_root: the folder that holds {holds}")
+    root = Path(spec.data_root)
+    if not root.is_dir() and not spec.download:
+        raise TaskError(
+            f"data root '{root}' does not exist (task.data_root): fix the path, or set task.download: true to fetch {spec.dataset}"
+        )
+    return root
+
+
+def _as_images(data: Any) -> torch.Tensor:
+    """uint8 arrays (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
+    x = torch.as_tensor(np.asarray(data))
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    else:
+        x = x.permute(0, 3, 1, 2)
+    return x.float().div_(255.0).contiguous()
+
+
+def _standardise(splits: DataSplits) -> DataSplits:
+    mean = splits.x_train.mean(dim=(0, 2, 3), keepdim=True)
+    std = splits.x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    for name in ("x_train", "x_val", "x_test"):
+        setattr(splits, name, (getattr(splits, name) - mean) / std)
+    return splits
+
+
+def _hold_out(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(VAL_FRACTION * len(x)))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+def _official_splits(dataset_cls: Callable[..., Any], spec: TaskSpec, holds: str, num_classes: int) -> DataSplits:
+    root = _root(spec, holds)
+    try:
+        train = dataset_cls(str(root), train=True, download=spec.download)
+        test = dataset_cls(str(root), train=False, download=spec.download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise TaskError(
+            f"no {spec.dataset} files under '{root}' (task.data_root; {str(exc).splitlines()[0]}): "
+            f"point it at the folder holding {holds}, or set task.download: true"
+        ) from None
+    except OSError as exc:  # a download that cannot reach the network
+        raise TaskError(f"cannot download {spec.dataset} into '{root}' ({exc}): copy the files there and set task.download: false") from None
+    x, y = _as_images(train.data), torch.as_tensor(np.asarray(train.targets), dtype=torch.int64)
+    x_train, y_train, x_val, y_val = _hold_out(x, y, spec.seed)
+    x_test, y_test = _as_images(test.data), torch.as_tensor(np.asarray(test.targets), dtype=torch.int64)
+    return _standardise(DataSplits(x_train, y_train, x_val, y_val, x_test, y_test, num_classes))
+
+
+# name -> (torchvision class, what data_root holds, classes)
+OFFICIAL_SPLITS = {
+    "mnist": ("MNIST", "MNIST/raw", 10),
+    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", 10),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", 10),
+    "cifar100": ("CIFAR100", "cifar-100-python", 100),
+}
+
+
+def _official(class_name: str, holds: str, classes: int) -> Callable[[TaskSpec], DataSplits]:
+    def load(spec: TaskSpec) -> DataSplits:
+        import torchvision.datasets
+
+        return _official_splits(getattr(torchvision.datasets, class_name), spec, holds, classes)
+
+    load.__doc__ = f"torchvision {class_name} from data_root/{holds}."
+    return load
+
+
+for _name, (_class_name, _holds, _classes) in OFFICIAL_SPLITS.items():
+    DATASETS.register(_name)(_official(_class_name, _holds, _classes))
+
+
+def _stack(dataset: Any, where: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        if images and image.shape != images[0].shape:
+            raise TaskError(
+                f"images under '{where}' differ in size ({tuple(images[0].shape)} and {tuple(image.shape)}): "
+                "set task.image_size to resize them all"
+            )
+        images.append(image)
+        labels.append(label)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(spec: TaskSpec) -> DataSplits:
+    """Images in class folders: ``root/CLASS/*`` split 60/20/20 (stratified), or ``root/train``
+    plus ``root/val`` or ``root/test`` (10% of train held out for validation when one is missing)."""
+    from torchvision import datasets, transforms
+
+    from autocompress.tasks.digits import split_60_20_20
+
+    root = _root(spec, "one folder per class (or train/ and val/ folders)")
+    steps: list[Any] = [transforms.Resize((spec.image_size, spec.image_size))] if spec.image_size else []
+    transform = transforms.Compose([*steps, transforms.ToTensor()])
+
+    def read(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        try:
+            ds = datasets.ImageFolder(str(folder), transform=transform)
+        except (FileNotFoundError, OSError) as exc:
+            raise TaskError(f"no images under '{folder}' (task.data_root; {exc}): it needs one sub-folder of images per class") from None
+        x, y = _stack(ds, folder)
+        return x, y, ds.classes
+
+    if (root / "train").is_dir():
+        x_train, y_train, classes = read(root / "train")
+        held = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+        if held is None:
+            raise TaskError(f"'{root}/train' has no sibling 'val' or 'test' folder (task.data_root): add one for held-out data")
+        x_test, y_test, other = read(held)
+        if other != classes:
+            raise TaskError(f"class folders of '{held}' differ from '{root / 'train'}': use the same class names in both")
+        x_train, y_train, x_val, y_val = _hold_out(x_train, y_train, spec.seed)
+        splits = DataSplits(x_train, y_train, x_val, y_val, x_test, y_test, len(classes))
+    else:
+        x, y, classes = read(root)
+        if len(x) < 5 * len(classes):
+            raise TaskError(f"'{root}' has {len(x)} images for {len(classes)} classes (task.data_root): a 60/20/20 split needs at least 5 per class")
+        splits = split_60_20_20(x.numpy(), y.numpy(), spec.seed, len(classes))
+    return _standardise(splits)
+
+
+@DATASETS.register("fakedata")
+def fakedata(spec: TaskSpec) -> DataSplits:
+    """torchvision's FakeData: random RGB images (image_size, default 32) with random labels;
+    max_train_samples (default 256) and max_eval_samples (default 64) set the sizes."""
+    from torchvision import datasets, transforms
+
+    size = spec.image_size or 32
+    classes = spec.num_classes or 10
+
+    def split(n: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = datasets.FakeData(n, (3, size, size), classes, transform=transforms.ToTensor(), random_offset=offset)
+        return _stack(ds, Path("fakedata"))
+
+    n_train, n_eval = spec.max_train_samples or 256, spec.max_eval_samples or 64
+    x_train, y_train = split(n_train, spec.seed * 1_000_003)
+    x_val, y_val = split(n_eval, spec.seed * 1_000_003 + n_train)
+    x_test, y_test = split(n_eval, spec.seed * 1_000_003 + n_train + n_eval)
+    return _standardise(DataSplits(x_train, y_train, x_val, y_val, x_test, y_test, classes))
