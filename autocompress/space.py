@@ -14,7 +14,23 @@ A space file says which layers to compress (globs on module names) and the knobs
         bits: [4, 6, 8, 32]
 
 A knob is a fixed value (``bits: 8``), a list of choices, or a range ``{low, high, step, log}``;
-``null`` or leaving it out switches it off. Optuna parameters are named ``<layer>.<knob>``.
+``null`` or leaving it out switches it off. Optuna parameters are named ``<group>.<knob>``.
+
+Deep networks share knobs within groups, so a ResNet-50 space has tens of dimensions, not
+hundreds::
+
+    group_by: block               # layer (default: every layer its own group), block, stage or type
+    groups:                       # explicit groups first: name -> globs
+      head: ["classifier.*"]
+
+``block`` is a layer's nearest enclosing module holding more than one compressible layer (a
+ResNet BasicBlock, a MobileNet inverted residual), ``stage`` the nearest one above that holding
+more than one block (``layer1``), ``type`` the layer kind (Linear, Conv2d-3x3, Conv2d-1x1,
+Conv2d-depthwise...). Outside ``layer`` mode the first and the last layer are always groups of
+their own. ``@first`` and ``@last`` in any glob list name those two layers. A layer whose knobs
+differ from its group's (after overrides) becomes a group of its own; inside a group, a
+depthwise conv ignores the rank and the output layer ignores channel pruning.
+
 Without a space file the built-in default (:data:`DEFAULT_KNOBS` on every layer) is used; it is
 the same as ``search_spaces/default.yaml``.
 """
@@ -33,7 +49,7 @@ import torch
 from torch import nn
 
 from autocompress.compress import compressible_layers, full_rank
-from autocompress.compress.channel import produces_output
+from autocompress.compress.channel import channel_prunable, produces_output
 from autocompress.config import read_yaml
 from autocompress.errors import SpaceError, did_you_mean
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
@@ -42,7 +58,9 @@ KNOBS = ("sparsity", "sparsity_mode", "bits", "rank")
 SPARSITY_MODES = ("unstructured", "channel")
 SUPPORTED_BITS = (*range(2, 17), FULL_PRECISION_BITS)
 MAX_SPARSITY = 0.99
-_TOP_KEYS = ("layers", "exclude", "knobs", "overrides")
+_TOP_KEYS = ("layers", "exclude", "knobs", "overrides", "group_by", "groups")
+GROUP_BY = ("layer", "block", "stage", "type")
+SELECTORS = ("@first", "@last")
 
 
 @dataclass(frozen=True)
@@ -108,7 +126,8 @@ class LayerSpace:
     type: str  # Linear or Conv2d
     weight_shape: tuple[int, ...]
     full_rank: int | None
-    knobs: dict[str, Knob]
+    knobs: dict[str, Knob]  # this layer's own view: knobs that do not apply to it are off
+    group: str = ""  # whose Optuna parameters it takes; its own name when not grouped
 
     def rank_from_fraction(self, fraction: float | None) -> int | None:
         if fraction is None or self.full_rank is None or fraction >= 1.0:
@@ -118,14 +137,29 @@ class LayerSpace:
 
 @dataclass
 class SearchSpace:
-    """A space resolved against one model: the knobs of every selected layer."""
+    """A space resolved against one model: the knobs of every selected layer and the groups
+    that share them (one group per layer unless the space groups them)."""
 
     layers: dict[str, LayerSpace]
     source: str = "(built-in)"
+    groups: dict[str, dict[str, Knob]] = field(default_factory=dict)  # group -> shared knobs
+
+    def __post_init__(self) -> None:
+        if not self.groups:  # ungrouped: every layer is its own group
+            self.groups = {name: ls.knobs for name, ls in self.layers.items()}
+            self.layers = {n: ls if ls.group else LayerSpace(**{**ls.__dict__, "group": n}) for n, ls in self.layers.items()}
 
     def sample(self, trial: optuna.Trial) -> CompressionPlan:
-        """Draw a plan from ``trial`` (define-by-run: parameters ``<layer>.<knob>``)."""
-        return self.plan_from_values({name: {k: knob.suggest(trial, f"{name}.{k}") for k, knob in ls.knobs.items()} for name, ls in self.layers.items()})
+        """Draw a plan from ``trial`` (define-by-run: parameters ``<group>.<knob>``)."""
+        drawn = {g: {k: knob.suggest(trial, f"{g}.{k}") for k, knob in knobs.items()} for g, knobs in self.groups.items()}
+        return self.plan_from_values(self.layer_values(drawn))
+
+    def layer_values(self, group_values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each layer's knob values from its group's, leaving out knobs that are off for it."""
+        return {
+            name: {k: v for k, v in group_values[ls.group].items() if not (ls.knobs[k].fixed and ls.knobs[k].value is None)}
+            for name, ls in self.layers.items()
+        }
 
     def plan_from_values(self, values: dict[str, dict[str, Any]]) -> CompressionPlan:
         plans = {}
@@ -143,19 +177,25 @@ class SearchSpace:
         """Optuna params for one setting applied to every layer, snapped to each layer's knobs."""
         target = {"sparsity": sparsity, "sparsity_mode": "unstructured", "bits": bits, "rank": rank}
         return {
-            f"{name}.{k}": knob.snap(target[k])
-            for name, ls in self.layers.items()
-            for k, knob in ls.knobs.items()
+            f"{group}.{k}": knob.snap(target[k])
+            for group, knobs in self.groups.items()
+            for k, knob in knobs.items()
             if not knob.fixed
         }
 
     @property
     def dimensions(self) -> int:
-        return sum(not k.fixed for ls in self.layers.values() for k in ls.knobs.values())
+        return sum(not k.fixed for knobs in self.groups.values() for k in knobs.values())
+
+    @property
+    def grouped(self) -> bool:
+        return any(ls.group != name for name, ls in self.layers.items())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped (lists, not tuples): compares equal to the copy stored on the study."""
-        data = {name: {k: knob.to_dict() for k, knob in ls.knobs.items()} for name, ls in self.layers.items()}
+        data: dict[str, Any] = {name: {k: knob.to_dict() for k, knob in ls.knobs.items()} for name, ls in self.layers.items()}
+        if self.grouped:
+            data["_groups"] = {name: ls.group for name, ls in self.layers.items()}
         return json.loads(json.dumps(data))
 
 
@@ -167,6 +207,8 @@ class SpaceSpec:
     exclude: list[str] = field(default_factory=list)
     knobs: dict[str, Knob] = field(default_factory=dict)
     overrides: list[tuple[list[str], dict[str, Knob]]] = field(default_factory=list)
+    group_by: str = "layer"
+    groups: dict[str, list[str]] = field(default_factory=dict)  # explicit: name -> globs
     source: str = "(built-in)"
 
     def resolve(self, model: nn.Module, example: torch.Tensor | None = None) -> SearchSpace:
@@ -177,37 +219,117 @@ class SpaceSpec:
         """
         available = compressible_layers(model)
         names = list(available)
-        selected = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in self.layers)]
-        self._check_globs(self.layers, names, "layers")
-        self._check_globs(self.exclude, names, "exclude")
-        selected = [n for n in selected if not any(fnmatch.fnmatchcase(n, g) for g in self.exclude)]
+        edges = {"@first": names[0], "@last": names[-1]} if names else {}
+
+        def matches(name: str, globs: list[str]) -> bool:
+            return any(edges.get(g) == name or fnmatch.fnmatchcase(name, g) for g in globs)
+
+        selected = [n for n in names if matches(n, self.layers)]
+        self._check_globs(self.layers, names, "layers", edges)
+        self._check_globs(self.exclude, names, "exclude", edges)
+        selected = [n for n in selected if not matches(n, self.exclude)]
         if not selected:
             raise SpaceError(f"no layer is selected ({self.source}): the model's layers are {', '.join(names)}")
+        raw: dict[str, dict[str, Knob]] = {}
         result: dict[str, LayerSpace] = {}
         for name in selected:
             module = available[name]
             knobs = {k: self.knobs.get(k, Knob()) for k in KNOBS}
-            for i, (globs, extra) in enumerate(self.overrides):
-                if any(fnmatch.fnmatchcase(name, g) for g in globs):
+            for globs, extra in self.overrides:
+                if matches(name, globs):
                     knobs.update(extra)
+            raw[name] = dict(knobs)
             rank_limit = full_rank(module)
             if rank_limit is None:
                 knobs["rank"] = Knob()  # depthwise/grouped convs: factorization does not apply
             if example is not None and _allows_channel(knobs["sparsity_mode"]) and produces_output(model, module, example):
                 knobs["sparsity_mode"] = Knob()  # the output layer keeps all its channels
             result[name] = LayerSpace(name, type(module).__name__, tuple(module.weight.shape), rank_limit, knobs)
+        if example is not None and any(_allows_channel(ls.knobs["sparsity_mode"]) for ls in result.values()):
+            prunable = _channel_prunable(model, example, self.source)
+            for name, ls in result.items():
+                if name not in prunable:  # it feeds a grouped conv: its channels stay
+                    result[name] = LayerSpace(**{**ls.__dict__, "knobs": {**ls.knobs, "sparsity_mode": Knob()}})
         for i, (globs, _) in enumerate(self.overrides):
-            self._check_globs(globs, selected, f"overrides[{i}].layers")
-        return SearchSpace(result, source=self.source)
+            self._check_globs(globs, selected, f"overrides[{i}].layers", edges)
+        for group, globs in self.groups.items():
+            self._check_globs(globs, selected, f"groups.{group}", edges)
+        if self.group_by == "layer" and not self.groups:
+            return SearchSpace(result, source=self.source)
+        assignment = {n: self._group_of(n, model, available, selected, matches, edges) for n in selected}
+        # A layer whose knobs differ from the rest of its group's (an override) is a group of its own.
+        first_of: dict[str, str] = {}
+        for name in selected:
+            first = first_of.setdefault(assignment[name], name)
+            if raw[name] != raw[first]:
+                assignment[name] = name
+        groups: dict[str, dict[str, Knob]] = {}
+        for name in selected:
+            g = assignment[name]
+            members = [n for n in selected if assignment[n] == g]
+            # A knob is searched for the group when it applies to at least one member.
+            groups[g] = {k: raw[name][k] if any(not (result[m].knobs[k].fixed and result[m].knobs[k].value is None) for m in members) else Knob() for k in KNOBS}
+            result[name] = LayerSpace(**{**result[name].__dict__, "group": g})
+        return SearchSpace(result, source=self.source, groups=groups)
 
-    def _check_globs(self, globs: list[str], names: list[str], key: str) -> None:
+    def _group_of(self, name: str, model: nn.Module, available: dict[str, nn.Module], selected: list[str], matches: Any, edges: dict[str, str]) -> str:
+        for group, globs in self.groups.items():
+            if matches(name, globs):
+                return group
+        if self.group_by == "layer" or name in edges.values():
+            return name  # the first and last layers are sensitive: never share their knobs
+        if self.group_by == "type":
+            return _layer_kind(available[name])
+        block = _enclosing(name, available.keys())
+        if self.group_by == "block":
+            return block
+        return _enclosing(block, {_enclosing(n, available.keys()) for n in available})  # stage: holds several blocks
+
+    def _check_globs(self, globs: list[str], names: list[str], key: str, edges: dict[str, str] | None = None) -> None:
         for g in globs:
+            if g.startswith("@"):
+                if g not in SELECTORS:
+                    raise SpaceError(f"unknown selector '{g}' in '{key}'{did_you_mean(g, SELECTORS)} ({self.source}): selectors are {', '.join(SELECTORS)}")
+                if edges is None or edges.get(g) in names:
+                    continue
             if not any(fnmatch.fnmatchcase(n, g) for n in names):
                 hint = did_you_mean(g, names)
                 raise SpaceError(
                     f"glob '{g}' in '{key}' matches no layer{hint} ({self.source}): "
                     f"the selectable layers are {', '.join(names)}"
                 )
+
+
+def _enclosing(name: str, names: list[str] | set[str]) -> str:
+    """The nearest ancestor of ``name`` (by dotted path) holding more than one of ``names``;
+    ``name`` itself when none does below the root."""
+    parts = name.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:depth])
+        if sum(n == prefix or n.startswith(prefix + ".") for n in names) > 1:
+            return prefix
+    return name
+
+
+def _layer_kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Conv2d):
+        if module.groups > 1 and module.groups == module.in_channels:
+            return "Conv2d-depthwise"
+        kh, kw = module.kernel_size
+        return f"Conv2d-{kh}x{kw}" + ("-grouped" if module.groups > 1 else "")
+    return type(module).__name__
+
+
+def _channel_prunable(model: nn.Module, example: torch.Tensor, source: str) -> set[str]:
+    """Channel pruning follows Torch-Pruning's dependency graph; some structures (ShuffleNet's
+    channel shuffle) defeat it, and every such trial would fail: say so once, up front."""
+    try:
+        return channel_prunable(model, example)
+    except Exception as exc:  # noqa: BLE001
+        raise SpaceError(
+            f"channel pruning cannot follow this model's structure (Torch-Pruning: {type(exc).__name__}: {exc}) ({source}): "
+            "set sparsity_mode: unstructured"
+        ) from None
 
 
 def _allows_channel(knob: Knob) -> bool:
@@ -317,6 +439,19 @@ def parse_space(data: Any, source: str) -> SpaceSpec:
             raise SpaceError(f"'{key}' needs a 'layers' glob list and knobs ({source}): e.g. {{layers: [fc2], bits: [8, 32]}}")
         rest = {k: v for k, v in entry.items() if k != "layers"}
         spec.overrides.append((_globs(entry["layers"], source, f"{key}.layers"), _parse_knobs(rest, source, key)))
+    group_by = data.get("group_by", "layer")
+    if group_by not in GROUP_BY:
+        raise SpaceError(f"'group_by' is {group_by!r}{did_you_mean(str(group_by), GROUP_BY)} ({source}): use one of {', '.join(GROUP_BY)}")
+    spec.group_by = group_by
+    groups = data.get("groups", {}) or {}
+    if not isinstance(groups, dict):
+        raise SpaceError(f"'groups' must map group names to layer globs ({source}): e.g. {{head: [\"fc*\"]}}")
+    for name, globs in groups.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise SpaceError(f"group name {name!r} in 'groups' must be a non-empty name without dots ({source}): rename it")
+        spec.groups[name] = _globs(globs, source, f"groups.{name}")
+        if not spec.groups[name]:
+            raise SpaceError(f"'groups.{name}' is empty ({source}): give it at least one layer glob")
     return spec
 
 
