@@ -145,14 +145,14 @@ def _pack_weight(values: torch.Tensor, bits: int, scale: torch.Tensor | None, pa
     return entry
 
 
-def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], channels_removed: dict[str, list[int]] | None = None) -> Packed:
+def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structure: dict[str, dict] | None = None) -> Packed:
     """Pack a (compressed, evaluated) model. Bakes its masks and quantizers in place.
 
     Args:
         model: the model as evaluated, parametrizations attached (or a plain baseline).
         plan: the plan it was compressed with (ranks rebuild the factorized layers).
         task: ``{"model", "num_classes", "input_shape", ...}``: what rebuilds the module.
-        channels_removed: per layer, the output channels structured pruning removed.
+        structure: ``compress.structure(model)``: removed channels and folded BatchNorms.
     """
     model.eval()
     codes = {}
@@ -192,7 +192,8 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], channels
         "format": FORMAT_VERSION,
         "task": task,
         "plan": plan.to_dict(),
-        "channels_removed": channels_removed or {},
+        "channels_removed": (structure or {}).get("channels_removed", {}),
+        "bn_folded": (structure or {}).get("bn_folded", {}),
         "tensors": tensors,
     }
     head = json.dumps(header, separators=(",", ":")).encode()
@@ -306,7 +307,7 @@ def rebuild(header: dict[str, Any]) -> nn.Module:
     model = MODELS.get(task["model"]).factory(num_classes=task["num_classes"], input_shape=tuple(task["input_shape"]))
     plan = CompressionPlan.from_dict(header["plan"])
     example = torch.zeros(1, *task["input_shape"])
-    compress.apply_structure(model, plan, header.get("channels_removed", {}), example)
+    compress.apply_structure(model, plan, header, example)
     return model.eval()
 
 

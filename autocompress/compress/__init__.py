@@ -1,8 +1,8 @@
 """Compression: ``apply(model, plan)`` runs every registered technique on every planned layer.
 
-Order is fixed by each technique's ``order``: low-rank factorization, channel pruning,
-unstructured pruning, then quantization, so pruning masks the factors and quantization sees
-the masked weights.
+Order is fixed by each technique's ``order``: low-rank factorization, BatchNorm folding (for
+quantized convs), channel pruning, unstructured pruning, then quantization, so pruning masks the
+factors and quantization sees the folded, masked weights.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.compress import channel, lowrank, prune, quantize  # noqa: F401  (register techniques)
+from autocompress.compress import channel, fold, lowrank, prune, quantize  # noqa: F401  (register techniques)
 from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique, leaf_layers
 from autocompress.compress.channel import remove_channels
 from autocompress.compress.lowrank import Factorized, factorize, full_rank
@@ -31,15 +31,15 @@ __all__ = [
     "apply",
     "apply_structure",
     "bake",
-    "channels_removed",
     "compressible_layers",
     "factorize",
     "full_rank",
     "layer_map",
     "leaf_layers",
+    "structure",
 ]
 
-_CHANNELS_ATTR = "_autocompress_channels_removed"
+_STRUCTURE_ATTR = "_autocompress_structure"
 
 
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -82,22 +82,27 @@ def apply(model: nn.Module, plan: CompressionPlan, example: torch.Tensor | None 
         for name, layer_plan in plan.layers.items():
             if technique.applies(layer_plan):
                 _set_submodule(model, name, technique.apply(layers[name], layer_plan, name, ctx))
-    setattr(model, _CHANNELS_ATTR, ctx.channels_removed)
+    setattr(model, _STRUCTURE_ATTR, {"channels_removed": ctx.channels_removed, "bn_folded": ctx.bn_folded})
     return model
 
 
-def channels_removed(model: nn.Module) -> dict[str, list[int]]:
-    """Per layer, the output channels that ``apply`` removed (empty when none were)."""
-    return dict(getattr(model, _CHANNELS_ATTR, {}))
+def structure(model: nn.Module) -> dict[str, dict]:
+    """What ``apply`` changed beyond the plan's ranks: ``channels_removed`` (layer -> output
+    channel indices) and ``bn_folded`` (BatchNorm name -> layer); empty for a plain model."""
+    found = getattr(model, _STRUCTURE_ATTR, {})
+    return {"channels_removed": dict(found.get("channels_removed", {})), "bn_folded": dict(found.get("bn_folded", {}))}
 
 
-def apply_structure(model: nn.Module, plan: CompressionPlan, removed: dict[str, list[int]], example: torch.Tensor) -> nn.Module:
-    """Rebuild the shapes of a compressed model (factorized layers, removed channels), weights aside."""
+def apply_structure(model: nn.Module, plan: CompressionPlan, changes: dict[str, dict], example: torch.Tensor) -> nn.Module:
+    """Rebuild the shapes of a compressed model (factorized layers, folded BatchNorms, removed
+    channels), weights aside, in the order ``apply`` made them."""
     for name, layer_plan in plan.layers.items():
         if layer_plan.rank is not None:
             _set_submodule(model, name, factorize(model.get_submodule(name), layer_plan.rank, name))
     layers = layer_map(model)
-    for name, idxs in removed.items():
+    for bn_name, name in changes.get("bn_folded", {}).items():
+        fold.replay(model, channel.out_layer(layers[name]), bn_name)
+    for name, idxs in changes.get("channels_removed", {}).items():
         remove_channels(model, channel.out_layer(layers[name]), list(idxs), example)
     return model
 

@@ -20,6 +20,8 @@ class ApplyContext:
     model: nn.Module
     example: torch.Tensor | None = None  # a small input batch (structured pruning traces it)
     channels_removed: dict[str, list[int]] = field(default_factory=dict)  # layer -> channel indices
+    bn_folded: dict[str, str] = field(default_factory=dict)  # BatchNorm name -> layer it was folded into
+    batchnorms: dict[nn.Module, str] | None = None  # conv -> the BatchNorm after it (traced once)
 
 
 class Technique(ABC):

@@ -31,6 +31,31 @@ def remove_channels(model: nn.Module, target: nn.Module, idxs: list[int], exampl
     graph.get_pruning_group(target, fn, idxs=idxs).prune()
 
 
+def channel_prunable(model: nn.Module, example: torch.Tensor) -> set[str]:
+    """Names of the Linear/Conv2d layers whose output channels can be removed consistently.
+
+    Raises what Torch-Pruning raises when it cannot follow the model at all. A layer is left out
+    when removing its channels would cut into a grouped (not depthwise) conv: arbitrary channel
+    indices would break the groups.
+    """
+    import torch_pruning as tp
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    ok = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        fn = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+        group = graph.get_pruning_group(module, fn, idxs=[0])
+        if not any(_grouped(dep.target.module) for dep, _ in group):
+            ok.add(name)
+    return ok
+
+
+def _grouped(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and not (module.groups == module.in_channels == module.out_channels)
+
+
 def produces_output(model: nn.Module, target: nn.Module, example: torch.Tensor) -> bool:
     """Whether ``target``'s output is the model's output (pruning it would change the classes)."""
     seen: list[torch.Tensor] = []
