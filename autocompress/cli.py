@@ -15,6 +15,7 @@ EXAMPLES_SEARCH = """examples:
   autocompress search --trials 40 --workers 2 --sampler nsga2
   autocompress search studies/default.yaml --name mlp-run --trials 10 --workers 0   # in-process, for debugging
   autocompress search --storage postgresql://user@db-host/autocompress --name shared
+  autocompress search studies/cifar10-resnet18.yaml --device cuda --gpus-per-worker 0.5   # two workers share one GPU
 Re-running the same command resumes the study and completes the missing trials."""
 
 EXAMPLES_REPORT = """examples:
@@ -38,7 +39,9 @@ EXAMPLES_INSPECT = """examples:
 
 EXAMPLES_LAYERS = """examples:
   autocompress layers digits-cnn
-  autocompress layers digits-mlp --space search_spaces/default.yaml"""
+  autocompress layers digits-mlp --space search_spaces/default.yaml
+  autocompress layers torchvision:resnet50 --space search_spaces/deep.yaml   # knobs shared per block
+  autocompress layers --config studies/cifar10-resnet18.yaml                  # the task of a study config"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", help="join this Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray")
     s.add_argument("--cpus-per-worker", type=float, help="CPUs each Ray worker reserves (default 1)")
     s.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker reserves (default 0)")
+    s.add_argument("--device", help="auto (default: the GPU when a worker has one), cpu or cuda")
     s.add_argument("--max-retries", type=int, help="re-runs of a trial whose worker died (default 1)")
     s.add_argument("--trial-timeout", type=float, help="seconds before a trial is failed and its worker replaced")
     s.add_argument("--new-study", action="store_true", default=None, help="never resume: if NAME is taken, start NAME-2 (NAME-3, ...)")
@@ -96,8 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     lay = sub.add_parser("layers", help="list a model's compressible layers and their knobs", epilog=EXAMPLES_LAYERS, formatter_class=fmt)
-    lay.add_argument("task", help="model name (see the list with any unknown name)")
-    lay.add_argument("--space", default=None, help="search space YAML (default: the default config's space, else the built-in one)")
+    lay.add_argument("task", nargs="?", help="model name: registered, torchvision:NAME or module:function (default: the config's)")
+    lay.add_argument("--config", help="study config whose task (model, dataset, data options) and space to use")
+    lay.add_argument("--space", default=None, help="search space YAML (default: the config's space, else the built-in one)")
     lay.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
@@ -118,6 +123,7 @@ def _search(args: argparse.Namespace) -> int:
         "search.ray_address": args.ray_address,
         "search.cpus_per_worker": args.cpus_per_worker,
         "search.gpus_per_worker": args.gpus_per_worker,
+        "search.device": args.device,
         "search.max_retries": args.max_retries,
         "search.trial_timeout": args.trial_timeout,
     }
@@ -205,6 +211,8 @@ def _inspect(args: argparse.Namespace) -> int:
     console.print(f"plan: {plan_summary(info['plan'])}")
     for layer, idxs in info["channels_removed"].items():
         console.print(f"channels removed from {layer}: {len(idxs)}")
+    for bn, layer in info["bn_folded"].items():
+        console.print(f"BatchNorm {bn} folded into {layer}")
     table = Table()
     for col in ("tensor", "shape", "kind", "encoding", "bits", "bytes"):
         table.add_column(col)
@@ -220,20 +228,21 @@ def _layers(args: argparse.Namespace) -> int:
     from autocompress.config import load_config
     from autocompress.report import make_console
     from autocompress.space import load_space
-    from autocompress.tasks import TaskSpec, model_skeleton
+    from autocompress.tasks import TaskSpec, layer_skeleton
 
-    space_path = args.space or load_config(None).space
-    spec = TaskSpec(model=args.task)
-    space = load_space(space_path).resolve(*model_skeleton(spec))
-    table = Table(title=f"{args.task}: {len(space.layers)} layers, {space.dimensions} searched knobs ({space.source})")
-    for col in ("layer", "type", "weight", "params", "full rank", "sparsity", "mode", "bits", "rank fraction"):
+    config = load_config(args.config)
+    spec = config.task if args.task is None else TaskSpec(model=args.task)
+    space = load_space(args.space or config.space).resolve(*layer_skeleton(spec))
+    groups = f", {len(space.groups)} groups" if space.grouped else ""
+    table = Table(title=f"{spec.model}: {len(space.layers)} layers{groups}, {space.dimensions} searched knobs ({space.source})")
+    for col in ("layer", *(("group",) if space.grouped else ()), "type", "weight", "params", "full rank", "sparsity", "mode", "bits", "rank fraction"):
         table.add_column(col)
     for ls in space.layers.values():
         params = 1
         for d in ls.weight_shape:
             params *= d
         table.add_row(
-            ls.name, ls.type, "x".join(map(str, ls.weight_shape)), str(params),
+            ls.name, *((ls.group,) if space.grouped else ()), ls.type, "x".join(map(str, ls.weight_shape)), str(params),
             "-" if ls.full_rank is None else str(ls.full_rank),
             *(ls.knobs[k].describe() for k in ("sparsity",)),
             ls.knobs["sparsity_mode"].describe() if not ls.knobs["sparsity_mode"].fixed or ls.knobs["sparsity_mode"].value else "unstructured",

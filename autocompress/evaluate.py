@@ -11,7 +11,7 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -22,7 +22,20 @@ from autocompress.latency import LatencyConfig, count_macs, measure_latency
 from autocompress.plan import CompressionPlan, Result
 from autocompress.artifact import pack
 from autocompress.size import layer_rows
-from autocompress.tasks import Task, evaluate_accuracy
+from autocompress.tasks import DataSplits, Task, evaluate_accuracy
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the GPU when this process sees one (a Ray actor sees one only when it reserved
+    it with ``--gpus-per-worker``), else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible to this process"
+        raise AutocompressError(f"device cuda was asked for (--device) but {why} on {socket.gethostname()}: use --device cpu or auto")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)
@@ -63,12 +76,24 @@ def finetune(model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0
 class Evaluator:
     """Builds and measures compressed variants of one task's baseline."""
 
-    def __init__(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig) -> None:
-        self.task = task
+    def __init__(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig, device: str = "cpu") -> None:
         self.finetune_config = finetune
         self.latency_config = latency
+        try:
+            self.device: torch.device | None = resolve_device(device)
+            self.device_error = ""
+        except AutocompressError as exc:  # every trial fails with the reason; the search stops cleanly
+            self.device, self.device_error = None, str(exc)
+        if self.device is not None and self.device.type != "cpu":
+            task = replace(task, data=DataSplits(**{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in asdict(task.data).items()}))
+        self.task = task
         self.example = task.data.x_val[: latency.batch_size]
-        self.worker = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device)}
+
+    def _model(self) -> nn.Module:
+        if self.device is None:
+            raise AutocompressError(self.device_error)
+        return self.task.build_model().to(self.device)
 
     def measure(self, model: nn.Module, plan: CompressionPlan) -> Result:
         """Accuracy, packed size, latency and counts of a (possibly compressed) model.
@@ -78,10 +103,13 @@ class Evaluator:
         data = self.task.data
         model.eval()
         accuracy = evaluate_accuracy(model, data.x_val, data.y_val)
+        device = next(model.parameters()).device
+        model.cpu()  # the packer reads host memory
         rows = layer_rows(model)
-        packed = pack(model, plan, self.task.artifact_task(), compress.channels_removed(model))
+        packed = pack(model, plan, self.task.artifact_task(), compress.structure(model))
         for row in rows:
             row["bytes"] = packed.per_layer.get(row["layer"], 0)
+        model.to(device)
         latency_ms, cv, backend = measure_latency(model, self.example, self.latency_config, plan)
         weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
         return Result(
@@ -99,13 +127,13 @@ class Evaluator:
 
     def baseline(self) -> Result:
         """The uncompressed model measured the same way as every trial (its fp32 artifact)."""
-        return self._timed(lambda: self.measure(self.task.build_model(), CompressionPlan()))
+        return self._timed(lambda: self.measure(self._model(), CompressionPlan()))
 
     def evaluate(self, plan: CompressionPlan) -> Result:
         """Compress, fine-tune and measure; any failure becomes ``Result.error``, never an exception."""
 
         def run() -> Result:
-            model = compress.apply(self.task.build_model(), plan, example=self.task.data.x_val[:2])
+            model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
             log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed)
             result = self.measure(model, plan)
             result.finetune_log = log

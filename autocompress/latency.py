@@ -67,8 +67,8 @@ def measure_latency(
 ) -> tuple[float, float, str]:
     """Median milliseconds of one forward pass on ``example``, the CV of the blocks, the backend."""
     model.eval()
-    backend = "fp32"
-    if config.backend == "int8" and plan is not None:
+    backend = "fp32" if example.device.type == "cpu" else f"fp32-{example.device.type}"
+    if config.backend == "int8" and plan is not None and example.device.type == "cpu":  # int8 kernels are CPU-only
         model, int8_layers = int8_model(model, plan)
         if int8_layers:
             rest = "+fp32" if any(isinstance(m, COMPRESSIBLE_TYPES) for m in model.modules()) else ""

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from autocompress import pareto, tables
 from autocompress.config import StudyConfig
 from autocompress.errors import SearchError, StorageError
-from autocompress.evaluate import Evaluator
+from autocompress.evaluate import resolve_device
 from autocompress.plan import Result
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace, load_space
@@ -71,9 +71,15 @@ def check_ray_address(address: str | None, source: str = "--ray-address") -> Non
 def prepare(config: StudyConfig) -> SearchSpace:
     """Validate the task and resolve the space against the model, before training or storage."""
     check_url(config.storage)
-    if config.search.workers:
-        address = config.search.ray_address or os.environ.get("RAY_ADDRESS")
-        check_ray_address(address, "--ray-address" if config.search.ray_address else "RAY_ADDRESS")
+    search = config.search
+    address = search.ray_address or os.environ.get("RAY_ADDRESS")
+    if search.workers:
+        check_ray_address(address, "--ray-address" if search.ray_address else "RAY_ADDRESS")
+    if search.device == "cuda":
+        if search.workers and not search.gpus_per_worker:
+            raise SearchError("--device cuda with Ray workers needs --gpus-per-worker (e.g. 0.5 to share one GPU between two workers)")
+        if not (search.workers and address):  # the workers run on this machine: it needs the GPU
+            resolve_device("cuda")
     return load_space(config.space).resolve(*model_skeleton(config.task))
 
 
@@ -102,9 +108,10 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
         )
 
 
-def measure_baseline(task: Task, config: StudyConfig) -> tuple[dict[str, Any], bytes]:
-    """The uncompressed model's numbers (its fp32 artifact from the same packer) and artifact."""
-    result = Evaluator(task, config.finetune, config.latency).baseline()
+def measure_baseline(task: Task, runner: Runner) -> tuple[dict[str, Any], bytes]:
+    """The uncompressed model's numbers (its fp32 artifact from the same packer) and artifact,
+    measured by a worker: on the device, threads and kernels the trials use."""
+    result = runner.baseline()
     if result.error:
         raise SearchError(f"the baseline model cannot be measured: {result.error}")
     numbers = {
@@ -159,21 +166,21 @@ class Driver:
         tables.ensure_schema(storage.engine)
         self._engine, self._study_id = storage.engine, storage.get_study_id_from_name(study.study_name)
         task = build_task(cfg.task, cfg.cache_dir)
-        if "baseline" not in study.user_attrs:
-            baseline, data = measure_baseline(task, cfg)
-            baseline["artifact_id"] = store_artifact(study, data, cfg.artifact_dir, "baseline.acz")
-            study.set_user_attr("baseline", baseline)
         self.study = study
         done = self._count(TrialState.COMPLETE)
-        if done >= cfg.search.trials:
+        if done >= cfg.search.trials and "baseline" in study.user_attrs:
             log.info("study '%s' already has %d complete trials", study.study_name, done)
             return study
         tables.start_lease(self._engine, self.driver_id, self._study_id, socket.gethostname(), os.getpid(), time.time())
         self._last_beat = time.monotonic()
         try:
             self.recover_stale_trials(study)
-            self.runner.start(task, cfg.finetune, cfg.latency)
+            self.runner.start(task, cfg.finetune, cfg.latency, cfg.search.device)
             try:
+                if "baseline" not in study.user_attrs:
+                    baseline, data = measure_baseline(task, self.runner)
+                    baseline["artifact_id"] = store_artifact(study, data, cfg.artifact_dir, "baseline.acz")
+                    study.set_user_attr("baseline", baseline)
                 self._loop(study, space)
             finally:
                 self.runner.close()

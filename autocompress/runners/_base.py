@@ -30,8 +30,12 @@ class Runner(ABC):
         return True
 
     @abstractmethod
-    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig) -> None:
-        """Prepare workers that can evaluate plans on ``task``."""
+    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig, device: str = "auto") -> None:
+        """Prepare workers that can evaluate plans on ``task`` (on ``device``: auto, cpu, cuda)."""
+
+    @abstractmethod
+    def baseline(self) -> Result:
+        """Measure the uncompressed model on a worker, where the trials run (same device)."""
 
     @abstractmethod
     def submit(self, trial_number: int, plan: CompressionPlan) -> None:

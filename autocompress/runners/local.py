@@ -25,8 +25,12 @@ class LocalRunner(Runner):
     def runs_in_background(self) -> bool:
         return False  # submit evaluates on the spot
 
-    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig) -> None:
-        self._evaluator = Evaluator(task, finetune, latency)
+    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig, device: str = "auto") -> None:
+        self._evaluator = Evaluator(task, finetune, latency, device)
+
+    def baseline(self) -> Result:
+        assert self._evaluator is not None, "start() first"
+        return self._evaluator.baseline()
 
     def submit(self, trial_number: int, plan: CompressionPlan) -> None:
         assert self._evaluator is not None, "start() first"

@@ -25,13 +25,16 @@ from autocompress.tasks import Task
 class _EvaluatorActor:
     """Holds one Evaluator; its task arrives once through the object store."""
 
-    def __init__(self, payload: dict[str, Any], finetune: FinetuneConfig, latency: LatencyConfig) -> None:
+    def __init__(self, payload: dict[str, Any], finetune: FinetuneConfig, latency: LatencyConfig, device: str) -> None:
         import torch
 
         from autocompress.evaluate import Evaluator
 
         torch.set_num_threads(latency.threads)
-        self.evaluator = Evaluator(Task.from_payload(payload), finetune, latency)
+        self.evaluator = Evaluator(Task.from_payload(payload), finetune, latency, device)
+
+    def baseline(self) -> dict[str, Any]:
+        return self.evaluator.baseline().to_dict()
 
     def evaluate(self, plan: dict[str, Any]) -> dict[str, Any]:
         import ray
@@ -79,7 +82,7 @@ class RayRunner(Runner):
     def capacity(self) -> int:
         return self.workers
 
-    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig) -> None:
+    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig, device: str = "auto") -> None:
         import ray
 
         if not ray.is_initialized():
@@ -102,7 +105,7 @@ class RayRunner(Runner):
                 raise AutocompressError(f"cannot start or join Ray ({where}): {exc}") from None
             self._started_ray = True
         self._actor_cls = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)(_EvaluatorActor)
-        self._actor_args = (ray.put(task.payload()), finetune, latency)
+        self._actor_args = (ray.put(task.payload()), finetune, latency, device)
         self._idle = [self._new_actor() for _ in range(self.workers)]
 
     def _new_actor(self) -> Any:
@@ -119,6 +122,11 @@ class RayRunner(Runner):
         ray.kill(actor, no_restart=True)
         self._idle.append(self._new_actor())
         self.replaced += 1
+
+    def baseline(self) -> Result:
+        import ray
+
+        return Result.from_dict(ray.get(self._idle[0].baseline.remote()))
 
     def submit(self, trial_number: int, plan: CompressionPlan) -> None:
         self._launch(_Job(trial_number, plan.to_dict(), actor=None, started=0.0))
