@@ -62,7 +62,7 @@ def test_evaluated_and_reloaded_outputs_are_identical(tasks) -> None:
     finetune(model, task, FinetuneConfig(steps=10))
     x = task.data.x_test
     expected = model.eval()(x).detach()
-    packed = artifact.pack(model, plan, task.artifact_task(), compress.channels_removed(model))
+    packed = artifact.pack(model, plan, task.artifact_task(), compress.structure(model))
     assert torch.equal(artifact.loads(packed.data)(x), expected)
 
 
@@ -84,7 +84,7 @@ def test_channel_pruning_keeps_a_residual_net_consistent_and_smaller() -> None:
     assert sum(p.numel() for p in model.parameters()) < params_before
     assert count_macs(model, x) < 0.5 * macs_before
     task = {"model": "test-tiny-resnet", "num_classes": 10, "input_shape": [1, 8, 8]}
-    packed = artifact.pack(model, plan, task, compress.channels_removed(model))
+    packed = artifact.pack(model, plan, task, compress.structure(model))
     assert torch.equal(artifact.loads(packed.data)(x), model(x))
 
 
