@@ -79,6 +79,7 @@ def _hypervolume_figure(study: optuna.Study, analysis: Analysis) -> go.Figure:
 
 def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figure:
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    group_of = study.user_attrs.get("space", {}).get("_groups", {})  # grouped spaces share parameters
     layers = list(rows[0]["plan"])
     labels = [f"trial {r['trial']}" for r in rows]
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, subplot_titles=["sparsity (c = channels)", "bits (32 = float)", "rank / full rank"])
@@ -97,7 +98,7 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
                 else:
                     rank = lp.get("rank")
                     # the sampled parameter is the fraction of full rank (absent: not searched)
-                    zr.append(params[r["trial"]].get(f"{layer}.rank", 1.0) if rank is not None else 1.0)
+                    zr.append(params[r["trial"]].get(f"{group_of.get(layer, layer)}.rank", 1.0) if rank is not None else 1.0)
                     tr.append("full" if rank is None else str(rank))
             z.append(zr)
             text.append(tr)
