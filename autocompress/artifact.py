@@ -192,7 +192,7 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
         "format": FORMAT_VERSION,
         "task": task,
         "plan": plan.to_dict(),
-        "channels_removed": (structure or {}).get("channels_removed", {}),
+        "channels_removed": {k: index_mask(v) for k, v in (structure or {}).get("channels_removed", {}).items()},
         "bn_folded": (structure or {}).get("bn_folded", {}),
         "tensors": tensors,
     }
@@ -243,7 +243,27 @@ def read_header(data: bytes, source: str = "artifact") -> tuple[dict[str, Any], 
         raise ArtifactError(f"{source} has a corrupt header: re-export it") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
         raise ArtifactError(f"{source} has format {header.get('format') if isinstance(header, dict) else '?'}; this version reads format {FORMAT_VERSION}")
+    removed = header.get("channels_removed", {})
+    if not isinstance(removed, dict) or not all(isinstance(v, (str, list)) for v in removed.values()):
+        raise ArtifactError(f"{source} has a corrupt header (channels_removed): re-export it")
+    try:
+        header["channels_removed"] = {k: mask_indices(v) if isinstance(v, str) else v for k, v in removed.items()}
+    except ValueError:
+        raise ArtifactError(f"{source} has a corrupt header (channels_removed): re-export it") from None
     return header, body[4 + head_len :]
+
+
+def index_mask(indices: list[int]) -> str:
+    """Removed channel indices as a hex bitmask: a few bytes where a list of numbers took hundreds."""
+    if not indices:
+        return ""
+    bits = np.zeros(max(indices) + 1, dtype=np.uint8)
+    bits[list(indices)] = 1
+    return np.packbits(bits, bitorder="little").tobytes().hex()
+
+
+def mask_indices(mask: str) -> list[int]:
+    return np.flatnonzero(np.unpackbits(np.frombuffer(bytes.fromhex(mask), dtype=np.uint8), bitorder="little")).tolist()
 
 
 def _segment(payload: bytes, span: Any, name: str) -> bytes:
