@@ -44,12 +44,22 @@ class FinetuneConfig:
     lr: float = field(default=5e-4, metadata={"min": 0.0, "max": 1.0})  # Adam, cosine-annealed to 0
     batch_size: int = field(default=64, metadata={"min": 1})
     log_every: int = field(default=10, metadata={"min": 1})  # record the loss every this many steps
+    # Knowledge distillation from the uncompressed baseline: this share of the loss is the KL
+    # divergence to its softened outputs (Hinton et al. 2015); 0 trains on the labels alone.
+    distill: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    temperature: float = field(default=4.0, metadata={"min": 1.0})
 
 
-def finetune(model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0) -> list[float]:
-    """Train the compressed model briefly; masks and quantizers stay attached. Returns the loss log."""
+def finetune(model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0, teacher: nn.Module | None = None) -> list[float]:
+    """Train the compressed model briefly; masks and quantizers stay attached. Returns the loss log.
+
+    With ``config.distill > 0`` and a ``teacher`` (the baseline), the loss mixes the labels'
+    cross-entropy with the KL divergence to the teacher's outputs at ``config.temperature``.
+    """
     if config.steps <= 0:
         return []
+    distill = config.distill if teacher is not None else 0.0
+    temp = config.temperature
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
@@ -61,7 +71,13 @@ def finetune(model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0
     for step in range(config.steps):
         idx = torch.randint(len(x), (config.batch_size,), generator=gen)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x[idx]), y[idx])
+        logits = model(x[idx])
+        loss = loss_fn(logits, y[idx])
+        if distill:
+            with torch.no_grad():
+                soft = nn.functional.log_softmax(teacher(x[idx]) / temp, dim=1)  # type: ignore[misc]
+            kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temp, dim=1), soft, log_target=True, reduction="batchmean")
+            loss = (1.0 - distill) * loss + distill * temp * temp * kl
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning diverged at step {step} (loss {loss.item()})")
         loss.backward()
@@ -134,7 +150,8 @@ class Evaluator:
 
         def run() -> Result:
             model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
-            log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed)
+            teacher = self._model().eval() if self.finetune_config.distill else None
+            log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed, teacher=teacher)
             result = self.measure(model, plan)
             result.finetune_log = log
             return result

@@ -39,7 +39,10 @@ HEARTBEAT_EVERY_S = 5.0
 
 # Uniform plans tried first in a new study (sparsity, bits, rank fraction): known-good anchors
 # that give the sampler a front to improve on from the first trials.
-WARM_START = ((0.0, 8, 1.0), (0.5, 6, 1.0), (0.7, 4, 1.0))
+# Uniform plans tried first (sparsity, bits, rank fraction, sparsity mode): known points at the
+# safe end, and with channel pruning in the space, two structured ones at the aggressive end.
+WARM_START = ((0.0, 8, 1.0, "unstructured"), (0.5, 6, 1.0, "unstructured"), (0.7, 4, 1.0, "unstructured"))
+WARM_START_CHANNEL = ((0.5, 4, 1.0, "channel"), (0.75, 4, 1.0, "channel"))
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -239,8 +242,9 @@ class Driver:
         study.set_user_attr("config", cfg.to_dict())
         study.set_user_attr("artifact_dir", str(Path(cfg.artifact_dir).resolve()))
         if cfg.search.warm_start:
-            for sparsity, bits, rank in WARM_START[: cfg.search.trials]:
-                study.enqueue_trial(space.uniform_params(sparsity, bits, rank), skip_if_exists=True)
+            plans = WARM_START + (WARM_START_CHANNEL if space.allows_channel else ())
+            for sparsity, bits, rank, mode in plans[: cfg.search.trials]:
+                study.enqueue_trial(space.uniform_params(sparsity, bits, rank, mode), skip_if_exists=True)
         return study
 
     def _count(self, state: TrialState) -> int:

@@ -115,6 +115,7 @@ class Knob:
 
 DEFAULT_KNOBS = {
     "sparsity": Knob(low=0.0, high=0.95, step=0.05),
+    "sparsity_mode": Knob(choices=("unstructured", "channel")),
     "bits": Knob(choices=(2, 3, 4, 5, 6, 8, FULL_PRECISION_BITS)),
     "rank": Knob(low=0.1, high=1.0, step=0.1),
 }
@@ -154,6 +155,13 @@ class SearchSpace:
         drawn = {g: {k: knob.suggest(trial, f"{g}.{k}") for k, knob in knobs.items()} for g, knobs in self.groups.items()}
         return self.plan_from_values(self.layer_values(drawn))
 
+    def plan_from_params(self, params: dict[str, Any]) -> CompressionPlan:
+        """The plan of a finished trial's parameters (``<group>.<knob>``), fixed knobs filled in."""
+        return self.plan_from_values(self.layer_values({
+            g: {k: params[f"{g}.{k}"] if f"{g}.{k}" in params else knob.value for k, knob in knobs.items()}
+            for g, knobs in self.groups.items()
+        }))
+
     def layer_values(self, group_values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Each layer's knob values from its group's, leaving out knobs that are off for it."""
         return {
@@ -173,9 +181,9 @@ class SearchSpace:
             )
         return CompressionPlan(plans)
 
-    def uniform_params(self, sparsity: float, bits: int, rank: float = 1.0) -> dict[str, Any]:
+    def uniform_params(self, sparsity: float, bits: int, rank: float = 1.0, mode: str = "unstructured") -> dict[str, Any]:
         """Optuna params for one setting applied to every layer, snapped to each layer's knobs."""
-        target = {"sparsity": sparsity, "sparsity_mode": "unstructured", "bits": bits, "rank": rank}
+        target = {"sparsity": sparsity, "sparsity_mode": mode, "bits": bits, "rank": rank}
         return {
             f"{group}.{k}": knob.snap(target[k])
             for group, knobs in self.groups.items()
@@ -186,6 +194,10 @@ class SearchSpace:
     @property
     def dimensions(self) -> int:
         return sum(not k.fixed for knobs in self.groups.values() for k in knobs.values())
+
+    @property
+    def allows_channel(self) -> bool:
+        return any(_allows_channel(knobs["sparsity_mode"]) for knobs in self.groups.values())
 
     @property
     def grouped(self) -> bool:

@@ -131,3 +131,21 @@ def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
 
 def test_dataset_registry_has_digits() -> None:
     assert "digits" in DATASETS
+
+
+@pytest.mark.parametrize("indices", [[], [0], [3, 7, 8], list(range(0, 300, 3)), [299]])
+def test_removed_channels_travel_as_a_bitmask(indices: list[int]) -> None:
+    mask = artifact.index_mask(indices)
+    assert artifact.mask_indices(mask) == indices
+    assert len(mask) <= 2 * (max(indices, default=0) // 8 + 1)  # two hex digits per 8 channels
+
+
+def test_distillation_pulls_towards_the_baseline(tasks) -> None:
+    """With distill=1 the loss is the KL divergence to the baseline: zero for the baseline itself."""
+    from autocompress.evaluate import finetune
+
+    task = tasks["digits-mlp"]
+    log = finetune(task.build_model(), task, FinetuneConfig(steps=3, lr=0.0, distill=1.0, log_every=1), teacher=task.build_model())
+    assert log == [0.0, 0.0, 0.0]
+    plain = finetune(task.build_model(), task, FinetuneConfig(steps=3, lr=0.0, log_every=1))
+    assert min(plain) > 0.0  # cross-entropy on the labels is never exactly zero

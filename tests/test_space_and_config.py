@@ -125,3 +125,16 @@ def test_bad_config_names_key_and_file(tmp_path: Path, text: str, needle: str) -
     with pytest.raises(ConfigError) as err:
         load_config(f)
     assert needle in str(err.value) and str(f) in str(err.value)
+
+
+def test_plan_from_params_rebuilds_a_sampled_plan() -> None:
+    space = load_space(None).resolve(cnn())
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3)).ask()
+    plan = space.sample(trial)
+    assert space.plan_from_params(trial.params) == plan
+
+
+def test_warm_start_adds_channel_plans_when_the_space_allows_them() -> None:
+    space = load_space(None).resolve(cnn())
+    params = space.uniform_params(0.75, 4, 1.0, "channel")
+    assert space.allows_channel and params["conv1.sparsity_mode"] == "channel" and params["fc1.sparsity"] == 0.75
