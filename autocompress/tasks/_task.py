@@ -249,13 +249,18 @@ def model_skeleton(spec: TaskSpec, batch: int = 2) -> tuple[nn.Module, torch.Ten
 
 
 def layer_skeleton(spec: TaskSpec) -> tuple[nn.Module, torch.Tensor]:
-    """Like :func:`model_skeleton`, but with no dataset named, a registered model is built at its
-    declared input shape with random inputs: listing layers needs no data (a user's
-    ``module:function`` model is built with its own data)."""
+    """Like :func:`model_skeleton`, without reading data: a registered model is built at its
+    declared input shape (as resized or converted by the spec) with random inputs, so listing
+    layers works before the data is in place. A user's ``module:function`` model comes with its
+    own data and is built from it."""
     entry = _model_entry(spec.model)
-    if spec.dataset is None and not entry.trained:
-        return entry.factory(num_classes=spec.num_classes or 10, input_shape=entry.input_shape), torch.randn(2, *entry.input_shape)
-    return model_skeleton(spec)
+    if entry.trained:
+        return model_skeleton(spec)
+    channels, *size = entry.input_shape
+    if spec.image_size is not None and len(size) == 2:
+        size = [spec.image_size, spec.image_size]
+    shape = (spec.channels or channels, *size)
+    return entry.factory(num_classes=spec.num_classes or 10, input_shape=shape), torch.randn(2, *shape)
 
 
 def untrained_model(spec: TaskSpec) -> nn.Module:
