@@ -99,12 +99,15 @@ def layer_speedups(threads: int = 1) -> list[dict[str, object]]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study")
     parser.add_argument("--storage")
     parser.add_argument("--trials", type=int, default=16)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="6 trials: a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials = 6
     if args.study:
         study = optuna.load_study(study_name=args.study, storage=args.storage)
     else:
@@ -123,9 +126,11 @@ def main() -> None:
     for n in result["stored_ms"]:
         print(f"  trial {n}: stored {result['stored_ms'][n]:.3f} ms, fresh process {result['remeasured_ms'][n]:.3f} ms")
     print("layer speedups (same run, 1 thread):")
-    for row in layer_speedups():
+    rows = layer_speedups()
+    for row in rows:
         print(f"  {row['case']}: dense {row['dense ms']:.2f} ms, channel 50% {row['channel 50% ms']:.2f} ms "
               f"({row['channel speedup']:.2f}x), rank 1/4 {row['rank 1/4 ms']:.2f} ms ({row['rank speedup']:.2f}x)")
+    return {"fidelity": {k: v for k, v in result.items()}, "layer_speedups": rows}
 
 
 if __name__ == "__main__":

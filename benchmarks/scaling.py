@@ -36,11 +36,14 @@ def run(workers: int, trials: int, steps: int, folder: Path) -> dict[str, float]
             "overhead": 1.0 - evaluating / (wall * workers)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--steps", type=int, default=300)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="4 trials of 50 steps: a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials, args.steps = 4, 50
     folder = Path(tempfile.mkdtemp(prefix="scaling-"))
     one = run(1, args.trials, args.steps, folder)
     two = run(2, args.trials, args.steps, folder)
@@ -49,6 +52,7 @@ def main() -> None:
               f"{r['trials_per_s']:.3f} trials/s, overhead {100 * r['overhead']:.1f}%")
     print(f"speedup 2 vs 1 workers: {two['trials_per_s'] / one['trials_per_s']:.2f}x (target >= 1.85x); "
           f"overhead with 2 workers: {100 * two['overhead']:.1f}% (target <= 5%)")
+    return {"trials": args.trials, "steps": args.steps, "one": one, "two": two, "speedup": two["trials_per_s"] / one["trials_per_s"]}
 
 
 if __name__ == "__main__":

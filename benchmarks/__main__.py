@@ -1,0 +1,138 @@
+"""Run the benchmarks and regenerate benchmarks/RESULTS.md.
+
+    python -m benchmarks all            # everything, full size (about 25 minutes on 2 cores)
+    python -m benchmarks all --quick    # a smoke run of each (a few minutes)
+    python -m benchmarks quality        # one of: quality, overhead, scaling, latency
+
+Each run writes benchmarks/results/NAME.json (NAME-quick.json for smoke runs); RESULTS.md is
+rebuilt from the full runs' JSON, with the machine and the date of each run. Benchmarks are not tests: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+NAMES = ("quality", "overhead", "scaling", "latency")
+
+
+def machine() -> dict[str, Any]:
+    import optuna
+    import ray
+    import torch
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": f"torch {torch.__version__}, optuna {optuna.__version__}, ray {ray.__version__}",
+    }
+
+
+def run_one(name: str, quick: bool) -> dict[str, Any]:
+    from benchmarks import latency_fidelity, overhead, quality, scaling
+
+    module = {"quality": quality, "overhead": overhead, "scaling": scaling, "latency": latency_fidelity}[name]
+    print(f"== {name}{' (quick)' if quick else ''}", flush=True)
+    result = module.main(["--quick"] if quick else [])
+    record = {"benchmark": name, "quick": quick, **machine(), "result": result}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}{'-quick' if quick else ''}.json").write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+def _heading(title: str, record: dict[str, Any]) -> list[str]:
+    """A section title and the run's date and machine under it."""
+    return [f"## {title}", "", f"_{record['date']}; {record['machine']}; Python {record['python']}; {record['versions']}_", ""]
+
+
+def _quality(result: dict[str, Any]) -> list[str]:
+    s = result["summary"]
+    out = [f"{s['trials']} trials per study, {s['seeds']} seeds, TPE (the default sampler) against random sampling "
+           "over the same space; the study config is studies/digits-mlp.yaml.", "",
+           "| seed | best ratio with test drop <= 0.5 pts | trial | val drop | test drop | hypervolume TPE | random | ratio |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["runs"]:
+        b = r["anchor"]["best"] or {}
+        out.append(f"| {r['seed']} | {b.get('ratio', '-')}x | {b.get('trial', '-')} | {b.get('val_drop_points', '-')} | "
+                   f"{b.get('test_drop_points', '-')} | {r['hypervolume_tpe']:.4f} | {r['hypervolume_random']:.4f} | "
+                   f"{r['hypervolume_ratio']:.3f} |")
+    out += ["", f"- Anchor (Deep Compression, LeNet-300-100 40x at no loss; Han et al., ICLR 2016, Table 1): "
+            f"met in {sum(s['anchor_met_per_seed'])} of {s['seeds']} seeds (>= 40x at <= 0.5 test points).",
+            f"- Hypervolume vs random: {s['hypervolume_ratio_mean']:.3f}x mean, +- {s['hypervolume_ratio_stdev']:.3f} "
+            "(target >= 1.15x).",
+            f"- Uniform baselines (one sparsity x one bit-width on every layer, same fine-tuning): "
+            f"{s['uniform_points'] - len(s['uniform_unmatched'])} of {s['uniform_points']} dominated or matched by every "
+            "seed's study in (validation accuracy, size)."]
+    if s["uniform_unmatched"]:
+        out.append("- Not matched: " + ", ".join(f"sparsity {u['sparsity']} at {u['bits']} bits ({u['size_bytes']} B, "
+                                               f"{100 * u['accuracy']:.2f}%)" for u in s["uniform_unmatched"]))
+    return out
+
+
+def _overhead(result: dict[str, Any]) -> list[str]:
+    out = [f"{result['evaluations']} evaluations of digits-mlp ({result['steps']} fine-tuning steps each), the same plans "
+           "in each row; wall time from the first evaluation's start to the last one's end; ratio = wall x workers / loop.", "",
+           "| run | workers | wall s | per-worker ratio to the loop |", "| --- | --- | --- | --- |"]
+    return out + [f"| {name} | {row['workers']} | {row['wall_s']:.1f} | {row['per_worker_ratio']:.3f} |" for name, row in result["rows"].items()]
+
+
+def _scaling(result: dict[str, Any]) -> list[str]:
+    return [f"{result['trials']} trials of {result['steps']} fine-tuning steps: 2 workers ran {result['speedup']:.2f}x the "
+            f"trials per second of 1 (target 1.85x); share of worker time outside evaluation: 1 worker "
+            f"{100 * result['one']['overhead']:.1f}%, 2 workers {100 * result['two']['overhead']:.1f}% (target 5%)."]
+
+
+def _latency(result: dict[str, Any]) -> list[str]:
+    f = result["fidelity"]
+    out = [f"Spearman rank correlation of stored vs fresh-process latencies over {f['trials']} Pareto trials: "
+           f"{f['spearman']:.3f} (target 0.9).", ""]
+    return out + [f"- {row['case']}: channel 50% {row['channel speedup']:.2f}x, rank 1/4 {row['rank speedup']:.2f}x"
+                  for row in result["layer_speedups"]]
+
+
+SECTIONS = {
+    "quality": ("Search quality on digits-mlp (quality.py)", _quality),
+    "overhead": ("Orchestration overhead (overhead.py)", _overhead),
+    "scaling": ("Scaling, 1 vs 2 Ray workers (scaling.py)", _scaling),
+    "latency": ("Latency fidelity (latency_fidelity.py)", _latency),
+}
+
+
+def render() -> str:
+    """RESULTS.md from the full-size runs' JSON (quick runs are smoke tests, not results)."""
+    out = ["# Benchmark results", "",
+           "Generated by `python -m benchmarks all` from `benchmarks/results/*.json`; do not edit by hand.",
+           "Every ratio below was measured side by side within one run on the machine named with it.", ""]
+    for name, (title, section) in SECTIONS.items():
+        path = RESULTS / f"{name}.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            out += [*_heading(title, record), *section(record["result"]), ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=("all", *NAMES, "render"), help="what to run ('render' only rebuilds RESULTS.md)")
+    parser.add_argument("--quick", action="store_true", help="small smoke runs; RESULTS.md keeps the full results")
+    args = parser.parse_args(argv)
+    if args.which != "render":
+        for name in NAMES if args.which == "all" else (args.which,):
+            run_one(name, args.quick)
+    if not args.quick:  # a smoke run's numbers are not results
+        (HERE / "RESULTS.md").write_text(render())
+        print(f"wrote {HERE / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
