@@ -17,7 +17,7 @@ from autocompress.tasks import TaskSpec
 from autocompress.tasks.custom import add_import_path, is_custom
 
 DEFAULT_CONFIG = Path("studies/default.yaml")
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ def test_space_stored_on_the_study_keeps_zero_bounds(cli_study: Path) -> None:
     assert study.user_attrs["space"]["fc1"]["sparsity"] == {"low": 0.0, "high": 0.95, "step": 0.05}
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "random"])
+@pytest.mark.parametrize("sampler", ["nsga2", "gp", "random"])
 def test_samplers_run_in_process(tmp_path: Path, cache_dir: Path, sampler: str) -> None:
     config = load_config(_write_config(tmp_path, cache_dir, trials=2, workers=0, sampler=sampler, warm_start=False))
     study = run_search(config, progress=False)

@@ -113,7 +113,7 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
         ("serch: {trials: 3}", "did you mean 'search'"),
         ("search: {trials: 0}", "search.trials"),
         ("search: {trials: many}", "must be an integer"),
-        ("search: {sampler: cmaes}", "tpe, nsga2, random"),
+        ("search: {sampler: cmaes}", "tpe, nsga2, gp, random"),
         ("finetune: {stepz: 3}", "did you mean 'finetune.steps'"),
         ("search: [1, 2]", "must be a mapping"),
         ("name: [unclosed", "fix the YAML syntax"),
