@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from autocompress.config import load_config
 from autocompress.errors import AutocompressError
 from autocompress.space import parse_space
-from autocompress.tasks import TaskSpec, example_input, untrained_model
+from autocompress.tasks import TaskSpec, model_skeleton
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -39,8 +39,7 @@ SPACES = st.fixed_dictionaries(
 )
 DOCUMENTS = st.recursive(SCALARS | RANGES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5), max_leaves=25)
 
-MODEL = untrained_model(TaskSpec(model="digits-cnn"))
-EXAMPLE = example_input(TaskSpec(model="digits-cnn"))
+MODEL, EXAMPLE = model_skeleton(TaskSpec(model="digits-cnn"))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -104,7 +105,7 @@ def _model_entry(name: str) -> ModelEntry:
     return _lookup(MODELS, name)
 
 
-def _dataset_fn(name: str) -> Callable[[int], DataSplits]:
+def _dataset_fn(name: str) -> Callable[[TaskSpec], DataSplits]:
     return _lookup(DATASETS, name)
 
 
@@ -182,8 +183,16 @@ def _train(model: nn.Module, data: DataSplits, spec: TaskSpec) -> None:
 
 
 def load_data(spec: TaskSpec) -> DataSplits:
-    """The task's splits, resized, converted and subsampled as the spec says."""
-    spec = spec.resolved()
+    """The task's splits, resized, converted and subsampled as the spec says.
+
+    The last spec's splits are kept: validating a search and building its task read the data
+    once (a CIFAR or ImageFolder read takes seconds to minutes). Callers do not modify them.
+    """
+    return _load_data(spec.resolved())
+
+
+@functools.lru_cache(maxsize=1)
+def _load_data(spec: TaskSpec) -> DataSplits:
     data = _dataset_fn(spec.dataset)(spec)  # type: ignore[arg-type]
     data = _reshape_images(data, spec.image_size, spec.channels)
     gen = torch.Generator().manual_seed(spec.seed)
@@ -236,15 +245,23 @@ def _make_model(spec: TaskSpec, data: DataSplits) -> nn.Module:
     return _model_entry(spec.model).factory(num_classes=data.num_classes, input_shape=data.input_shape)
 
 
-def model_skeleton(spec: TaskSpec, batch: int = 2) -> tuple[nn.Module, torch.Tensor]:
-    """The task's model (untrained unless the model brings its own weights) and a small batch
-    of validation inputs, from one load of the data: enough to list, validate and trace it."""
+def _checked_model(spec: TaskSpec) -> tuple[TaskSpec, DataSplits, nn.Module]:
+    """The resolved spec, its data, and its model checked against the data, holding the
+    checkpoint's weights when ``task.weights`` names one."""
     spec = spec.resolved()
     data = load_data(spec)
     model = _make_model(spec, data)
     _check_output(model, data, spec)
     if spec.weights is not None:
-        load_checkpoint(model, spec.weights)  # a mismatch surfaces before anything is stored
+        load_checkpoint(model, spec.weights)
+    return spec, data, model
+
+
+def model_skeleton(spec: TaskSpec, batch: int = 2) -> tuple[nn.Module, torch.Tensor]:
+    """The task's model (untrained unless the model brings its own weights) and a small batch
+    of validation inputs: enough to list, validate and trace it. A checkpoint that does not
+    fit surfaces here, before anything is stored."""
+    _, data, model = _checked_model(spec)
     return model, data.x_val[:batch]
 
 
@@ -268,26 +285,16 @@ def untrained_model(spec: TaskSpec) -> nn.Module:
     return model_skeleton(spec)[0]
 
 
-def example_input(spec: TaskSpec, batch: int = 2) -> torch.Tensor:
-    """A small batch of the task's validation inputs (to trace a model)."""
-    return model_skeleton(spec, batch)[1]
-
-
 def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines") -> Task:
     """Load the data, then the baseline weights: a checkpoint, the model's own, the cache, or
     train them (seconds for digits)."""
-    spec = spec.resolved()
-    data = load_data(spec)
+    torch.manual_seed(spec.seed)
+    spec, data, model = _checked_model(spec)
     entry = _model_entry(spec.model)
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{spec.model}-{spec.dataset}")
     cache = Path(cache_dir) / f"{safe_name}-{spec.key()}.pt"
-    torch.manual_seed(spec.seed)
-    model = _make_model(spec, data)
-    _check_output(model, data, spec)
-    if spec.weights is not None:
-        load_checkpoint(model, spec.weights)
-    elif entry.trained:
-        pass  # a user's model arrives trained
+    if spec.weights is not None or entry.trained:
+        pass  # a checkpoint's weights, or a user's model that arrives trained
     elif cache.is_file():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
     else:
