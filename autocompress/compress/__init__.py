@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress.compress import channel, fold, lowrank, prune, quantize  # noqa: F401  (register techniques)
-from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique, leaf_layers
+from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique, leaf_layers, set_submodule
 from autocompress.compress.channel import remove_channels
 from autocompress.compress.lowrank import Factorized, factorize, full_rank
 from autocompress.compress.prune import Mask
@@ -60,12 +60,6 @@ def layer_map(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def apply(model: nn.Module, plan: CompressionPlan, example: torch.Tensor | None = None) -> nn.Module:
     """Compress ``model`` in place following ``plan`` and return it.
 
@@ -81,7 +75,7 @@ def apply(model: nn.Module, plan: CompressionPlan, example: torch.Tensor | None 
         layers = layer_map(model)
         for name, layer_plan in plan.layers.items():
             if technique.applies(layer_plan):
-                _set_submodule(model, name, technique.apply(layers[name], layer_plan, name, ctx))
+                set_submodule(model, name, technique.apply(layers[name], layer_plan, name, ctx))
     setattr(model, _STRUCTURE_ATTR, {"channels_removed": ctx.channels_removed, "bn_folded": ctx.bn_folded})
     return model
 
@@ -98,7 +92,7 @@ def apply_structure(model: nn.Module, plan: CompressionPlan, changes: dict[str, 
     channels), weights aside, in the order ``apply`` made them."""
     for name, layer_plan in plan.layers.items():
         if layer_plan.rank is not None:
-            _set_submodule(model, name, factorize(model.get_submodule(name), layer_plan.rank, name))
+            set_submodule(model, name, factorize(model.get_submodule(name), layer_plan.rank, name))
     layers = layer_map(model)
     for bn_name, name in changes.get("bn_folded", {}).items():
         fold.replay(model, channel.out_layer(layers[name]), bn_name)

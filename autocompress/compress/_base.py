@@ -20,6 +20,7 @@ class ApplyContext:
     model: nn.Module
     example: torch.Tensor | None = None  # a small input batch (structured pruning traces it)
     channels_removed: dict[str, list[int]] = field(default_factory=dict)  # layer -> channel indices
+    output_layers: set[nn.Module] | None = None  # the layers whose output is the model's (traced once)
     bn_folded: dict[str, str] = field(default_factory=dict)  # BatchNorm name -> layer it was folded into
     batchnorms: dict[nn.Module, str] | None = None  # conv -> the BatchNorm after it (traced once)
 
@@ -48,6 +49,13 @@ class Technique(ABC):
 
 
 TECHNIQUES: Registry[type[Technique]] = Registry("technique")
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the qualified ``name`` inside ``model``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
 
 
 def leaf_layers(layer: nn.Module) -> list[nn.Module]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique
+from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique
 from autocompress.compress.lowrank import Factorized
 from autocompress.errors import SpaceError
 from autocompress.plan import LayerPlan
@@ -56,16 +56,18 @@ def _grouped(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and not (module.groups == module.in_channels == module.out_channels)
 
 
-def produces_output(model: nn.Module, target: nn.Module, example: torch.Tensor) -> bool:
-    """Whether ``target``'s output is the model's output (pruning it would change the classes)."""
-    seen: list[torch.Tensor] = []
-    handle = target.register_forward_hook(lambda m, i, o: seen.append(o))
+def output_layers(model: nn.Module, example: torch.Tensor) -> set[nn.Module]:
+    """The Linear/Conv2d modules whose output is the model's output (pruning their channels
+    would change the classes), from one forward pass."""
+    produced: list[tuple[nn.Module, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda m, i, o: produced.append((m, o))) for m in model.modules() if isinstance(m, COMPRESSIBLE_TYPES)]
     try:
         with torch.no_grad():
             output = model(example)
     finally:
-        handle.remove()
-    return any(o is output for o in seen)
+        for handle in handles:
+            handle.remove()
+    return {m for m, o in produced if o is output}
 
 
 @TECHNIQUES.register("channel")
@@ -79,7 +81,9 @@ class ChannelPrune(Technique):
         if ctx.example is None:
             raise SpaceError(f"layer '{name}': channel pruning needs an example input to trace the model")
         target = out_layer(layer)
-        if produces_output(ctx.model, target, ctx.example):
+        if ctx.output_layers is None:  # one trace for all layers: pruning never changes which one it is
+            ctx.output_layers = output_layers(ctx.model, ctx.example)
+        if target in ctx.output_layers:
             raise SpaceError(
                 f"layer '{name}' produces the model's output; removing its channels would drop classes: "
                 "use sparsity_mode: unstructured for it"

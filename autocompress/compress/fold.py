@@ -14,15 +14,11 @@ import logging
 import torch
 from torch import nn
 
-from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique
-from autocompress.compress.lowrank import Factorized
+from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique, set_submodule
+from autocompress.compress.channel import out_layer
 from autocompress.plan import FULL_PRECISION_BITS, LayerPlan
 
 log = logging.getLogger(__name__)
-
-
-def _out_conv(layer: nn.Module) -> nn.Module:
-    return layer.second if isinstance(layer, Factorized) else layer
 
 
 def following_batchnorms(model: nn.Module) -> dict[nn.Module, str]:
@@ -50,11 +46,6 @@ def following_batchnorms(model: nn.Module) -> dict[nn.Module, str]:
     return found
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def ensure_bias(conv: nn.Conv2d) -> None:
     if conv.bias is None:
         conv.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype))
@@ -72,14 +63,14 @@ def fold(model: nn.Module, conv: nn.Conv2d, bn_name: str) -> None:
     ensure_bias(conv)
     conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
     conv.bias.mul_(scale).add_(shift)
-    _replace(model, bn_name, nn.Identity())
+    set_submodule(model, bn_name, nn.Identity())
 
 
 def replay(model: nn.Module, conv: nn.Module, bn_name: str) -> None:
     """The structure of a fold without its values: what an artifact's loader needs."""
     assert isinstance(conv, nn.Conv2d)
     ensure_bias(conv)
-    _replace(model, bn_name, nn.Identity())
+    set_submodule(model, bn_name, nn.Identity())
 
 
 @TECHNIQUES.register("fold_bn")
@@ -90,7 +81,7 @@ class FoldBatchNorm(Technique):
         return plan.bits < FULL_PRECISION_BITS
 
     def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
-        conv = _out_conv(layer)
+        conv = out_layer(layer)
         if not isinstance(conv, nn.Conv2d):
             return layer
         if ctx.batchnorms is None:  # one trace for all layers
