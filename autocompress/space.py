@@ -40,7 +40,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from autocompress.compress import compressible_layers, full_rank
-from autocompress.compress.channel import channel_prunable, produces_output
+from autocompress.compress.channel import channel_prunable, output_layers
 from autocompress.config import read_yaml
 from autocompress.errors import SpaceError, did_you_mean
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
@@ -77,6 +77,11 @@ class Knob:
     @property
     def fixed(self) -> bool:
         return self.choices is None and self.low is None
+
+    @property
+    def off(self) -> bool:
+        """Switched off: the technique does not apply."""
+        return self.fixed and self.value is None
 
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         if self.choices is not None:
@@ -148,7 +153,7 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if not self.groups:  # ungrouped: every layer is its own group
             self.groups = {name: ls.knobs for name, ls in self.layers.items()}
-            self.layers = {n: ls if ls.group else LayerSpace(**{**ls.__dict__, "group": n}) for n, ls in self.layers.items()}
+            self.layers = {n: ls if ls.group else replace(ls, group=n) for n, ls in self.layers.items()}
 
     def sample(self, trial: optuna.Trial) -> CompressionPlan:
         """Draw a plan from ``trial`` (define-by-run: parameters ``<group>.<knob>``)."""
@@ -165,7 +170,7 @@ class SearchSpace:
     def layer_values(self, group_values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Each layer's knob values from its group's, leaving out knobs that are off for it."""
         return {
-            name: {k: v for k, v in group_values[ls.group].items() if not (ls.knobs[k].fixed and ls.knobs[k].value is None)}
+            name: {k: v for k, v in group_values[ls.group].items() if not ls.knobs[k].off}
             for name, ls in self.layers.items()
         }
 
@@ -244,6 +249,7 @@ class SpaceSpec:
             raise SpaceError(f"no layer is selected ({self.source}): the model's layers are {', '.join(names)}")
         raw: dict[str, dict[str, Knob]] = {}
         result: dict[str, LayerSpace] = {}
+        outputs = output_layers(model, example) if example is not None else set()
         for name in selected:
             module = available[name]
             knobs = {k: self.knobs.get(k, Knob()) for k in KNOBS}
@@ -254,21 +260,22 @@ class SpaceSpec:
             rank_limit = full_rank(module)
             if rank_limit is None:
                 knobs["rank"] = Knob()  # depthwise/grouped convs: factorization does not apply
-            if example is not None and _allows_channel(knobs["sparsity_mode"]) and produces_output(model, module, example):
+            if module in outputs and _allows_channel(knobs["sparsity_mode"]):
                 knobs["sparsity_mode"] = Knob()  # the output layer keeps all its channels
             result[name] = LayerSpace(name, type(module).__name__, tuple(module.weight.shape), rank_limit, knobs)
         if example is not None and any(_allows_channel(ls.knobs["sparsity_mode"]) for ls in result.values()):
             prunable = _channel_prunable(model, example, self.source)
             for name, ls in result.items():
                 if name not in prunable:  # it feeds a grouped conv: its channels stay
-                    result[name] = LayerSpace(**{**ls.__dict__, "knobs": {**ls.knobs, "sparsity_mode": Knob()}})
+                    result[name] = replace(ls, knobs={**ls.knobs, "sparsity_mode": Knob()})
         for i, (globs, _) in enumerate(self.overrides):
             self._check_globs(globs, selected, f"overrides[{i}].layers", edges)
         for group, globs in self.groups.items():
             self._check_globs(globs, selected, f"groups.{group}", edges)
         if self.group_by == "layer" and not self.groups:
             return SearchSpace(result, source=self.source)
-        assignment = {n: self._group_of(n, model, available, selected, matches, edges) for n in selected}
+        blocks = {n: _enclosing(n, available.keys()) for n in available}
+        assignment = {n: self._group_of(n, available, blocks, matches, edges) for n in selected}
         # A layer whose knobs differ from the rest of its group's (an override) is a group of its own.
         first_of: dict[str, str] = {}
         for name in selected:
@@ -280,11 +287,11 @@ class SpaceSpec:
             g = assignment[name]
             members = [n for n in selected if assignment[n] == g]
             # A knob is searched for the group when it applies to at least one member.
-            groups[g] = {k: raw[name][k] if any(not (result[m].knobs[k].fixed and result[m].knobs[k].value is None) for m in members) else Knob() for k in KNOBS}
-            result[name] = LayerSpace(**{**result[name].__dict__, "group": g})
+            groups[g] = {k: raw[name][k] if any(not result[m].knobs[k].off for m in members) else Knob() for k in KNOBS}
+            result[name] = replace(result[name], group=g)
         return SearchSpace(result, source=self.source, groups=groups)
 
-    def _group_of(self, name: str, model: nn.Module, available: dict[str, nn.Module], selected: list[str], matches: Any, edges: dict[str, str]) -> str:
+    def _group_of(self, name: str, available: dict[str, nn.Module], blocks: dict[str, str], matches: Any, edges: dict[str, str]) -> str:
         for group, globs in self.groups.items():
             if matches(name, globs):
                 return group
@@ -292,10 +299,9 @@ class SpaceSpec:
             return name  # the first and last layers are sensitive: never share their knobs
         if self.group_by == "type":
             return _layer_kind(available[name])
-        block = _enclosing(name, available.keys())
         if self.group_by == "block":
-            return block
-        return _enclosing(block, {_enclosing(n, available.keys()) for n in available})  # stage: holds several blocks
+            return blocks[name]
+        return _enclosing(blocks[name], set(blocks.values()))  # stage: holds several blocks
 
     def _check_globs(self, globs: list[str], names: list[str], key: str, edges: dict[str, str] | None = None) -> None:
         for g in globs:
