@@ -105,6 +105,7 @@ class Evaluator:
         self.task = task
         self.example = task.data.x_val[: latency.batch_size]
         self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device)}
+        self._teacher: nn.Module | None = None  # the baseline, for distillation: built once
 
     def _model(self) -> nn.Module:
         if self.device is None:
@@ -150,8 +151,9 @@ class Evaluator:
 
         def run() -> Result:
             model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
-            teacher = self._model().eval() if self.finetune_config.distill else None
-            log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed, teacher=teacher)
+            if self.finetune_config.distill and self._teacher is None:
+                self._teacher = self._model().eval()
+            log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed, teacher=self._teacher)
             result = self.measure(model, plan)
             result.finetune_log = log
             return result
