@@ -28,7 +28,6 @@ from typing import Any
 
 import optuna
 import torch
-import yaml
 from optuna.trial import TrialState
 
 from autocompress.config import load_config
@@ -37,9 +36,8 @@ from autocompress.latency import LatencyConfig
 from autocompress.search import prepare, run_search
 from autocompress.space import SearchSpace
 from autocompress.tasks import Task, build_task
+from benchmarks.quality import study_config
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "studies/digits-mlp.yaml"
 _EVALUATORS: dict[str, Evaluator] = {}  # one per Tune worker process, like one per Ray actor
 
 
@@ -54,15 +52,8 @@ def sampled_params(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]
 
 
 def config_file(folder: Path, name: str, workers: int, n: int, steps: int | None) -> Path:
-    config = yaml.safe_load(CONFIG.read_text())
-    config.update({"name": name, "storage": f"sqlite:///{folder / 'overhead.db'}", "cache_dir": str(folder / "baselines"),
-                   "artifact_dir": str(folder / "artifacts"), "space": str((CONFIG.parent / config["space"]).resolve())})
-    config["search"] = {"trials": n, "workers": workers, "sampler": "random", "seed": 0, "warm_start": False}
-    if steps is not None:
-        config["finetune"]["steps"] = steps
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """studies/digits-mlp.yaml for ``n`` random trials (the plans come from outside) on ``workers``."""
+    return study_config(folder, name, n, "random", 0, steps, workers=workers, warm_start=False)
 
 
 def span(starts: list[float], ends: list[float]) -> float:

@@ -40,8 +40,6 @@ UNIFORM_SPARSITY = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
 UNIFORM_BITS = (2, 3, 4, 6, 8, FULL_PRECISION_BITS)
 ANCHOR_RATIO = 40.0
 ANCHOR_DROP_POINTS = 0.5
-
-
 QUICK_STEPS = 100  # fine-tuning steps in a smoke run
 
 

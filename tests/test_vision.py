@@ -29,7 +29,7 @@ from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.search import run_search
 from autocompress.space import load_space, parse_space
 from autocompress.tasks import MODELS, TaskSpec, build_task, layer_skeleton, load_data
-from tests.helpers import REPO, TinyResNet
+from tests.helpers import REPO, TinyResNet, write_study_config
 
 DEEP = REPO / "search_spaces/deep.yaml"
 # A list of torchvision classifiers with different structure: residual, inverted residual with
@@ -132,20 +132,16 @@ def test_batchnorm_folds_exactly_into_the_conv_before_quantizing() -> None:
 
 
 def _config(folder: Path, task: dict, space: str | None, cache_dir: Path, workers: int = 0, trials: int = 2) -> Path:
-    import yaml
-
-    config = {
-        "name": "vision", "storage": f"sqlite:///{folder / 'v.db'}", "cache_dir": str(cache_dir),
-        "artifact_dir": str(folder / "artifacts"), "task": task,
-        "search": {"trials": trials, "workers": workers, "warm_start": False, "seed": 0, "sampler": "random"},
-        "finetune": {"steps": 2, "batch_size": 8}, "latency": {"batch_size": 2, "max_seconds": 0.05},
-    }
+    """A two-trial search of ``task``: the repo's default space unless ``space`` (YAML) is given."""
+    sections: dict[str, object] = {}
     if space is not None:
         (folder / "space.yaml").write_text(space)
-        config["space"] = "space.yaml"
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+        sections["space"] = "space.yaml"
+    return write_study_config(
+        folder, cache_dir, {"trials": trials, "workers": workers, "warm_start": False, "seed": 0, "sampler": "random"},
+        name="vision", storage=f"sqlite:///{folder / 'v.db'}", artifact_dir=str(folder / "artifacts"), task=task,
+        finetune={"steps": 2, "batch_size": 8}, latency={"batch_size": 2, "max_seconds": 0.05}, **sections,
+    )
 
 
 FAKE = {"dataset": "fakedata", "max_train_samples": 32, "max_eval_samples": 16, "train_epochs": 1, "batch_size": 16}
