@@ -31,7 +31,16 @@ EXAMPLES_DASHBOARD = """examples:
 EXAMPLES_EXPORT = """examples:
   autocompress export autocompress --trial 14                 # writes autocompress-trial14.acz
   autocompress export autocompress --trial 14 -o model.acz
-  python -c "import autocompress; m = autocompress.load('model.acz')"   # an nn.Module again"""
+  python -c "import autocompress; m = autocompress.load('model.acz')"   # an nn.Module again
+  autocompress export autocompress --trial 14 --format onnx   # autocompress-trial14.onnx for ONNX Runtime / OpenVINO
+  autocompress export autocompress --trial 14 --format onnx --precision int8 -o model-int8.onnx
+
+ONNX files: layers at <= 8 bits hold the trial's exact integer codes (int8 + per-channel scales
+through DequantizeLinear); --precision int8 also quantizes their activations (ranges calibrated
+on training batches), so runtimes run integer kernels. Unstructured sparsity stays as zeros in
+dense tensors (ONNX runtimes have no faster sparse kernels); channel pruning and low rank make the
+layers physically smaller. When the study deployed to onnxruntime or openvino at that precision,
+the file written is the very file its accuracy and latency were measured on."""
 
 EXAMPLES_INSPECT = """examples:
   autocompress inspect model.acz
@@ -90,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write a trial's packed model to a file", epilog=EXAMPLES_EXPORT, formatter_class=fmt)
     e.add_argument("name", help="study name")
     e.add_argument("--trial", type=int, required=True, help="trial number (see 'autocompress report')")
-    e.add_argument("-o", "--output", help="output file (default: NAME-trialN.acz in the current folder)")
+    e.add_argument("-o", "--output", help="output file (default: NAME-trialN.acz or .onnx in the current folder)")
+    e.add_argument("--format", default="acz", help="acz (default: the packed artifact, exactly the size measured) or onnx")
+    e.add_argument("--precision", help="onnx only: fp32 or int8 (default: the study's deploy precision for an ONNX runtime, else fp32)")
     e.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
     e.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -185,10 +196,16 @@ def _open_study(name: str, storage: str | None):  # type: ignore[no-untyped-def]
 def _export(args: argparse.Namespace) -> int:
     from autocompress.export import export_trial
 
+    from autocompress.errors import ConfigError
+
+    if args.format not in ("acz", "onnx"):
+        raise ConfigError(f"unknown export format '{args.format}' (--format): use acz or onnx")
+    if args.precision not in (None, "fp32", "int8") or (args.precision and args.format != "onnx"):
+        raise ConfigError(f"--precision {args.precision} applies to --format onnx with fp32 or int8: fix the flags")
     study = _open_study(args.name, args.storage)
-    path = export_trial(study, args.trial, args.output)
+    path, how = export_trial(study, args.trial, args.output, args.format, args.precision)
     trial = study.trials[args.trial]
-    print(f"wrote {path}: {path.stat().st_size} bytes (trial {args.trial}: accuracy {100 * trial.values[0]:.2f}%, size_bytes {int(trial.values[1])})")
+    print(f"wrote {path}: {path.stat().st_size} bytes, {how} (trial {args.trial}: accuracy {100 * trial.values[0]:.2f}%, size_bytes {int(trial.values[1])})")
     return 0
 
 

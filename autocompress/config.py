@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,9 @@ from typing import Any
 import yaml
 
 from autocompress._schema import from_mapping
+from autocompress.deploy.target import LEGACY_LATENCY_KEYS, DeployConfig, from_legacy_latency
 from autocompress.errors import ConfigError
 from autocompress.evaluate import FinetuneConfig
-from autocompress.latency import LatencyConfig
 from autocompress.tasks import TaskSpec
 from autocompress.tasks.custom import add_import_path, is_custom
 
@@ -51,7 +52,7 @@ class StudyConfig:
     space: str | None = None  # space YAML, relative to the config file; None = built-in default
     search: SearchConfig = field(default_factory=SearchConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)  # where latency and accuracy are measured
     pareto: ParetoConfig = field(default_factory=ParetoConfig)
     cache_dir: str = "studies/baselines"  # trained baselines, keyed by task spec
     artifact_dir: str = "studies/artifacts"  # every trial's packed model (optuna-dashboard shows them)
@@ -111,7 +112,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         config = StudyConfig()
     else:
         path = Path(path)
-        config = from_mapping(StudyConfig, read_yaml(path), where=str(path))
+        data, deprecation = _legacy_latency(read_yaml(path), path)
+        config = from_mapping(StudyConfig, data, where=str(path))
+        if deprecation:  # after validation: a mistake still gets its one error line
+            print(deprecation, file=sys.stderr)
         if config.space is not None and not Path(config.space).is_absolute():
             config = replace(config, space=os.path.normpath(path.parent / config.space))
         config = replace(config, source=str(path))
@@ -121,6 +125,24 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if value is not None:
             config = _override(config, key, value)
     return config
+
+
+def _legacy_latency(data: Any, path: Path) -> tuple[Any, str]:
+    """Read an older config's ``latency:`` section as ``deploy:``; the deprecation line to print."""
+    if not isinstance(data, dict) or "latency" not in data:
+        return data, ""
+    section = data["latency"]
+    if "deploy" in data:
+        raise ConfigError(f"both 'latency' and 'deploy' are given ({path}): move the 'latency' keys under 'deploy' and delete 'latency'")
+    if not isinstance(section, dict):
+        raise ConfigError(f"'latency' must be a mapping of keys to values, got {section!r} ({path}): fix its layout")
+    unknown = [k for k in section if k not in LEGACY_LATENCY_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown key 'latency.{unknown[0]}' ({path}): 'latency' is deprecated; use 'deploy' (keys: {', '.join(DeployConfig.__dataclass_fields__)})")
+    warning = f"warning: 'latency:' is deprecated ({path}): move its keys under 'deploy:'" + (
+        " and write 'precision' for 'backend'" if "backend" in section else ""
+    )
+    return {**{k: v for k, v in data.items() if k != "latency"}, "deploy": from_legacy_latency(section)}, warning
 
 
 def _override(config: StudyConfig, key: str, value: Any) -> StudyConfig:

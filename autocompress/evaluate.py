@@ -6,23 +6,28 @@ study storage: it receives a plan and returns a plain :class:`~autocompress.plan
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
 import socket
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from autocompress import compress
-from autocompress.errors import AutocompressError
-from autocompress.latency import LatencyConfig, count_macs, measure_latency
-from autocompress.plan import CompressionPlan, Result
 from autocompress.artifact import pack
+from autocompress.deploy.target import DeployConfig
+from autocompress.deploy.timing import DeviceLock, Timing, device_key, time_alone, time_paired
+from autocompress.errors import AutocompressError
+from autocompress.latency import count_macs
+from autocompress.plan import CompressionPlan, Result
 from autocompress.size import layer_rows
-from autocompress.tasks import DataSplits, Task, evaluate_accuracy
+from autocompress.tasks import DataSplits, Task
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -50,11 +55,16 @@ class FinetuneConfig:
     temperature: float = field(default=4.0, metadata={"min": 1.0})
 
 
-def finetune(model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0, teacher: nn.Module | None = None) -> list[float]:
+def finetune(
+    model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0, teacher: nn.Module | None = None,
+    lock: DeviceLock | None = None,
+) -> list[float]:
     """Train the compressed model briefly; masks and quantizers stay attached. Returns the loss log.
 
     With ``config.distill > 0`` and a ``teacher`` (the baseline), the loss mixes the labels'
     cross-entropy with the KL divergence to the teacher's outputs at ``config.temperature``.
+    Each step is one shared turn of ``lock``: a latency measurement on the device waits for the
+    step to end, and the next step waits for the measurement.
     """
     if config.steps <= 0:
         return []
@@ -67,22 +77,26 @@ def finetune(model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0
     gen = torch.Generator().manual_seed(seed)  # same plan, same result
     x, y = task.data.x_train, task.data.y_train
     log: list[float] = []
+    cuda = x.device.type == "cuda"
     model.train()
     for step in range(config.steps):
         idx = torch.randint(len(x), (config.batch_size,), generator=gen)
-        opt.zero_grad(set_to_none=True)
-        logits = model(x[idx])
-        loss = loss_fn(logits, y[idx])
-        if distill:
-            with torch.no_grad():
-                soft = nn.functional.log_softmax(teacher(x[idx]) / temp, dim=1)  # type: ignore[misc]
-            kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temp, dim=1), soft, log_target=True, reduction="batchmean")
-            loss = (1.0 - distill) * loss + distill * temp * temp * kl
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"fine-tuning diverged at step {step} (loss {loss.item()})")
-        loss.backward()
-        opt.step()
-        sched.step()
+        with lock.shared() if lock is not None else contextlib.nullcontext():
+            opt.zero_grad(set_to_none=True)
+            logits = model(x[idx])
+            loss = loss_fn(logits, y[idx])
+            if distill:
+                with torch.no_grad():
+                    soft = nn.functional.log_softmax(teacher(x[idx]) / temp, dim=1)  # type: ignore[misc]
+                kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temp, dim=1), soft, log_target=True, reduction="batchmean")
+                loss = (1.0 - distill) * loss + distill * temp * temp * kl
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"fine-tuning diverged at step {step} (loss {loss.item()})")
+            loss.backward()
+            opt.step()
+            sched.step()
+            if cuda:  # the step's kernels end inside the turn, not during someone's timing
+                torch.cuda.synchronize(x.device)
         if step % config.log_every == 0 or step == config.steps - 1:
             log.append(round(loss.item(), 5))
     model.eval()
@@ -90,70 +104,173 @@ def finetune(model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0
 
 
 class Evaluator:
-    """Builds and measures compressed variants of one task's baseline."""
+    """Builds compressed variants of one task's baseline and measures them on the deploy target.
 
-    def __init__(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig, device: str = "cpu") -> None:
+    Accuracy and latency both come from the deployed form (``deploy.runtimes``); latency is
+    timed paired with the baseline in an exclusive slot on the target device
+    (``deploy.timing``), or on a remote timing actor when ``timer`` is given (hardware in the
+    loop: a Ray actor handle with ``put_baseline`` / ``time``).
+    """
+
+    def __init__(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig | None = None, device: str = "cpu", timer: Any = None) -> None:
+        from autocompress.deploy.runtimes import runtime
+
         self.finetune_config = finetune
-        self.latency_config = latency
-        try:
-            self.device: torch.device | None = resolve_device(device)
-            self.device_error = ""
-        except AutocompressError as exc:  # every trial fails with the reason; the search stops cleanly
+        self.deploy_config = deploy = deploy or DeployConfig()
+        self.timer = timer
+        self.device: torch.device | None = None
+        self.target = torch.device("cpu")  # where the deployed model runs (deploy.device)
+        self.device_error = ""
+        try:  # any failure here fails every trial with the reason; the search stops cleanly
+            self.device = resolve_device(device)
+            self.target = resolve_device(self.device.type if deploy.device == "auto" else deploy.device)
+            self.runtime = runtime(deploy.runtime)
+            self.runtime.check(deploy.precision, self.target.type)
+        except AutocompressError as exc:
             self.device, self.device_error = None, str(exc)
         if self.device is not None and self.device.type != "cpu":
             task = replace(task, data=DataSplits(**{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in asdict(task.data).items()}))
         self.task = task
-        self.example = task.data.x_val[: latency.batch_size]
-        self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device)}
+        self.example = task.data.x_val[: deploy.batch_size]
+        self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device), "target": self.target.type}
+        self._locks: dict[str, DeviceLock] = {}
         self._teacher: nn.Module | None = None  # the baseline, for distillation: built once
+        self._baseline: tuple[Any, bytes] | None = None  # the baseline's deployed form and file
+        self._baseline_sent = False  # the remote timer holds the baseline
+
+    def lock(self, device: torch.device) -> DeviceLock:
+        """This process's handle on a device's lock (one per device key)."""
+        key = device_key(str(device))
+        if key not in self._locks:
+            self._locks[key] = DeviceLock(key)
+        return self._locks[key]
 
     def _model(self) -> nn.Module:
         if self.device is None:
             raise AutocompressError(self.device_error)
         return self.task.build_model().to(self.device)
 
-    def measure(self, model: nn.Module, plan: CompressionPlan) -> Result:
-        """Accuracy, packed size, latency and counts of a (possibly compressed) model.
+    def _calibration(self) -> list[torch.Tensor]:
+        """Training batches for int8 activation ranges: seeded, so a re-export is the same file."""
+        from autocompress.deploy.onnx_export import calibration_batches
 
-        Packing bakes the model in place; latency is then measured on that deployable form.
+        cfg = self.deploy_config
+        if cfg.precision != "int8":
+            return []
+        return calibration_batches(self.task.data.x_train, self.task.spec.seed, cfg.calibration_batches, cfg.batch_size)
+
+    def deploy(self, model: nn.Module, plan: CompressionPlan) -> Any:
+        """The deployed form of a baked model on the target (exported under the CPU's lock)."""
+        cfg = self.deploy_config
+        if cfg.runtime == "torch":
+            model = model.to(self.target)
+        example = self.example.to(self.target)
+        with self.lock(torch.device("cpu")).shared():
+            return self.runtime.deploy(model, plan, example, cfg.precision, self.target.type, cfg.threads, self._calibration())
+
+    def accuracy(self, deployed: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+        """Top-1 accuracy of the deployed form, one shared turn on the target per batch."""
+        correct = 0
+        lock = self.lock(self.target)
+        for i in range(0, len(x), batch_size):
+            with lock.shared():
+                logits = deployed.predict(x[i : i + batch_size])
+            correct += int((logits.argmax(dim=1) == y[i : i + batch_size].cpu()).sum())
+        return correct / max(1, len(x))
+
+    def _baseline_form(self) -> tuple[Any, bytes]:
+        if self._baseline is None:
+            model = self._model().cpu()
+            packed = pack(model, CompressionPlan(), self.task.artifact_task(), compress.structure(model))
+            deployed = self.deploy(model, CompressionPlan())
+            self._baseline = (deployed, deployed.onnx if deployed.onnx is not None else packed.data)
+        return self._baseline
+
+    def _time(self, deployed: Any, blob: bytes, alone: bool) -> tuple[Timing, str]:
+        """Alone (the baseline) or paired with the baseline; here or on the remote timer."""
+        cfg = self.deploy_config
+        if self.timer is not None:
+            import ray
+
+            if alone:
+                got = ray.get(self.timer.time.remote(None, blob))
+            else:
+                base_deployed, base_blob = self._baseline_form()
+                digest = hashlib.sha256(base_blob).hexdigest()
+                if not self._baseline_sent:
+                    ray.get(self.timer.put_baseline.remote(digest, base_blob))
+                    self._baseline_sent = True
+                got = ray.get(self.timer.time.remote(digest, blob))
+            node = got.pop("node")
+            got["window"] = tuple(got["window"])
+            return Timing(**got), node
+        base = None if alone else self._baseline_form()[0]  # before the slot: exporting takes turns
+        with self.lock(self.target).exclusive():
+            if base is None:
+                return time_alone(deployed, cfg.threshold, cfg.max_seconds), ""
+            return time_paired(base, deployed, cfg.threshold, cfg.max_seconds), ""
+
+    def measure(self, model: nn.Module, plan: CompressionPlan, alone: bool = False) -> Result:
+        """Accuracy, packed size, latency and counts of a (possibly compressed) model, on the target.
+
+        Packing bakes the model in place; the baked model is then deployed, and the deployed form
+        gives accuracy (validation split) and latency (paired with the baseline unless ``alone``).
         """
         data = self.task.data
         model.eval()
-        accuracy = evaluate_accuracy(model, data.x_val, data.y_val)
-        device = next(model.parameters()).device
-        model.cpu()  # the packer reads host memory
+        model.cpu()  # the packer and the exporter read host memory
         rows = layer_rows(model)
         packed = pack(model, plan, self.task.artifact_task(), compress.structure(model))
         for row in rows:
             row["bytes"] = packed.per_layer.get(row["layer"], 0)
-        model.to(device)
-        latency_ms, cv, backend = measure_latency(model, self.example, self.latency_config, plan)
+        macs = count_macs(model, self.example[:1].cpu())
         weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+        params = sum(p.numel() for p in model.parameters())
+        nonzeros = sum(int(torch.count_nonzero(w)) for w in weights)
+        deployed = self.deploy(model, plan)
+        accuracy = self.accuracy(deployed, data.x_val, data.y_val)
+        blob = deployed.onnx if deployed.onnx is not None else packed.data
+        if alone:
+            self._baseline = (deployed, blob)
+        timing, node = self._time(deployed, blob, alone)
+        busy = {key: lock.take_busy() for key, lock in self._locks.items()}
         return Result(
             accuracy=accuracy,
             size_bytes=len(packed.data),
-            latency_ms=latency_ms,
-            latency_cv=cv,
-            latency_backend=backend,
-            params=sum(p.numel() for p in model.parameters()),
-            nonzeros=sum(int(torch.count_nonzero(w)) for w in weights),
-            macs=count_macs(model, self.example),
+            latency_ms=timing.latency_ms,
+            latency_ratio=timing.ratio,
+            latency_cv=timing.cv,
+            latency_capped=timing.capped,
+            latency_backend=deployed.backend,
+            latency_node=node,
+            onnx_bytes=len(deployed.onnx) if deployed.onnx is not None else None,
+            params=params,
+            nonzeros=nonzeros,
+            macs=macs,
             per_layer=rows,
+            windows={"timing": [list(timing.window)], "timing_device": device_key(str(self.target)), "busy": busy},
             artifact=packed.data,
+            onnx=deployed.onnx or b"",
         )
 
     def baseline(self) -> Result:
-        """The uncompressed model measured the same way as every trial (its fp32 artifact)."""
-        return self._timed(lambda: self.measure(self._model(), CompressionPlan()))
+        """The uncompressed model measured on the same target as every trial, timed alone: the
+        reference that trials' paired ratios scale."""
+        return self._timed(lambda: self.measure(self._model(), CompressionPlan(), alone=True))
 
     def evaluate(self, plan: CompressionPlan) -> Result:
         """Compress, fine-tune and measure; any failure becomes ``Result.error``, never an exception."""
+        from autocompress.deploy.qat import int8_activations
 
         def run() -> Result:
             model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
             if self.finetune_config.distill and self._teacher is None:
                 self._teacher = self._model().eval()
-            log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed, teacher=self._teacher)
+            cfg = self.deploy_config
+            # Integer kernels quantize activations too: fine-tune with that rounding (QAT).
+            simulate = cfg.precision == "int8" and cfg.runtime != "torch"
+            with int8_activations(model, plan) if simulate else contextlib.nullcontext():
+                log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed, teacher=self._teacher, lock=self.lock(self.device or torch.device("cpu")))
             result = self.measure(model, plan)
             result.finetune_log = log
             return result

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
@@ -40,11 +41,61 @@ def trial_artifact(study: optuna.Study, number: int) -> bytes:
     return data
 
 
-def export_trial(study: optuna.Study, number: int, output: str | Path | None) -> Path:
+FORMATS = ("acz", "onnx")
+
+
+def export_trial(study: optuna.Study, number: int, output: str | Path | None, fmt: str = "acz", precision: str | None = None) -> tuple[Path, str]:
+    """Write a trial's model as ``acz`` (the packed artifact, exactly what was sized) or ``onnx``;
+    returns the path and how the file came to be."""
+    if fmt not in FORMATS:
+        raise ArtifactError(f"unknown export format '{fmt}' (--format): use one of {', '.join(FORMATS)}")
     data = trial_artifact(study, number)
-    path = Path(output) if output else Path(f"{study.study_name}-trial{number}.acz")
+    path = Path(output) if output else Path(f"{study.study_name}-trial{number}.{fmt}")
+    how = "the packed artifact the search sized"
+    if fmt == "onnx":
+        data, how = trial_onnx(study, number, data, precision)
     artifact.write_atomic(path, data)
-    return path
+    return path, how
+
+
+def study_deploy(study: optuna.Study) -> dict[str, Any]:
+    """The deploy section a study was measured with (older studies: the torch fp32 default)."""
+    from autocompress.deploy.target import DeployConfig
+
+    config = study.user_attrs.get("config") or {}
+    return config.get("deploy") or {**DeployConfig().__dict__}
+
+
+def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str | None) -> tuple[bytes, str]:
+    """A trial's ONNX file: the one its numbers were measured on when the study deployed to an
+    ONNX runtime at this precision, else exported from its packed artifact."""
+    from autocompress.deploy.onnx_export import calibration_batches, to_onnx
+    from autocompress.plan import CompressionPlan
+
+    deploy = study_deploy(study)
+    precision = precision or (deploy["precision"] if deploy["runtime"] != "torch" else "fp32")
+    header, _ = artifact.read_header(packed, f"trial {number}'s artifact")
+    plan = CompressionPlan.from_dict(header["plan"])
+    if precision == "int8" and not any(lp.bits <= 8 for lp in plan.layers.values()):
+        raise ArtifactError(
+            f"trial {number} has no layer at 8 bits or fewer, so nothing in it runs as int8 (--precision int8): "
+            "export it with --precision fp32, or pick a trial with quantized layers"
+        )
+    trial = study.trials[number]
+    stored = trial.user_attrs.get("onnx_artifact_id")
+    if stored and deploy["runtime"] != "torch" and deploy["precision"] == precision:
+        with FileSystemArtifactStore(study.user_attrs["artifact_dir"]).open_reader(stored) as reader:
+            return reader.read(), f"the file measured on {deploy['runtime']} {precision}"
+    model = artifact.loads(packed, f"trial {number}'s artifact")
+    example = torch.zeros(deploy.get("batch_size", 32), *header["task"]["input_shape"])
+    calibration: list[torch.Tensor] = []
+    if precision == "int8":
+        from autocompress.tasks import TaskSpec, load_data
+
+        spec = TaskSpec(**study.user_attrs["task"]).resolved()
+        calibration = calibration_batches(load_data(spec).x_train, spec.seed, deploy.get("calibration_batches", 8), deploy.get("batch_size", 32))
+    data, _ = to_onnx(model, plan, example, precision, calibration)
+    return data, f"exported from the packed artifact ({precision})"
 
 
 def describe(path: str | Path) -> dict[str, Any]:

@@ -59,13 +59,23 @@ class Result:
     Args:
         accuracy: top-1 accuracy on the validation split, in [0, 1].
         size_bytes: bytes of the packed representation (codes, sparse index, scales, the rest).
-        latency_ms: median forward time of one batch, in milliseconds.
+        latency_ms: median forward time of one batch on the deploy target, in milliseconds, as
+            measured in this trial's timing slot (the driver's objective scales the stored
+            baseline latency by ``latency_ratio`` instead, so load that differs between slots
+            cannot move it).
+        latency_ratio: median over paired rounds of this model's time / the baseline's, timed
+            alternately in the same slot (1.0 for the baseline itself).
         params: parameters of the deployable model (after factorization).
         nonzeros: nonzero weights of the deployable model.
         macs: multiply-accumulates of one sample through the deployable model (dense count).
         per_layer: one row per compressed layer (name, params, nonzeros, bits, rank, bytes).
         finetune_log: training loss every few fine-tuning steps.
-        latency_cv: coefficient of variation of the latency repeats.
+        latency_cv: coefficient of variation of the paired ratios (of the block times, alone).
+        latency_capped: the time cap ended the measurement before the CV reached the threshold.
+        latency_backend: what ran: runtime, precision, device, integer kernels.
+        latency_node: the Ray node that timed it when that is not the worker's (deploy.resource).
+        onnx_bytes: length of the ONNX file deployed (ONNX-based runtimes), else None.
+        windows: wall-clock windows of the timing slot and of this worker's shared turns.
         error: why the evaluation failed; None when it succeeded.
         worker: where it ran (host, pid, Ray node id when on Ray).
         artifact: the packed model (``size_bytes`` is its length); not stored as an attribute.
@@ -79,12 +89,18 @@ class Result:
     macs: int = 0
     per_layer: list[dict[str, Any]] = field(default_factory=list)
     finetune_log: list[float] = field(default_factory=list)
+    latency_ratio: float = 1.0
     latency_cv: float = 0.0
-    latency_backend: str = "fp32"
+    latency_capped: bool = False
+    latency_backend: str = "torch fp32 cpu"
+    latency_node: str = ""
+    onnx_bytes: int | None = None
+    windows: dict[str, Any] = field(default_factory=dict)
     eval_seconds: float = 0.0
     error: str | None = None
     worker: dict[str, Any] = field(default_factory=dict)
     artifact: bytes = b""
+    onnx: bytes = b""  # the ONNX file deployed, when the runtime loads one; not an attribute
 
     @property
     def ok(self) -> bool:

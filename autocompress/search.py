@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 
 from autocompress import pareto, tables
 from autocompress.config import StudyConfig
-from autocompress.errors import SearchError, StorageError
+from autocompress.deploy.target import DeployConfig
+from autocompress.errors import AutocompressError, SearchError, StorageError
 from autocompress.evaluate import resolve_device
 from autocompress.plan import Result
 from autocompress.runners import Runner, make_runner
@@ -34,6 +35,9 @@ from autocompress.tasks import Task, build_task, evaluate_accuracy, model_skelet
 
 log = logging.getLogger(__name__)
 
+ONNX_MIMETYPE = "application/onnx"
+# Deploy keys that define what a latency means; a study resumed with others is refused.
+DEPLOY_IDENTITY = ("runtime", "precision", "device", "threads", "batch_size", "resource")
 LEASE_TIMEOUT_S = 60.0  # a driver on another host silent this long is taken for dead
 HEARTBEAT_EVERY_S = 5.0
 
@@ -85,7 +89,24 @@ def prepare(config: StudyConfig) -> SearchSpace:
             raise SearchError("--device cuda with Ray workers needs --gpus-per-worker (e.g. 0.5 to share one GPU between two workers)")
         if not (search.workers and address):  # the workers run on this machine: it needs the GPU
             resolve_device("cuda")
+    check_deploy(config, local=not (search.workers and address))
     return load_space(config.space).resolve(*model_skeleton(config.task))
+
+
+def check_deploy(config: StudyConfig, local: bool) -> None:
+    """Refuse a deploy target that cannot run, before anything is trained or stored."""
+    from autocompress.deploy.runtimes import runtime
+
+    deploy = config.deploy
+    if deploy.resource and not config.search.workers:
+        raise SearchError(f"deploy.resource '{deploy.resource}' times trials on a Ray node: use Ray workers (--workers 1 or more)")
+    device = deploy.device if deploy.device != "auto" else ("cuda" if config.search.device == "cuda" else "cpu")
+    if device == "cuda" and local and not deploy.resource:
+        try:
+            resolve_device("cuda")
+        except AutocompressError as exc:
+            raise SearchError(f"deploy.device cuda: {exc}".replace("(--device)", "(deploy.device)")) from None
+    runtime(deploy.runtime).check(deploy.precision, device)
 
 
 def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:
@@ -104,6 +125,14 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
             f"study '{study.study_name}' was created for another task (differs in {', '.join(diff)}): "
             "choose another --name, pass --new-study, or use the config it was created with"
         )
+    old_deploy = (attrs.get("config") or {}).get("deploy")
+    new_deploy = {k: v for k, v in config.to_dict()["deploy"].items() if k in DEPLOY_IDENTITY}
+    if old_deploy is not None and {k: old_deploy.get(k) for k in DEPLOY_IDENTITY} != new_deploy:
+        diff = [f"{k} {old_deploy.get(k)!r} -> {new_deploy[k]!r}" for k in DEPLOY_IDENTITY if old_deploy.get(k) != new_deploy[k]]
+        raise StorageError(
+            f"study '{study.study_name}' was measured on another deploy target ({', '.join(diff)}): its latencies would not "
+            "compare; choose another --name, pass --new-study, or use the deploy section it was created with"
+        )
     if attrs.get("space") not in (None, space.to_dict()):
         old = attrs["space"]
         diff = sorted(set(old) ^ set(space.to_dict())) or [n for n in old if old[n] != space.to_dict().get(n)]
@@ -113,9 +142,9 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
         )
 
 
-def measure_baseline(task: Task, runner: Runner) -> tuple[dict[str, Any], bytes]:
-    """The uncompressed model's numbers (its fp32 artifact from the same packer) and artifact,
-    measured by a worker: on the device, threads and kernels the trials use."""
+def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[dict[str, Any], Result]:
+    """The uncompressed model's numbers (its fp32 artifact from the same packer, its deployed
+    form on the deploy target) and the result, measured by a worker: on the target the trials use."""
     result = runner.baseline()
     if result.error:
         raise SearchError(f"the baseline model cannot be measured: {result.error}")
@@ -125,14 +154,18 @@ def measure_baseline(task: Task, runner: Runner) -> tuple[dict[str, Any], bytes]
         "size_bytes": result.size_bytes,
         "latency_ms": result.latency_ms,
         "latency_cv": result.latency_cv,
+        "latency_capped": result.latency_capped,
         "latency_backend": result.latency_backend,
+        "latency_node": result.latency_node,
+        "onnx_bytes": result.onnx_bytes,
+        "deploy": deploy.describe(result.worker.get("target")),
         "params": result.params,
         "macs": result.macs,
     }
-    return numbers, result.artifact
+    return numbers, result
 
 
-def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir: str, name: str) -> str:
+def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir: str, name: str, mimetype: str = "application/x-autocompress") -> str:
     """Put a packed model in the study's artifact store (optuna-dashboard lists it); its id."""
     folder = Path(artifact_dir)
     try:
@@ -142,7 +175,7 @@ def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir
             path = Path(tmp) / name
             path.write_bytes(data)
             return upload_artifact(
-                artifact_store=store, file_path=str(path), study_or_trial=owner, mimetype="application/x-autocompress",
+                artifact_store=store, file_path=str(path), study_or_trial=owner, mimetype=mimetype,
             )
     except OSError as exc:
         raise StorageError(
@@ -164,8 +197,15 @@ class Driver:
         self._analysis: pareto.Analysis | None = None  # after the last COMPLETE trial
 
     def run(self) -> optuna.Study:
+        space = prepare(self.config)  # every user mistake surfaces here, before storage or Ray
+        self.runner.connect(self.config.deploy)  # Ray's own checks (deploy.resource), still before storage
+        try:
+            return self._run(space)
+        finally:
+            self.runner.close()
+
+    def _run(self, space: SearchSpace) -> optuna.Study:
         cfg = self.config
-        space = prepare(cfg)  # every user mistake surfaces here, before storage or Ray
         storage = open_storage(cfg.storage)
         study = self._open_study(storage, space)
         tables.ensure_schema(storage.engine)
@@ -180,15 +220,14 @@ class Driver:
         self._last_beat = time.monotonic()
         try:
             self.recover_stale_trials(study)
-            self.runner.start(task, cfg.finetune, cfg.latency, cfg.search.device)
-            try:
-                if "baseline" not in study.user_attrs:
-                    baseline, data = measure_baseline(task, self.runner)
-                    baseline["artifact_id"] = store_artifact(study, data, cfg.artifact_dir, "baseline.acz")
-                    study.set_user_attr("baseline", baseline)
-                self._loop(study, space)
-            finally:
-                self.runner.close()
+            self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device)
+            if "baseline" not in study.user_attrs:
+                baseline, result = measure_baseline(task, self.runner, cfg.deploy)
+                baseline["artifact_id"] = store_artifact(study, result.artifact, cfg.artifact_dir, "baseline.acz")
+                if result.onnx:
+                    baseline["onnx_artifact_id"] = store_artifact(study, result.onnx, cfg.artifact_dir, "baseline.onnx", ONNX_MIMETYPE)
+                study.set_user_attr("baseline", baseline)
+            self._loop(study, space)
         finally:
             tables.heartbeat(self._engine, self.driver_id, time.time(), finished=True)
         return study
@@ -364,19 +403,15 @@ class Driver:
             log.warning("trial %d failed: %s", trial.number, reason)
             return False
         baseline = study.user_attrs.get("baseline", {})
-        metrics = {
-            k: getattr(result, k)
-            for k in ("accuracy", "size_bytes", "latency_ms", "latency_cv", "latency_backend", "params", "nonzeros", "macs", "eval_seconds")
-        }
-        if baseline:
-            metrics["accuracy_drop"] = 100.0 * (baseline["accuracy"] - result.accuracy)
-            metrics["compression_ratio"] = baseline["size_bytes"] / result.size_bytes
-            metrics["speedup"] = baseline["latency_ms"] / result.latency_ms
+        metrics = trial_metrics(result, baseline)
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("per_layer", result.per_layer)
         trial.set_user_attr("finetune_log", result.finetune_log)
+        trial.set_user_attr("windows", result.windows)
         try:
             artifact_id = store_artifact(trial, result.artifact, self.config.artifact_dir, f"trial-{trial.number}.acz")
+            if result.onnx:  # the very file whose accuracy and latency were measured
+                trial.set_user_attr("onnx_artifact_id", store_artifact(trial, result.onnx, self.config.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE))
         except StorageError as exc:
             # The database stays consistent: this trial is failed with the reason, never left RUNNING.
             trial.set_user_attr("fail_reason", f"artifact not stored: {exc}")
@@ -390,11 +425,31 @@ class Driver:
                 trial.set_constraint("max_accuracy_drop", violation)
             # ...but optuna-dashboard 0.21 reads only the older "constraints" system attribute.
             trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
-        study.tell(trial, result.values)
+        study.tell(trial, [result.accuracy, float(result.size_bytes), metrics["latency_ms"]])
         with self._ask_lock():  # drivers sharing a study write their snapshots one at a time
             self._analysis = analysis = pareto.study_analysis(study)
             tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, trial.user_attrs.get("plan", {}), analysis)
         return True
+
+
+def trial_metrics(result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
+    """A trial's stored numbers. Its latency objective is the baseline's stored latency times the
+    paired ratio measured in the trial's own slot: every trial is scaled against one reference,
+    and load that differs between slots moves the baseline and the candidate alike."""
+    metrics: dict[str, Any] = {
+        k: getattr(result, k)
+        for k in (
+            "accuracy", "size_bytes", "latency_ms", "latency_ratio", "latency_cv", "latency_capped", "latency_backend",
+            "latency_node", "onnx_bytes", "params", "nonzeros", "macs", "eval_seconds",
+        )
+    }
+    metrics["latency_ms_measured"] = result.latency_ms  # this slot's own milliseconds, for reference
+    if baseline:
+        metrics["latency_ms"] = baseline["latency_ms"] * result.latency_ratio
+        metrics["accuracy_drop"] = 100.0 * (baseline["accuracy"] - result.accuracy)
+        metrics["compression_ratio"] = baseline["size_bytes"] / result.size_bytes
+        metrics["speedup"] = 1.0 / result.latency_ratio
+    return metrics
 
 
 def _pid_alive(pid: int) -> bool:

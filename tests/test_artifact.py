@@ -10,7 +10,9 @@ import torch
 from autocompress import artifact, compress
 from autocompress.artifact import ArtifactError
 from autocompress.evaluate import Evaluator, FinetuneConfig
-from autocompress.latency import LatencyConfig, count_macs, measure_latency
+from autocompress.deploy.target import DeployConfig
+from autocompress.deploy.runtimes import runtime
+from autocompress.latency import count_macs
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.tasks import DATASETS, TaskSpec, build_task, evaluate_accuracy
 from tests.helpers import TinyResNet
@@ -39,7 +41,7 @@ def test_export_round_trip_reproduces_the_evaluated_model(tmp_path: Path, tasks,
     task = tasks[model_name]
     layers = list(compress.compressible_layers(task.build_model()))
     plan = CompressionPlan(TECHNIQUE_PLANS[techniques](layers))
-    result = Evaluator(task, FinetuneConfig(steps=20), LatencyConfig(max_seconds=0.05)).evaluate(plan)
+    result = Evaluator(task, FinetuneConfig(steps=20), DeployConfig(max_seconds=0.05)).evaluate(plan)
     assert result.ok, result.error
     path = tmp_path / "m.acz"
     artifact.write_atomic(path, result.artifact)
@@ -88,15 +90,19 @@ def test_channel_pruning_keeps_a_residual_net_consistent_and_smaller() -> None:
     assert torch.equal(artifact.loads(packed.data)(x), model(x))
 
 
-def test_latency_reports_cv_and_the_backend_that_ran(tasks) -> None:
+def test_torch_runtime_names_the_kernels_that_run(tasks) -> None:
+    from autocompress.deploy.timing import time_alone
+
     task = tasks["digits-mlp"]
     plan = CompressionPlan({"fc1": LayerPlan(bits=8), "fc2": LayerPlan(bits=4), "fc3": LayerPlan(bits=32)})
     model = compress.bake(compress.apply(task.build_model(), plan).eval())
     x = task.data.x_val[:32]
-    ms, cv, backend = measure_latency(model, x, LatencyConfig(max_seconds=0.3), plan)
-    assert ms > 0 and 0 <= cv < 1 and backend == "fp32"
-    ms, cv, backend = measure_latency(model, x, LatencyConfig(max_seconds=0.3, backend="int8"), plan)
-    assert ms > 0 and backend == "int8-dynamic[fc1,fc2]+fp32"  # fc3 stays fp32 at 32 bits
+    fp32 = runtime("torch").deploy(model, plan, x, "fp32", "cpu")
+    timing = time_alone(fp32, 0.05, 0.3)
+    assert timing.latency_ms > 0 and 0 <= timing.cv < 1 and fp32.backend == "torch fp32 cpu"
+    int8 = runtime("torch").deploy(model, plan, x, "int8", "cpu")
+    assert int8.backend == "torch int8-dynamic[fc1,fc2]+fp32 cpu"  # fc3 stays fp32 at 32 bits
+    assert time_alone(int8, 0.05, 0.3).latency_ms > 0
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ def populated(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path
     url = f"sqlite:///{folder / 'studies.db'}"
     (folder / "good.yaml").write_text(
         f"name: good\nstorage: {url}\ncache_dir: {cache_dir}\nartifact_dir: {folder / 'artifacts'}\n"
-        "search: {trials: 2, workers: 0, seed: 0}\nfinetune: {steps: 5}\nlatency: {max_seconds: 0.05}\n"
+        "search: {trials: 2, workers: 0, seed: 0}\nfinetune: {steps: 5}\ndeploy: {max_seconds: 0.05}\n"
     )
     study = run_search(load_config(folder / "good.yaml"), progress=False)
     trial = study.ask()

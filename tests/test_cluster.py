@@ -40,7 +40,7 @@ def postgres_url() -> str:
 def _config(folder: Path, cache_dir: Path, storage: str, steps: int = 20, **search: object) -> Path:
     return write_study_config(
         folder, cache_dir, search, storage=storage, artifact_dir=str(folder / "artifacts"),
-        finetune={"steps": steps}, latency={"max_seconds": 0.1},
+        finetune={"steps": steps}, deploy={"max_seconds": 0.1},
     )
 
 

@@ -19,7 +19,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # Real key names make the fuzzer reach deep validation paths, not just "unknown key".
 KEYS = st.sampled_from([
-    "name", "storage", "task", "space", "search", "finetune", "latency", "cache_dir", "artifact_dir",
+    "name", "storage", "task", "space", "search", "finetune", "latency", "deploy", "runtime", "precision", "resource", "cache_dir", "artifact_dir",
     "model", "dataset", "seed", "trials", "workers", "sampler", "warm_start", "steps", "lr", "backend",
     "layers", "exclude", "knobs", "overrides", "sparsity", "sparsity_mode", "bits", "rank",
     "low", "high", "step", "log", "fc1", "*",

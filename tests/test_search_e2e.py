@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 def _write_config(folder: Path, cache_dir: Path, **search: object) -> Path:
     return write_study_config(
         folder, cache_dir, search, name="e2e", storage=f"sqlite:///{folder / 'e2e.db'}", task={"model": "digits-cnn"},
-        finetune={"steps": 40}, latency={"max_seconds": 0.2}, pareto={"max_accuracy_drop": 2.0},
+        finetune={"steps": 40}, deploy={"max_seconds": 0.2}, pareto={"max_accuracy_drop": 2.0},
     )
 
 
@@ -315,9 +315,9 @@ def test_an_artifact_write_failure_fails_the_trial_and_stops_cleanly(tmp_path: P
 
 def test_a_failing_plan_becomes_a_failed_result_not_an_exception(cnn_task) -> None:
     from autocompress.evaluate import Evaluator, FinetuneConfig
-    from autocompress.latency import LatencyConfig
+    from autocompress.deploy.target import DeployConfig
     from autocompress.plan import LayerPlan
 
-    evaluator = Evaluator(cnn_task, FinetuneConfig(steps=2), LatencyConfig(max_seconds=0.05))
+    evaluator = Evaluator(cnn_task, FinetuneConfig(steps=2), DeployConfig(max_seconds=0.05))
     result = evaluator.evaluate(CompressionPlan({"fc1": LayerPlan(rank=999)}))
     assert not result.ok and "rank 999" in result.error

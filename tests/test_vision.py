@@ -140,7 +140,7 @@ def _config(folder: Path, task: dict, space: str | None, cache_dir: Path, worker
     return write_study_config(
         folder, cache_dir, {"trials": trials, "workers": workers, "warm_start": False, "seed": 0, "sampler": "random"},
         name="vision", storage=f"sqlite:///{folder / 'v.db'}", artifact_dir=str(folder / "artifacts"), task=task,
-        finetune={"steps": 2, "batch_size": 8}, latency={"batch_size": 2, "max_seconds": 0.05}, **sections,
+        finetune={"steps": 2, "batch_size": 8}, deploy={"batch_size": 2, "max_seconds": 0.05}, **sections,
     )
 
 

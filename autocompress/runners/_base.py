@@ -3,7 +3,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from autocompress.evaluate import FinetuneConfig
-from autocompress.latency import LatencyConfig
+from autocompress.deploy.target import DeployConfig
 from autocompress.plan import CompressionPlan, Result
 from autocompress.registry import Registry
 from autocompress.tasks import Task
@@ -12,7 +12,7 @@ from autocompress.tasks import Task
 class Runner(ABC):
     """Evaluates plans somewhere and hands results back to the driver.
 
-    The driver calls :meth:`start` once, then :meth:`submit` while fewer than :attr:`capacity`
+    The driver calls :meth:`connect`, then :meth:`start` once, then :meth:`submit` while fewer than :attr:`capacity`
     trials are in flight and :meth:`next_result` to collect one, and :meth:`close` at the end
     (also after an error or Ctrl-C). A runner never touches the study storage, and an
     evaluation that fails comes back as a :class:`Result` with ``error`` set, not as an exception.
@@ -29,9 +29,14 @@ class Runner(ABC):
         the next trial before storing the last one's result)."""
         return True
 
+    def connect(self, deploy: DeployConfig) -> None:  # noqa: B027  (optional hook)
+        """Reach the workers' infrastructure and check it can serve ``deploy`` (called before
+        the study storage is touched, so a mistake there writes nothing). Does nothing by default."""
+
     @abstractmethod
-    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig, device: str = "auto") -> None:
-        """Prepare workers that can evaluate plans on ``task`` (on ``device``: auto, cpu, cuda)."""
+    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto") -> None:
+        """Prepare workers that fine-tune on ``device`` (auto, cpu, cuda) and measure every model
+        on the ``deploy`` target."""
 
     @abstractmethod
     def baseline(self) -> Result:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 from autocompress.evaluate import Evaluator, FinetuneConfig
-from autocompress.latency import LatencyConfig
+from autocompress.deploy.target import DeployConfig
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task
@@ -25,8 +25,8 @@ class LocalRunner(Runner):
     def runs_in_background(self) -> bool:
         return False  # submit evaluates on the spot
 
-    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig, device: str = "auto") -> None:
-        self._evaluator = Evaluator(task, finetune, latency, device)
+    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto") -> None:
+        self._evaluator = Evaluator(task, finetune, deploy, device)
 
     def baseline(self) -> Result:
         assert self._evaluator is not None, "start() first"

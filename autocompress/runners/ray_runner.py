@@ -16,7 +16,7 @@ from typing import Any
 
 from autocompress.errors import AutocompressError
 from autocompress.evaluate import FinetuneConfig
-from autocompress.latency import LatencyConfig
+from autocompress.deploy.target import DeployConfig
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task
@@ -25,23 +25,91 @@ from autocompress.tasks import Task
 class _EvaluatorActor:
     """Holds one Evaluator; its task arrives once through the object store."""
 
-    def __init__(self, payload: dict[str, Any], finetune: FinetuneConfig, latency: LatencyConfig, device: str) -> None:
+    def __init__(self, payload: dict[str, Any], finetune: FinetuneConfig, deploy: DeployConfig, device: str, timer: Any = None) -> None:
         import torch
 
         from autocompress.evaluate import Evaluator
 
-        torch.set_num_threads(latency.threads)
-        self.evaluator = Evaluator(Task.from_payload(payload), finetune, latency, device)
+        torch.set_num_threads(deploy.threads)
+        self.evaluator = Evaluator(Task.from_payload(payload), finetune, deploy, device, timer=timer)
 
-    def baseline(self) -> dict[str, Any]:
-        return self.evaluator.baseline().to_dict()
-
-    def evaluate(self, plan: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, result: Result) -> dict[str, Any]:
         import ray
 
-        result = self.evaluator.evaluate(CompressionPlan.from_dict(plan))
-        result.worker["node_id"] = ray.get_runtime_context().get_node_id()
+        node = ray.get_runtime_context().get_node_id()
+        result.worker["node_id"] = node
+        if not result.latency_node:  # timed where it was evaluated
+            result.latency_node = node
         return result.to_dict()
+
+    def baseline(self) -> dict[str, Any]:
+        return self._finish(self.evaluator.baseline())
+
+    def evaluate(self, plan: dict[str, Any]) -> dict[str, Any]:
+        return self._finish(self.evaluator.evaluate(CompressionPlan.from_dict(plan)))
+
+
+class _TimingActor:
+    """Times deployed models on the node holding ``deploy.resource`` (hardware in the loop).
+
+    Evaluator actors send it files (the ONNX file, or the packed artifact for the torch runtime):
+    the baseline once, then each candidate, timed paired with it in this node's exclusive slot.
+    Its methods run one at a time, so its own measurements never overlap either.
+    """
+
+    def __init__(self, deploy: DeployConfig, example: Any, import_paths: list[str]) -> None:
+        import sys
+
+        import torch
+
+        from autocompress.deploy.runtimes import runtime
+        from autocompress.deploy.timing import DeviceLock, device_key
+        from autocompress.evaluate import resolve_device
+
+        for folder in import_paths:  # a module:function model rebuilds from the driver's folders
+            if folder not in sys.path:
+                sys.path.append(folder)
+        torch.set_num_threads(deploy.threads)
+        self.deploy = deploy
+        self.device = resolve_device("cpu" if deploy.device == "auto" else deploy.device)
+        self.runtime = runtime(deploy.runtime)
+        self.example = example.to(self.device)
+        self.lock = DeviceLock(device_key(str(self.device)))
+        self.baselines: dict[str, Any] = {}  # sha256 of the file -> its deployed form
+
+    def check(self) -> str:
+        """Raises here what the runtime lacks on this node; the node id."""
+        import ray
+
+        self.runtime.check(self.deploy.precision, self.device.type)
+        return ray.get_runtime_context().get_node_id()
+
+    def _load(self, blob: bytes) -> Any:
+        if self.deploy.runtime != "torch":
+            return self.runtime.load_onnx(blob, self.example, self.device.type, self.deploy.threads, self.deploy.precision)
+        from autocompress import artifact
+
+        header, _ = artifact.read_header(blob)
+        model = artifact.loads(blob).to(self.device)
+        return self.runtime.deploy(model, CompressionPlan.from_dict(header["plan"]), self.example, self.deploy.precision, self.device.type, self.deploy.threads)
+
+    def put_baseline(self, digest: str, blob: bytes) -> None:
+        if digest not in self.baselines:
+            self.baselines[digest] = self._load(blob)
+
+    def time(self, digest: str | None, blob: bytes) -> dict[str, Any]:
+        import ray
+
+        from autocompress.deploy.timing import time_alone, time_paired
+
+        candidate = self._load(blob)
+        cfg = self.deploy
+        with self.lock.exclusive():
+            if digest is None:
+                timing = time_alone(candidate, cfg.threshold, cfg.max_seconds)
+            else:
+                timing = time_paired(self.baselines[digest], candidate, cfg.threshold, cfg.max_seconds)
+        return {**timing.to_dict(), "node": ray.get_runtime_context().get_node_id()}
 
 
 @dataclass
@@ -77,12 +145,15 @@ class RayRunner(Runner):
         self._idle: list[Any] = []  # actors with nothing to do
         self._pending: dict[Any, _Job] = {}  # ObjectRef -> the job it computes
         self.replaced = 0  # actors replaced after a death or a timeout (for reports and tests)
+        self._timer: Any = None  # the timing actor on the deploy.resource node, if any
+        self.timing_node = ""  # its node id
 
     @property
     def capacity(self) -> int:
         return self.workers
 
-    def start(self, task: Task, finetune: FinetuneConfig, latency: LatencyConfig, device: str = "auto") -> None:
+    def connect(self, deploy: DeployConfig) -> None:
+        """Start or join Ray; refuse a ``deploy.resource`` that no node of the cluster has."""
         import ray
 
         if not ray.is_initialized():
@@ -104,9 +175,44 @@ class RayRunner(Runner):
                 where = self.address or "a local Ray instance"
                 raise AutocompressError(f"cannot start or join Ray ({where}): {exc}") from None
             self._started_ray = True
+        name = deploy.resource
+        if name:
+            have = ray.cluster_resources()
+            if not have.get(name):
+                custom = sorted(k for k in have if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:"))
+                self.close()
+                raise AutocompressError(
+                    f"no node of the Ray cluster has the resource '{name}' (deploy.resource; custom resources there: "
+                    f"{', '.join(custom) or 'none'}): start the target node with ray start --resources '{{\"{name}\": 1}}'"
+                )
+
+    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto") -> None:
+        import ray
+
+        self.connect(deploy)
+        timer = self._timing_actor(task, deploy) if deploy.resource else None
         self._actor_cls = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)(_EvaluatorActor)
-        self._actor_args = (ray.put(task.payload()), finetune, latency, device)
+        self._actor_args = (ray.put(task.payload()), finetune, deploy, device, timer)
         self._idle = [self._new_actor() for _ in range(self.workers)]
+
+    def _timing_actor(self, task: Task, deploy: DeployConfig) -> Any:
+        """The actor on a node with ``deploy.resource``; refused up front when no node has it."""
+        import ray
+
+        from autocompress.tasks.custom import IMPORT_PATHS
+
+        name = deploy.resource
+        # A small share of the resource: several searches may time on the same target node, and
+        # the node's device lock keeps their measurements apart.
+        actor = ray.remote(num_cpus=0, resources={name: 0.01}, max_restarts=1)(_TimingActor).remote(
+            deploy, task.data.x_val[: deploy.batch_size].cpu(), list(IMPORT_PATHS)
+        )
+        try:
+            self.timing_node = ray.get(actor.check.remote(), timeout=600)
+        except ray.exceptions.RayTaskError as exc:
+            raise AutocompressError(f"the timing node for '{name}' cannot run the deploy target: {exc.cause}") from None
+        self._timer = actor
+        return actor
 
     def _new_actor(self) -> Any:
         return self._actor_cls.remote(*self._actor_args)
@@ -182,8 +288,9 @@ class RayRunner(Runner):
     def close(self) -> None:
         import ray
 
-        for actor in self._idle + [job.actor for job in self._pending.values()]:
+        for actor in self._idle + [job.actor for job in self._pending.values()] + ([self._timer] if self._timer else []):
             ray.kill(actor, no_restart=True)
+        self._timer = None
         self._idle, self._pending = [], {}
         if self._started_ray:
             ray.shutdown()

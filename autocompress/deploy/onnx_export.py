@@ -1,0 +1,222 @@
+"""A compressed model as an ONNX file: the form ONNX Runtime, OpenVINO and TensorRT load.
+
+``torch.onnx.export`` (the ``torch.export`` based exporter) writes the baked model: channel-pruned
+layers are physically smaller, factorized layers are their two ops, folded BatchNorms are gone.
+Two passes then put in what the exporter cannot know:
+
+* Weights of layers at <= 8 bits become the trial's exact integer codes, as int8 initializers
+  with their per-channel scales feeding ``DequantizeLinear`` (QDQ). Dequantized, they equal the
+  evaluated weights bit for bit (``codes * scale`` in float32 both ways).
+* With ``precision="int8"``, ONNX Runtime's static quantizer adds ``QuantizeLinear`` /
+  ``DequantizeLinear`` pairs on the activations of those layers, with ranges calibrated on
+  training batches, so runtimes fuse them into integer kernels (QLinearConv, QGemm...). The
+  weights' scales are handed to it as overrides, so it keeps the trial's codes.
+
+Unstructured sparsity stays as zeros in dense tensors: ONNX has no sparse kernels that run faster.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.compress import COMPRESSIBLE_TYPES, layer_map, leaf_layers
+from autocompress.compress.quantize import FakeQuant
+from autocompress.errors import DeployError
+from autocompress.plan import CompressionPlan
+
+OPSET = 20  # what the exporter writes today; ONNX Runtime >= 1.17 and OpenVINO read it
+INPUT, OUTPUT = "input", "logits"
+
+
+class ExportError(DeployError):
+    """A model cannot be written as ONNX."""
+
+
+def quantized_weights(model: nn.Module, plan: CompressionPlan) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"fc1.weight": (int8 codes, float32 scales)}`` for every leaf of a layer at <= 8 bits.
+
+    The model is baked: its weights are ``codes * scale`` exactly, and the quantizer's own scale
+    rule gives the scale back; a weight that does not round-trip exactly is refused.
+    """
+    layers = layer_map(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for layer, lp in plan.layers.items():
+        if lp.bits > 8 or layer not in layers:
+            continue
+        quantizer = FakeQuant(lp.bits)
+        for leaf in leaf_layers(layers[layer]):
+            weight = leaf.weight.detach().cpu().float()
+            scale = quantizer.scale(weight)
+            codes = quantizer.codes(weight, scale)
+            if not torch.equal(codes * scale, weight):
+                raise ExportError(f"layer '{layer}': its weights are not {lp.bits}-bit codes times a scale; export the model as evaluated (baked)")
+            found[f"{names[id(leaf)]}.weight"] = (codes.to(torch.int8).numpy(), scale.reshape(-1).numpy().astype(np.float32))
+    return found
+
+
+def export_fp32(model: nn.Module, example: torch.Tensor) -> "onnx.ModelProto":  # noqa: F821
+    """The baked model as an ONNX graph with a dynamic batch axis."""
+    model = model.eval().cpu()
+    example = example.cpu()
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    # The exporter and torch.export report progress and advice on every call; none of it is ours.
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo", "torch._export")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), torch.no_grad(), _silence():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_shapes=({0: batch},), opset_version=OPSET, verbose=False, optimize=True,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean the same to a user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx.export cannot export this model ({type(exc).__name__}: {first[:200]})") from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    return program.model_proto
+
+
+class _silence:
+    """Swallow the exporter's prints to stdout (it reports its steps with print)."""
+
+    def __enter__(self) -> None:
+        import contextlib
+
+        self._ctx = contextlib.redirect_stdout(io.StringIO())
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def _weight_qdq(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:  # type: ignore[no-untyped-def]
+    """Replace float weight initializers by int8 codes -> DequantizeLinear (axis 0). Returns the
+    names replaced (an initializer the exporter renamed or folded is left as it is)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    replaced, nodes = [], []
+    for name, (codes, scale) in weights.items():
+        init = inits.get(name)
+        if init is None or tuple(init.dims) != codes.shape:
+            continue
+        proto.graph.initializer.remove(init)
+        proto.graph.initializer.extend([
+            numpy_helper.from_array(codes, f"{name}_quantized"),
+            numpy_helper.from_array(scale, f"{name}_scale"),
+            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
+        ])
+        nodes.append(helper.make_node(
+            "DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"], [name],
+            name=f"{name}_DequantizeLinear", axis=0,
+        ))
+        replaced.append(name)
+    # Constants first keeps the graph topologically sorted.
+    existing = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes + existing)
+    return replaced
+
+
+def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], calibration: Iterable[np.ndarray]):  # type: ignore[no-untyped-def]
+    """ONNX Runtime's static QDQ quantizer over the nodes whose weight is quantized, keeping
+    the trial's codes (scales given as overrides). Returns (model, node names quantized)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    targets = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in weights]
+    overrides = {
+        name: [{"scale": np.float32(s), "zero_point": np.int8(0), "axis": 0} for s in scale]
+        for name, (_, scale) in weights.items()
+    }
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([{INPUT: b} for b in calibration])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self._batches, None)
+
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, str(src))
+        try:
+            root.setLevel(logging.ERROR)  # the quantizer advises pre-processing on the root logger
+            # Symmetric int8 activations and weights (S8S8): what ORT recommends for QDQ on x86.
+            quantize_static(
+                str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=targets,
+                extra_options={
+                    "ActivationSymmetric": True, "WeightSymmetric": True, "TensorQuantOverrides": overrides,
+                    "QDQDisableWeightAdjustForInt32Bias": True,  # keep the trial's scales
+                },
+            )
+        finally:
+            root.setLevel(level)
+        return onnx.load(str(dst)), targets
+
+
+def _check_codes(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:  # type: ignore[no-untyped-def]
+    """The int8 initializers hold the trial's codes exactly (what the quantizer wrote is checked)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    for name, (codes, _) in weights.items():
+        stored = inits.get(f"{name}_quantized")
+        if stored is not None and not np.array_equal(numpy_helper.to_array(stored), codes):
+            raise ExportError(f"weight '{name}': the int8 initializer differs from the trial's codes; this onnxruntime version quantizes differently")
+
+
+def calibration_batches(x: torch.Tensor, seed: int, batches: int, batch_size: int) -> list[torch.Tensor]:
+    """Training inputs for int8 activation ranges: seeded, so a re-export writes the same file."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=gen)[: batches * batch_size].to(x.device)
+    return [x[order[i : i + batch_size]].cpu() for i in range(0, len(order), batch_size)]
+
+
+def to_onnx(
+    model: nn.Module,
+    plan: CompressionPlan,
+    example: torch.Tensor,
+    precision: str = "fp32",
+    calibration: Iterable[torch.Tensor] = (),
+) -> tuple[bytes, list[str]]:
+    """The ONNX file of a baked compressed model, and the weights stored as int8 codes.
+
+    Args:
+        example: an input batch (its shape, batch axis aside, is the file's input shape).
+        precision: ``fp32`` (integer codes, float activations) or ``int8`` (also quantized
+            activations: integer kernels).
+        calibration: input batches for the activation ranges (``int8`` only).
+    """
+    if not any(isinstance(m, COMPRESSIBLE_TYPES) for m in model.modules()):
+        raise ExportError("the model has no Linear or Conv2d layer to export")
+    weights = quantized_weights(model, plan)
+    proto = export_fp32(model, example)
+    if precision == "int8" and weights:
+        batches = [b.detach().cpu().float().numpy() for b in calibration]
+        if not batches:
+            raise ExportError("int8 export needs calibration batches (training inputs) for the activation ranges")
+        proto, _ = _int8_activations(proto, weights, batches)
+        _check_codes(proto, weights)
+        stored = [n for n in weights if any(i.name == f"{n}_quantized" for i in proto.graph.initializer)]
+    else:
+        stored = _weight_qdq(proto, weights)
+    proto.producer_name = "autocompress"
+    return proto.SerializeToString(), stored

@@ -1,0 +1,269 @@
+"""Runtimes a compressed model ships to: one registry, one deployed form per model.
+
+``RUNTIMES.get(name)().deploy(...)`` turns a baked model into what that runtime runs (the module
+itself, or the ONNX file in an ONNX Runtime or OpenVINO session) bound to an example batch; the
+evaluator measures accuracy with :meth:`Deployed.predict` and latency with
+:meth:`Deployed.run_block`, so both numbers come from the form that ships.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.deploy.onnx_export import INPUT, to_onnx
+from autocompress.errors import DeployError
+from autocompress.plan import CompressionPlan
+from autocompress.registry import Registry
+
+# Ops that run integer arithmetic (what an int8 deploy must show in its optimized graph).
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd")
+
+
+class Deployed(ABC):
+    """A model in the form its runtime runs, bound to one example batch for timing."""
+
+    backend: str = ""  # what runs, e.g. "onnxruntime 1.32 int8 cpu [QLinearConv x2, QGemm x2]"
+    onnx: bytes | None = None  # the file loaded, for ONNX-based runtimes
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch, on the CPU."""
+
+    @abstractmethod
+    def run_block(self, n: int) -> float:
+        """Seconds for ``n`` forward passes on the bound example, device work finished."""
+
+
+class Runtime(ABC):
+    """One deploy runtime. :meth:`check` runs before a search starts (a missing package or an
+    unsupported device is an error then, not in every trial); :meth:`deploy` once per model."""
+
+    @abstractmethod
+    def check(self, precision: str, device: str) -> None:
+        """Raise DeployError when this runtime cannot run ``precision`` on ``device`` here."""
+
+    @abstractmethod
+    def deploy(
+        self, model: nn.Module, plan: CompressionPlan, example: torch.Tensor, precision: str, device: str,
+        threads: int = 1, calibration: Iterable[torch.Tensor] = (),
+    ) -> Deployed:
+        """The deployed form of a baked model (``example``: the timed batch, on any device)."""
+
+    def load_onnx(self, data: bytes, example: torch.Tensor, device: str, threads: int = 1, precision: str = "") -> Deployed:
+        """A deployed form from an ONNX file (ONNX-based runtimes; for timing on another node)."""
+        raise DeployError(f"runtime {type(self).__name__} does not load ONNX files")
+
+
+RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
+
+
+# ---- PyTorch ---------------------------------------------------------------------------------
+
+
+class _TorchDeployed(Deployed):
+    def __init__(self, model: nn.Module, example: torch.Tensor, backend: str) -> None:
+        self.model = model.eval()
+        self.example = example
+        self.backend = backend
+        self.cuda = example.device.type == "cuda"
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.example.device)).float().cpu()
+
+    @torch.inference_mode()
+    def run_block(self, n: int) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.cuda:  # GPU work is asynchronous: time it with events after a sync
+                torch.cuda.synchronize(self.example.device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(n):
+                    self.model(self.example)
+                end.record()
+                end.synchronize()
+                return start.elapsed_time(end) / 1e3
+            t0 = time.perf_counter()
+            for _ in range(n):
+                self.model(self.example)
+            return time.perf_counter() - t0
+
+
+@RUNTIMES.register("torch")
+class TorchRuntime(Runtime):
+    """The baked ``nn.Module`` in eager PyTorch. int8: PyTorch's dynamic int8 kernels for the
+    Linear layers at <= 8 bits (CPU only); convolutions stay float32."""
+
+    def check(self, precision: str, device: str) -> None:
+        if precision == "int8" and device == "cuda":
+            raise DeployError(
+                "deploy.precision int8 with runtime torch runs PyTorch's dynamic int8 kernels, which are CPU-only: "
+                "use deploy.device cpu, or deploy.runtime onnxruntime for int8 on a GPU"
+            )
+
+    def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):  # type: ignore[no-untyped-def]
+        from autocompress.latency import int8_model
+
+        where = "cpu" if example.device.type == "cpu" else example.device.type
+        backend = f"torch fp32 {where}"
+        if precision == "int8" and where == "cpu":
+            quantized, linear_layers = int8_model(model, plan)
+            if linear_layers:
+                rest = "+fp32" if any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in quantized.modules()) else ""
+                return _TorchDeployed(quantized, example, f"torch int8-dynamic[{','.join(linear_layers)}]{rest} cpu")
+        return _TorchDeployed(model, example, backend)
+
+
+# ---- ONNX Runtime ----------------------------------------------------------------------------
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().float().numpy())
+
+
+class _SessionDeployed(Deployed):
+    """Shared by the ONNX-based runtimes: a callable on numpy batches."""
+
+    def __init__(self, example: torch.Tensor, backend: str, onnx: bytes) -> None:
+        self.example = _numpy(example)
+        self.backend = backend
+        self.onnx = onnx
+
+    @abstractmethod
+    def _run(self, x: np.ndarray) -> np.ndarray: ...
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self._run(_numpy(x)), dtype=np.float32))
+
+    def run_block(self, n: int) -> float:
+        x = self.example
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self._run(x)
+        return time.perf_counter() - t0
+
+
+class _OrtDeployed(_SessionDeployed):
+    def __init__(self, session, example: torch.Tensor, backend: str, onnx: bytes) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(example, backend, onnx)
+        self.session = session
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {INPUT: x})[0]
+
+
+def _export(model, plan, example, precision, calibration) -> bytes:  # type: ignore[no-untyped-def]
+    data, _ = to_onnx(model, plan, example, precision, calibration)
+    return data
+
+
+def integer_kernels(optimized_graph_ops: Iterable[str]) -> str:
+    """``QLinearConv x2, QGemm x2``: the integer kernels an optimized graph runs."""
+    counts = collections.Counter(op for op in optimized_graph_ops if op in INTEGER_OPS)
+    return ", ".join(f"{op} x{k}" for op, k in sorted(counts.items()))
+
+
+@RUNTIMES.register("onnxruntime")
+class OnnxRuntime(Runtime):
+    """The trial's ONNX file in an ONNX Runtime session (CPU, or CUDA where the CUDA provider is
+    installed), all graph optimizations on, ``threads`` intra-op threads."""
+
+    def check(self, precision: str, device: str) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DeployError("deploy.runtime onnxruntime needs the onnxruntime package: pip install onnxruntime") from None
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DeployError(
+                "deploy.device cuda with onnxruntime needs its CUDA provider (pip install onnxruntime-gpu); "
+                f"this install has {', '.join(ort.get_available_providers())}: use deploy.device cpu"
+            )
+
+    def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):  # type: ignore[no-untyped-def]
+        data = _export(model, plan, example, precision, calibration)
+        return self.load_onnx(data, example, device, threads, precision)
+
+    def load_onnx(self, data: bytes, example: torch.Tensor, device: str, threads: int = 1, precision: str = "") -> Deployed:
+        import onnx
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: ORT warns about its own optimized-model file
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        with tempfile.TemporaryDirectory() as tmp:
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")  # to read the kernels chosen
+            try:
+                session = ort.InferenceSession(data, options, providers=providers)
+            except Exception as exc:  # ORT raises its own exception types
+                raise DeployError(f"ONNX Runtime cannot load the exported model: {str(exc).splitlines()[0][:200]}") from None
+            ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node] if os.path.exists(options.optimized_model_filepath) else []
+        kernels = integer_kernels(ops)
+        precision = "int8" if kernels else "fp32"  # what runs: a model with no layer at <= 8 bits stays float
+        backend = f"onnxruntime {ort.__version__} {precision} {device}" + (f" [{kernels}]" if kernels else "")
+        return _OrtDeployed(session, example, backend, data)
+
+
+# ---- OpenVINO --------------------------------------------------------------------------------
+
+
+class _OvDeployed(_SessionDeployed):
+    def __init__(self, compiled, example: torch.Tensor, backend: str, onnx: bytes) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(example, backend, onnx)
+        self.request = compiled.create_infer_request()
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x})
+        return self.request.get_output_tensor(0).data.copy()
+
+
+@RUNTIMES.register("openvino")
+class OpenVinoRuntime(Runtime):
+    """The trial's ONNX file compiled by OpenVINO for the CPU (QDQ pairs become its int8
+    FakeQuantize ops), latency hint, one stream, ``threads`` inference threads."""
+
+    def check(self, precision: str, device: str) -> None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise DeployError("deploy.runtime openvino needs the openvino package: pip install 'autocompress[openvino]'") from None
+        if device == "cuda":
+            raise DeployError("deploy.runtime openvino runs on the CPU here, not on CUDA GPUs: use deploy.device cpu, or runtime onnxruntime")
+
+    def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):  # type: ignore[no-untyped-def]
+        data = _export(model, plan, example, precision, calibration)
+        return self.load_onnx(data, example, device, threads, precision)
+
+    def load_onnx(self, data: bytes, example: torch.Tensor, device: str, threads: int = 1, precision: str = "") -> Deployed:
+        import openvino as ov
+
+        core = ov.Core()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(data)
+            try:
+                model = core.read_model(str(path))
+                compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+            except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+                raise DeployError(f"OpenVINO cannot compile the exported model: {str(exc).splitlines()[0][:200]}") from None
+        precision = precision or "fp32"
+        return _OvDeployed(compiled, example, f"openvino {ov.__version__.split('-')[0]} {precision} cpu", data)
+
+
+def runtime(name: str) -> Runtime:
+    return RUNTIMES.get(name)()
