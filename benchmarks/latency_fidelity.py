@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from autocompress import compress
-from autocompress.latency import LatencyConfig, measure_latency
+from autocompress.deploy.target import DeployConfig
 from autocompress.plan import CompressionPlan, LayerPlan
 
 SPACE = """
@@ -37,7 +37,15 @@ knobs:
 """
 
 
-def remeasure_in_fresh_process(study: optuna.Study, numbers: list[int], config: LatencyConfig) -> dict[int, float]:
+def torch_ms(model: nn.Module, x: torch.Tensor, config: DeployConfig) -> float:
+    """Median ms of one forward pass of a baked model in eager PyTorch, timed alone."""
+    from autocompress.deploy.runtimes import runtime
+    from autocompress.deploy.timing import time_alone
+
+    return time_alone(runtime("torch").deploy(model, CompressionPlan(), x, "fp32", "cpu"), config.threshold, config.max_seconds).latency_ms
+
+
+def remeasure_in_fresh_process(study: optuna.Study, numbers: list[int], config: DeployConfig) -> dict[int, float]:
     from autocompress.export import trial_artifact
     from autocompress.tasks import TaskSpec
 
@@ -50,7 +58,7 @@ def remeasure_in_fresh_process(study: optuna.Study, numbers: list[int], config: 
         script = f"""
 import json, sys, torch
 import autocompress
-from autocompress.latency import LatencyConfig, measure_latency
+from autocompress.deploy.target import DeployConfig
 from autocompress.tasks import TaskSpec, load_data
 x = load_data(TaskSpec(**{spec.to_dict()!r})).x_val[:{config.batch_size}]
 cfg = LatencyConfig(**{json.dumps(config.__dict__)})
@@ -67,7 +75,7 @@ print(json.dumps(out))
 def fidelity(study: optuna.Study) -> dict[str, object]:
     from scipy.stats import spearmanr
 
-    config = LatencyConfig(**{k: v for k, v in study.user_attrs["config"]["latency"].items()})
+    config = DeployConfig(**{k: v for k, v in study.user_attrs["config"]["deploy"].items()})
     trials = [t for t in study.best_trials if "artifact_id" in t.user_attrs]
     stored = {t.number: t.values[2] for t in trials}
     again = remeasure_in_fresh_process(study, list(stored), config)
@@ -78,7 +86,7 @@ def fidelity(study: optuna.Study) -> dict[str, object]:
 def layer_speedups(threads: int = 1) -> list[dict[str, object]]:
     """Dense vs channel-pruned vs factorized on a big Linear and a big Conv2d, one run."""
     torch.manual_seed(0)
-    config = LatencyConfig(threads=threads, max_seconds=2.0)
+    config = DeployConfig(threads=threads, max_seconds=2.0)
     cases = [
         ("linear 2048x2048, batch 64", lambda: nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 10)), torch.randn(64, 2048), "0"),
         ("conv 128->128 3x3 on 32x32, batch 8", lambda: nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 10, 1)), torch.randn(8, 128, 32, 32), "0"),
@@ -93,7 +101,7 @@ def layer_speedups(threads: int = 1) -> list[dict[str, object]]:
         times = {}
         for name, plan in variants.items():
             model = compress.bake(compress.apply(make().eval(), plan, example=x[:2]))
-            times[name] = measure_latency(model, x, config)[0]
+            times[name] = torch_ms(model, x, config)
         rows.append({"case": label, **{f"{k} ms": v for k, v in times.items()},
                      "channel speedup": times["dense"] / times["channel 50%"], "rank speedup": times["dense"] / times["rank 1/4"]})
     return rows

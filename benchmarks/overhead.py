@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from autocompress.config import load_config
 from autocompress.evaluate import Evaluator, FinetuneConfig
-from autocompress.latency import LatencyConfig
+from autocompress.deploy.target import DeployConfig
 from autocompress.search import prepare, run_search
 from autocompress.space import SearchSpace
 from autocompress.tasks import Task, build_task
@@ -60,7 +60,7 @@ def span(starts: list[float], ends: list[float]) -> float:
     return max(ends) - min(starts)
 
 
-def loop(task: Task, space: SearchSpace, params: list[dict[str, Any]], finetune: FinetuneConfig, latency: LatencyConfig) -> float:
+def loop(task: Task, space: SearchSpace, params: list[dict[str, Any]], finetune: FinetuneConfig, latency: DeployConfig) -> float:
     evaluator = Evaluator(task, finetune, latency, "cpu")
     evaluator.evaluate(space.plan_from_params(params[0]))  # warm-up, as every runner's first call has
     start = time.perf_counter()
@@ -91,7 +91,7 @@ class _DefineByRun:
 
 
 def _tune_trainable(config: dict[str, Any], payload: Any = None, space: SearchSpace | None = None,
-                    finetune: FinetuneConfig | None = None, latency: LatencyConfig | None = None) -> None:
+                    finetune: FinetuneConfig | None = None, latency: DeployConfig | None = None) -> None:
     from ray import tune
 
     start = time.time()
@@ -104,7 +104,7 @@ def _tune_trainable(config: dict[str, Any], payload: Any = None, space: SearchSp
                  "eval_start": start, "eval_end": time.time()})
 
 
-def tune_run(folder: Path, task: Task, space: SearchSpace, params: list[dict[str, Any]], finetune: FinetuneConfig, latency: LatencyConfig) -> float:
+def tune_run(folder: Path, task: Task, space: SearchSpace, params: list[dict[str, Any]], finetune: FinetuneConfig, latency: DeployConfig) -> float:
     import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n, steps = (8, 100) if args.quick else (args.evaluations, args.steps)
     folder = Path(tempfile.mkdtemp(prefix="overhead-"))
     config = load_config(config_file(folder, "probe", 0, n, steps))
-    torch.set_num_threads(config.latency.threads)  # (a) and (b) run here: one thread, as each Ray worker has
+    torch.set_num_threads(config.deploy.threads)  # (a) and (b) run here: one thread, as each Ray worker has
     space = prepare(config)
     task = build_task(config.task, config.cache_dir)
     params = sampled_params(space, n, seed=0)
-    finetune, latency = config.finetune, config.latency
+    finetune, latency = config.finetune, config.deploy
     rows: dict[str, dict[str, float]] = {}
     limit = loop(task, space, params, finetune, latency)
     rows["a_loop"] = {"workers": 1, "wall_s": limit}

@@ -90,12 +90,12 @@ def anchor(study: optuna.Study) -> dict[str, Any]:
 def uniform_points(study: optuna.Study, grid: list[tuple[float, int]]) -> list[dict[str, Any]]:
     """Every (sparsity, bits) pair applied to all layers, with the study's own fine-tuning."""
     from autocompress.evaluate import FinetuneConfig
-    from autocompress.latency import LatencyConfig
+    from autocompress.deploy.target import DeployConfig
     from autocompress.tasks import TaskSpec
 
     cfg = study.user_attrs["config"]
     task = build_task(TaskSpec(**cfg["task"]), cfg["cache_dir"])
-    evaluator = Evaluator(task, FinetuneConfig(**cfg["finetune"]), LatencyConfig(**cfg["latency"]), "cpu")
+    evaluator = Evaluator(task, FinetuneConfig(**cfg["finetune"]), DeployConfig(**cfg["deploy"]), "cpu")
     layers = list(study.user_attrs["space"])
     points = []
     for sparsity, bits in grid:

@@ -258,7 +258,11 @@ class OpenVinoRuntime(Runtime):
             path.write_bytes(data)
             try:
                 model = core.read_model(str(path))
-                compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+                # f32 hint: OpenVINO may otherwise run float layers in bf16 on CPUs that have it,
+                # and the numbers would be another model's; int8 layers still run integer kernels.
+                compiled = core.compile_model(model, "CPU", {
+                    "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32",
+                })
             except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
                 raise DeployError(f"OpenVINO cannot compile the exported model: {str(exc).splitlines()[0][:200]}") from None
         precision = precision or "fp32"

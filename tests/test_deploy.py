@@ -1,0 +1,244 @@
+"""Deploy targets with real runtimes: ONNX export round trips in ONNX Runtime (and OpenVINO where
+installed), int8 files that run integer kernels, searches measured on the file that ships, and
+timing slots that never overlap another worker's work."""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from autocompress import artifact, compress
+from autocompress.config import load_config
+from autocompress.deploy.onnx_export import quantized_weights, to_onnx
+from autocompress.deploy.runtimes import INTEGER_OPS, RUNTIMES, runtime
+from autocompress.deploy.target import RUNTIME_NAMES, DeployConfig
+from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.tasks import MODELS
+from tests.helpers import run_cli, write_study_config
+from tests.test_artifact import TECHNIQUE_PLANS
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+FP32_TOLERANCE = 1e-4  # ONNX Runtime's fused kernels sum in another order than PyTorch's
+
+
+# The residual net's depthwise conv has no rank, and the conv feeding it keeps its channels.
+RESNET_PLANS = {
+    "lowrank": {"stem": LayerPlan(rank=4), "a": LayerPlan(rank=4), "b": LayerPlan(rank=6), "head": LayerPlan(rank=3)},
+    "channel": {"stem": LayerPlan(sparsity=0.5, structured=True)},
+    "prune": {n: LayerPlan(sparsity=0.8) for n in ("stem", "a", "dw", "b", "head")},
+    "quantize": {n: LayerPlan(bits=b) for n, b in zip(("stem", "a", "dw", "b", "head"), (2, 3, 4, 5, 8))},
+    "all": {
+        "stem": LayerPlan(sparsity=0.25, structured=True, bits=6), "a": LayerPlan(sparsity=0.5, bits=4, rank=6),
+        "dw": LayerPlan(bits=8), "b": LayerPlan(sparsity=0.3, bits=3), "head": LayerPlan(bits=8, rank=4),
+    },
+}
+
+
+def _compressed(model_name: str, techniques: str, batch: int = 16) -> tuple[torch.nn.Module, CompressionPlan, torch.Tensor]:
+    torch.manual_seed(0)
+    model = MODELS.get(model_name).factory(num_classes=10, input_shape=(1, 8, 8)).eval()
+    layers = list(compress.compressible_layers(model))
+    plan = CompressionPlan(RESNET_PLANS[techniques] if model_name == "test-tiny-resnet" else TECHNIQUE_PLANS[techniques](layers))
+    x = torch.randn(batch, 1, 8, 8)
+    compress.apply(model, plan, example=x[:2])
+    return compress.bake(model), plan, x
+
+
+def _optimized_ops(data: bytes) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+@pytest.mark.parametrize("model_name", ["digits-mlp", "digits-cnn", "test-tiny-resnet"])
+@pytest.mark.parametrize("techniques", list(TECHNIQUE_PLANS))
+def test_fp32_onnx_matches_the_evaluated_model_and_holds_its_codes(model_name: str, techniques: str) -> None:
+    model, plan, x = _compressed(model_name, techniques)
+    data, stored = to_onnx(model, plan, x)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=FP32_TOLERANCE, rtol=FP32_TOLERANCE)
+    # Dynamic batch axis: another batch size runs too.
+    assert session.run(None, {"input": x[:3].numpy()})[0].shape == (3, 10)
+    # Every weight at <= 8 bits is stored as the trial's exact int8 codes.
+    codes = quantized_weights(model, plan)
+    assert sorted(stored) == sorted(codes)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load_from_string(data).graph.initializer}
+    for name, (values, scale) in codes.items():
+        assert np.array_equal(inits[f"{name}_quantized"], values) and inits[f"{name}_quantized"].dtype == np.int8
+        assert np.array_equal(inits[f"{name}_scale"], scale)
+
+
+@pytest.mark.parametrize("model_name", ["digits-mlp", "digits-cnn", "test-tiny-resnet"])
+def test_int8_onnx_runs_integer_kernels_with_the_trial_codes(model_name: str) -> None:
+    model, plan, x = _compressed(model_name, "all", batch=64)
+    data, stored = to_onnx(model, plan, x[:16], "int8", [x[i : i + 16] for i in range(0, 64, 16)])
+    ops = _optimized_ops(data)
+    assert any(op in INTEGER_OPS for op in ops), collections.Counter(ops)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load_from_string(data).graph.initializer}
+    for name, (values, _) in quantized_weights(model, plan).items():
+        assert np.array_equal(inits[f"{name}_quantized"], values)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(x[:16]).numpy()
+    got = session.run(None, {"input": x[:16].numpy()})[0]
+    # Quantized activations move the logits a little; the predictions mostly agree.
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.75
+
+
+def test_resnet18_with_channels_4_bits_and_low_rank_exports_and_runs_in_onnxruntime() -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(8, 3, 32, 32)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    plan = CompressionPlan({
+        **{n: LayerPlan(sparsity=0.25, structured=True, bits=4) for n in convs[1:-1] if "downsample" not in n},
+        "layer4.1.conv2": LayerPlan(bits=4, rank=64),
+        "fc": LayerPlan(bits=4, rank=5),
+    })
+    compress.apply(model, plan, example=x[:2])
+    compress.bake(model)
+    assert sum(v for v in compress.structure(model)["channels_removed"].values() for v in [len(v)]) > 0
+    for precision in ("fp32", "int8"):
+        data, stored = to_onnx(model, plan, x, precision, [x])
+        assert "fc.first.weight" in stored and "layer1.0.conv1.weight" in stored
+        got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+        assert got.shape == (8, 10) and np.isfinite(got).all()
+        if precision == "fp32":
+            with torch.no_grad():
+                np.testing.assert_allclose(got, model(x).numpy(), atol=1e-3, rtol=1e-3)
+        else:
+            assert any(op in INTEGER_OPS for op in _optimized_ops(data))
+
+
+def test_every_runtime_name_is_registered_and_checks_its_device() -> None:
+    assert sorted(RUNTIMES) == sorted(RUNTIME_NAMES)
+    from autocompress.errors import DeployError
+
+    with pytest.raises(DeployError, match="CPU-only"):
+        runtime("torch").check("int8", "cuda")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(DeployError, match="onnxruntime-gpu"):
+            runtime("onnxruntime").check("fp32", "cuda")
+
+
+@pytest.mark.parametrize("name", [n for n in RUNTIME_NAMES if n != "openvino" or HAS_OPENVINO])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_runtime_contract_predicts_like_the_model_and_times(name: str, precision: str) -> None:
+    model, plan, x = _compressed("digits-cnn", "quantize", batch=64)
+    deployed = runtime(name).deploy(model, plan, x[:16], precision, "cpu", 1, [x[:32], x[32:]])
+    with torch.no_grad():
+        expected = model(x).argmax(1)
+    agree = (deployed.predict(x).argmax(1) == expected).float().mean().item()
+    assert agree >= (1.0 if precision == "fp32" else 0.75)
+    assert deployed.run_block(3) > 0 and name in deployed.backend
+    assert (deployed.onnx is None) == (name == "torch")
+
+
+def test_legacy_latency_section_loads_as_deploy_with_a_deprecation_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("latency: {backend: int8, threads: 2, max_seconds: 0.5}\n")
+    config = load_config(path)
+    assert config.deploy == DeployConfig(precision="int8", threads=2, max_seconds=0.5)
+    assert "'latency:' is deprecated" in capsys.readouterr().err
+
+
+# ---- searches measured on the deploy target --------------------------------------------------
+
+
+def _search(tmp_path: Path, cache_dir: Path, deploy: dict, trials: int = 3, workers: int = 0, steps: int = 40, **extra: object) -> tuple[optuna.Study, Path]:
+    db = tmp_path / "d.db"
+    config = write_study_config(
+        tmp_path, cache_dir, {"trials": trials, "workers": workers, "seed": 0}, storage=f"sqlite:///{db}",
+        artifact_dir=str(tmp_path / "artifacts"), finetune={"steps": steps, "lr": 0.002}, deploy=deploy, **extra,
+    )
+    proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}"), config
+
+
+def test_onnxruntime_int8_search_stores_the_accuracy_of_the_file_it_exports(tmp_path: Path, cache_dir: Path, cnn_task) -> None:
+    study, _ = _search(tmp_path, cache_dir, {"runtime": "onnxruntime", "precision": "int8", "max_seconds": 0.2})
+    baseline = study.user_attrs["baseline"]
+    assert baseline["latency_backend"].startswith("onnxruntime") and baseline["deploy"].startswith("onnxruntime int8 cpu")
+    trial = next(t for t in study.get_trials(states=(TrialState.COMPLETE,)) if any(lp["bits"] <= 8 for lp in t.user_attrs["plan"].values()))
+    metrics = trial.user_attrs["metrics"]
+    assert "QLinearConv" in metrics["latency_backend"] or "QGemm" in metrics["latency_backend"]
+    assert metrics["latency_ms"] == pytest.approx(baseline["latency_ms"] * metrics["latency_ratio"])
+    out = tmp_path / "t.onnx"
+    proc = run_cli("export", "autocompress", "--trial", str(trial.number), "--format", "onnx", "--storage", f"sqlite:///{tmp_path / 'd.db'}", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "the file measured on onnxruntime int8" in proc.stdout and out.stat().st_size == metrics["onnx_bytes"]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x, y = cnn_task.data.x_val, cnn_task.data.y_val
+    logits = session.run(None, {"input": x.numpy()})[0]
+    assert float((logits.argmax(1) == y.numpy()).mean()) == metrics["accuracy"]  # exactly the stored number
+    assert any(op in INTEGER_OPS for op in _optimized_ops(out.read_bytes()))
+    # A fresh int8 export from the packed artifact is the same file: calibration is seeded.
+    again = tmp_path / "again.onnx"
+    from autocompress.export import trial_onnx
+
+    packed = artifact.read_header  # noqa: F841  (the export below reads the stored artifact itself)
+    from autocompress.export import trial_artifact
+
+    data, how = trial_onnx(study, trial.number, trial_artifact(study, trial.number), "int8")
+    assert how.startswith("the file measured")
+    assert data == out.read_bytes()
+    del again
+
+
+def test_int8_export_of_a_trial_without_quantized_layers_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    space = tmp_path / "fp32.yaml"
+    space.write_text("layers: ['*']\nknobs: {sparsity: [0.0, 0.5], bits: 32}\n")
+    study, config = _search(tmp_path, cache_dir, {"max_seconds": 0.05}, trials=1, steps=5, space=str(space))
+    proc = run_cli("export", "autocompress", "--trial", "0", "--format", "onnx", "--precision", "int8", "--storage", f"sqlite:///{tmp_path / 'd.db'}", "-o", str(tmp_path / "x.onnx"), cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "no layer at 8 bits or fewer" in lines[0] and "--precision fp32" in lines[0]
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'autocompress[openvino]')")
+def test_openvino_search_measures_every_trial_on_openvino(tmp_path: Path, cache_dir: Path) -> None:
+    study, _ = _search(tmp_path, cache_dir, {"runtime": "openvino", "precision": "int8", "max_seconds": 0.1}, trials=2, steps=10)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2 and all(t.user_attrs["metrics"]["latency_backend"].startswith("openvino") for t in trials)
+
+
+@pytest.mark.e2e
+def test_timing_slots_never_overlap_another_workers_fine_tuning(tmp_path: Path, cache_dir: Path) -> None:
+    study, _ = _search(tmp_path, cache_dir, {"max_seconds": 0.3}, trials=6, workers=2, steps=400)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 6
+    by_pid: dict[int, dict[str, list]] = collections.defaultdict(lambda: {"timing": [], "busy": []})
+    for t in trials:
+        pid, windows = t.user_attrs["worker"]["pid"], t.user_attrs["windows"]
+        by_pid[pid]["timing"] += windows["timing"]
+        for spans in windows["busy"].values():
+            by_pid[pid]["busy"] += spans
+    assert len(by_pid) == 2  # two workers, each with fine-tuning turns recorded
+    assert all(len(w["busy"]) >= 1 and w["timing"] for w in by_pid.values())
+    for pid, own in by_pid.items():
+        others = [span for other, w in by_pid.items() if other != pid for span in w["busy"]]
+        for start, end in own["timing"]:
+            overlapping = [s for s in others if s[0] < end and start < s[1]]
+            assert not overlapping, (pid, (start, end), overlapping[:3])
+    # The two workers' turns did interleave: the slots were taken while the other was busy.
+    starts = sorted((s, pid) for pid, w in by_pid.items() for s, _ in w["busy"])
+    assert len({pid for _, pid in starts}) == 2
