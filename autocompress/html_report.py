@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from autocompress.artifact import write_atomic
 from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
-from autocompress.report import checked_analysis, plan_summary, report_rows
+from autocompress.report import deploy_target, checked_analysis, plan_summary, report_rows
 
 AXES = {0: ("accuracy %", lambda p: 100 * p.accuracy), 1: ("size KB", lambda p: p.size_bytes / 1024), 2: ("latency ms", lambda p: p.latency_ms)}
 
@@ -124,7 +124,7 @@ def write_html(study: optuna.Study, path: str | Path) -> Path:
         cells.append(
             f"<tr><td>{r['trial']}{' (knee)' if r['knee'] else ''}</td><td>{100 * r['accuracy']:.2f}</td>"
             f"<td>{r['accuracy_drop']:+.2f}</td><td>{test}</td><td>{r['size_bytes'] / 1024:.2f}</td>"
-            f"<td>{r['compression_ratio']:.1f}x</td><td>{r['latency_ms']:.3f}</td><td>{r['speedup']:.2f}x</td>"
+            f"<td>{r['compression_ratio']:.1f}x</td><td>{r['latency_ms']:.3f}{' ~' if r.get('latency_unstable') else ''}</td><td>{r['speedup']:.2f}x</td>"
             f"<td><code>{html.escape(plan_summary(r['plan']))}</code></td></tr>"
         )
     table_rows = "".join(cells)
@@ -139,6 +139,9 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:last-child{{t
 <h1>autocompress study <code>{html.escape(study.study_name)}</code></h1>
 <p id="summary" data-front="{len(analysis.front)}" data-trials="{len(analysis.points)}">{len(analysis.points)} complete trials.
 Baseline: accuracy {100 * baseline['accuracy']:.2f}%, {baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms{constraint}.</p>
+<p id="deploy">Deploy target: <b>{html.escape(deploy_target(study))}</b>. Accuracy and latency are those of the form that ships there; each
+speedup is the median ratio of the trial timed alternately with the baseline in one slot. A latency marked ~ kept a CV above
+the threshold until the time cap. Get a trial's file with <code>autocompress export {html.escape(study.study_name)} --trial N --format onnx</code>.</p>
 <h2>{headline}</h2>
 <table><tr><th>trial</th><th>val acc %</th><th>drop pts</th><th>test acc %</th><th>size KB</th><th>ratio</th><th>latency ms</th><th>speedup</th><th>plan</th></tr>
 {table_rows}</table>

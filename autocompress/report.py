@@ -40,6 +40,14 @@ def plan_summary(plan: dict[str, dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def deploy_target(study: optuna.Study) -> str:
+    """What the study's latencies were measured on: ``onnxruntime int8 cpu, 1 thread, batch 32``."""
+    baseline = study.user_attrs.get("baseline", {})
+    if "deploy" in baseline:
+        return str(baseline["deploy"])
+    return f"torch {baseline.get('latency_backend', 'fp32')} (an older study: eager PyTorch, timed unpaired)"
+
+
 def checked_analysis(study: optuna.Study) -> Analysis:
     """The study's Pareto analysis, after checking it is an autocompress search with a baseline."""
     check_study(study)
@@ -74,6 +82,7 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
             f"baseline: accuracy {100 * baseline['accuracy']:.2f}% (test {100 * baseline.get('test_accuracy', float('nan')):.2f}%), "
             f"{baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms"
         )
+        console.print(f"deploy target: {deploy_target(study)}; latency and accuracy measured on it, speedups paired with the baseline there")
     if analysis.max_accuracy_drop is not None:
         console.print(f"constraint: accuracy drop <= {analysis.max_accuracy_drop:g} points; {analysis.feasible_count} of {len(analysis.points)} trials feasible")
     if not analysis.points:
@@ -101,10 +110,12 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
             f"{r['test_accuracy_drop']:+.2f}" if "test_accuracy_drop" in r else "",
             f"{r['size_bytes'] / 1024:.2f}",
             f"{r['compression_ratio']:.1f}x",
-            f"{r['latency_ms']:.3f}",
+            f"{r['latency_ms']:.3f}{' ~' if r.get('latency_unstable') else ''}",
             f"{r['speedup']:.2f}x",
         )
     console.print(table)
+    if any(r.get("latency_unstable") for r in rows):
+        console.print("~ latency CV stayed above the threshold until the time cap (a busy machine): raise deploy.max_seconds")
     console.print("plans (layer s=sparsity or c=channel share / bits / r=rank):")
     for r in rows:
         console.print(f"  trial {r['trial']}: {plan_summary(r['plan'])}", highlight=False, soft_wrap=True)

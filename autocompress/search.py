@@ -408,6 +408,8 @@ class Driver:
         trial.set_user_attr("per_layer", result.per_layer)
         trial.set_user_attr("finetune_log", result.finetune_log)
         trial.set_user_attr("windows", result.windows)
+        if baseline.get("deploy"):  # optuna-dashboard's trial table shows what each latency came from
+            trial.set_user_attr("deploy", f"{baseline['deploy']} [{result.latency_backend}]")
         try:
             artifact_id = store_artifact(trial, result.artifact, self.config.artifact_dir, f"trial-{trial.number}.acz")
             if result.onnx:  # the very file whose accuracy and latency were measured

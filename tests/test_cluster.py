@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -117,11 +118,12 @@ def test_two_drivers_on_one_postgres_study_finish_exactly_the_target(tmp_path: P
 # ---- a two-node Ray cluster ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def ray_cluster(tmp_path: Path):
+@contextlib.contextmanager
+def _two_nodes(second_node_args: tuple[str, ...] = ()):
     """``ray start --head`` plus a second ``ray start --address``: two nodes, one CPU each.
 
     Token authentication stays on: every process of the cluster runs with RAY_AUTH_MODE=token.
+    Each node runs in its own process group, ended by id (never ``ray stop``).
     """
     port = 26000 + os.getpid() % 1000
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
@@ -133,7 +135,7 @@ def ray_cluster(tmp_path: Path):
     procs = [head]
     try:
         time.sleep(6)
-        procs.append(subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}", *common],
+        procs.append(subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}", *common, *second_node_args],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         time.sleep(6)
         yield f"127.0.0.1:{port}"
@@ -142,6 +144,40 @@ def ray_cluster(tmp_path: Path):
             os.killpg(p.pid, signal.SIGTERM)  # --block: the node's processes stop with it
         for p in procs:
             p.wait(timeout=60)
+
+
+@pytest.fixture
+def ray_cluster():
+    with _two_nodes() as address:
+        yield address
+
+
+def _nodes_with(address: str, resource: str) -> list[str]:
+    """Node ids of the cluster's nodes that hold ``resource``, asked of Ray in a fresh process."""
+    script = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive'] and n['Resources'].get({resource!r})))"
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    return out.split()
+
+
+def test_deploy_resource_times_every_trial_on_the_node_that_has_it(tmp_path: Path, cache_dir: Path) -> None:
+    with _two_nodes(("--resources", '{"edge-box": 1}')) as address:
+        db = tmp_path / "e.db"
+        config = write_study_config(
+            tmp_path, cache_dir, {"trials": 4, "workers": 2}, storage=f"sqlite:///{db}", artifact_dir=str(tmp_path / "artifacts"),
+            finetune={"steps": 100}, deploy={"max_seconds": 0.1, "resource": "edge-box", "runtime": "onnxruntime"},
+        )
+        proc = run_cli("search", str(config), "--ray-address", address, cwd=tmp_path, env={"RAY_AUTH_MODE": "token"})
+        assert proc.returncode == 0, proc.stderr
+        (edge,) = _nodes_with(address, "edge-box")
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 4
+    assert {t.user_attrs["metrics"]["latency_node"] for t in trials} == {edge}  # every trial timed there
+    assert study.user_attrs["baseline"]["latency_node"] == edge
+    assert len({t.user_attrs["node_id"] for t in trials}) == 2  # while both nodes fine-tuned
+    assert "on 'edge-box' nodes" in study.user_attrs["baseline"]["deploy"]
 
 
 def test_search_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path, cache_dir: Path, ray_cluster: str) -> None:

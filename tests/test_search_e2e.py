@@ -172,6 +172,9 @@ def test_dashboard_shows_objectives_constraints_and_artifacts(dashboard: str, cl
         assert t["constraints"] == [pytest.approx(drop - 2.0)]
         (art,) = t["artifacts"]
         assert art["filename"] == f"trial-{t['number']}.acz"
+        # The trial table names the deploy target its latency came from.
+        attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
+        assert attrs["deploy"].startswith("torch fp32 cpu, 1 thread, batch 32 [torch fp32 cpu]")
     assert detail["artifacts"][0]["filename"] == "baseline.acz"
     t = complete[0]
     url = f"{dashboard}/artifacts/{summary['study_id']}/{t['trial_id']}/{t['artifacts'][0]['artifact_id']}"
