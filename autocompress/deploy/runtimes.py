@@ -205,6 +205,10 @@ class OnnxRuntime(Runtime):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT warns about its own optimized-model file
+        if precision == "fp32":
+            # fp32 target: fold the weights' DequantizeLinear into float constants when the session
+            # loads (the file keeps the int8 codes; the kernels run fp32, not a dequantize per call).
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         with tempfile.TemporaryDirectory() as tmp:
             options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")  # to read the kernels chosen

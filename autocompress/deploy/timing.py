@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Protocol
 
 MIN_ROUNDS = 7  # paired rounds before the CV may stop a measurement
-BLOCK_SECONDS = 0.005  # each timed block runs at least this long (timer resolution and noise)
+# Each timed block runs at least max_seconds / BLOCKS_PER_BUDGET, within these bounds: longer
+# blocks average out scheduler noise, and enough rounds still fit in the budget.
+BLOCKS_PER_BUDGET = 40
+MIN_BLOCK_SECONDS, MAX_BLOCK_SECONDS = 0.005, 0.05
 MAX_BLOCK_RUNS = 4096
 _MERGE_GAP_S = 0.001  # shared turns closer than this are one busy window (a timing slot is longer)
 
@@ -72,10 +75,11 @@ def _cv(values: list[float]) -> float:
     return statistics.pstdev(values) / mean if mean > 0 else float("inf")
 
 
-def _runs_per_block(target: Timeable) -> int:
-    """Forward passes per block so that a block lasts at least BLOCK_SECONDS."""
+def _runs_per_block(target: Timeable, max_seconds: float) -> int:
+    """Forward passes per block so that a block lasts long enough to average out noise."""
+    seconds = min(MAX_BLOCK_SECONDS, max(MIN_BLOCK_SECONDS, max_seconds / BLOCKS_PER_BUDGET))
     n = 1
-    while n < MAX_BLOCK_RUNS and target.run_block(n) < BLOCK_SECONDS:
+    while n < MAX_BLOCK_RUNS and target.run_block(n) < seconds:
         n *= 2
     return n
 
@@ -84,7 +88,7 @@ def time_alone(target: Timeable, threshold: float, max_seconds: float) -> Timing
     """Median time of one forward pass: blocks until their CV <= threshold or the cap."""
     start, t0 = time.perf_counter(), time.time()
     target.run_block(2)  # warm-up: first-call allocation, kernel selection
-    n = _runs_per_block(target)
+    n = _runs_per_block(target, max_seconds)
     times: list[float] = []
     capped = False
     while True:
@@ -105,7 +109,7 @@ def time_paired(baseline: Timeable, candidate: Timeable, threshold: float, max_s
     start, t0 = time.perf_counter(), time.time()
     for target in (baseline, candidate):
         target.run_block(2)
-    n_base, n_cand = _runs_per_block(baseline), _runs_per_block(candidate)
+    n_base, n_cand = _runs_per_block(baseline, max_seconds), _runs_per_block(candidate, max_seconds)
     ratios: list[float] = []
     cand_times: list[float] = []
     base_times: list[float] = []
