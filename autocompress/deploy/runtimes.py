@@ -114,8 +114,13 @@ class TorchRuntime(Runtime):
             )
 
     def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):  # type: ignore[no-untyped-def]
+        from autocompress.compress.fold import fold, following_batchnorms
         from autocompress.latency import int8_model
 
+        # Inference fuses every conv -> BatchNorm pair (ONNX exporters and runtimes do it too); done
+        # for the baseline and every trial alike, so no plan is credited with a free fusion.
+        for conv, bn_name in following_batchnorms(model).items():
+            fold(model, conv, bn_name)
         where = "cpu" if example.device.type == "cpu" else example.device.type
         backend = f"torch fp32 {where}"
         if precision == "int8" and where == "cpu":
