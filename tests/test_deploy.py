@@ -17,7 +17,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from autocompress import artifact, compress
+from autocompress import compress
 from autocompress.config import load_config
 from autocompress.deploy.onnx_export import quantized_weights, to_onnx
 from autocompress.deploy.runtimes import INTEGER_OPS, RUNTIMES, runtime
@@ -195,13 +195,14 @@ def test_onnxruntime_int8_search_stores_the_accuracy_of_the_file_it_exports(tmp_
     again = tmp_path / "again.onnx"
     from autocompress.export import trial_onnx
 
-    packed = artifact.read_header  # noqa: F841  (the export below reads the stored artifact itself)
     from autocompress.export import trial_artifact
 
     data, how = trial_onnx(study, trial.number, trial_artifact(study, trial.number), "int8")
     assert how.startswith("the file measured")
     assert data == out.read_bytes()
     del again
+    report = run_cli("report", "autocompress", "--storage", f"sqlite:///{tmp_path / 'd.db'}", cwd=tmp_path)
+    assert report.returncode == 0 and "deploy target: onnxruntime int8 cpu, 1 thread, batch 32" in report.stdout
 
 
 def test_int8_export_of_a_trial_without_quantized_layers_is_refused(tmp_path: Path, cache_dir: Path) -> None:
@@ -242,3 +243,17 @@ def test_timing_slots_never_overlap_another_workers_fine_tuning(tmp_path: Path, 
     # The two workers' turns did interleave: the slots were taken while the other was busy.
     starts = sorted((s, pid) for pid, w in by_pid.items() for s, _ in w["busy"])
     assert len({pid for _, pid in starts}) == 2
+
+
+def test_a_missing_onnxruntime_is_one_clear_line(tmp_path: Path, cache_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    config = write_study_config(tmp_path, cache_dir, {"trials": 1, "workers": 0}, storage=f"sqlite:///{tmp_path / 'm.db'}",
+                                deploy={"runtime": "onnxruntime"})
+    # The package made unimportable in that process, as on a machine that lacks it.
+    code = f"import sys; sys.modules['onnxruntime'] = None; from autocompress.cli import main; sys.exit(main(['search', {str(config)!r}]))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "pip install onnxruntime" in lines[0], proc.stderr
+    assert not (tmp_path / "m.db").exists()  # nothing written
