@@ -1,8 +1,8 @@
 """Activation quantization simulated while fine-tuning (QAT), for int8 deploy targets.
 
-An int8 ONNX export quantizes the inputs of every layer at <= 8 bits with a per-tensor range
-calibrated on training batches (the largest magnitude seen). Fine-tuning with the same rounding
-lets the weights adapt to it, so the accuracy measured on the integer kernels survives.
+An int8 ONNX export quantizes the inputs of every layer at <= 8 bits to uint8 with a per-tensor
+range (min..max) calibrated on training batches. Fine-tuning with the same rounding lets the
+weights adapt to it, so the accuracy measured on the integer kernels survives.
 """
 
 from __future__ import annotations
@@ -16,22 +16,29 @@ from torch import nn
 from autocompress.compress import layer_map, leaf_layers
 from autocompress.plan import CompressionPlan
 
-QMAX = 127  # symmetric int8, as the export's activations
-MOMENTUM = 0.1  # running range: a moving average of each batch's largest magnitude
+LEVELS = 255  # uint8, asymmetric, as the export's activations
+MOMENTUM = 0.1  # running range: a moving average of each batch's min and max
 
 
 class _InputFakeQuant:
-    """Forward pre-hook: ``x -> scale * round(x / scale)`` with a running range, straight-through."""
+    """Forward pre-hook: uint8 fake quantization over a running (min, max) range (zero always
+    representable, as ONNX Runtime's), gradients straight through."""
 
     def __init__(self) -> None:
-        self.amax: torch.Tensor | None = None
+        self.low: torch.Tensor | None = None
+        self.high: torch.Tensor | None = None
 
     def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         x = args[0]
-        batch_max = x.detach().abs().amax()
-        self.amax = batch_max if self.amax is None else (1 - MOMENTUM) * self.amax + MOMENTUM * batch_max
-        scale = (self.amax / QMAX).clamp_min(1e-8)
-        quantized = torch.clamp(torch.round(x / scale), -QMAX, QMAX) * scale
+        low, high = x.detach().amin().clamp_max(0), x.detach().amax().clamp_min(0)
+        if self.low is None or self.high is None:
+            self.low, self.high = low, high
+        else:
+            self.low = (1 - MOMENTUM) * self.low + MOMENTUM * low
+            self.high = (1 - MOMENTUM) * self.high + MOMENTUM * high
+        scale = ((self.high - self.low) / LEVELS).clamp_min(1e-8)
+        zero = torch.round(-self.low / scale)
+        quantized = (torch.clamp(torch.round(x / scale) + zero, 0, LEVELS) - zero) * scale
         return (x + (quantized - x).detach(), *args[1:])
 
 

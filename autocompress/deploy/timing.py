@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-MIN_ROUNDS = 7  # paired rounds before the CV may stop a measurement
+MIN_ROUNDS = 10  # paired rounds before the CV may stop a measurement
 # Each timed block runs at least max_seconds / BLOCKS_PER_BUDGET, within these bounds: longer
 # blocks average out scheduler noise, and enough rounds still fit in the budget.
 BLOCKS_PER_BUDGET = 40
