@@ -26,7 +26,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,21 +319,38 @@ def decode_tensors(header: dict[str, Any], payload: bytes) -> Iterator[tuple[str
         yield name, weight
 
 
-def rebuild(header: dict[str, Any]) -> nn.Module:
-    """The module skeleton the header describes: the model factory, then the plan's structure."""
+Build = Callable[..., nn.Module]  # (num_classes=, input_shape=) -> the untrained architecture
+
+
+def rebuild(header: dict[str, Any], build: Build | None = None, source: str = "artifact") -> nn.Module:
+    """The module skeleton the header describes: the model factory, then the plan's structure.
+
+    A file is data: its header may name a built-in model or a ``torchvision:NAME`` classifier,
+    and nothing else is ever imported because a file says so. A model of the user's own
+    (``module:function``) is rebuilt only through ``build``, which the caller passes.
+    """
     from autocompress.tasks import MODELS
+    from autocompress.tasks.custom import is_custom
 
     task = header["task"]
-    model = MODELS.get(task["model"]).factory(num_classes=task["num_classes"], input_shape=tuple(task["input_shape"]))
+    name = str(task["model"])
+    if build is None and is_custom(name):
+        raise ArtifactError(
+            f"{source} names user code '{name}' as its model; a file never makes autocompress import code: "
+            "pass the architecture yourself, autocompress.load(FILE, build=your_model_function)"
+        )
+    factory = build or MODELS.get(name).factory
+    model = factory(num_classes=task["num_classes"], input_shape=tuple(task["input_shape"]))
     plan = CompressionPlan.from_dict(header["plan"])
     example = torch.zeros(1, *task["input_shape"])
     compress.apply_structure(model, plan, header, example)
     return model.eval()
 
 
-def loads(data: bytes, source: str = "artifact") -> nn.Module:
+def loads(data: bytes, source: str = "artifact", build: Build | None = None) -> nn.Module:
+    """Rebuild a packed model; ``build`` makes the architecture of a model of your own."""
     header, payload = read_header(data, source)
-    model = rebuild(header)
+    model = rebuild(header, build, source)
     state = dict(decode_tensors(header, payload))
     expected = model.state_dict()
     for key, tensor in state.items():
@@ -346,14 +363,20 @@ def loads(data: bytes, source: str = "artifact") -> nn.Module:
     return model.eval()
 
 
-def load(path: str | Path) -> nn.Module:
-    """Rebuild the compressed ``nn.Module`` stored in an artifact file."""
+def load(path: str | Path, build: Build | None = None) -> nn.Module:
+    """Rebuild the compressed ``nn.Module`` stored in an artifact file.
+
+    Args:
+        build: for a model of your own (a ``module:function`` task), a callable taking
+            ``num_classes=`` and ``input_shape=`` that returns its untrained architecture.
+            Built-in and torchvision models need none; a file never names code to import.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact ({path}): {exc.strerror}") from None
-    return loads(data, str(path))
+    return loads(data, str(path), build)
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

@@ -86,7 +86,7 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str |
     if stored and deploy["runtime"] != "torch" and deploy["precision"] == precision:
         with FileSystemArtifactStore(study.user_attrs["artifact_dir"]).open_reader(stored) as reader:
             return reader.read(), f"the file measured on {deploy['runtime']} {precision}"
-    model = artifact.loads(packed, f"trial {number}'s artifact")
+    model = artifact.loads(packed, f"trial {number}'s artifact", study_build(study))
     example = torch.zeros(deploy.get("batch_size", 32), *header["task"]["input_shape"])
     calibration: list[torch.Tensor] = []
     if precision == "int8":
@@ -106,7 +106,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact ({path}): {exc.strerror}") from None
     header, payload = artifact.read_header(data, str(path))
-    model = artifact.loads(data, str(path))
+    # Described from the header alone: inspecting a file builds no model and runs no code.
     tensors = []
     for t in header["tensors"]:
         stored = sum(t[k][1] for k in ("values", "index", "scale") if k in t)
@@ -119,18 +119,43 @@ def describe(path: str | Path) -> dict[str, Any]:
         "plan": header["plan"],
         "channels_removed": header.get("channels_removed", {}),
         "bn_folded": header.get("bn_folded", {}),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(_numel(t["shape"]) for t in header["tensors"] if t["kind"] != "raw" or _is_parameter(t["name"])),
         "tensors": tensors,
     }
 
 
-def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]:
-    """Test-split accuracy of the given trials, computed once and kept in the study.
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
-    Optuna freezes finished trials, so the values live in the study attribute ``test_accuracy``
-    (trial number -> accuracy); later reports read them instead of re-evaluating.
+
+def _is_parameter(name: str) -> bool:
+    """Whether a raw tensor is a parameter (a bias, a norm's scale) rather than a buffer."""
+    return not name.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+def study_build(study: optuna.Study):  # type: ignore[no-untyped-def]
+    """The architecture factory of a study's own model, from the task the study was run with
+    (the user's config, not a file's header); None for built-in and torchvision models."""
+    from autocompress.tasks import MODELS
+    from autocompress.tasks.custom import is_custom
+
+    name = (study.user_attrs.get("task") or {}).get("model", "")
+    return MODELS.get(name).factory if is_custom(name) else None
+
+
+def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]:
+    """Test-split accuracy of the given trials on the study's deploy target, computed once and
+    kept in the study.
+
+    The ONNX file a trial was measured on runs in its runtime (the int8 kernels included); a torch
+    target runs the packed model as that runtime deploys it. Optuna freezes finished trials, so
+    the values live in the study attribute ``test_accuracy`` (trial number -> accuracy); later
+    reports read them instead of re-evaluating.
     """
-    from autocompress.tasks import TaskSpec, evaluate_accuracy, load_data
+    from autocompress.tasks import TaskSpec, load_data
 
     stored: dict[str, float] = dict(study.user_attrs.get("test_accuracy", {}))
     missing = [n for n in numbers if str(n) not in stored]
@@ -138,7 +163,29 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
         spec = TaskSpec(**study.user_attrs["task"]).resolved()
         data = load_data(spec)
         for n in missing:
-            model = artifact.loads(trial_artifact(study, n), f"trial {n}'s artifact")
-            stored[str(n)] = evaluate_accuracy(model, data.x_test, data.y_test)
+            deployed = _deployed_on_cpu(study, n, data.x_test[:1])
+            correct = 0
+            for i in range(0, len(data.x_test), 512):
+                correct += int((deployed.predict(data.x_test[i : i + 512]).argmax(dim=1) == data.y_test[i : i + 512]).sum())
+            stored[str(n)] = correct / max(1, len(data.x_test))
         study.set_user_attr("test_accuracy", stored)
     return {n: stored[str(n)] for n in numbers}
+
+
+def _deployed_on_cpu(study: optuna.Study, number: int, example: torch.Tensor):  # type: ignore[no-untyped-def]
+    """A trial in its deployed form on this machine's CPU (reports run where the driver runs)."""
+    from autocompress.deploy.runtimes import runtime
+    from autocompress.plan import CompressionPlan
+
+    deploy = study_deploy(study)
+    packed = trial_artifact(study, number)
+    stored = study.trials[number].user_attrs.get("onnx_artifact_id")
+    if stored and deploy["runtime"] != "torch":
+        with FileSystemArtifactStore(study.user_attrs["artifact_dir"]).open_reader(stored) as reader:
+            data = reader.read()
+        # ONNX Runtime on the CPU for either ONNX runtime: the file, its kernels, no GPU needed.
+        return runtime("onnxruntime").load_onnx(data, example, "cpu", 1, deploy["precision"])
+    header, _ = artifact.read_header(packed, f"trial {number}'s artifact")
+    model = artifact.loads(packed, f"trial {number}'s artifact", study_build(study))
+    precision = deploy["precision"] if deploy["runtime"] == "torch" else "fp32"
+    return runtime("torch").deploy(model, CompressionPlan.from_dict(header["plan"]), example, precision, "cpu")

@@ -70,7 +70,8 @@ class Result:
         macs: multiply-accumulates of one sample through the deployable model (dense count).
         per_layer: one row per compressed layer (name, params, nonzeros, bits, rank, bytes).
         finetune_log: training loss every few fine-tuning steps.
-        latency_cv: coefficient of variation of the paired ratios (of the block times, alone).
+        latency_cv: robust coefficient of variation (1.4826 MAD / median) of the paired ratios
+            (of the block times, alone).
         latency_capped: the time cap ended the measurement before the CV reached the threshold.
         latency_backend: what ran: runtime, precision, device, integer kernels.
         latency_node: the Ray node that timed it when that is not the worker's (deploy.resource).

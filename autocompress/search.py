@@ -280,7 +280,9 @@ class Driver:
             study.set_metric_names(list(pareto.OBJECTIVES))
         study.set_user_attr("task", cfg.task.resolved().to_dict())
         study.set_user_attr("space", space.to_dict())
-        study.set_user_attr("config", cfg.to_dict())
+        # Stored to reproduce the run; the storage URL without its password (the database and
+        # optuna-dashboard's API show every attribute to whoever can read them).
+        study.set_user_attr("config", {**cfg.to_dict(), "storage": mask_url(cfg.storage)})
         study.set_user_attr("artifact_dir", str(Path(cfg.artifact_dir).resolve()))
         if cfg.search.warm_start:
             plans = WARM_START + (WARM_START_CHANNEL if space.allows_channel else ())

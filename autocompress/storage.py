@@ -16,12 +16,28 @@ from autocompress.errors import StorageError
 DEFAULT_STORAGE = "sqlite:///studies/autocompress.db"
 
 
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword", "sslkey")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe to print and log."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL with any password replaced by ***, safe to print, log and store.
+
+    Read as text, not parsed: a password holding an unescaped ``@`` or ``/`` still ends at the
+    last ``@`` before the host, and ``?password=`` query parameters are masked too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        netloc, slash, tail = rest.partition("/")
+        if "@" in tail.partition("?")[0] and "@" not in netloc:  # an unescaped / inside the password
+            head, _, after = rest.rpartition("@")
+            netloc, slash, tail = f"{head}@{after.partition('/')[0]}", "/" if "/" in after else "", after.partition("/")[2]
+        if "@" in netloc:
+            credentials, _, host = netloc.rpartition("@")
+            user, colon, _ = credentials.partition(":")
+            netloc = f"{user}:***@{host}" if colon else f"{user}@{host}"
+        url = f"{scheme}{sep}{netloc}{slash}{tail}"
+    pattern = r"(?i)([?&](?:" + "|".join(SECRET_QUERY_KEYS) + r")=)[^&]*"
+    return re.sub(pattern, r"\1***", url)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -132,7 +132,7 @@ def _latency(result: dict[str, Any]) -> list[str]:
 
 def _deploy(result: dict[str, Any]) -> list[str]:
     out = ["Each target's baseline timed alone, then each plan timed alternately with that baseline in one slot "
-           "(speedup = median of per-round ratios; CV of the ratios; ~ = the 1 s cap ended it above 5%). CPU, 1 thread, "
+           "(speedup = median of per-round ratios; robust CV (MAD) of the ratios; ~ = the 1 s cap ended it above 5%). CPU, 1 thread, "
            "batch 32; untrained weights (latency does not depend on them).", "",
            "| model | target | baseline ms | 8 bits | 8 bits, 50% channels | 4 bits |", "| --- | --- | --- | --- | --- | --- |"]
     for row in result["targets"]:
@@ -154,6 +154,20 @@ def _deploy(result: dict[str, Any]) -> list[str]:
     for row in result["honesty"]:
         out.append(f"- {row['model']}, {row['target']}: " + ", ".join(f"{s:.3f}x" for s in row["speedups"])
                    + (" (all within 0.9..1.1)" if row["within_0.9_1.1"] else " (NOT all within 0.9..1.1)"))
+    f = result.get("front")
+    if f:
+        b = f["best_within_1pt"]
+        base = f["baseline"]
+        out += ["", f"ResNet-18 on sklearn's digits (32x32 RGB, real labels) searched on ONNX Runtime int8, {f['trials']} trials "
+                f"({f['wall_s']:.0f} s): baseline {100 * base['accuracy']:.2f}% validation, {base['latency_ms']:.2f} ms "
+                f"({base['latency_backend']}); stored CVs at most {100 * f['max_cv']:.1f}%."]
+        if b:
+            out.append(f"- Fastest front trial within 1 test point (test split re-checked on its int8 file): trial {b['trial']}, "
+                       f"{b['speedup']:.2f}x the ONNX Runtime fp32 baseline (paired), {b['compression_ratio']:.1f}x smaller, "
+                       f"{b['test_accuracy_drop']:+.2f} test points; {b['latency_backend']}. Target >= 2x: "
+                       + ("met." if b["speedup"] >= 2 else "not met."))
+        else:
+            out.append("- No front trial within 1 test point.")
     s = result["search"]
     out += ["", f"Search on ONNX Runtime int8 (LeNet-5, {s['trials']} trials, FakeData 28x28: {s['note']}): stored latency "
             f"CVs median {100 * s['median_cv']:.1f}%, max {100 * s['max_cv']:.1f}% ({s['capped']} capped above the 5% "

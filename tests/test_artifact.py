@@ -155,3 +155,32 @@ def test_distillation_pulls_towards_the_baseline(tasks) -> None:
     assert log == [0.0, 0.0, 0.0]
     plain = finetune(task.build_model(), task, FinetuneConfig(steps=3, lr=0.0, log_every=1))
     assert min(plain) > 0.0  # cross-entropy on the labels is never exactly zero
+
+
+def test_a_file_naming_user_code_never_imports_it(tmp_path: Path, tasks) -> None:
+    """A crafted header naming ``planted:make`` (a module in the current folder) is refused by
+    load and inspect; the module is never imported (its marker file never appears)."""
+    import json
+    import struct
+    import zlib
+
+    from tests.helpers import run_cli
+
+    task = tasks["digits-mlp"]
+    packed = artifact.pack(task.build_model(), CompressionPlan(), task.artifact_task())
+    header, payload = artifact.read_header(packed.data)
+    header["task"]["model"] = "planted:make"
+    head = json.dumps(header).encode()
+    crafted = tmp_path / "crafted.acz"
+    crafted.write_bytes(artifact.MAGIC + zlib.compress(struct.pack("<I", len(head)) + head + payload))
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "planted.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\ndef make(**kw):\n    raise SystemExit(3)\n")
+    proc = run_cli("inspect", str(crafted), cwd=tmp_path)
+    assert proc.returncode == 0 and "planted:make" in proc.stdout  # described from the header alone
+    code = f"import autocompress; autocompress.load({str(crafted)!r})"
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode != 0 and "never makes autocompress import code" in loaded.stderr
+    assert not marker.exists()

@@ -101,6 +101,13 @@ def test_search_on_postgres_never_prints_the_password(tmp_path: Path, cache_dir:
     for out in (proc.stdout, proc.stderr, report.stdout, report.stderr, dashboard_err.stdout, dashboard_err.stderr):
         assert password not in out
     assert "***" in dashboard_err.stderr  # the URL is named, masked
+    # Nor does it land in the database: every attribute table, read as text.
+    import sqlalchemy as sa
+
+    with sa.create_engine(postgres_url).connect() as conn:
+        for table in ("study_user_attributes", "study_system_attributes", "trial_user_attributes", "trial_system_attributes"):
+            values = [v for (v,) in conn.execute(sa.text(f"SELECT value_json FROM {table}"))]
+            assert values and not any(password in v for v in values), table
 
 
 def test_two_drivers_on_one_postgres_study_finish_exactly_the_target(tmp_path: Path, cache_dir: Path, postgres_url: str) -> None:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from autocompress import compress
-from autocompress.artifact import loads, pack
+from autocompress.artifact import ArtifactError, loads, pack
 from autocompress.cli import main
 from autocompress.compress.fold import fold, following_batchnorms
 from autocompress.errors import SpaceError
@@ -252,7 +252,9 @@ def test_custom_module_function_task(tmp_path: Path, cache_dir: Path, ray_local)
     own = evaluate_accuracy(call_task_function("my_custom_task:make_task")[0], data.x_val, data.y_val)
     assert study.user_attrs["baseline"]["accuracy"] == own > 0.5  # the function's own weights, not retrained
     t = study.get_trials(states=(TrialState.COMPLETE,))[0]
-    model = loads(trial_artifact(study, t.number))  # rebuilt through the same module:function
+    with pytest.raises(ArtifactError, match="never makes autocompress import code"):
+        loads(trial_artifact(study, t.number))  # the file alone names user code: refused
+    model = loads(trial_artifact(study, t.number), build=MODELS.get("my_custom_task:make_task").factory)  # the user passes it
     assert evaluate_accuracy(model, data.x_val, data.y_val) == t.values[0]
 
 

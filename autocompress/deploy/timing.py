@@ -47,7 +47,8 @@ class Timing:
     Args:
         latency_ms: the candidate's median milliseconds per forward pass in this slot.
         ratio: median over rounds of candidate / baseline time (1.0 when timed alone).
-        cv: coefficient of variation of the ratios (paired) or of the block times (alone).
+        cv: robust coefficient of variation (``_cv``) of the ratios (paired) or of the block
+            times (alone).
         rounds: timed rounds.
         capped: the time cap ended it before the CV reached the threshold.
         window: wall-clock (start, end) of the exclusive slot, ``time.time()`` seconds.
@@ -69,10 +70,16 @@ class Timing:
 
 
 def _cv(values: list[float]) -> float:
+    """Robust coefficient of variation: 1.4826 x median absolute deviation / median.
+
+    It matches stdev / mean for well-behaved samples, and like the median it reports, a few
+    rounds preempted by the scheduler do not inflate it (they would dominate a plain stdev).
+    """
     if len(values) < 2:
         return float("inf")
-    mean = statistics.fmean(values)
-    return statistics.pstdev(values) / mean if mean > 0 else float("inf")
+    median = statistics.median(values)
+    mad = statistics.median(abs(v - median) for v in values)
+    return 1.4826 * mad / median if median > 0 else float("inf")
 
 
 def _runs_per_block(target: Timeable, max_seconds: float) -> int:

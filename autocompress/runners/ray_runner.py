@@ -57,7 +57,7 @@ class _TimingActor:
     Its methods run one at a time, so its own measurements never overlap either.
     """
 
-    def __init__(self, deploy: DeployConfig, example: Any, import_paths: list[str]) -> None:
+    def __init__(self, deploy: DeployConfig, example: Any, import_paths: list[str], model: str) -> None:
         import sys
 
         import torch
@@ -76,6 +76,7 @@ class _TimingActor:
         self.example = example.to(self.device)
         self.lock = DeviceLock(device_key(str(self.device)))
         self.baselines: dict[str, Any] = {}  # sha256 of the file -> its deployed form
+        self.model = model  # the search's own model name: what builds a packed artifact's architecture
 
     def check(self) -> str:
         """Raises here what the runtime lacks on this node; the node id."""
@@ -88,9 +89,12 @@ class _TimingActor:
         if self.deploy.runtime != "torch":
             return self.runtime.load_onnx(blob, self.example, self.device.type, self.deploy.threads, self.deploy.precision)
         from autocompress import artifact
+        from autocompress.tasks import MODELS
+        from autocompress.tasks.custom import is_custom
 
         header, _ = artifact.read_header(blob)
-        model = artifact.loads(blob).to(self.device)
+        build = MODELS.get(self.model).factory if is_custom(self.model) else None  # from the search's config, never the file
+        model = artifact.loads(blob, build=build).to(self.device)
         return self.runtime.deploy(model, CompressionPlan.from_dict(header["plan"]), self.example, self.deploy.precision, self.device.type, self.deploy.threads)
 
     def put_baseline(self, digest: str, blob: bytes) -> None:
@@ -205,7 +209,7 @@ class RayRunner(Runner):
         # A small share of the resource: several searches may time on the same target node, and
         # the node's device lock keeps their measurements apart.
         actor = ray.remote(num_cpus=0, resources={name: 0.01}, max_restarts=1)(_TimingActor).remote(
-            deploy, task.data.x_val[: deploy.batch_size].cpu(), list(IMPORT_PATHS)
+            deploy, task.data.x_val[: deploy.batch_size].cpu(), list(IMPORT_PATHS), task.spec.model
         )
         try:
             self.timing_node = ray.get(actor.check.remote(), timeout=600)
