@@ -43,6 +43,13 @@ from autocompress.size import encoded_bits, weight_codes
 MAGIC = b"ACZ1"
 FORMAT_VERSION = 1
 MAX_UNPACKED_BYTES = 4 << 30  # refuse decompression bombs
+MAX_HEADER_BYTES = 64 << 20  # a ResNet-152's header is under 1 MB
+MAX_HEADER_DEPTH = 8  # the deepest real header nests 5 levels
+MAX_TENSORS = 100_000
+MAX_TENSOR_VALUES = 1 << 34
+ZLIB_MAX_RATIO = 1100  # deflate expands a byte to at most ~1032: more declared is a lie
+MAX_FILE_BYTES = 4 << 30  # what load() reads of a file at most
+ENCODINGS = ("dense", "empty", "bitmask")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bfloat16": torch.bfloat16}
 
 
@@ -224,33 +231,153 @@ def _layer_names(model: nn.Module, plan: CompressionPlan):  # type: ignore[no-un
 
 
 def read_header(data: bytes, source: str = "artifact") -> tuple[dict[str, Any], bytes]:
-    """Check the magic, decompress with a size cap, parse the JSON header."""
+    """Check the magic, decompress with a size cap, parse and check the JSON header.
+
+    Decompression is bounded twice: the header comes first (at most MAX_HEADER_BYTES), and the
+    payload is then inflated only up to the size the header's own tensor table declares, which
+    may not exceed what zlib can expand this file to. A bomb is refused after reading its
+    header, not after inflating gigabytes.
+    """
     if not data.startswith(MAGIC):
         raise ArtifactError(f"{source} is not an autocompress artifact (no ACZ1 signature): export one with 'autocompress export'")
+    inflater = zlib.decompressobj()
+    stream = data[len(MAGIC):]
     try:
-        inflater = zlib.decompressobj()
-        body = inflater.decompress(data[len(MAGIC):], MAX_UNPACKED_BYTES)
-        if not inflater.eof:
+        head = inflater.decompress(stream, 4 + MAX_HEADER_BYTES)
+        if len(head) < 4:
             raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
+        (head_len,) = struct.unpack("<I", head[:4])
+        if head_len > MAX_HEADER_BYTES:
+            raise ArtifactError(f"{source} declares a {head_len}-byte header, over the {MAX_HEADER_BYTES} this version reads: it is not a real artifact")
+        while len(head) < 4 + head_len and inflater.unconsumed_tail:
+            head += inflater.decompress(inflater.unconsumed_tail, 4 + head_len - len(head))
     except zlib.error:
         raise ArtifactError(f"{source} is corrupt (bad compressed data): re-export it") from None
-    if len(body) < 4:
-        raise ArtifactError(f"{source} is truncated: re-export it")
-    (head_len,) = struct.unpack("<I", body[:4])
+    if len(head) < 4 + head_len:
+        raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
     try:
-        header = json.loads(body[4 : 4 + head_len])
-    except (ValueError, UnicodeDecodeError):
+        header = json.loads(head[4 : 4 + head_len])
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(f"{source} has a corrupt header: re-export it") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
-        raise ArtifactError(f"{source} has format {header.get('format') if isinstance(header, dict) else '?'}; this version reads format {FORMAT_VERSION}")
-    removed = header.get("channels_removed", {})
-    if not isinstance(removed, dict) or not all(isinstance(v, (str, list)) for v in removed.values()):
-        raise ArtifactError(f"{source} has a corrupt header (channels_removed): re-export it")
+    check_header(header, source)
+    declared = max((span[0] + span[1] for t in header["tensors"] for k in ("values", "index", "scale") if (span := t.get(k))), default=0)
+    if declared > min(MAX_UNPACKED_BYTES, ZLIB_MAX_RATIO * len(data)):
+        raise ArtifactError(f"{source} declares {declared} bytes of tensors, more than its {len(data)} compressed bytes can hold: it is not a real artifact")
+    body = head[4 + head_len :]
     try:
+        want = declared - len(body)
+        rest = inflater.unconsumed_tail
+        while want > 0 and rest:
+            chunk = inflater.decompress(rest, want)
+            body += chunk
+            want -= len(chunk)
+            rest = inflater.unconsumed_tail
+        # A real file ends where its header says: one more byte of output means it does not.
+        if rest and inflater.decompress(rest, 1):
+            raise ArtifactError(f"{source} holds more data than its header declares: it is not a real artifact; re-export it")
+    except zlib.error:
+        raise ArtifactError(f"{source} is corrupt (bad compressed data): re-export it") from None
+    if not inflater.eof:
+        raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
+    if len(body) < declared:
+        raise ArtifactError(f"{source} is truncated: its tensors end past the data; re-export it")
+    try:
+        removed = header["channels_removed"]
         header["channels_removed"] = {k: mask_indices(v) if isinstance(v, str) else v for k, v in removed.items()}
     except ValueError:
         raise ArtifactError(f"{source} has a corrupt header (channels_removed): re-export it") from None
-    return header, body[4 + head_len :]
+    return header, body
+
+
+def _json_depth(value: Any, depth: int = 0) -> int:
+    if isinstance(value, dict):
+        return max((_json_depth(v, depth + 1) for v in value.values()), default=depth + 1)
+    if isinstance(value, list):
+        return max((_json_depth(v, depth + 1) for v in value), default=depth + 1)
+    return depth
+
+
+def _is_int(value: Any, low: int = 0, high: int = 1 << 62) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_header(header: Any, source: str = "artifact") -> None:
+    """The header's schema, checked before anything is built from it: types, known kinds,
+    bounded counts, shapes and nesting. Every failure is one ArtifactError naming the field."""
+
+    def bad(field: str) -> ArtifactError:
+        return ArtifactError(f"{source} has a corrupt header ({field}): it is not a file autocompress wrote; re-export it")
+
+    if not isinstance(header, dict):
+        raise bad("not a mapping")
+    if header.get("format") != FORMAT_VERSION:
+        raise ArtifactError(f"{source} has format {header.get('format')!r}; this version reads format {FORMAT_VERSION}")
+    if _json_depth(header) > MAX_HEADER_DEPTH:
+        raise bad("nested too deeply")
+    task = header.get("task")
+    if not isinstance(task, dict) or not isinstance(task.get("model", ""), str):
+        raise bad("task")
+    if "num_classes" in task and not _is_int(task["num_classes"], 1, 1 << 20):
+        raise bad("task.num_classes")
+    shape = task.get("input_shape", [])
+    if not isinstance(shape, list) or len(shape) > 4 or not all(_is_int(d, 1, 1 << 16) for d in shape):
+        raise bad("task.input_shape")
+    plan = header.get("plan")
+    if not isinstance(plan, dict) or len(plan) > MAX_TENSORS:
+        raise bad("plan")
+    for name, lp in plan.items():
+        if not isinstance(lp, dict) or set(lp) - {"sparsity", "structured", "bits", "rank"}:
+            raise bad(f"plan.{name}")
+        if not (isinstance(lp.get("sparsity", 0.0), (int, float)) and 0 <= lp.get("sparsity", 0.0) < 1):
+            raise bad(f"plan.{name}.sparsity")
+        if not _is_int(lp.get("bits", FULL_PRECISION_BITS), 2, FULL_PRECISION_BITS) or not isinstance(lp.get("structured", False), bool):
+            raise bad(f"plan.{name}")
+        if lp.get("rank") is not None and not _is_int(lp["rank"], 1, 1 << 20):
+            raise bad(f"plan.{name}.rank")
+    for key in ("channels_removed", "bn_folded"):
+        value = header.setdefault(key, {})
+        if not isinstance(value, dict) or len(value) > MAX_TENSORS or not all(isinstance(k, str) for k in value):
+            raise bad(key)
+    if not all(isinstance(v, str) and len(v) <= 1 << 16 for v in header["channels_removed"].values()):
+        raise bad("channels_removed")
+    if not all(isinstance(v, str) for v in header["bn_folded"].values()):
+        raise bad("bn_folded")
+    tensors = header.get("tensors")
+    if not isinstance(tensors, list) or len(tensors) > MAX_TENSORS:
+        raise bad("tensors")
+    for t in tensors:
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise bad("tensors: an entry")
+        name = t["name"]
+        dims = t.get("shape")
+        if not isinstance(dims, list) or len(dims) > 8 or not all(_is_int(d, 0, MAX_TENSOR_VALUES) for d in dims):
+            raise bad(f"tensor '{name}' shape")
+        numel = 1
+        for d in dims:
+            numel *= d
+        if numel > MAX_TENSOR_VALUES:
+            raise bad(f"tensor '{name}' shape")
+        kind = t.get("kind")
+        if kind not in ("raw", "codes", "sparse", "float"):
+            raise bad(f"tensor '{name}' kind")
+        for span_key in ("values", "index", "scale"):
+            span = t.get(span_key)
+            if span is not None and not (isinstance(span, list) and len(span) == 2 and all(_is_int(v) for v in span)):
+                raise bad(f"tensor '{name}' {span_key}")
+        if "values" not in t:
+            raise bad(f"tensor '{name}' values")
+        if kind == "raw":
+            if t.get("dtype") not in _DTYPES:
+                raise bad(f"tensor '{name}' dtype")
+            continue
+        if t.get("enc") not in ENCODINGS and not str(t.get("enc", "")).startswith("relative-index-"):
+            raise bad(f"tensor '{name}' encoding")
+        if not _is_int(t.get("bits"), 1, FULL_PRECISION_BITS) or (kind == "codes" and not _is_int(t["bits"], 2, 16)):
+            raise bad(f"tensor '{name}' bits")
+        if t["enc"] not in ("dense", "empty") and not (_is_int(t.get("n"), 0, numel) and "index" in t):
+            raise bad(f"tensor '{name}' index")
+        if kind == "codes" and ("scale" not in t or not dims):
+            raise bad(f"tensor '{name}' scale")
 
 
 def index_mask(indices: list[int]) -> str:
@@ -371,12 +498,23 @@ def load(path: str | Path, build: Build | None = None) -> nn.Module:
             ``num_classes=`` and ``input_shape=`` that returns its untrained architecture.
             Built-in and torchvision models need none; a file never names code to import.
     """
+    return loads(read_file(path), str(path), build)
+
+
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes, refused past MAX_FILE_BYTES (``/dev/zero`` is not read forever)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            magic = f.read(len(MAGIC))  # a foreign file or device is refused before reading on
+            if magic != MAGIC:
+                return magic
+            data = magic + f.read(MAX_FILE_BYTES)
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact ({path}): {exc.strerror}") from None
-    return loads(data, str(path), build)
+    if len(data) > MAX_FILE_BYTES:
+        raise ArtifactError(f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB, far beyond any packed model: pass an artifact from 'autocompress export'")
+    return data
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

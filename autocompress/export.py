@@ -101,10 +101,7 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str |
 def describe(path: str | Path) -> dict[str, Any]:
     """What an artifact holds: task, plan, per-tensor encodings and sizes."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"cannot read artifact ({path}): {exc.strerror}") from None
+    data = artifact.read_file(path)
     header, payload = artifact.read_header(data, str(path))
     # Described from the header alone: inspecting a file builds no model and runs no code.
     tensors = []

@@ -184,3 +184,90 @@ def test_a_file_naming_user_code_never_imports_it(tmp_path: Path, tasks) -> None
     loaded = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert loaded.returncode != 0 and "never makes autocompress import code" in loaded.stderr
     assert not marker.exists()
+
+
+def _craft(header: dict, payload: bytes = b"", tail: bytes = b"") -> bytes:
+    import json
+    import struct
+    import zlib
+
+    head = json.dumps(header).encode()
+    return artifact.MAGIC + zlib.compress(struct.pack("<I", len(head)) + head + payload + tail)
+
+
+MALFORMED = {
+    "header is a list": lambda h: [h],
+    "format unknown": lambda h: {**h, "format": 99},
+    "task not a mapping": lambda h: {**h, "task": "x"},
+    "model not a string": lambda h: {**h, "task": {**h["task"], "model": 7}},
+    "negative classes": lambda h: {**h, "task": {**h["task"], "num_classes": -1}},
+    "huge input shape": lambda h: {**h, "task": {**h["task"], "input_shape": [1, 1 << 30, 8]}},
+    "plan not a mapping": lambda h: {**h, "plan": []},
+    "plan bits a string": lambda h: {**h, "plan": {"fc1": {"bits": "8"}}},
+    "plan sparsity 5": lambda h: {**h, "plan": {"fc1": {"sparsity": 5}}},
+    "plan unknown key": lambda h: {**h, "plan": {"fc1": {"evil": 1}}},
+    "tensors not a list": lambda h: {**h, "tensors": {}},
+    "tensor kind unknown": lambda h: {**h, "tensors": [{**h["tensors"][0], "kind": "pickle"}]},
+    "tensor negative shape": lambda h: {**h, "tensors": [{**h["tensors"][0], "shape": [-3, 4]}]},
+    "tensor huge shape": lambda h: {**h, "tensors": [{**h["tensors"][0], "shape": [1 << 20, 1 << 20, 1 << 20]}]},
+    "tensor bad offsets": lambda h: {**h, "tensors": [{**h["tensors"][0], "values": ["a", 3]}]},
+    "deeply nested": lambda h: {**h, "bn_folded": {"a": [[[[[[[[[[["deep"]]]]]]]]]]]}},
+    "channels_removed not text": lambda h: {**h, "channels_removed": {"fc1": {"x": 1}}},
+    "declares gigabytes": lambda h: {**h, "tensors": [{**h["tensors"][0], "values": [0, 3 << 30]}]},
+}
+
+
+@pytest.mark.parametrize("mutation", list(MALFORMED))
+def test_malformed_headers_are_refused_with_one_clear_error(mutation: str, tasks, tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    task = tasks["digits-mlp"]
+    header, payload = artifact.read_header(artifact.pack(task.build_model(), CompressionPlan(), task.artifact_task()).data)
+    header["channels_removed"] = {}
+    crafted = tmp_path / "bad.acz"
+    crafted.write_bytes(_craft(MALFORMED[mutation](header), payload))
+    with pytest.raises(ArtifactError):
+        artifact.load(crafted)
+    proc = run_cli("inspect", str(crafted), cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_a_decompression_bomb_is_refused_without_inflating_it(tasks, tmp_path: Path) -> None:
+    """A valid header followed by 2 GiB of compressed zeros: refused after its declared payload,
+    in a process whose peak memory stays far below the bomb's size."""
+    import json
+    import struct
+    import subprocess
+    import sys
+    import zlib
+
+    task = tasks["digits-mlp"]
+    header, payload = artifact.read_header(artifact.pack(task.build_model(), CompressionPlan(), task.artifact_task()).data)
+    header["channels_removed"] = {}
+    head = json.dumps(header).encode()
+    z = zlib.compressobj(9)
+    parts = [artifact.MAGIC, z.compress(struct.pack("<I", len(head)) + head + payload)]
+    zeros = bytes(64 << 20)
+    parts += [z.compress(zeros) for _ in range(32)]
+    parts.append(z.flush())
+    bomb = tmp_path / "bomb.acz"
+    bomb.write_bytes(b"".join(parts))
+    assert bomb.stat().st_size < 4 << 20  # a few MB on disk, 2 GiB inflated
+    code = (
+        "import resource, sys, autocompress\n"
+        "from autocompress.artifact import ArtifactError\n"
+        f"try:\n    autocompress.load({str(bomb)!r})\nexcept ArtifactError as e:\n    print('refused:', e)\n"
+        "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "refused:" in proc.stdout and "more data than its header declares" in proc.stdout, proc.stdout + proc.stderr
+    peak = int(proc.stdout.split("peak_mb")[1])
+    assert peak < 1500  # the interpreter with torch; the 2 GiB never materialise
+
+
+def test_an_endless_file_is_not_read_forever(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    proc = run_cli("inspect", "/dev/zero", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "not an autocompress artifact" in proc.stderr
