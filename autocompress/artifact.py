@@ -517,9 +517,26 @@ def read_file(path: str | Path) -> bytes:
     return data
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a failure leaves nothing half-written."""
+def check_output(path: str | Path, force: bool = False, flag: str = "-o") -> None:
+    """Refuse an output path that would replace something: an existing file (unless ``force``),
+    a symbolic link (never written through: its target could be anything), a device, a folder."""
     path = Path(path)
+    if path.is_symlink():
+        raise ArtifactError(f"'{path}' is a symbolic link ({flag}); autocompress does not write through links: give the real path")
+    if path.exists():
+        if not path.is_file():
+            raise ArtifactError(f"'{path}' exists and is not a regular file ({flag}): pick a file path")
+        if not force:
+            raise ArtifactError(f"'{path}' exists ({flag}): pass --force to replace it, or pick another path")
+
+
+def write_atomic(path: str | Path, data: bytes, force: bool = True) -> None:
+    """Write via a temporary file and rename, so a failure leaves nothing half-written.
+
+    With ``force=False`` an existing file is refused (``check_output``); links and devices always are.
+    """
+    path = Path(path)
+    check_output(path, force)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ArtifactError(f"folder '{folder}' does not exist (-o {path}): create it or pick another path")

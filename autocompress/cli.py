@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
     r.add_argument("--json", action="store_true", help="print the front as a JSON list")
     r.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots")
+    r.add_argument("--force", action="store_true", help="replace FILE if it exists (never a link or a device)")
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on this machine for the study database", epilog=EXAMPLES_DASHBOARD, formatter_class=fmt)
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="acz", help="acz (default: the packed artifact, exactly the size measured) or onnx")
     e.add_argument("--precision", help="onnx only: fp32 or int8 (default: the study's deploy precision for an ONNX runtime, else fp32)")
     e.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
+    e.add_argument("--force", action="store_true", help="replace the output file if it exists (never a link or a device)")
     e.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     i = sub.add_parser("inspect", help="show what a packed artifact holds", epilog=EXAMPLES_INSPECT, formatter_class=fmt)
@@ -153,6 +155,11 @@ def _search(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from autocompress.report import print_report, report_json
 
+    if args.html:  # refused before anything is computed or stored
+        from autocompress.artifact import check_output
+
+        _not_the_database(args.html, args.storage, "--html")
+        check_output(args.html, args.force, "--html")
     study = _open_study(args.name, args.storage)
     if args.json:
         print(report_json(study))
@@ -161,7 +168,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.html:
         from autocompress.html_report import write_html
 
-        path = write_html(study, args.html)
+        path = write_html(study, args.html, args.force)
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -193,6 +200,17 @@ def _open_study(name: str, storage: str | None):  # type: ignore[no-untyped-def]
     return study
 
 
+def _not_the_database(output: str, storage: str | None, flag: str) -> None:
+    """An output path may never be the study's own SQLite file, --force or not."""
+    from autocompress.config import load_config
+    from autocompress.errors import StorageError
+    from autocompress.storage import sqlite_path
+
+    db = sqlite_path(storage or load_config(None).storage)
+    if db is not None and Path(output).resolve() == db.resolve():
+        raise StorageError(f"'{output}' is the study database itself ({flag}): pick another path")
+
+
 def _export(args: argparse.Namespace) -> int:
     from autocompress.export import export_trial
 
@@ -202,8 +220,10 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown export format '{args.format}' (--format): use acz or onnx")
     if args.precision not in (None, "fp32", "int8") or (args.precision and args.format != "onnx"):
         raise ConfigError(f"--precision {args.precision} applies to --format onnx with fp32 or int8: fix the flags")
+    if args.output:
+        _not_the_database(args.output, args.storage, "-o")
     study = _open_study(args.name, args.storage)
-    path, how = export_trial(study, args.trial, args.output, args.format, args.precision)
+    path, how = export_trial(study, args.trial, args.output, args.format, args.precision, args.force)
     trial = study.trials[args.trial]
     print(f"wrote {path}: {path.stat().st_size} bytes, {how} (trial {args.trial}: accuracy {100 * trial.values[0]:.2f}%, size_bytes {int(trial.values[1])})")
     return 0

@@ -44,17 +44,20 @@ def trial_artifact(study: optuna.Study, number: int) -> bytes:
 FORMATS = ("acz", "onnx")
 
 
-def export_trial(study: optuna.Study, number: int, output: str | Path | None, fmt: str = "acz", precision: str | None = None) -> tuple[Path, str]:
+def export_trial(
+    study: optuna.Study, number: int, output: str | Path | None, fmt: str = "acz", precision: str | None = None, force: bool = False,
+) -> tuple[Path, str]:
     """Write a trial's model as ``acz`` (the packed artifact, exactly what was sized) or ``onnx``;
     returns the path and how the file came to be."""
     if fmt not in FORMATS:
         raise ArtifactError(f"unknown export format '{fmt}' (--format): use one of {', '.join(FORMATS)}")
-    data = trial_artifact(study, number)
     path = Path(output) if output else Path(f"{study.study_name}-trial{number}.{fmt}")
+    artifact.check_output(path, force)  # before any work: nothing is exported to be thrown away
+    data = trial_artifact(study, number)
     how = "the packed artifact the search sized"
     if fmt == "onnx":
         data, how = trial_onnx(study, number, data, precision)
-    artifact.write_atomic(path, data)
+    artifact.write_atomic(path, data, force)
     return path, how
 
 

@@ -16,7 +16,7 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from autocompress.artifact import write_atomic
+from autocompress.artifact import check_output, write_atomic
 from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
 from autocompress.report import deploy_target, checked_analysis, plan_summary, report_rows
 
@@ -108,7 +108,8 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
     return fig
 
 
-def write_html(study: optuna.Study, path: str | Path) -> Path:
+def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Path:
+    check_output(path, force, "--html")
     analysis = checked_analysis(study)
     rows = report_rows(study, analysis)
     baseline = study.user_attrs["baseline"]
@@ -149,5 +150,5 @@ the threshold until the time cap. Get a trial's file with <code>autocompress exp
 </body></html>
 """
     path = Path(path)
-    write_atomic(path, page.encode())
+    write_atomic(path, page.encode(), force)
     return path

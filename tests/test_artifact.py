@@ -271,3 +271,16 @@ def test_an_endless_file_is_not_read_forever(tmp_path: Path) -> None:
 
     proc = run_cli("inspect", "/dev/zero", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "not an autocompress artifact" in proc.stderr
+
+
+def test_outputs_never_replace_links_devices_or_files_unasked(tmp_path: Path) -> None:
+    target = tmp_path / "target.txt"
+    target.write_text("precious")
+    link = tmp_path / "link.acz"
+    link.symlink_to(target)
+    for path, needle in ((link, "symbolic link"), (Path("/dev/null"), "not a regular file"), (tmp_path, "not a regular file"), (target, "--force")):
+        with pytest.raises(ArtifactError, match=needle):
+            artifact.write_atomic(path, b"new", force=path != target)
+    assert target.read_text() == "precious" and link.is_symlink()
+    artifact.write_atomic(target, b"new", force=True)  # asked for: replaced
+    assert target.read_bytes() == b"new"

@@ -62,7 +62,7 @@ def test_corpus_is_large_and_well_formed() -> None:
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
 def test_bad_input(path: Path, populated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     case = yaml.safe_load(path.read_text())
-    fill = {"{dir}": str(tmp_path), "{storage}": f"sqlite:///{populated / 'studies.db'}"}
+    fill = {"{dir}": str(tmp_path), "{storage}": f"sqlite:///{populated / 'studies.db'}", "{db}": str(populated / "studies.db")}
 
     def expand(text: str) -> str:
         for k, v in fill.items():
@@ -86,4 +86,6 @@ def test_bad_input(path: Path, populated: Path, tmp_path: Path, capsys: pytest.C
     assert _row_counts(populated / "studies.db") == before  # nothing written, not even a study
     assert sorted((populated / "artifacts").rglob("*")) == artifacts_before
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "studies").exists()
-    assert not list(tmp_path.glob("*.html"))  # no half-written report either
+    assert not [p for p in tmp_path.glob("*.html") if p.name not in (case.get("files") or {})]  # no half-written report either
+    for name, body in (case.get("files") or {}).items():
+        assert (tmp_path / name).read_text() == expand(body)  # an existing file is never replaced
