@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,6 +143,9 @@ def _search(args: argparse.Namespace) -> int:
     }
     config = load_config(args.config, overrides)
     driver = Driver(config, progress=not args.no_progress and sys.stderr.isatty())
+    # SIGTERM (a scheduler, `kill`, a container stopping) ends the search as Ctrl-C does: the
+    # trials in flight are failed with a reason and the report printed, never a native dump.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         study = driver.run()
     except KeyboardInterrupt:
@@ -150,6 +154,10 @@ def _search(args: argparse.Namespace) -> int:
         raise
     print_report(study)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from autocompress.tasks import TaskSpec
 from autocompress.tasks.custom import add_import_path, is_custom
 
 DEFAULT_CONFIG = Path("studies/default.yaml")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # study names become file names
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
 
@@ -124,6 +126,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for key, value in (overrides or {}).items():
         if value is not None:
             config = _override(config, key, value)
+    if not NAME_PATTERN.fullmatch(config.name):
+        where = "--name" if (overrides or {}).get("name") is not None else str(path or "the built-in defaults")
+        raise ConfigError(
+            f"study name {config.name[:60]!r} is not allowed (key 'name', {where}): use letters, digits, '-', '_' and '.', "
+            "at most 100 characters, not starting with '.' (it names files such as NAME-trialN.acz)"
+        )
     return config
 
 

@@ -125,6 +125,21 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
             f"study '{study.study_name}' was created for another task (differs in {', '.join(diff)}): "
             "choose another --name, pass --new-study, or use the config it was created with"
         )
+    if attrs.get("space") not in (None, space.to_dict()):
+        old = attrs["space"]
+        diff = sorted(set(old) ^ set(space.to_dict())) or [n for n in old if old[n] != space.to_dict().get(n)]
+        raise StorageError(
+            f"study '{study.study_name}' was created with another search space (differs at layer "
+            f"{', '.join(diff[:3])}): choose another --name, pass --new-study, or use the space it was created with"
+        )
+    old_finetune = (attrs.get("config") or {}).get("finetune")
+    new_finetune = config.to_dict()["finetune"]
+    if old_finetune is not None and old_finetune != new_finetune:
+        diff = [f"{k} {old_finetune.get(k)!r} -> {v!r}" for k, v in new_finetune.items() if old_finetune.get(k) != v]
+        raise StorageError(
+            f"study '{study.study_name}' was fine-tuned differently (finetune: {', '.join(diff)}): its trials would not "
+            "compare; choose another --name, pass --new-study, or use the finetune section it was created with"
+        )
     old_deploy = (attrs.get("config") or {}).get("deploy")
     new_deploy = {k: v for k, v in config.to_dict()["deploy"].items() if k in DEPLOY_IDENTITY}
     if old_deploy is not None and {k: old_deploy.get(k) for k in DEPLOY_IDENTITY} != new_deploy:
@@ -132,13 +147,6 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
         raise StorageError(
             f"study '{study.study_name}' was measured on another deploy target ({', '.join(diff)}): its latencies would not "
             "compare; choose another --name, pass --new-study, or use the deploy section it was created with"
-        )
-    if attrs.get("space") not in (None, space.to_dict()):
-        old = attrs["space"]
-        diff = sorted(set(old) ^ set(space.to_dict())) or [n for n in old if old[n] != space.to_dict().get(n)]
-        raise StorageError(
-            f"study '{study.study_name}' was created with another search space (differs at layer "
-            f"{', '.join(diff[:3])}): choose another --name, pass --new-study, or use the space it was created with"
         )
 
 

@@ -254,9 +254,10 @@ def test_a_killed_driver_leaves_nothing_running_after_resume(tmp_path: Path, cac
     assert dead.params.items() <= requeued[0].params.items()
 
 
-def test_ctrl_c_fails_in_flight_trials_prints_the_report_and_exits_130(tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_fails_in_flight_trials_prints_the_report_and_exits_130(tmp_path: Path, cache_dir: Path, sig: signal.Signals) -> None:
     driver, url, _ = _driver_mid_trial(tmp_path, cache_dir, trials=5)
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(sig)
     out, err = driver.communicate(timeout=60)
     assert driver.returncode == 130, err
     assert "Pareto front" in out and "interrupted" in err and "Traceback" not in err
