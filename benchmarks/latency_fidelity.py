@@ -60,11 +60,12 @@ import json, sys, torch
 import autocompress
 from autocompress.deploy.target import DeployConfig
 from autocompress.tasks import TaskSpec, load_data
+from benchmarks.latency_fidelity import torch_ms
 x = load_data(TaskSpec(**{spec.to_dict()!r})).x_val[:{config.batch_size}]
-cfg = LatencyConfig(**{json.dumps(config.__dict__)})
+cfg = DeployConfig(**{config.__dict__!r})
 out = {{}}
 for n, path in json.loads(sys.argv[1]).items():
-    out[n] = measure_latency(autocompress.load(path), x, cfg)[0]
+    out[n] = torch_ms(autocompress.load(path), x, cfg)
 print(json.dumps(out))
 """
         proc = subprocess.run([sys.executable, "-c", script, json.dumps({n: str(p) for n, p in files.items()})],
