@@ -43,6 +43,12 @@ dense tensors (ONNX runtimes have no faster sparse kernels); channel pruning and
 layers physically smaller. When the study deployed to onnxruntime or openvino at that precision,
 the file written is the very file its accuracy and latency were measured on."""
 
+EXAMPLES_DELETE = """examples:
+  autocompress delete old-run              # asks first; lists what goes
+  autocompress delete old-run --yes --storage postgresql://user@db-host/autocompress
+Removes the Optuna study, its rows in autocompress's own tables and its artifact files, so a new
+study of that name starts clean."""
+
 EXAMPLES_INSPECT = """examples:
   autocompress inspect model.acz
   autocompress inspect model.acz --json"""
@@ -93,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on this machine for the study database", epilog=EXAMPLES_DASHBOARD, formatter_class=fmt)
     d.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
-    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; others need --allow-remote)")
+    d.add_argument("--allow-remote", action="store_true", help="let a non-loopback --host through: anyone who reaches it reads the whole study")
+    d.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     d.add_argument("--artifact-dir", help="where trial artifacts live (default: the default config's artifact_dir)")
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -112,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("file", help="an .acz file from 'autocompress export'")
     i.add_argument("--json", action="store_true", help="print as JSON")
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    rm = sub.add_parser("delete", help="delete a study: its trials, its rows in autocompress's tables and its artifacts", epilog=EXAMPLES_DELETE, formatter_class=fmt)
+    rm.add_argument("name", help="study name")
+    rm.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
+    rm.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal)")
+    rm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     lay = sub.add_parser("layers", help="list a model's compressible layers and their knobs", epilog=EXAMPLES_LAYERS, formatter_class=fmt)
     lay.add_argument("task", nargs="?", help="model name: registered, torchvision:NAME or module:function (default: the config's)")
@@ -188,6 +201,17 @@ def _dashboard(args: argparse.Namespace) -> int:
     from autocompress.config import load_config
     from autocompress.storage import mask_url, open_storage
 
+    from autocompress.errors import ConfigError
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.host.startswith("127."):
+        if not args.allow_remote:
+            raise ConfigError(
+                f"--host {args.host} would serve the study (its trials, configs and models) to other machines, with no "
+                "login: keep the default 127.0.0.1 (use an SSH tunnel), or pass --allow-remote if you mean it"
+            )
+        print(f"warning: serving on {args.host} without authentication: anyone who reaches it can read the study", file=sys.stderr)
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port} is outside 1..65535: pick a free port")
     config = load_config(None)
     url = args.storage or config.storage
     storage = open_storage(url, create=False)
@@ -217,6 +241,45 @@ def _not_the_database(output: str, storage: str | None, flag: str) -> None:
     db = sqlite_path(storage or load_config(None).storage)
     if db is not None and Path(output).resolve() == db.resolve():
         raise StorageError(f"'{output}' is the study database itself ({flag}): pick another path")
+
+
+def _delete(args: argparse.Namespace) -> int:
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from autocompress import tables
+    from autocompress.config import load_config
+    from autocompress.errors import SearchError
+    from autocompress.storage import load_study, open_storage
+
+    url = args.storage or load_config(None).storage
+    storage = open_storage(url, create=False)
+    study = load_study(storage, args.name, url)
+    ids = [t.user_attrs[k] for t in study.get_trials(deepcopy=False) for k in ("artifact_id", "onnx_artifact_id") if k in t.user_attrs]
+    baseline = study.user_attrs.get("baseline", {})
+    ids += [baseline[k] for k in ("artifact_id", "onnx_artifact_id") if k in baseline]
+    folder = study.user_attrs.get("artifact_dir")
+    what = f"study '{args.name}' ({len(study.trials)} trials, {len(ids)} artifact files{f' in {folder}' if folder and ids else ''})"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise SearchError(f"delete {what}: not at a terminal to ask; pass --yes to delete it")
+        if input(f"delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    study_id = storage.get_study_id_from_name(args.name)
+    rows = tables.delete_study_rows(storage.engine, study_id)
+    optuna.delete_study(study_name=args.name, storage=storage)
+    removed = 0
+    if folder and Path(folder).is_dir():
+        store = FileSystemArtifactStore(folder)
+        for artifact_id in ids:
+            try:
+                store.remove(artifact_id)
+                removed += 1
+            except Exception:  # already gone: nothing to do  # noqa: BLE001
+                pass
+    print(f"deleted {what}: {rows} rows of autocompress's tables, {removed} artifact files")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -305,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.debug:
         logging.getLogger("optuna").setLevel(logging.WARNING)
-    handler = {"search": _search, "report": _report, "dashboard": _dashboard, "export": _export, "inspect": _inspect, "layers": _layers}[args.command]
+    handler = {"search": _search, "report": _report, "dashboard": _dashboard, "export": _export, "inspect": _inspect, "layers": _layers, "delete": _delete}[args.command]
     try:
         return handler(args)
     except AutocompressError as exc:

@@ -139,3 +139,13 @@ def leases(engine: Engine, study_id: int) -> dict[str, dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(drivers).where(drivers.c.study_id == study_id)).mappings().all()
     return {r["driver_id"]: dict(r) for r in rows}
+
+
+def delete_study_rows(engine: Engine, study_id: int) -> int:
+    """Remove a study's rows from every table of the project's own, in one transaction; the count."""
+    removed = 0
+    with engine.begin() as conn:
+        for table in (layers, hypervolume, front, drivers):
+            if sa.inspect(conn).has_table(table.name):
+                removed += conn.execute(table.delete().where(table.c.study_id == study_id)).rowcount or 0
+    return removed

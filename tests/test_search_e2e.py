@@ -324,3 +324,27 @@ def test_a_failing_plan_becomes_a_failed_result_not_an_exception(cnn_task) -> No
     evaluator = Evaluator(cnn_task, FinetuneConfig(steps=2), DeployConfig(max_seconds=0.05))
     result = evaluator.evaluate(CompressionPlan({"fc1": LayerPlan(rank=999)}))
     assert not result.ok and "rank 999" in result.error
+
+
+def test_delete_removes_the_study_its_rows_and_its_artifacts(tmp_path: Path, cache_dir: Path) -> None:
+    import sqlite3
+
+    from tests.helpers import run_cli, write_study_config
+
+    db = tmp_path / "del.db"
+    config = write_study_config(tmp_path, cache_dir, {"trials": 2, "workers": 0}, storage=f"sqlite:///{db}",
+                                artifact_dir=str(tmp_path / "artifacts"), finetune={"steps": 5}, deploy={"max_seconds": 0.05})
+    assert run_cli("search", str(config), "--no-progress", cwd=tmp_path).returncode == 0
+    files = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
+    assert len(files) == 3  # baseline + 2 trials
+    proc = run_cli("delete", "autocompress", "--yes", "--storage", f"sqlite:///{db}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0] == 0
+        for table in ("autocompress_layers", "autocompress_hypervolume", "autocompress_front", "autocompress_drivers"):
+            assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
+    # A new study of the same name starts clean: its rows are its own.
+    assert run_cli("search", str(config), "--no-progress", cwd=tmp_path).returncode == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM autocompress_hypervolume").fetchone()[0] == 2
