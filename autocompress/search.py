@@ -150,6 +150,14 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
         )
 
 
+def _half_created(study: optuna.Study) -> bool:
+    """Created (our directions) but never described: no metric names, no task, no trials."""
+    return (
+        list(study.directions) == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
+        and not study.metric_names and "task" not in study.user_attrs and not study.get_trials(deepcopy=False)
+    )
+
+
 def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[dict[str, Any], Result]:
     """The uncompressed model's numbers (its fp32 artifact from the same packer, its deployed
     form on the deploy target) and the result, measured by a worker: on the target the trials use."""
@@ -220,6 +228,9 @@ class Driver:
         self._engine, self._study_id = storage.engine, storage.get_study_id_from_name(study.study_name)
         task = build_task(cfg.task, cfg.cache_dir)
         self.study = study
+        # One absolute folder, recorded with the study: a run resumed from another folder keeps
+        # writing where export and report read.
+        self.artifact_dir = str(study.user_attrs.get("artifact_dir") or Path(cfg.artifact_dir).resolve())
         done = self._count(TrialState.COMPLETE)
         if done >= cfg.search.trials and "baseline" in study.user_attrs:
             log.info("study '%s' already has %d complete trials", study.study_name, done)
@@ -231,9 +242,9 @@ class Driver:
             self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device)
             if "baseline" not in study.user_attrs:
                 baseline, result = measure_baseline(task, self.runner, cfg.deploy)
-                baseline["artifact_id"] = store_artifact(study, result.artifact, cfg.artifact_dir, "baseline.acz")
+                baseline["artifact_id"] = store_artifact(study, result.artifact, self.artifact_dir, "baseline.acz")
                 if result.onnx:
-                    baseline["onnx_artifact_id"] = store_artifact(study, result.onnx, cfg.artifact_dir, "baseline.onnx", ONNX_MIMETYPE)
+                    baseline["onnx_artifact_id"] = store_artifact(study, result.onnx, self.artifact_dir, "baseline.onnx", ONNX_MIMETYPE)
                 study.set_user_attr("baseline", baseline)
             self._loop(study, space)
         finally:
@@ -281,8 +292,11 @@ class Driver:
             study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=list(pareto.DIRECTIONS))
         except optuna.exceptions.DuplicatedStudyError:  # an existing study (maybe another driver's, just made)
             study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
-            _check_existing(study, cfg, space, cfg.storage)
-            return study
+            if not _half_created(study):
+                _check_existing(study, cfg, space, cfg.storage)
+                return study
+            # A driver killed between creating the study and describing it: finish the job.
+            log.warning("study '%s' was left half-created by a driver that stopped; completing it", study.study_name)
         with warnings.catch_warnings():  # experimental since 3.2, stable in practice; keep output clean
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(pareto.OBJECTIVES))
@@ -421,9 +435,9 @@ class Driver:
         if baseline.get("deploy"):  # optuna-dashboard's trial table shows what each latency came from
             trial.set_user_attr("deploy", f"{baseline['deploy']} [{result.latency_backend}]")
         try:
-            artifact_id = store_artifact(trial, result.artifact, self.config.artifact_dir, f"trial-{trial.number}.acz")
+            artifact_id = store_artifact(trial, result.artifact, self.artifact_dir, f"trial-{trial.number}.acz")
             if result.onnx:  # the very file whose accuracy and latency were measured
-                trial.set_user_attr("onnx_artifact_id", store_artifact(trial, result.onnx, self.config.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE))
+                trial.set_user_attr("onnx_artifact_id", store_artifact(trial, result.onnx, self.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE))
         except StorageError as exc:
             # The database stays consistent: this trial is failed with the reason, never left RUNNING.
             trial.set_user_attr("fail_reason", f"artifact not stored: {exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import os
 import re
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     if path is not None:
         if not create and not path.is_file():
             raise StorageError(f"no database at {path} ({mask_url(url)}): run a search first or pass --storage")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _check_sqlite_folder(path, url)
     engine_kwargs = {}
     if make_url(url).get_backend_name() == "postgresql":
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
@@ -85,6 +86,19 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         reason = reason.replace(url, mask_url(url))
         raise StorageError(f"cannot open storage {mask_url(url)}: {reason}: check the URL and that the server is up") from None
+
+
+def _check_sqlite_folder(path: Path, url: str) -> None:
+    """Only the project's own default folder is created; any other must exist and be writable."""
+    folder = path.parent
+    if not folder.is_dir():
+        if folder != Path(DEFAULT_STORAGE.removeprefix("sqlite:///")).parent:
+            raise StorageError(f"folder '{folder}' for the database does not exist ({mask_url(url)}): create it, or fix the path")
+        folder.mkdir(parents=True, exist_ok=True)  # studies/, next to the study configs
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot create the database in '{folder}': the folder is not writable ({mask_url(url)}): pick another --storage")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise StorageError(f"the database {path} is not readable and writable by this user ({mask_url(url)}): fix its permissions")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -348,3 +348,24 @@ def test_delete_removes_the_study_its_rows_and_its_artifacts(tmp_path: Path, cac
     assert run_cli("search", str(config), "--no-progress", cwd=tmp_path).returncode == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM autocompress_hypervolume").fetchone()[0] == 2
+
+
+def test_a_half_created_study_is_completed_and_artifacts_follow_the_study(tmp_path: Path, cache_dir: Path) -> None:
+    """A study created but never described (its driver killed in between) is completed by the
+    next run; a run resumed from another folder writes artifacts where the study records them."""
+    from tests.helpers import run_cli, write_study_config
+
+    db = tmp_path / "h.db"
+    optuna.create_study(study_name="autocompress", storage=f"sqlite:///{db}", directions=["maximize", "minimize", "minimize"])
+    config = write_study_config(tmp_path, cache_dir, {"trials": 1, "workers": 0}, storage=f"sqlite:///{db}",
+                                artifact_dir="arts", finetune={"steps": 5}, deploy={"max_seconds": 0.05})
+    proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_cli("search", str(config), "--no-progress", "--trials", "2", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2 and study.metric_names == ["accuracy", "size_bytes", "latency_ms"]
+    assert not (elsewhere / "arts").exists() and len([p for p in (tmp_path / "arts").rglob("*") if p.is_file()]) == 3
+    assert run_cli("export", "autocompress", "--trial", "1", "--storage", f"sqlite:///{db}", cwd=elsewhere).returncode == 0

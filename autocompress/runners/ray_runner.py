@@ -234,9 +234,20 @@ class RayRunner(Runner):
         self.replaced += 1
 
     def baseline(self) -> Result:
+        """Measured by a worker like any trial, and like a trial retried on a new worker when its
+        worker dies (up to ``max_retries``), then a failed result with the reason."""
         import ray
 
-        return Result.from_dict(ray.get(self._idle[0].baseline.remote()))
+        for attempt in range(1, self.max_retries + 2):
+            actor = self._idle[-1]
+            try:
+                return Result.from_dict(ray.get(actor.baseline.remote()))
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as exc:
+                self._idle.remove(actor)
+                self._replace(actor)
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'worker died'}"
+                logging.getLogger(__name__).warning("baseline: worker lost (%s); attempt %d", reason, attempt)
+        return Result.failure(f"the worker measuring the baseline was lost {self.max_retries + 1} time(s): {reason}")
 
     def submit(self, trial_number: int, plan: CompressionPlan) -> None:
         self._launch(_Job(trial_number, plan.to_dict(), actor=None, started=0.0))
