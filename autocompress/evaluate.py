@@ -21,6 +21,7 @@ from torch import nn
 
 from autocompress import compress
 from autocompress.artifact import pack
+from autocompress.deploy.runtimes import deployed_accuracy
 from autocompress.deploy.target import DeployConfig
 from autocompress.deploy.timing import DeviceLock, Timing, device_key, time_alone, time_paired
 from autocompress.errors import AutocompressError
@@ -32,14 +33,14 @@ from autocompress.tasks import DataSplits, Task
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, flag: str = "--device") -> torch.device:
     """``auto`` is the GPU when this process sees one (a Ray actor sees one only when it reserved
-    it with ``--gpus-per-worker``), else the CPU."""
+    it with ``--gpus-per-worker``), else the CPU. ``flag`` names the setting in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible to this process"
-        raise AutocompressError(f"device cuda was asked for (--device) but {why} on {socket.gethostname()}: use --device cpu or auto")
+        raise AutocompressError(f"device cuda was asked for ({flag}) but {why} on {socket.gethostname()}: use {flag} cpu or auto")
     return torch.device(name)
 
 
@@ -123,7 +124,7 @@ class Evaluator:
         self.device_error = ""
         try:  # any failure here fails every trial with the reason; the search stops cleanly
             self.device = resolve_device(device)
-            self.target = resolve_device(self.device.type if deploy.device == "auto" else deploy.device)
+            self.target = resolve_device(self.device.type if deploy.device == "auto" else deploy.device, "deploy.device")
             self.runtime = runtime(deploy.runtime)
             self.runtime.check(deploy.precision, self.target.type)
         except AutocompressError as exc:
@@ -170,13 +171,7 @@ class Evaluator:
 
     def accuracy(self, deployed: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
         """Top-1 accuracy of the deployed form, one shared turn on the target per batch."""
-        correct = 0
-        lock = self.lock(self.target)
-        for i in range(0, len(x), batch_size):
-            with lock.shared():
-                logits = deployed.predict(x[i : i + batch_size])
-            correct += int((logits.argmax(dim=1) == y[i : i + batch_size].cpu()).sum())
-        return correct / max(1, len(x))
+        return deployed_accuracy(deployed, x, y, batch_size, self.lock(self.target).shared)
 
     def _baseline_form(self) -> tuple[Any, bytes]:
         if self._baseline is None:

@@ -155,6 +155,7 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
     the values live in the study attribute ``test_accuracy`` (trial number -> accuracy); later
     reports read them instead of re-evaluating.
     """
+    from autocompress.deploy.runtimes import deployed_accuracy
     from autocompress.tasks import TaskSpec, load_data
 
     stored: dict[str, float] = dict(study.user_attrs.get("test_accuracy", {}))
@@ -163,11 +164,7 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
         spec = TaskSpec(**study.user_attrs["task"]).resolved()
         data = load_data(spec)
         for n in missing:
-            deployed = _deployed_on_cpu(study, n, data.x_test[:1])
-            correct = 0
-            for i in range(0, len(data.x_test), 512):
-                correct += int((deployed.predict(data.x_test[i : i + 512]).argmax(dim=1) == data.y_test[i : i + 512]).sum())
-            stored[str(n)] = correct / max(1, len(data.x_test))
+            stored[str(n)] = deployed_accuracy(_deployed_on_cpu(study, n, data.x_test[:1]), data.x_test, data.y_test)
         study.set_user_attr("test_accuracy", stored)
     return {n: stored[str(n)] for n in numbers}
 
@@ -178,13 +175,13 @@ def _deployed_on_cpu(study: optuna.Study, number: int, example: torch.Tensor):  
     from autocompress.plan import CompressionPlan
 
     deploy = study_deploy(study)
-    packed = trial_artifact(study, number)
     stored = study.trials[number].user_attrs.get("onnx_artifact_id")
     if stored and deploy["runtime"] != "torch":
         with FileSystemArtifactStore(study.user_attrs["artifact_dir"]).open_reader(stored) as reader:
             data = reader.read()
         # ONNX Runtime on the CPU for either ONNX runtime: the file, its kernels, no GPU needed.
         return runtime("onnxruntime").load_onnx(data, example, "cpu", 1, deploy["precision"])
+    packed = trial_artifact(study, number)  # read only when it is the form that runs
     header, _ = artifact.read_header(packed, f"trial {number}'s artifact")
     model = artifact.loads(packed, f"trial {number}'s artifact", study_build(study))
     precision = deploy["precision"] if deploy["runtime"] == "torch" else "fp32"

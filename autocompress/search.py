@@ -103,9 +103,9 @@ def check_deploy(config: StudyConfig, local: bool) -> None:
     device = deploy.device if deploy.device != "auto" else ("cuda" if config.search.device == "cuda" else "cpu")
     if device == "cuda" and local and not deploy.resource:
         try:
-            resolve_device("cuda")
+            resolve_device("cuda", "deploy.device")
         except AutocompressError as exc:
-            raise SearchError(f"deploy.device cuda: {exc}".replace("(--device)", "(deploy.device)")) from None
+            raise SearchError(f"deploy.device cuda: {exc}") from None
     runtime(deploy.runtime).check(deploy.precision, device)
 
 

@@ -130,7 +130,8 @@ def _two_nodes(second_node_args: tuple[str, ...] = ()):
     """``ray start --head`` plus a second ``ray start --address``: two nodes, one CPU each.
 
     Token authentication stays on: every process of the cluster runs with RAY_AUTH_MODE=token.
-    Each node runs in its own process group, ended by id (never ``ray stop``).
+    Each node runs in its own process group and is ended by that group's id alone, so other Ray
+    processes on the machine are left running.
     """
     port = 26000 + os.getpid() % 1000
     env = {**os.environ, "RAY_AUTH_MODE": "token"}

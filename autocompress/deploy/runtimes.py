@@ -9,12 +9,14 @@ evaluator measures accuracy with :meth:`Deployed.predict` and latency with
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, ContextManager
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +278,19 @@ class OpenVinoRuntime(Runtime):
                 raise DeployError(f"OpenVINO cannot compile the exported model: {str(exc).splitlines()[0][:200]}") from None
         precision = precision or "fp32"
         return _OvDeployed(compiled, example, f"openvino {ov.__version__.split('-')[0]} {precision} cpu", data)
+
+
+def deployed_accuracy(
+    deployed: Deployed, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, turn: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+) -> float:
+    """Top-1 accuracy of a deployed form on ``(x, y)``; each batch runs inside one ``turn()``
+    (a device lock's shared turn in a worker)."""
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        with turn():
+            logits = deployed.predict(x[i : i + batch_size])
+        correct += int((logits.argmax(dim=1) == y[i : i + batch_size].cpu()).sum())
+    return correct / max(1, len(x))
 
 
 def runtime(name: str) -> Runtime:

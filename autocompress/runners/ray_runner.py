@@ -78,12 +78,9 @@ class _TimingActor:
         self.baselines: dict[str, Any] = {}  # sha256 of the file -> its deployed form
         self.model = model  # the search's own model name: what builds a packed artifact's architecture
 
-    def check(self) -> str:
-        """Raises here what the runtime lacks on this node; the node id."""
-        import ray
-
+    def check(self) -> None:
+        """Raises here what the runtime lacks on this node."""
         self.runtime.check(self.deploy.precision, self.device.type)
-        return ray.get_runtime_context().get_node_id()
 
     def _load(self, blob: bytes) -> Any:
         if self.deploy.runtime != "torch":
@@ -114,6 +111,17 @@ class _TimingActor:
             else:
                 timing = time_paired(self.baselines[digest], candidate, cfg.threshold, cfg.max_seconds)
         return {**timing.to_dict(), "node": ray.get_runtime_context().get_node_id()}
+
+
+def _lost_worker_errors() -> tuple[type[Exception], ...]:
+    """What Ray raises when the worker itself is gone (killed, out of memory, node lost)."""
+    import ray
+
+    return (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
+
+
+def _lost_reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'worker died'}"
 
 
 @dataclass
@@ -150,7 +158,6 @@ class RayRunner(Runner):
         self._pending: dict[Any, _Job] = {}  # ObjectRef -> the job it computes
         self.replaced = 0  # actors replaced after a death or a timeout (for reports and tests)
         self._timer: Any = None  # the timing actor on the deploy.resource node, if any
-        self.timing_node = ""  # its node id
 
     @property
     def capacity(self) -> int:
@@ -200,7 +207,8 @@ class RayRunner(Runner):
         self._idle = [self._new_actor() for _ in range(self.workers)]
 
     def _timing_actor(self, task: Task, deploy: DeployConfig) -> Any:
-        """The actor on a node with ``deploy.resource``; refused up front when no node has it."""
+        """The timing actor on a node with ``deploy.resource`` (``connect`` has checked one exists),
+        once it has shown that it can run the deploy target there."""
         import ray
 
         from autocompress.tasks.custom import IMPORT_PATHS
@@ -212,7 +220,7 @@ class RayRunner(Runner):
             deploy, task.data.x_val[: deploy.batch_size].cpu(), list(IMPORT_PATHS), task.spec.model
         )
         try:
-            self.timing_node = ray.get(actor.check.remote(), timeout=600)
+            ray.get(actor.check.remote(), timeout=600)
         except ray.exceptions.RayTaskError as exc:
             raise AutocompressError(f"the timing node for '{name}' cannot run the deploy target: {exc.cause}") from None
         self._timer = actor
@@ -242,10 +250,10 @@ class RayRunner(Runner):
             actor = self._idle[-1]
             try:
                 return Result.from_dict(ray.get(actor.baseline.remote()))
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as exc:
+            except _lost_worker_errors() as exc:
                 self._idle.remove(actor)
                 self._replace(actor)
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'worker died'}"
+                reason = _lost_reason(exc)
                 logging.getLogger(__name__).warning("baseline: worker lost (%s); attempt %d", reason, attempt)
         return Result.failure(f"the worker measuring the baseline was lost {self.max_retries + 1} time(s): {reason}")
 
@@ -270,9 +278,9 @@ class RayRunner(Runner):
         job = self._pending.pop(ready[0])
         try:
             result = Result.from_dict(ray.get(ready[0]))
-        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as exc:
+        except _lost_worker_errors() as exc:
             self._replace(job.actor)
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'worker died'}"
+            reason = _lost_reason(exc)
             if job.attempts <= self.max_retries:
                 job.attempts += 1
                 logging.getLogger(__name__).warning("trial %d: worker lost (%s); retrying on a new worker", job.trial_number, reason)
