@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from autocompress import compress
-from autocompress.errors import AutocompressError
+from autocompress.errors import ArtifactError
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan
 from autocompress.size import encoded_bits, weight_codes
 
@@ -51,10 +51,6 @@ ZLIB_MAX_RATIO = 1100  # deflate expands a byte to at most ~1032: more declared 
 MAX_FILE_BYTES = 4 << 30  # what load() reads of a file at most
 ENCODINGS = ("dense", "empty", "bitmask")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bfloat16": torch.bfloat16}
-
-
-class ArtifactError(AutocompressError):
-    """An artifact cannot be written or read."""
 
 
 @dataclass

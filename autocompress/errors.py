@@ -34,6 +34,10 @@ class SearchError(AutocompressError):
     """The search cannot go on (for example, every trial keeps failing)."""
 
 
+class ArtifactError(AutocompressError):
+    """An artifact cannot be written or read."""
+
+
 class DeployError(AutocompressError):
     """A model cannot be deployed to, or measured on, the deploy target."""
 

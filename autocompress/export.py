@@ -7,11 +7,11 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
 from autocompress import artifact
-from autocompress.artifact import ArtifactError
+from autocompress.errors import ArtifactError
+from autocompress.artifact_files import read_artifact
 from autocompress.errors import StorageError
 
 
@@ -32,11 +32,7 @@ def trial_artifact(study: optuna.Study, number: int) -> bytes:
     folder = study.user_attrs.get("artifact_dir")
     if not artifact_id or not folder:
         raise StorageError(f"trial {number} of study '{study.study_name}' has no stored artifact; it predates artifact export")
-    try:
-        with FileSystemArtifactStore(folder).open_reader(artifact_id) as reader:
-            data = reader.read()
-    except Exception as exc:  # the store raises its own not-found types
-        raise ArtifactError(f"the artifact of trial {number} is missing from {folder} ({type(exc).__name__}): was the folder moved?") from None
+    data = read_artifact(folder, artifact_id, f"the artifact of trial {number}")
     artifact.read_header(data, f"trial {number}'s artifact")  # refuse to hand on a damaged file
     return data
 
@@ -87,8 +83,8 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str |
     trial = study.trials[number]
     stored = trial.user_attrs.get("onnx_artifact_id")
     if stored and deploy["runtime"] != "torch" and deploy["precision"] == precision:
-        with FileSystemArtifactStore(study.user_attrs["artifact_dir"]).open_reader(stored) as reader:
-            return reader.read(), f"the file measured on {deploy['runtime']} {precision}"
+        data = read_artifact(study.user_attrs["artifact_dir"], stored, f"the ONNX file of trial {number}")
+        return data, f"the file measured on {deploy['runtime']} {precision}"
     model = artifact.loads(packed, f"trial {number}'s artifact", study_build(study))
     example = torch.zeros(deploy.get("batch_size", 32), *header["task"]["input_shape"])
     calibration: list[torch.Tensor] = []
@@ -177,8 +173,7 @@ def _deployed_on_cpu(study: optuna.Study, number: int, example: torch.Tensor):  
     deploy = study_deploy(study)
     stored = study.trials[number].user_attrs.get("onnx_artifact_id")
     if stored and deploy["runtime"] != "torch":
-        with FileSystemArtifactStore(study.user_attrs["artifact_dir"]).open_reader(stored) as reader:
-            data = reader.read()
+        data = read_artifact(study.user_attrs["artifact_dir"], stored, f"the ONNX file of trial {number}")
         # ONNX Runtime on the CPU for either ONNX runtime: the file, its kernels, no GPU needed.
         return runtime("onnxruntime").load_onnx(data, example, "cpu", 1, deploy["precision"])
     packed = trial_artifact(study, number)  # read only when it is the form that runs

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume
+
+from autocompress._optuna import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
 OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")

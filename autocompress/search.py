@@ -11,7 +11,6 @@ from dataclasses import replace
 import logging
 import os
 import socket
-import tempfile
 import time
 import uuid
 import warnings
@@ -19,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
-from autocompress import pareto, tables
+from autocompress import _faults, _optuna, pareto, tables
+from autocompress._proc import pid_alive
+from autocompress.artifact_files import remove_partials, store_artifact
 from autocompress.config import StudyConfig
 from autocompress.deploy.target import DeployConfig
 from autocompress.errors import AutocompressError, SearchError, StorageError
@@ -30,12 +30,13 @@ from autocompress.evaluate import resolve_device
 from autocompress.plan import Result
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace, load_space
-from autocompress.storage import check_url, mask_url, open_storage
+from autocompress.storage import check_url, mask_url, open_storage, retry_creation
 from autocompress.tasks import Task, build_task, evaluate_accuracy, model_skeleton
 
 log = logging.getLogger(__name__)
 
 ONNX_MIMETYPE = "application/onnx"
+ACZ_MIMETYPE = "application/x-autocompress"
 # Deploy keys that define what a latency means; a study resumed with others is refused.
 DEPLOY_IDENTITY = ("runtime", "precision", "device", "threads", "batch_size", "resource")
 LEASE_TIMEOUT_S = 60.0  # a driver on another host silent this long is taken for dead
@@ -150,11 +151,17 @@ def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace
         )
 
 
+# Set when a new study is described, "artifact_dir" last; the warm start's trials come after.
+DESCRIBING_ATTRS = ("task", "space", "config", "artifact_dir")
+
+
 def _half_created(study: optuna.Study) -> bool:
-    """Created (our directions) but never described: no metric names, no task, no trials."""
+    """Created (our directions) and not fully described (a driver killed in between): no trials
+    yet, and the metric names or one of the describing attributes missing."""
     return (
         list(study.directions) == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
-        and not study.metric_names and "task" not in study.user_attrs and not study.get_trials(deepcopy=False)
+        and not study.get_trials(deepcopy=False)
+        and (not study.metric_names or any(k not in study.user_attrs for k in DESCRIBING_ATTRS))
     )
 
 
@@ -181,25 +188,6 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[
     return numbers, result
 
 
-def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir: str, name: str, mimetype: str = "application/x-autocompress") -> str:
-    """Put a packed model in the study's artifact store (optuna-dashboard lists it); its id."""
-    folder = Path(artifact_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        store = FileSystemArtifactStore(str(folder))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_bytes(data)
-            return upload_artifact(
-                artifact_store=store, file_path=str(path), study_or_trial=owner, mimetype=mimetype,
-            )
-    except OSError as exc:
-        raise StorageError(
-            f"cannot write artifacts to {artifact_dir} ({exc.strerror or exc}): "
-            "free disk space or fix permissions, then run the same command to resume"
-        ) from None
-
-
 class Driver:
     """Runs one study to its target number of COMPLETE trials."""
 
@@ -224,13 +212,15 @@ class Driver:
         cfg = self.config
         storage = open_storage(cfg.storage)
         study = self._open_study(storage, space)
-        tables.ensure_schema(storage.engine)
+        retry_creation(lambda: tables.ensure_schema(storage.engine))
         self._engine, self._study_id = storage.engine, storage.get_study_id_from_name(study.study_name)
         task = build_task(cfg.task, cfg.cache_dir)
         self.study = study
         # One absolute folder, recorded with the study: a run resumed from another folder keeps
         # writing where export and report read.
         self.artifact_dir = str(study.user_attrs.get("artifact_dir") or Path(cfg.artifact_dir).resolve())
+        if remove_partials(self.artifact_dir):
+            log.warning("removed the partial artifact files of a process that stopped mid-write")
         done = self._count(TrialState.COMPLETE)
         if done >= cfg.search.trials and "baseline" in study.user_attrs:
             log.info("study '%s' already has %d complete trials", study.study_name, done)
@@ -242,7 +232,8 @@ class Driver:
             self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device)
             if "baseline" not in study.user_attrs:
                 baseline, result = measure_baseline(task, self.runner, cfg.deploy)
-                baseline["artifact_id"] = store_artifact(study, result.artifact, self.artifact_dir, "baseline.acz")
+                _faults.checkpoint("baseline-measured")
+                baseline["artifact_id"] = store_artifact(study, result.artifact, self.artifact_dir, "baseline.acz", ACZ_MIMETYPE)
                 if result.onnx:
                     baseline["onnx_artifact_id"] = store_artifact(study, result.onnx, self.artifact_dir, "baseline.onnx", ONNX_MIMETYPE)
                 study.set_user_attr("baseline", baseline)
@@ -259,7 +250,7 @@ class Driver:
             if lease["finished"]:
                 alive[driver_id] = False
             elif lease["host"] == socket.gethostname() and lease["pid"] != os.getpid():
-                alive[driver_id] = _pid_alive(lease["pid"])  # same machine: ask the OS, no waiting
+                alive[driver_id] = pid_alive(lease["pid"])  # same machine: ask the OS, no waiting
             else:
                 alive[driver_id] = now - lease["heartbeat_at"] < LEASE_TIMEOUT_S
         recovered = 0
@@ -270,8 +261,7 @@ class Driver:
             fresh = owner is None and now - t.datetime_start.timestamp() < LEASE_TIMEOUT_S
             if owner == self.driver_id or alive.get(owner, fresh):
                 continue
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"driver {owner or 'unknown'} died while the trial ran; plan re-queued")
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            _optuna.fail_with_reason(study, t, f"driver {owner or 'unknown'} died while the trial ran; plan re-queued")
             study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
             recovered += 1
             log.warning("trial %d: its driver %s is gone; failed and re-queued", t.number, owner)
@@ -290,6 +280,7 @@ class Driver:
             cfg = self.config = replace(cfg, name=name)
         try:
             study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=list(pareto.DIRECTIONS))
+            _faults.checkpoint("study-created")
         except optuna.exceptions.DuplicatedStudyError:  # an existing study (maybe another driver's, just made)
             study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
             if not _half_created(study):
@@ -301,6 +292,7 @@ class Driver:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(pareto.OBJECTIVES))
         study.set_user_attr("task", cfg.task.resolved().to_dict())
+        _faults.checkpoint("study-described")
         study.set_user_attr("space", space.to_dict())
         # Stored to reproduce the run; the storage URL without its password (the database and
         # optuna-dashboard's API show every attribute to whoever can read them).
@@ -435,7 +427,7 @@ class Driver:
         if baseline.get("deploy"):  # optuna-dashboard's trial table shows what each latency came from
             trial.set_user_attr("deploy", f"{baseline['deploy']} [{result.latency_backend}]")
         try:
-            artifact_id = store_artifact(trial, result.artifact, self.artifact_dir, f"trial-{trial.number}.acz")
+            artifact_id = store_artifact(trial, result.artifact, self.artifact_dir, f"trial-{trial.number}.acz", ACZ_MIMETYPE)
             if result.onnx:  # the very file whose accuracy and latency were measured
                 trial.set_user_attr("onnx_artifact_id", store_artifact(trial, result.onnx, self.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE))
         except StorageError as exc:
@@ -450,7 +442,7 @@ class Driver:
             if hasattr(trial, "set_constraint"):  # Optuna 5 keeps named constraints...
                 trial.set_constraint("max_accuracy_drop", violation)
             # ...but optuna-dashboard 0.21 reads only the older "constraints" system attribute.
-            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
+            _optuna.set_trial_system_attr(trial, "constraints", [violation])
         study.tell(trial, [result.accuracy, float(result.size_bytes), metrics["latency_ms"]])
         with self._ask_lock():  # drivers sharing a study write their snapshots one at a time
             self._analysis = analysis = pareto.study_analysis(study)
@@ -476,16 +468,6 @@ def trial_metrics(result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
         metrics["compression_ratio"] = baseline["size_bytes"] / result.size_bytes
         metrics["speedup"] = 1.0 / result.latency_ratio
     return metrics
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Progress:

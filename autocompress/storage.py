@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
+import random
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
@@ -15,6 +17,11 @@ from sqlalchemy.engine import make_url
 from autocompress.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///studies/autocompress.db"
+
+T = TypeVar("T")
+# What two processes creating the same new database's tables at once see: both find the tables
+# missing, and the slower one's CREATE or version INSERT collides with the faster one's.
+_CREATION_RACE = ("already exists", "unique constraint", "duplicate key", "database is locked")
 
 
 SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword", "sslkey")
@@ -50,12 +57,20 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def check_url(url: str) -> None:
-    """Reject a malformed URL before anything is created."""
+    """Reject a malformed URL before anything is created or connected to."""
+    netloc = url.partition("://")[2].partition("/")[0]
+    if netloc.count("@") > 1:
+        # Parsed, the password's tail would become the host and appear in the driver's errors.
+        raise StorageError(
+            f"the password in the storage URL '{mask_url(url)}' holds an unescaped '@': percent-encode it as %40 "
+            "(or leave the password out of the URL and set PGPASSWORD)"
+        )
     try:
         make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        port = " (the port is not a number)" if isinstance(exc, ValueError) else ""
         raise StorageError(
-            f"malformed storage URL '{mask_url(url)}' (--storage): use e.g. "
+            f"malformed storage URL '{mask_url(url)}'{port} (--storage): use e.g. "
             "sqlite:///studies/autocompress.db or postgresql://user:password@host:5432/db"
         ) from None
 
@@ -72,7 +87,7 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     if make_url(url).get_backend_name() == "postgresql":
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = retry_creation(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
         if path is not None:
             _fast_sqlite(storage.engine)
         return storage
@@ -86,6 +101,19 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         reason = reason.replace(url, mask_url(url))
         raise StorageError(f"cannot open storage {mask_url(url)}: {reason}: check the URL and that the server is up") from None
+
+
+def retry_creation(create: Callable[[], T], attempts: int = 6) -> T:
+    """``create()``, tried again when it lost a race with another process creating the same
+    tables (two drivers started at once on a new database); the second try finds them made."""
+    for attempt in range(attempts):
+        try:
+            return create()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
+            if attempt == attempts - 1 or not any(s in str(exc).lower() for s in _CREATION_RACE):
+                raise
+            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))  # jitter: the racers must not collide again
+    raise AssertionError("unreachable")
 
 
 def _check_sqlite_folder(path: Path, url: str) -> None:

@@ -150,8 +150,13 @@ def _two_nodes(second_node_args: tuple[str, ...] = ()):
     finally:
         for p in reversed(procs):
             os.killpg(p.pid, signal.SIGTERM)  # --block: the node's processes stop with it
+        grace = time.monotonic() + 5  # a graceful stop drains for half a minute: not needed here
         for p in procs:
-            p.wait(timeout=60)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, grace - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)  # the group's processes, and only those
+            p.wait(timeout=30)
 
 
 @pytest.fixture
