@@ -194,24 +194,49 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Refuse, before anything starts, an address the server could not listen on."""
+    import errno
+    import socket
+
+    from autocompress.errors import ConfigError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host} does not resolve ({exc.strerror}): give an address of this machine, e.g. 127.0.0.1") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use (--port): pick another port, or stop what holds it") from None
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}): pick an address of this machine (--host) and a free --port") from None
+
+
 def _dashboard(args: argparse.Namespace) -> int:
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
     from autocompress.config import load_config
+    from autocompress.errors import ConfigError
     from autocompress.storage import mask_url, open_storage
 
-    from autocompress.errors import ConfigError
-
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.host.startswith("127."):
-        if not args.allow_remote:
-            raise ConfigError(
-                f"--host {args.host} would serve the study (its trials, configs and models) to other machines, with no "
-                "login: keep the default 127.0.0.1 (use an SSH tunnel), or pass --allow-remote if you mean it"
-            )
-        print(f"warning: serving on {args.host} without authentication: anyone who reaches it can read the study", file=sys.stderr)
+    if not _loopback(args.host) and not args.allow_remote:
+        raise ConfigError(
+            f"--host {args.host} would serve the study (its trials, configs and models) to other machines, with no "
+            "login: keep the default 127.0.0.1 (use an SSH tunnel), or pass --allow-remote if you mean it"
+        )
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is outside 1..65535: pick a free port")
+    _check_listen(args.host, args.port)
+    if args.allow_remote and not _loopback(args.host):
+        print(f"warning: serving on {args.host} without authentication: anyone who reaches it can read the study", file=sys.stderr)
     config = load_config(None)
     url = args.storage or config.storage
     storage = open_storage(url, create=False)
@@ -245,9 +270,9 @@ def _not_the_database(output: str, storage: str | None, flag: str) -> None:
 
 def _delete(args: argparse.Namespace) -> int:
     import optuna
-    from optuna.artifacts import FileSystemArtifactStore
 
     from autocompress import tables
+    from autocompress.artifact_files import listed_ids, remove_artifacts
     from autocompress.config import load_config
     from autocompress.errors import SearchError
     from autocompress.storage import load_study, open_storage
@@ -255,9 +280,7 @@ def _delete(args: argparse.Namespace) -> int:
     url = args.storage or load_config(None).storage
     storage = open_storage(url, create=False)
     study = load_study(storage, args.name, url)
-    ids = [t.user_attrs[k] for t in study.get_trials(deepcopy=False) for k in ("artifact_id", "onnx_artifact_id") if k in t.user_attrs]
-    baseline = study.user_attrs.get("baseline", {})
-    ids += [baseline[k] for k in ("artifact_id", "onnx_artifact_id") if k in baseline]
+    ids = listed_ids(study)  # every file listed on the study or a trial, failed trials' included
     folder = study.user_attrs.get("artifact_dir")
     what = f"study '{args.name}' ({len(study.trials)} trials, {len(ids)} artifact files{f' in {folder}' if folder and ids else ''})"
     if not args.yes:
@@ -269,15 +292,7 @@ def _delete(args: argparse.Namespace) -> int:
     study_id = storage.get_study_id_from_name(args.name)
     rows = tables.delete_study_rows(storage.engine, study_id)
     optuna.delete_study(study_name=args.name, storage=storage)
-    removed = 0
-    if folder and Path(folder).is_dir():
-        store = FileSystemArtifactStore(folder)
-        for artifact_id in ids:
-            try:
-                store.remove(artifact_id)
-                removed += 1
-            except Exception:  # already gone: nothing to do  # noqa: BLE001
-                pass
+    removed = remove_artifacts(folder, ids) if folder else 0
     print(f"deleted {what}: {rows} rows of autocompress's tables, {removed} artifact files")
     return 0
 
