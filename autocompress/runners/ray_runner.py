@@ -21,6 +21,8 @@ from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task
 
+log = logging.getLogger(__name__)
+
 
 class _EvaluatorActor:
     """Holds one Evaluator; its task arrives once through the object store."""
@@ -179,6 +181,12 @@ class RayRunner(Runner):
                 # "local" always starts a fresh instance; without it Ray joins whatever cluster
                 # /tmp/ray/ray_current_cluster names, even a dead one.
                 kwargs["address"] = "local"
+                # Ray 2.60 cannot keep a local instance on loopback: its servers listen on every
+                # interface and it resolves 127.0.0.1 to the host's address. Its token
+                # authentication (on by default) is what refuses other machines.
+                if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+                    log.warning("RAY_AUTH_MODE=disabled: the local Ray listens on every interface without authentication; "
+                                "anyone who reaches this machine can run code in it. Unset RAY_AUTH_MODE to keep token authentication.")
                 kwargs["num_cpus"] = max(1, int(self.workers * self.cpus_per_worker))
             try:
                 ray.init(**kwargs)
