@@ -10,8 +10,8 @@ from dataclasses import asdict
 from typing import Any
 
 import optuna
-from optuna.artifacts import ArtifactMeta
 from optuna._hypervolume import compute_hypervolume  # noqa: F401  (re-exported: no public equivalent)
+from optuna.artifacts import ArtifactMeta
 
 # The system-attribute key under which Optuna and optuna-dashboard list an artifact
 # (optuna.artifacts._upload.ARTIFACTS_ATTR_PREFIX).

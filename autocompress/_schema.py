@@ -29,7 +29,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key, where)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, where, prefix=f"{key}.")
     ok = {
         bool: isinstance(value, bool),

@@ -38,7 +38,7 @@ from torch import nn
 from autocompress import compress
 from autocompress.errors import ArtifactError
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan
-from autocompress.size import encoded_bits, weight_codes
+from autocompress.size import WeightCodes, encoded_bits, weight_codes
 
 MAGIC = b"ACZ1"
 FORMAT_VERSION = 1
@@ -158,7 +158,7 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
         structure: ``compress.structure(model)``: removed channels and folded BatchNorms.
     """
     model.eval()
-    codes = {}
+    codes: dict[int, WeightCodes] = {}
     for layer in compress.compressible_layers(model).values():
         wc = weight_codes(layer)
         codes[id(layer)] = wc
@@ -175,9 +175,9 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
         start = payload.buf.tell()
         module = owner.get(key)
         if module is not None:
-            wc = codes.get(id(module))
-            if wc is not None and wc.bits < FULL_PRECISION_BITS:
-                entry = _pack_weight(wc.values, wc.bits, wc.scale, payload)
+            found = codes.get(id(module))
+            if found is not None and found.bits < FULL_PRECISION_BITS:
+                entry = _pack_weight(found.values, found.bits, found.scale, payload)
             else:
                 entry = _pack_weight(tensor, FULL_PRECISION_BITS, None, payload)
         else:
@@ -211,7 +211,7 @@ def _raw_bytes(tensor: torch.Tensor) -> bytes:
     return t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
 
 
-def _layer_names(model: nn.Module, plan: CompressionPlan):  # type: ignore[no-untyped-def]
+def _layer_names(model: nn.Module, plan: CompressionPlan):
     names = sorted(compress.layer_map(model), key=len, reverse=True)
 
     def layer_of(key: str) -> str | None:
@@ -237,14 +237,16 @@ def read_header(data: bytes, source: str = "artifact") -> tuple[dict[str, Any], 
     if not data.startswith(MAGIC):
         raise ArtifactError(f"{source} is not an autocompress artifact (no ACZ1 signature): export one with 'autocompress export'")
     inflater = zlib.decompressobj()
-    stream = data[len(MAGIC):]
+    stream = data[len(MAGIC) :]
     try:
         head = inflater.decompress(stream, 4 + MAX_HEADER_BYTES)
         if len(head) < 4:
             raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
         (head_len,) = struct.unpack("<I", head[:4])
         if head_len > MAX_HEADER_BYTES:
-            raise ArtifactError(f"{source} declares a {head_len}-byte header, over the {MAX_HEADER_BYTES} this version reads: it is not a real artifact")
+            raise ArtifactError(
+                f"{source} declares a {head_len}-byte header, over the {MAX_HEADER_BYTES} this version reads: it is not a real artifact"
+            )
         while len(head) < 4 + head_len and inflater.unconsumed_tail:
             head += inflater.decompress(inflater.unconsumed_tail, 4 + head_len - len(head))
     except zlib.error:
@@ -258,7 +260,9 @@ def read_header(data: bytes, source: str = "artifact") -> tuple[dict[str, Any], 
     check_header(header, source)
     declared = max((span[0] + span[1] for t in header["tensors"] for k in ("values", "index", "scale") if (span := t.get(k))), default=0)
     if declared > min(MAX_UNPACKED_BYTES, ZLIB_MAX_RATIO * len(data)):
-        raise ArtifactError(f"{source} declares {declared} bytes of tensors, more than its {len(data)} compressed bytes can hold: it is not a real artifact")
+        raise ArtifactError(
+            f"{source} declares {declared} bytes of tensors, more than its {len(data)} compressed bytes can hold: it is not a real artifact"
+        )
     body = head[4 + head_len :]
     try:
         want = declared - len(body)
@@ -509,7 +513,9 @@ def read_file(path: str | Path) -> bytes:
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact ({path}): {exc.strerror}") from None
     if len(data) > MAX_FILE_BYTES:
-        raise ArtifactError(f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB, far beyond any packed model: pass an artifact from 'autocompress export'")
+        raise ArtifactError(
+            f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB, far beyond any packed model: pass an artifact from 'autocompress export'"
+        )
     return data
 
 

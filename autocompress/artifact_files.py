@@ -74,7 +74,7 @@ def remove_partials(artifact_dir: str) -> int:
     prefix = f"{PARTIAL}{socket.gethostname()}-"
     removed = 0
     for path in folder.glob(f"{prefix}*"):
-        pid = path.name[len(prefix):].partition("-")[0]
+        pid = path.name[len(prefix) :].partition("-")[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             path.unlink(missing_ok=True)
             removed += 1

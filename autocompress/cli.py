@@ -97,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace FILE if it exists (never a link or a device)")
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    d = sub.add_parser("dashboard", help="serve optuna-dashboard on this machine for the study database", epilog=EXAMPLES_DASHBOARD, formatter_class=fmt)
+    d = sub.add_parser(
+        "dashboard", help="serve optuna-dashboard on this machine for the study database", epilog=EXAMPLES_DASHBOARD, formatter_class=fmt
+    )
     d.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; others need --allow-remote)")
     d.add_argument("--allow-remote", action="store_true", help="let a non-loopback --host through: anyone who reaches it reads the whole study")
@@ -120,7 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print as JSON")
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    rm = sub.add_parser("delete", help="delete a study: its trials, its rows in autocompress's tables and its artifacts", epilog=EXAMPLES_DELETE, formatter_class=fmt)
+    rm = sub.add_parser(
+        "delete", help="delete a study: its trials, its rows in autocompress's tables and its artifacts", epilog=EXAMPLES_DELETE, formatter_class=fmt
+    )
     rm.add_argument("name", help="study name")
     rm.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
     rm.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal)")
@@ -216,7 +220,9 @@ def _check_listen(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"port {port} on {host} is in use (--port): pick another port, or stop what holds it") from None
-            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}): pick an address of this machine (--host) and a free --port") from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): pick an address of this machine (--host) and a free --port"
+            ) from None
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -246,7 +252,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_study(name: str, storage: str | None):  # type: ignore[no-untyped-def]
+def _open_study(name: str, storage: str | None):
     from autocompress.config import load_config
     from autocompress.report import check_study
     from autocompress.storage import load_study, open_storage
@@ -298,9 +304,8 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from autocompress.export import export_trial
-
     from autocompress.errors import ConfigError
+    from autocompress.export import export_trial
 
     # An unknown --format is refused by export_trial, with the formats it knows.
     if args.precision not in (None, "fp32", "int8") or (args.precision and args.format != "onnx"):
@@ -310,7 +315,9 @@ def _export(args: argparse.Namespace) -> int:
     study = _open_study(args.name, args.storage)
     path, how = export_trial(study, args.trial, args.output, args.format, args.precision, args.force)
     trial = study.trials[args.trial]
-    print(f"wrote {path}: {path.stat().st_size} bytes, {how} (trial {args.trial}: accuracy {100 * trial.values[0]:.2f}%, size_bytes {int(trial.values[1])})")
+    print(
+        f"wrote {path}: {path.stat().st_size} bytes, {how} (trial {args.trial}: accuracy {100 * trial.values[0]:.2f}%, size_bytes {int(trial.values[1])})"
+    )
     return 0
 
 
@@ -328,8 +335,10 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     console = make_console()
     task = info["task"]
-    console.print(f"{info['file']}: {info['size_bytes']} bytes ({info['unpacked_bytes']} before zlib), "
-                  f"model {task['model']} ({task['num_classes']} classes, input {task['input_shape']}), {info['params']} parameters")
+    console.print(
+        f"{info['file']}: {info['size_bytes']} bytes ({info['unpacked_bytes']} before zlib), "
+        f"model {task['model']} ({task['num_classes']} classes, input {task['input_shape']}), {info['params']} parameters"
+    )
     console.print(f"plan: {plan_summary(info['plan'])}")
     for layer, idxs in info["channels_removed"].items():
         console.print(f"channels removed from {layer}: {len(idxs)}")
@@ -357,14 +366,29 @@ def _layers(args: argparse.Namespace) -> int:
     space = load_space(args.space or config.space).resolve(*layer_skeleton(spec))
     groups = f", {len(space.groups)} groups" if space.grouped else ""
     table = Table(title=f"{spec.model}: {len(space.layers)} layers{groups}, {space.dimensions} searched knobs ({space.source})")
-    for col in ("layer", *(("group",) if space.grouped else ()), "type", "weight", "params", "full rank", "sparsity", "mode", "bits", "rank fraction"):
+    for col in (
+        "layer",
+        *(("group",) if space.grouped else ()),
+        "type",
+        "weight",
+        "params",
+        "full rank",
+        "sparsity",
+        "mode",
+        "bits",
+        "rank fraction",
+    ):
         table.add_column(col)
     for ls in space.layers.values():
         params = 1
         for d in ls.weight_shape:
             params *= d
         table.add_row(
-            ls.name, *((ls.group,) if space.grouped else ()), ls.type, "x".join(map(str, ls.weight_shape)), str(params),
+            ls.name,
+            *((ls.group,) if space.grouped else ()),
+            ls.type,
+            "x".join(map(str, ls.weight_shape)),
+            str(params),
             "-" if ls.full_rank is None else str(ls.full_rank),
             *(ls.knobs[k].describe() for k in ("sparsity",)),
             ls.knobs["sparsity_mode"].describe() if not ls.knobs["sparsity_mode"].fixed or ls.knobs["sparsity_mode"].value else "unstructured",
@@ -382,7 +406,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.debug:
         logging.getLogger("optuna").setLevel(logging.WARNING)
-    handler = {"search": _search, "report": _report, "dashboard": _dashboard, "export": _export, "inspect": _inspect, "layers": _layers, "delete": _delete}[args.command]
+    handler = {
+        "search": _search,
+        "report": _report,
+        "dashboard": _dashboard,
+        "export": _export,
+        "inspect": _inspect,
+        "layers": _layers,
+        "delete": _delete,
+    }[args.command]
     try:
         return handler(args)
     except AutocompressError as exc:

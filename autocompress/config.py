@@ -7,7 +7,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -72,13 +72,11 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (dict, list)):
                 raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value", key_node.start_mark)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' is given twice", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -91,7 +89,7 @@ def read_yaml(path: Path) -> Any:
         hint = "" if path.parent.is_dir() else f" (folder '{path.parent}' does not exist either)"
         raise ConfigError(f"file not found ({path}){hint}: check the path or run from the project folder")
     try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -146,7 +144,9 @@ def _legacy_latency(data: Any, path: Path) -> tuple[Any, str]:
         raise ConfigError(f"'latency' must be a mapping of keys to values, got {section!r} ({path}): fix its layout")
     unknown = [k for k in section if k not in LEGACY_LATENCY_KEYS]
     if unknown:
-        raise ConfigError(f"unknown key 'latency.{unknown[0]}' ({path}): 'latency' is deprecated; use 'deploy' (keys: {', '.join(DeployConfig.__dataclass_fields__)})")
+        raise ConfigError(
+            f"unknown key 'latency.{unknown[0]}' ({path}): 'latency' is deprecated; use 'deploy' (keys: {', '.join(DeployConfig.__dataclass_fields__)})"
+        )
     warning = f"warning: 'latency:' is deprecated ({path}): move its keys under 'deploy:'" + (
         " and write 'precision' for 'backend'" if "backend" in section else ""
     )
@@ -159,4 +159,6 @@ def _override(config: StudyConfig, key: str, value: Any) -> StudyConfig:
     # Validate the one key through the same schema as the file, then graft it on.
     checked = from_mapping(type(target), {name: value}, where=f"--{name.replace('_', '-')}", prefix=f"{section}." if section else "")
     updated = replace(target, **{name: getattr(checked, name)})
-    return replace(config, **{section: updated}) if section else updated
+    if not section:
+        return cast(StudyConfig, updated)
+    return replace(config, **{section: updated})  # type: ignore[arg-type]  # mypy cannot type a ** keyword by its name

@@ -57,7 +57,11 @@ class FinetuneConfig:
 
 
 def finetune(
-    model: nn.Module, task: Task, config: FinetuneConfig, seed: int = 0, teacher: nn.Module | None = None,
+    model: nn.Module,
+    task: Task,
+    config: FinetuneConfig,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
     lock: DeviceLock | None = None,
 ) -> list[float]:
     """Train the compressed model briefly; masks and quantizers stay attached. Returns the loss log.
@@ -130,7 +134,8 @@ class Evaluator:
         except AutocompressError as exc:
             self.device, self.device_error = None, str(exc)
         if self.device is not None and self.device.type != "cpu":
-            task = replace(task, data=DataSplits(**{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in asdict(task.data).items()}))
+            moved: dict[str, Any] = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in asdict(task.data).items()}
+            task = replace(task, data=DataSplits(**moved))
         self.task = task
         self.example = task.data.x_val[: deploy.batch_size]
         self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device), "target": self.target.type}
@@ -190,7 +195,7 @@ class Evaluator:
             if alone:
                 got = ray.get(self.timer.time.remote(None, blob))
             else:
-                base_deployed, base_blob = self._baseline_form()
+                _base_deployed, base_blob = self._baseline_form()
                 digest = hashlib.sha256(base_blob).hexdigest()
                 if not self._baseline_sent:
                     ray.get(self.timer.put_baseline.remote(digest, base_blob))
@@ -265,14 +270,21 @@ class Evaluator:
             # Integer kernels quantize activations too: fine-tune with that rounding (QAT).
             simulate = cfg.precision == "int8" and cfg.runtime != "torch"
             with int8_activations(model, plan) if simulate else contextlib.nullcontext():
-                log = finetune(model, self.task, self.finetune_config, seed=self.task.spec.seed, teacher=self._teacher, lock=self.lock(self.device or torch.device("cpu")))
+                log = finetune(
+                    model,
+                    self.task,
+                    self.finetune_config,
+                    seed=self.task.spec.seed,
+                    teacher=self._teacher,
+                    lock=self.lock(self.device or torch.device("cpu")),
+                )
             result = self.measure(model, plan)
             result.finetune_log = log
             return result
 
         return self._timed(run)
 
-    def _timed(self, fn) -> Result:  # type: ignore[no-untyped-def]
+    def _timed(self, fn) -> Result:
         start = time.perf_counter()
         try:
             result = fn()
@@ -282,7 +294,7 @@ class Evaluator:
             result = Result.failure(str(exc))
         except torch.OutOfMemoryError as exc:
             result = Result.failure(f"out of memory: {exc}")
-        except Exception as exc:  # a failing trial must never take the search down
+        except Exception as exc:  # noqa: BLE001  a failing trial must never take the search down
             last = traceback.extract_tb(exc.__traceback__)[-1]
             result = Result.failure(f"{type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})")
         result.eval_seconds = round(time.perf_counter() - start, 4)

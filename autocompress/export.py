@@ -10,9 +10,8 @@ import torch
 from optuna.trial import TrialState
 
 from autocompress import artifact
-from autocompress.errors import ArtifactError
 from autocompress.artifact_files import read_artifact
-from autocompress.errors import StorageError
+from autocompress.errors import ArtifactError, StorageError
 
 
 def trial_artifact(study: optuna.Study, number: int) -> bytes:
@@ -41,7 +40,12 @@ FORMATS = ("acz", "onnx")
 
 
 def export_trial(
-    study: optuna.Study, number: int, output: str | Path | None, fmt: str = "acz", precision: str | None = None, force: bool = False,
+    study: optuna.Study,
+    number: int,
+    output: str | Path | None,
+    fmt: str = "acz",
+    precision: str | None = None,
+    force: bool = False,
 ) -> tuple[Path, str]:
     """Write a trial's model as ``acz`` (the packed artifact, exactly what was sized) or ``onnx``;
     returns the path and how the file came to be."""
@@ -106,7 +110,9 @@ def describe(path: str | Path) -> dict[str, Any]:
     tensors = []
     for t in header["tensors"]:
         stored = sum(t[k][1] for k in ("values", "index", "scale") if k in t)
-        tensors.append({"name": t["name"], "shape": t["shape"], "kind": t["kind"], "encoding": t.get("enc", "raw"), "bits": t.get("bits"), "bytes": stored})
+        tensors.append(
+            {"name": t["name"], "shape": t["shape"], "kind": t["kind"], "encoding": t.get("enc", "raw"), "bits": t.get("bits"), "bytes": stored}
+        )
     return {
         "file": str(path),
         "size_bytes": len(data),
@@ -132,7 +138,7 @@ def _is_parameter(name: str) -> bool:
     return not name.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
-def study_build(study: optuna.Study):  # type: ignore[no-untyped-def]
+def study_build(study: optuna.Study):
     """The architecture factory of a study's own model, from the task the study was run with
     (the user's config, not a file's header); None for built-in and torchvision models."""
     from autocompress.tasks import MODELS
@@ -165,7 +171,7 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
     return {n: stored[str(n)] for n in numbers}
 
 
-def _deployed_on_cpu(study: optuna.Study, number: int, example: torch.Tensor):  # type: ignore[no-untyped-def]
+def _deployed_on_cpu(study: optuna.Study, number: int, example: torch.Tensor):
     """A trial in its deployed form on this machine's CPU (reports run where the driver runs)."""
     from autocompress.deploy.runtimes import runtime
     from autocompress.plan import CompressionPlan

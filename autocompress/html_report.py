@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from autocompress.artifact import check_output, write_atomic
 from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
-from autocompress.report import deploy_target, checked_analysis, plan_summary, report_rows
+from autocompress.report import checked_analysis, deploy_target, plan_summary, report_rows
 
 AXES = {0: ("accuracy %", lambda p: 100 * p.accuracy), 1: ("size KB", lambda p: p.size_bytes / 1024), 2: ("latency ms", lambda p: p.latency_ms)}
 
@@ -32,23 +32,74 @@ def _projection_figure(analysis: Analysis, baseline: dict[str, Any]) -> go.Figur
         (xi, fx), (_, fy) = AXES[j], AXES[i]
         pts = analysis.points
         show = col == 1
-        fig.add_trace(go.Scatter(
-            x=[fx(p) for p in pts], y=[fy(p) for p in pts], mode="markers", name="trials", legendgroup="trials", showlegend=show,
-            marker={"color": ["#9aa5b1" if p.feasible else "#e4572e" for p in pts], "symbol": ["circle" if p.feasible else "x" for p in pts], "size": 7},
-            text=[f"trial {p.trial}{'' if p.feasible else ' (infeasible)'}" for p in pts], hoverinfo="text+x+y",
-        ), row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=[fx(p) for p in pts],
+                y=[fy(p) for p in pts],
+                mode="markers",
+                name="trials",
+                legendgroup="trials",
+                showlegend=show,
+                marker={
+                    "color": ["#9aa5b1" if p.feasible else "#e4572e" for p in pts],
+                    "symbol": ["circle" if p.feasible else "x" for p in pts],
+                    "size": 7,
+                },
+                text=[f"trial {p.trial}{'' if p.feasible else ' (infeasible)'}" for p in pts],
+                hoverinfo="text+x+y",
+            ),
+            row=1,
+            col=col,
+        )
         front = sorted((analysis.point(n) for n in analysis.projections.get(name, [])), key=fx)
-        fig.add_trace(go.Scatter(
-            x=[fx(p) for p in front], y=[fy(p) for p in front], mode="lines+markers", name="Pareto front", legendgroup="front", showlegend=show,
-            line={"shape": "hv", "color": "#1f77b4"}, marker={"size": 10, "color": "#1f77b4"},
-            text=[f"trial {p.trial}: {p.compression_ratio:.1f}x, {p.accuracy_drop:+.2f} pts" for p in front], hoverinfo="text",
-        ), row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=[fx(p) for p in front],
+                y=[fy(p) for p in front],
+                mode="lines+markers",
+                name="Pareto front",
+                legendgroup="front",
+                showlegend=show,
+                line={"shape": "hv", "color": "#1f77b4"},
+                marker={"size": 10, "color": "#1f77b4"},
+                text=[f"trial {p.trial}: {p.compression_ratio:.1f}x, {p.accuracy_drop:+.2f} pts" for p in front],
+                hoverinfo="text",
+            ),
+            row=1,
+            col=col,
+        )
         if analysis.knee is not None:
             k = analysis.point(analysis.knee)
-            fig.add_trace(go.Scatter(x=[fx(k)], y=[fy(k)], mode="markers", name="knee", legendgroup="knee", showlegend=show,
-                                     marker={"symbol": "star", "size": 16, "color": "#f2a541"}, text=[f"knee: trial {k.trial}"], hoverinfo="text"), row=1, col=col)
-        fig.add_trace(go.Scatter(x=[base[j]], y=[base[i]], mode="markers", name="baseline", legendgroup="baseline", showlegend=show,
-                                 marker={"symbol": "diamond", "size": 13, "color": "black"}, text=["baseline"], hoverinfo="text"), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[fx(k)],
+                    y=[fy(k)],
+                    mode="markers",
+                    name="knee",
+                    legendgroup="knee",
+                    showlegend=show,
+                    marker={"symbol": "star", "size": 16, "color": "#f2a541"},
+                    text=[f"knee: trial {k.trial}"],
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=[base[j]],
+                y=[base[i]],
+                mode="markers",
+                name="baseline",
+                legendgroup="baseline",
+                showlegend=show,
+                marker={"symbol": "diamond", "size": 13, "color": "black"},
+                text=["baseline"],
+                hoverinfo="text",
+            ),
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(title_text=xi, type="log" if j == 1 else "linear", row=1, col=col)
         fig.update_yaxes(title_text=AXES[i][0], row=1, col=col)
     fig.update_layout(height=460, title="Pareto front, 2-D projections (each panel's own front)")
@@ -58,15 +109,39 @@ def _projection_figure(analysis: Analysis, baseline: dict[str, Any]) -> go.Figur
 def _figure_3d(analysis: Analysis, baseline: dict[str, Any]) -> go.Figure:
     pts = analysis.points
     front = [analysis.point(n) for n in analysis.front]
-    fig = go.Figure([
-        go.Scatter3d(x=[p.size_bytes / 1024 for p in pts], y=[p.latency_ms for p in pts], z=[100 * p.accuracy for p in pts],
-                     mode="markers", name="trials", marker={"size": 3, "color": "#9aa5b1"}, text=[f"trial {p.trial}" for p in pts]),
-        go.Scatter3d(x=[p.size_bytes / 1024 for p in front], y=[p.latency_ms for p in front], z=[100 * p.accuracy for p in front],
-                     mode="markers", name="Pareto front", marker={"size": 6, "color": "#1f77b4"}, text=[f"trial {p.trial}" for p in front]),
-        go.Scatter3d(x=[baseline["size_bytes"] / 1024], y=[baseline["latency_ms"]], z=[100 * baseline["accuracy"]],
-                     mode="markers", name="baseline", marker={"size": 7, "color": "black", "symbol": "diamond"}),
-    ])
-    fig.update_layout(height=560, title="Pareto front in 3-D", scene={"xaxis_title": "size KB", "yaxis_title": "latency ms", "zaxis_title": "accuracy %"})
+    fig = go.Figure(
+        [
+            go.Scatter3d(
+                x=[p.size_bytes / 1024 for p in pts],
+                y=[p.latency_ms for p in pts],
+                z=[100 * p.accuracy for p in pts],
+                mode="markers",
+                name="trials",
+                marker={"size": 3, "color": "#9aa5b1"},
+                text=[f"trial {p.trial}" for p in pts],
+            ),
+            go.Scatter3d(
+                x=[p.size_bytes / 1024 for p in front],
+                y=[p.latency_ms for p in front],
+                z=[100 * p.accuracy for p in front],
+                mode="markers",
+                name="Pareto front",
+                marker={"size": 6, "color": "#1f77b4"},
+                text=[f"trial {p.trial}" for p in front],
+            ),
+            go.Scatter3d(
+                x=[baseline["size_bytes"] / 1024],
+                y=[baseline["latency_ms"]],
+                z=[100 * baseline["accuracy"]],
+                mode="markers",
+                name="baseline",
+                marker={"size": 7, "color": "black", "symbol": "diamond"},
+            ),
+        ]
+    )
+    fig.update_layout(
+        height=560, title="Pareto front in 3-D", scene={"xaxis_title": "size KB", "yaxis_title": "latency ms", "zaxis_title": "accuracy %"}
+    )
     return fig
 
 
@@ -102,8 +177,13 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
                     tr.append("full" if rank is None else str(rank))
             z.append(zr)
             text.append(tr)
-        fig.add_trace(go.Heatmap(z=z, x=layers, y=labels, text=text, texttemplate="%{text}", showscale=False,
-                                 colorscale="Blues" if knob != "bits" else "Blues_r"), row=1, col=col)
+        fig.add_trace(
+            go.Heatmap(
+                z=z, x=layers, y=labels, text=text, texttemplate="%{text}", showscale=False, colorscale="Blues" if knob != "bits" else "Blues_r"
+            ),
+            row=1,
+            col=col,
+        )
     fig.update_layout(height=160 + 28 * max(1, len(rows)), title="Per-layer plans of the front")
     return fig
 
@@ -129,9 +209,16 @@ def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Pa
             f"<td><code>{html.escape(plan_summary(r['plan']))}</code></td></tr>"
         )
     table_rows = "".join(cells)
-    constraint = "" if analysis.max_accuracy_drop is None else f"; constraint: drop &le; {analysis.max_accuracy_drop:g} points, {analysis.feasible_count} of {len(analysis.points)} feasible"
-    headline = (f"Pareto front: {len(analysis.front)} trials, hypervolume {analysis.hypervolume:.4f}"
-                if analysis.front else "No trial meets the constraint; the closest trials are listed")
+    constraint = (
+        ""
+        if analysis.max_accuracy_drop is None
+        else f"; constraint: drop &le; {analysis.max_accuracy_drop:g} points, {analysis.feasible_count} of {len(analysis.points)} feasible"
+    )
+    headline = (
+        f"Pareto front: {len(analysis.front)} trials, hypervolume {analysis.hypervolume:.4f}"
+        if analysis.front
+        else "No trial meets the constraint; the closest trials are listed"
+    )
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>autocompress: {html.escape(study.study_name)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse}}
@@ -139,14 +226,14 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:last-child{{t
 <body>
 <h1>autocompress study <code>{html.escape(study.study_name)}</code></h1>
 <p id="summary" data-front="{len(analysis.front)}" data-trials="{len(analysis.points)}">{len(analysis.points)} complete trials.
-Baseline: accuracy {100 * baseline['accuracy']:.2f}%, {baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms{constraint}.</p>
+Baseline: accuracy {100 * baseline["accuracy"]:.2f}%, {baseline["size_bytes"] / 1024:.1f} KB, {baseline["latency_ms"]:.3f} ms{constraint}.</p>
 <p id="deploy">Deploy target: <b>{html.escape(deploy_target(study))}</b>. Accuracy and latency are those of the form that ships there; each
 speedup is the median ratio of the trial timed alternately with the baseline in one slot. A latency marked ~ kept a CV above
 the threshold until the time cap. Get a trial's file with <code>autocompress export {html.escape(study.study_name)} --trial N --format onnx</code>.</p>
 <h2>{headline}</h2>
 <table><tr><th>trial</th><th>val acc %</th><th>drop pts</th><th>test acc %</th><th>size KB</th><th>ratio</th><th>latency ms</th><th>speedup</th><th>plan</th></tr>
 {table_rows}</table>
-{''.join(parts)}
+{"".join(parts)}
 </body></html>
 """
     path = Path(path)

@@ -46,7 +46,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
         per_sample_outputs = output[0].numel()
         if isinstance(module, nn.Linear):
             total += per_sample_outputs * module.in_features
-        else:
+        elif isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
             total += per_sample_outputs * (module.in_channels // module.groups) * kh * kw
 

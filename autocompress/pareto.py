@@ -21,16 +21,16 @@ feasible, the analysis names the closest ones (least accuracy lost) instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
-
-from autocompress._optuna import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
+from autocompress._optuna import compute_hypervolume
+
 OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
-DIRECTIONS = ("maximize", "minimize", "minimize")
+DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
 DEFAULT_REFERENCE_DROP = 10.0  # points of accuracy, when no constraint is set
 DEFAULT_REFERENCE_LATENCY = 2.0  # times the baseline latency
 PROJECTIONS = {"accuracy-size": (0, 1), "accuracy-latency": (0, 2)}
@@ -39,9 +39,9 @@ PROJECTIONS = {"accuracy-size": (0, 1), "accuracy-latency": (0, 2)}
 def dominates(a: list[float], b: list[float], directions: tuple[str, ...] = DIRECTIONS) -> bool:
     """Whether ``a`` is at least as good as ``b`` everywhere and strictly better somewhere."""
     sign = [1.0 if d == "minimize" else -1.0 for d in directions]
-    a_ = [s * v for s, v in zip(sign, a)]
-    b_ = [s * v for s, v in zip(sign, b)]
-    return all(x <= y for x, y in zip(a_, b_)) and any(x < y for x, y in zip(a_, b_))
+    a_ = [s * v for s, v in zip(sign, a, strict=True)]
+    b_ = [s * v for s, v in zip(sign, b, strict=True)]
+    return all(x <= y for x, y in zip(a_, b_, strict=True)) and any(x < y for x, y in zip(a_, b_, strict=True))
 
 
 def non_dominated(losses: np.ndarray) -> np.ndarray:
@@ -51,7 +51,7 @@ def non_dominated(losses: np.ndarray) -> np.ndarray:
     le = (losses[:, None, :] <= losses[None, :, :]).all(axis=2)
     lt = (losses[:, None, :] < losses[None, :, :]).any(axis=2)
     dominated_by = le & lt  # [i, j]: row i dominates row j
-    return ~dominated_by.any(axis=0)
+    return np.asarray(~dominated_by.any(axis=0))
 
 
 def hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
@@ -117,12 +117,18 @@ def to_points(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_
             continue
         accuracy, size_bytes, latency_ms = t.values
         drop = 100.0 * (baseline["accuracy"] - accuracy)
-        points.append(Point(
-            trial=t.number, accuracy=accuracy, size_bytes=int(size_bytes), latency_ms=latency_ms,
-            accuracy_drop=drop, compression_ratio=baseline["size_bytes"] / size_bytes,
-            speedup=baseline["latency_ms"] / latency_ms,
-            feasible=max_accuracy_drop is None or drop <= max_accuracy_drop + 1e-9,
-        ))
+        points.append(
+            Point(
+                trial=t.number,
+                accuracy=accuracy,
+                size_bytes=int(size_bytes),
+                latency_ms=latency_ms,
+                accuracy_drop=drop,
+                compression_ratio=baseline["size_bytes"] / size_bytes,
+                speedup=baseline["latency_ms"] / latency_ms,
+                feasible=max_accuracy_drop is None or drop <= max_accuracy_drop + 1e-9,
+            )
+        )
     return points
 
 
@@ -142,7 +148,7 @@ def analyse(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_dr
         return analysis
     losses = np.array([p.loss for p in feasible])
     mask = non_dominated(losses)
-    front = [p for p, keep in zip(feasible, mask) if keep]
+    front = [p for p, keep in zip(feasible, mask, strict=True) if keep]
     front_losses = losses[mask]
     analysis.front = [p.trial for p in sorted(front, key=lambda p: (p.size_bytes, -p.accuracy))]
     knee = knee_index(front_losses)
@@ -150,7 +156,7 @@ def analyse(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_dr
     analysis.hypervolume = hypervolume(losses, reference)
     for name, (i, j) in PROJECTIONS.items():
         sub = losses[:, [i, j]]
-        analysis.projections[name] = sorted(p.trial for p, keep in zip(feasible, non_dominated(sub)) if keep)
+        analysis.projections[name] = sorted(p.trial for p, keep in zip(feasible, non_dominated(sub), strict=True) if keep)
     return analysis
 
 
@@ -159,7 +165,8 @@ def hypervolume_history(trials: list[FrozenTrial], baseline: dict[str, Any], max
     done = sorted((t for t in trials if t.datetime_complete is not None), key=lambda t: (t.datetime_complete, t.number))
     points = to_points(done, baseline, max_accuracy_drop)
     reference = reference_point(max_accuracy_drop)
-    history, seen = [], []
+    history: list[tuple[int, float]] = []
+    seen: list[list[float]] = []
     for p in points:
         if p.feasible:
             seen.append(p.loss)

@@ -84,7 +84,9 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
         )
         console.print(f"deploy target: {deploy_target(study)}; latency and accuracy measured on it, speedups paired with the baseline there")
     if analysis.max_accuracy_drop is not None:
-        console.print(f"constraint: accuracy drop <= {analysis.max_accuracy_drop:g} points; {analysis.feasible_count} of {len(analysis.points)} trials feasible")
+        console.print(
+            f"constraint: accuracy drop <= {analysis.max_accuracy_drop:g} points; {analysis.feasible_count} of {len(analysis.points)} trials feasible"
+        )
     if not analysis.points:
         console.print("no complete trials yet: run 'autocompress search' with this study name")
         return
@@ -93,11 +95,20 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     else:
         ref = analysis.reference
         knee = f"; knee: trial {analysis.knee}" if analysis.knee is not None else ""
-        console.print(f"hypervolume {analysis.hypervolume:.4f} (reference: {100 * ref[0]:g} points lost, baseline size, {ref[2]:g}x baseline latency){knee}")
+        console.print(
+            f"hypervolume {analysis.hypervolume:.4f} (reference: {100 * ref[0]:g} points lost, baseline size, {ref[2]:g}x baseline latency){knee}"
+        )
     table = Table(show_lines=False)
     for col, justify in (
-        ("trial", "right"), ("val acc %", "right"), ("drop pts", "right"), ("test acc %", "right"), ("test drop", "right"), ("size KB", "right"),
-        ("ratio", "right"), ("latency ms", "right"), ("speedup", "right"),
+        ("trial", "right"),
+        ("val acc %", "right"),
+        ("drop pts", "right"),
+        ("test acc %", "right"),
+        ("test drop", "right"),
+        ("size KB", "right"),
+        ("ratio", "right"),
+        ("latency ms", "right"),
+        ("speedup", "right"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in rows:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from dataclasses import replace
 import logging
 import os
 import socket
 import time
 import uuid
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,7 @@ def check_ray_address(address: str | None, source: str = "--ray-address") -> Non
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise SearchError(
-            f"Ray address {address} is unreachable ({reason}) ({source}): start the head with "
-            "'ray start --head' or fix the address"
+            f"Ray address {address} is unreachable ({reason}) ({source}): start the head with 'ray start --head' or fix the address"
         ) from None
 
 
@@ -258,8 +257,8 @@ class Driver:
             owner = t.user_attrs.get("driver_id")
             # A driver without a lease row is dead; a trial without an owner (asked, but killed
             # before tagging) counts as alive only while it is younger than the lease timeout.
-            fresh = owner is None and now - t.datetime_start.timestamp() < LEASE_TIMEOUT_S
-            if owner == self.driver_id or alive.get(owner, fresh):
+            started = t.datetime_start.timestamp() if t.datetime_start else now
+            if owner == self.driver_id or (alive.get(owner, False) if owner else now - started < LEASE_TIMEOUT_S):
                 continue
             _optuna.fail_with_reason(study, t, f"driver {owner or 'unknown'} died while the trial ran; plan re-queued")
             study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
@@ -386,7 +385,7 @@ class Driver:
             return trial
 
     @contextlib.contextmanager
-    def _ask_lock(self):  # type: ignore[no-untyped-def]
+    def _ask_lock(self):
         if self._engine.dialect.name != "postgresql":
             yield  # SQLite: one driver per database file
             return
@@ -429,7 +428,9 @@ class Driver:
         try:
             artifact_id = store_artifact(trial, result.artifact, self.artifact_dir, f"trial-{trial.number}.acz", ACZ_MIMETYPE)
             if result.onnx:  # the very file whose accuracy and latency were measured
-                trial.set_user_attr("onnx_artifact_id", store_artifact(trial, result.onnx, self.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE))
+                trial.set_user_attr(
+                    "onnx_artifact_id", store_artifact(trial, result.onnx, self.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE)
+                )
         except StorageError as exc:
             # The database stays consistent: this trial is failed with the reason, never left RUNNING.
             trial.set_user_attr("fail_reason", f"artifact not stored: {exc}")
@@ -457,8 +458,19 @@ def trial_metrics(result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         k: getattr(result, k)
         for k in (
-            "accuracy", "size_bytes", "latency_ms", "latency_ratio", "latency_cv", "latency_capped", "latency_backend",
-            "latency_node", "onnx_bytes", "params", "nonzeros", "macs", "eval_seconds",
+            "accuracy",
+            "size_bytes",
+            "latency_ms",
+            "latency_ratio",
+            "latency_cv",
+            "latency_capped",
+            "latency_backend",
+            "latency_node",
+            "onnx_bytes",
+            "params",
+            "nonzeros",
+            "macs",
+            "eval_seconds",
         )
     }
     metrics["latency_ms_measured"] = result.latency_ms  # this slot's own milliseconds, for reference
@@ -482,9 +494,7 @@ class _Progress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(
-                TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()
-            )
+            self._progress = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
             self._progress.start()
             self._task = self._progress.add_task("search", total=self.total, completed=self.done, info="")
         return self

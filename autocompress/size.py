@@ -17,14 +17,14 @@ of its output.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress import compress
-from autocompress.compress import FakeQuant, Factorized, leaf_layers
+from autocompress.compress import Factorized, FakeQuant, leaf_layers
 from autocompress.plan import FULL_PRECISION_BITS
 
 MAX_INDEX_BITS = 8
@@ -40,12 +40,13 @@ class WeightCodes:
     scale: torch.Tensor | None = None  # float16 per-channel scales, when quantized
 
 
-def weight_codes(leaf: nn.Module) -> WeightCodes:
+def weight_codes(leaf: nn.Linear | nn.Conv2d) -> WeightCodes:
     """Recover the stored codes of a Linear/Conv2d weight from its parametrizations."""
     if not parametrize.is_parametrized(leaf, "weight"):
         return WeightCodes(leaf.weight.detach(), FULL_PRECISION_BITS, 0)
-    weight = leaf.parametrizations.weight.original.detach()
-    for step in leaf.parametrizations.weight:
+    steps: Any = cast(Any, leaf).parametrizations.weight  # a ParametrizationList: an iterable with .original
+    weight = steps.original.detach()
+    for step in steps:
         if isinstance(step, FakeQuant):
             with torch.no_grad():
                 x = step_input(leaf, step)
@@ -56,8 +57,9 @@ def weight_codes(leaf: nn.Module) -> WeightCodes:
 
 def step_input(leaf: nn.Module, target: nn.Module) -> torch.Tensor:
     """The tensor a parametrization step receives: the original passed through earlier steps."""
-    x = leaf.parametrizations.weight.original.detach()
-    for step in leaf.parametrizations.weight:
+    steps: Any = cast(Any, leaf).parametrizations.weight  # a ParametrizationList: an iterable with .original
+    x = steps.original.detach()
+    for step in steps:
         if step is target:
             return x
         x = step(x)

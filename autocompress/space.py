@@ -162,17 +162,13 @@ class SearchSpace:
 
     def plan_from_params(self, params: dict[str, Any]) -> CompressionPlan:
         """The plan of a finished trial's parameters (``<group>.<knob>``), fixed knobs filled in."""
-        return self.plan_from_values(self.layer_values({
-            g: {k: params[f"{g}.{k}"] if f"{g}.{k}" in params else knob.value for k, knob in knobs.items()}
-            for g, knobs in self.groups.items()
-        }))
+        return self.plan_from_values(
+            self.layer_values({g: {k: params.get(f"{g}.{k}", knob.value) for k, knob in knobs.items()} for g, knobs in self.groups.items()})
+        )
 
     def layer_values(self, group_values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Each layer's knob values from its group's, leaving out knobs that are off for it."""
-        return {
-            name: {k: v for k, v in group_values[ls.group].items() if not ls.knobs[k].off}
-            for name, ls in self.layers.items()
-        }
+        return {name: {k: v for k, v in group_values[ls.group].items() if not ls.knobs[k].off} for name, ls in self.layers.items()}
 
     def plan_from_values(self, values: dict[str, dict[str, Any]]) -> CompressionPlan:
         plans = {}
@@ -189,12 +185,7 @@ class SearchSpace:
     def uniform_params(self, sparsity: float, bits: int, rank: float = 1.0, mode: str = "unstructured") -> dict[str, Any]:
         """Optuna params for one setting applied to every layer, snapped to each layer's knobs."""
         target = {"sparsity": sparsity, "sparsity_mode": mode, "bits": bits, "rank": rank}
-        return {
-            f"{group}.{k}": knob.snap(target[k])
-            for group, knobs in self.groups.items()
-            for k, knob in knobs.items()
-            if not knob.fixed
-        }
+        return {f"{group}.{k}": knob.snap(target[k]) for group, knobs in self.groups.items() for k, knob in knobs.items() if not knob.fixed}
 
     @property
     def dimensions(self) -> int:
@@ -274,7 +265,7 @@ class SpaceSpec:
             self._check_globs(globs, selected, f"groups.{group}", edges)
         if self.group_by == "layer" and not self.groups:
             return SearchSpace(result, source=self.source)
-        blocks = {n: _enclosing(n, available.keys()) for n in available}
+        blocks = {n: _enclosing(n, set(available)) for n in available}
         assignment = {n: self._group_of(n, available, blocks, matches, edges) for n in selected}
         # A layer whose knobs differ from the rest of its group's (an override) is a group of its own.
         first_of: dict[str, str] = {}
@@ -291,7 +282,7 @@ class SpaceSpec:
             result[name] = replace(result[name], group=g)
         return SearchSpace(result, source=self.source, groups=groups)
 
-    def _group_of(self, name: str, available: dict[str, nn.Module], blocks: dict[str, str], matches: Any, edges: dict[str, str]) -> str:
+    def _group_of(self, name: str, available: dict[str, nn.Linear | nn.Conv2d], blocks: dict[str, str], matches: Any, edges: dict[str, str]) -> str:
         for group, globs in self.groups.items():
             if matches(name, globs):
                 return group
@@ -307,15 +298,14 @@ class SpaceSpec:
         for g in globs:
             if g.startswith("@"):
                 if g not in SELECTORS:
-                    raise SpaceError(f"unknown selector '{g}' in '{key}'{did_you_mean(g, SELECTORS)} ({self.source}): selectors are {', '.join(SELECTORS)}")
+                    raise SpaceError(
+                        f"unknown selector '{g}' in '{key}'{did_you_mean(g, SELECTORS)} ({self.source}): selectors are {', '.join(SELECTORS)}"
+                    )
                 if edges is None or edges.get(g) in names:
                     continue
             if not any(fnmatch.fnmatchcase(n, g) for n in names):
                 hint = did_you_mean(g, names)
-                raise SpaceError(
-                    f"glob '{g}' in '{key}' matches no layer{hint} ({self.source}): "
-                    f"the selectable layers are {', '.join(names)}"
-                )
+                raise SpaceError(f"glob '{g}' in '{key}' matches no layer{hint} ({self.source}): the selectable layers are {', '.join(names)}")
 
 
 def _enclosing(name: str, names: list[str] | set[str]) -> str:
@@ -362,13 +352,17 @@ def _parse_knob(name: str, raw: Any, where: str, key: str) -> Knob:
         bad = [v for v in values if v not in SPARSITY_MODES]
         if bad or not values:
             shown = bad[0] if bad else "[]"
-            raise SpaceError(f"'{key}' has {shown!r}{did_you_mean(str(shown), SPARSITY_MODES)} ({where}): use unstructured, channel or a list of both")
+            raise SpaceError(
+                f"'{key}' has {shown!r}{did_you_mean(str(shown), SPARSITY_MODES)} ({where}): use unstructured, channel or a list of both"
+            )
         return Knob(choices=tuple(values)) if isinstance(raw, list) else Knob(value=raw)
     if isinstance(raw, dict):
         unknown = set(raw) - {"low", "high", "step", "log"}
         if unknown:
             bad = sorted(unknown)[0]
-            raise SpaceError(f"unknown key '{key}.{bad}'{did_you_mean(bad, ['low', 'high', 'step', 'log'])} ({where}): a range has low, high, step, log")
+            raise SpaceError(
+                f"unknown key '{key}.{bad}'{did_you_mean(bad, ['low', 'high', 'step', 'log'])} ({where}): a range has low, high, step, log"
+            )
         if "low" not in raw or "high" not in raw:
             raise SpaceError(f"range '{key}' needs both low and high ({where}): e.g. {{low: 0.0, high: 0.9}}")
         for part in ("low", "high", "step"):
@@ -429,7 +423,7 @@ def _globs(raw: Any, where: str, key: str) -> list[str]:
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list) or not all(isinstance(g, str) for g in raw):
-        raise SpaceError(f"'{key}' must be a glob or a list of globs ({where}): e.g. [\"fc*\", \"conv1\"]")
+        raise SpaceError(f'\'{key}\' must be a glob or a list of globs ({where}): e.g. ["fc*", "conv1"]')
     if not raw and key == "layers":
         raise SpaceError(f"'{key}' is empty ({where}): name at least one layer glob, e.g. [\"*\"]")
     return raw

@@ -33,7 +33,8 @@ metadata = sa.MetaData()
 
 schema = sa.Table("autocompress_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
 layers = sa.Table(
-    "autocompress_layers", metadata,
+    "autocompress_layers",
+    metadata,
     sa.Column("study_id", sa.Integer, primary_key=True),
     sa.Column("trial_number", sa.Integer, primary_key=True),
     sa.Column("layer", sa.String(512), primary_key=True),
@@ -47,14 +48,16 @@ layers = sa.Table(
     sa.Column("bytes", sa.BigInteger),
 )
 hypervolume = sa.Table(
-    "autocompress_hypervolume", metadata,
+    "autocompress_hypervolume",
+    metadata,
     sa.Column("study_id", sa.Integer, primary_key=True),
     sa.Column("n_complete", sa.Integer, primary_key=True),
     sa.Column("trial_number", sa.Integer),
     sa.Column("hypervolume", sa.Float),
 )
 front = sa.Table(
-    "autocompress_front", metadata,
+    "autocompress_front",
+    metadata,
     sa.Column("study_id", sa.Integer, primary_key=True),
     sa.Column("snapshot", sa.Integer, primary_key=True),
     sa.Column("trial_number", sa.Integer, primary_key=True),
@@ -70,7 +73,8 @@ front = sa.Table(
 
 
 drivers = sa.Table(
-    "autocompress_drivers", metadata,
+    "autocompress_drivers",
+    metadata,
     sa.Column("driver_id", sa.String(64), primary_key=True),
     sa.Column("study_id", sa.Integer, index=True),
     sa.Column("host", sa.String(255)),
@@ -99,18 +103,33 @@ def record_trial(engine: Engine, study_id: int, trial_number: int, per_layer: li
     n_complete = len(analysis.points)
     layer_rows = [
         {
-            "study_id": study_id, "trial_number": trial_number, "layer": r["layer"], "type": r["type"],
-            "params": r["params"], "nonzeros": r["nonzeros"], "sparsity": r["sparsity"],
+            "study_id": study_id,
+            "trial_number": trial_number,
+            "layer": r["layer"],
+            "type": r["type"],
+            "params": r["params"],
+            "nonzeros": r["nonzeros"],
+            "sparsity": r["sparsity"],
             "structured": bool(plan.get(r["layer"], {}).get("structured", False)),
-            "bits": r["bits"], "rank": r["rank"], "bytes": r.get("bytes"),
+            "bits": r["bits"],
+            "rank": r["rank"],
+            "bytes": r.get("bytes"),
         }
         for r in per_layer
     ]
     front_rows = [
         {
-            "study_id": study_id, "snapshot": n_complete, "trial_number": p.trial, "accuracy": p.accuracy,
-            "accuracy_drop": p.accuracy_drop, "size_bytes": p.size_bytes, "compression_ratio": p.compression_ratio,
-            "latency_ms": p.latency_ms, "speedup": p.speedup, "feasible": p.feasible, "knee": p.trial == analysis.knee,
+            "study_id": study_id,
+            "snapshot": n_complete,
+            "trial_number": p.trial,
+            "accuracy": p.accuracy,
+            "accuracy_drop": p.accuracy_drop,
+            "size_bytes": p.size_bytes,
+            "compression_ratio": p.compression_ratio,
+            "latency_ms": p.latency_ms,
+            "speedup": p.speedup,
+            "feasible": p.feasible,
+            "knee": p.trial == analysis.knee,
         }
         for p in (analysis.point(n) for n in analysis.front)
     ]
@@ -119,7 +138,9 @@ def record_trial(engine: Engine, study_id: int, trial_number: int, per_layer: li
         if layer_rows:
             conn.execute(layers.insert(), layer_rows)
         conn.execute(sa.delete(hypervolume).where(hypervolume.c.study_id == study_id, hypervolume.c.n_complete == n_complete))
-        conn.execute(hypervolume.insert().values(study_id=study_id, n_complete=n_complete, trial_number=trial_number, hypervolume=analysis.hypervolume))
+        conn.execute(
+            hypervolume.insert().values(study_id=study_id, n_complete=n_complete, trial_number=trial_number, hypervolume=analysis.hypervolume)
+        )
         conn.execute(sa.delete(front).where(front.c.study_id == study_id, front.c.snapshot == n_complete))
         if front_rows:
             conn.execute(front.insert(), front_rows)
@@ -127,7 +148,9 @@ def record_trial(engine: Engine, study_id: int, trial_number: int, per_layer: li
 
 def start_lease(engine: Engine, driver_id: str, study_id: int, host: str, pid: int, now: float) -> None:
     with engine.begin() as conn:
-        conn.execute(drivers.insert().values(driver_id=driver_id, study_id=study_id, host=host, pid=pid, started_at=now, heartbeat_at=now, finished=False))
+        conn.execute(
+            drivers.insert().values(driver_id=driver_id, study_id=study_id, host=host, pid=pid, started_at=now, heartbeat_at=now, finished=False)
+        )
 
 
 def heartbeat(engine: Engine, driver_id: str, now: float, finished: bool = False) -> None:

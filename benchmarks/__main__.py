@@ -56,56 +56,81 @@ def _heading(title: str, record: dict[str, Any]) -> list[str]:
 
 def _quality(result: dict[str, Any]) -> list[str]:
     s = result["summary"]
-    out = [f"{s['trials']} trials per study, {s['seeds']} seeds, TPE (the default sampler) against random sampling "
-           "over the same space; the study config is studies/digits-mlp.yaml. Ratios are packed artifact bytes against the "
-           "fp32 baseline's artifact; drops are points against the baseline on each split (360 images each: 0.28 points "
-           "is one image).", "",
-           "| seed | best ratio with test drop <= 0.5 pts | trial | val drop | test drop | hypervolume TPE | random | ratio |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = [
+        f"{s['trials']} trials per study, {s['seeds']} seeds, TPE (the default sampler) against random sampling "
+        "over the same space; the study config is studies/digits-mlp.yaml. Ratios are packed artifact bytes against the "
+        "fp32 baseline's artifact; drops are points against the baseline on each split (360 images each: 0.28 points "
+        "is one image).",
+        "",
+        "| seed | best ratio with test drop <= 0.5 pts | trial | val drop | test drop | hypervolume TPE | random | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in result["runs"]:
         b = r["anchor"]["best"] or {}
-        out.append(f"| {r['seed']} | {b.get('ratio', '-')}x | {b.get('trial', '-')} | {b.get('val_drop_points', '-')} | "
-                   f"{b.get('test_drop_points', '-')} | {r['hypervolume_tpe']:.4f} | {r['hypervolume_random']:.4f} | "
-                   f"{r['hypervolume_ratio']:.3f} |")
+        out.append(
+            f"| {r['seed']} | {b.get('ratio', '-')}x | {b.get('trial', '-')} | {b.get('val_drop_points', '-')} | "
+            f"{b.get('test_drop_points', '-')} | {r['hypervolume_tpe']:.4f} | {r['hypervolume_random']:.4f} | "
+            f"{r['hypervolume_ratio']:.3f} |"
+        )
     from autocompress.search import WARM_START, WARM_START_CHANNEL
 
     warm = len(WARM_START) + len(WARM_START_CHANNEL)
-    warm_best = [max((f["ratio"] for f in r["anchor"]["front"] if f["trial"] < warm and f["test_drop_points"] <= 0.5), default=0.0)
-                 for r in result["runs"]]
-    out += ["", f"- Anchor (Deep Compression, LeNet-300-100 40x at no loss; Han et al., ICLR 2016, Table 1): "
-            f"met in {sum(s['anchor_met_per_seed'])} of {s['seeds']} seeds (>= 40x at <= 0.5 test points); "
-            f"stretch (60x): best {max(s['anchor_ratio_per_seed']):.1f}x.",
-            f"- Trials 0-{warm - 1} are the warm start's uniform plans; the best of them on the front within 0.5 test points: "
-            + ", ".join(f"{b:.1f}x" for b in warm_best) + " per seed; the best point is a searched trial in "
-            + f"{sum((r['anchor']['best'] or {}).get('trial', -1) >= warm for r in result['runs'])} of {s['seeds']} seeds.",
-            f"- Hypervolume vs random: {s['hypervolume_ratio_mean']:.3f}x mean, +- {s['hypervolume_ratio_stdev']:.3f} "
-            f"(target >= 1.15x; per seed " + ", ".join(f"{x:.3f}" for x in s["hypervolume_ratio_per_seed"]) + ").",
-            f"- Uniform baselines (one sparsity x one bit-width on every layer, same fine-tuning): "
-            f"{s['uniform_points'] - len(s['uniform_unmatched'])} of {s['uniform_points']} dominated or matched by every "
-            "seed's study in (validation accuracy, size)."]
+    warm_best = [
+        max((f["ratio"] for f in r["anchor"]["front"] if f["trial"] < warm and f["test_drop_points"] <= 0.5), default=0.0) for r in result["runs"]
+    ]
+    out += [
+        "",
+        f"- Anchor (Deep Compression, LeNet-300-100 40x at no loss; Han et al., ICLR 2016, Table 1): "
+        f"met in {sum(s['anchor_met_per_seed'])} of {s['seeds']} seeds (>= 40x at <= 0.5 test points); "
+        f"stretch (60x): best {max(s['anchor_ratio_per_seed']):.1f}x.",
+        f"- Trials 0-{warm - 1} are the warm start's uniform plans; the best of them on the front within 0.5 test points: "
+        + ", ".join(f"{b:.1f}x" for b in warm_best)
+        + " per seed; the best point is a searched trial in "
+        + f"{sum((r['anchor']['best'] or {}).get('trial', -1) >= warm for r in result['runs'])} of {s['seeds']} seeds.",
+        f"- Hypervolume vs random: {s['hypervolume_ratio_mean']:.3f}x mean, +- {s['hypervolume_ratio_stdev']:.3f} "
+        f"(target >= 1.15x; per seed " + ", ".join(f"{x:.3f}" for x in s["hypervolume_ratio_per_seed"]) + ").",
+        f"- Uniform baselines (one sparsity x one bit-width on every layer, same fine-tuning): "
+        f"{s['uniform_points'] - len(s['uniform_unmatched'])} of {s['uniform_points']} dominated or matched by every "
+        "seed's study in (validation accuracy, size).",
+    ]
     if s["uniform_unmatched"]:
-        out.append("- Not matched: " + ", ".join(f"sparsity {u['sparsity']} at {u['bits']} bits ({u['size_bytes']} B, "
-                                               f"{100 * u['accuracy']:.2f}%)" for u in s["uniform_unmatched"]))
+        out.append(
+            "- Not matched: "
+            + ", ".join(
+                f"sparsity {u['sparsity']} at {u['bits']} bits ({u['size_bytes']} B, {100 * u['accuracy']:.2f}%)" for u in s["uniform_unmatched"]
+            )
+        )
     return out
 
 
 def _overhead(result: dict[str, Any]) -> list[str]:
     rows = result["rows"]
-    out = [f"{result['evaluations']} evaluations of digits-mlp ({result['steps']} fine-tuning steps each), the same plans "
-           "in each row; wall time from the first evaluation's start to the last one's end; ratio = wall x workers / loop.", "",
-           "| run | workers | wall s | per-worker ratio to the loop |", "| --- | --- | --- | --- |"]
+    out = [
+        f"{result['evaluations']} evaluations of digits-mlp ({result['steps']} fine-tuning steps each), the same plans "
+        "in each row; wall time from the first evaluation's start to the last one's end; ratio = wall x workers / loop.",
+        "",
+        "| run | workers | wall s | per-worker ratio to the loop |",
+        "| --- | --- | --- | --- |",
+    ]
     out += [f"| {name} | {row['workers']} | {row['wall_s']:.1f} | {row['per_worker_ratio']:.3f} |" for name, row in rows.items()]
     c = rows["c_ray_2_workers"]["per_worker_ratio"]
-    out += ["", f"- (c) 2 Ray workers: {100 * (c - 1):+.1f}% per worker against the loop: target (within 5%) "
-            + ("met." if c <= 1.05 else f"not met, by {100 * (c - 1.05):.1f} points.")]
+    out += [
+        "",
+        f"- (c) 2 Ray workers: {100 * (c - 1):+.1f}% per worker against the loop: target (within 5%) "
+        + ("met." if c <= 1.05 else f"not met, by {100 * (c - 1.05):.1f} points."),
+    ]
     d = rows.get("d_ray_tune_2_workers", {}).get("per_worker_ratio")
     if d is not None:
-        out.append(f"- (c) against (d) Ray Tune with OptunaSearch: {c:.3f} vs {d:.3f}: "
-                   + ("no slower (target met)." if c <= d else "slower (target not met)."))
-    out.append("- The loop runs alone on a 2-core machine; with two workers, the driver and Ray's own processes share the "
-               "same two cores, so part of the gap is evaluations slowing each other (see scaling below). Tried: SQLite in "
-               "write-ahead-log mode halved the driver's time per trial (about 115 to 60 ms in a profile); a freed worker "
-               "gets its next trial before the finished one is stored.")
+        out.append(
+            f"- (c) against (d) Ray Tune with OptunaSearch: {c:.3f} vs {d:.3f}: "
+            + ("no slower (target met)." if c <= d else "slower (target not met).")
+        )
+    out.append(
+        "- The loop runs alone on a 2-core machine; with two workers, the driver and Ray's own processes share the "
+        "same two cores, so part of the gap is evaluations slowing each other (see scaling below). Tried: SQLite in "
+        "write-ahead-log mode halved the driver's time per trial (about 115 to 60 ms in a profile); a freed worker "
+        "gets its next trial before the finished one is stored."
+    )
     return out
 
 
@@ -113,31 +138,40 @@ def _scaling(result: dict[str, Any]) -> list[str]:
     one, two = result["one"], result["two"]
     per_one, per_two = one["eval_s"] / result["trials"], two["eval_s"] / result["trials"]
     ceiling = 2 * per_one / per_two
-    return [f"{result['trials']} trials of {result['steps']} fine-tuning steps: 2 workers ran {result['speedup']:.2f}x the "
-            f"trials per second of 1 (target 1.85x); share of worker time outside evaluation: 1 worker "
-            f"{100 * one['overhead']:.1f}%, 2 workers {100 * two['overhead']:.1f}% (target 5%).", "",
-            f"- One evaluation took {per_one:.2f} s alone and {per_two:.2f} s with two running at once "
-            f"({100 * (per_two / per_one - 1):+.0f}%): on this 2-core machine the ceiling is {ceiling:.2f}x before any "
-            f"orchestration, and the search reached {result['speedup'] / ceiling:.0%} of it. The 1.85x target needs a "
-            "machine where two evaluations do not slow each other (a spare core for the driver and Ray)."]
+    return [
+        f"{result['trials']} trials of {result['steps']} fine-tuning steps: 2 workers ran {result['speedup']:.2f}x the "
+        f"trials per second of 1 (target 1.85x); share of worker time outside evaluation: 1 worker "
+        f"{100 * one['overhead']:.1f}%, 2 workers {100 * two['overhead']:.1f}% (target 5%).",
+        "",
+        f"- One evaluation took {per_one:.2f} s alone and {per_two:.2f} s with two running at once "
+        f"({100 * (per_two / per_one - 1):+.0f}%): on this 2-core machine the ceiling is {ceiling:.2f}x before any "
+        f"orchestration, and the search reached {result['speedup'] / ceiling:.0%} of it. The 1.85x target needs a "
+        "machine where two evaluations do not slow each other (a spare core for the driver and Ray).",
+    ]
 
 
 def _latency(result: dict[str, Any]) -> list[str]:
     f = result["fidelity"]
-    out = [f"Spearman rank correlation of stored vs fresh-process latencies over {f['trials']} Pareto trials: "
-           f"{f['spearman']:.3f} (target 0.9).", ""]
-    return out + [f"- {row['case']}: channel 50% {row['channel speedup']:.2f}x, rank 1/4 {row['rank speedup']:.2f}x"
-                  for row in result["layer_speedups"]]
+    out = [f"Spearman rank correlation of stored vs fresh-process latencies over {f['trials']} Pareto trials: {f['spearman']:.3f} (target 0.9).", ""]
+    return out + [
+        f"- {row['case']}: channel 50% {row['channel speedup']:.2f}x, rank 1/4 {row['rank speedup']:.2f}x" for row in result["layer_speedups"]
+    ]
 
 
 def _deploy(result: dict[str, Any]) -> list[str]:
-    out = ["Each target's baseline timed alone, then each plan timed alternately with that baseline in one slot "
-           "(speedup = median of per-round ratios; robust CV (MAD) of the ratios; ~ = the 1 s cap ended it above 5%). CPU, 1 thread, "
-           "batch 32; untrained weights (latency does not depend on them).", "",
-           "| model | target | baseline ms | 8 bits | 8 bits, 50% channels | 4 bits |", "| --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "Each target's baseline timed alone, then each plan timed alternately with that baseline in one slot "
+        "(speedup = median of per-round ratios; robust CV (MAD) of the ratios; ~ = the 1 s cap ended it above 5%). CPU, 1 thread, "
+        "batch 32; untrained weights (latency does not depend on them).",
+        "",
+        "| model | target | baseline ms | 8 bits | 8 bits, 50% channels | 4 bits |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for row in result["targets"]:
-        cells = [f"{row[k]['speedup']:.2f}x (cv {100 * row[k]['cv']:.1f}%{' ~' if row[k]['capped'] else ''})"
-                 for k in ("8 bits", "8 bits, 50% channels", "4 bits")]
+        cells = [
+            f"{row[k]['speedup']:.2f}x (cv {100 * row[k]['cv']:.1f}%{' ~' if row[k]['capped'] else ''})"
+            for k in ("8 bits", "8 bits, 50% channels", "4 bits")
+        ]
         out.append(f"| {row['model']} | {row['target']} | {row['baseline_ms']:.3f} | " + " | ".join(cells) + " |")
     by = {(r["model"], r["target"]): r for r in result["targets"]}
     out += [""]
@@ -146,48 +180,68 @@ def _deploy(result: dict[str, Any]) -> list[str]:
         torch_row = by.get((model, "torch fp32"))
         if fp32 and int8 and torch_row:
             best = max(int8[k]["speedup"] for k in ("8 bits", "8 bits, 50% channels", "4 bits"))
-            out.append(f"- {model}: ONNX Runtime fp32 runs the baseline {torch_row['baseline_ms'] / fp32['baseline_ms']:.2f}x "
-                       f"faster than eager PyTorch (unpaired); on the int8 target, whose baseline has no layer at <= 8 bits "
-                       f"and so runs ONNX Runtime's fp32 kernels, the best uniform int8 plan is {best:.2f}x (paired).")
-    out += ["", "Honesty check: the uniform 8-bit plan (the baseline's architecture) against the baseline on fp32 targets, "
-            "5 paired measurements each while another process keeps a core busy:", ""]
+            out.append(
+                f"- {model}: ONNX Runtime fp32 runs the baseline {torch_row['baseline_ms'] / fp32['baseline_ms']:.2f}x "
+                f"faster than eager PyTorch (unpaired); on the int8 target, whose baseline has no layer at <= 8 bits "
+                f"and so runs ONNX Runtime's fp32 kernels, the best uniform int8 plan is {best:.2f}x (paired)."
+            )
+    out += [
+        "",
+        "Honesty check: the uniform 8-bit plan (the baseline's architecture) against the baseline on fp32 targets, "
+        "5 paired measurements each while another process keeps a core busy:",
+        "",
+    ]
     for row in result["honesty"]:
-        out.append(f"- {row['model']}, {row['target']}: " + ", ".join(f"{s:.3f}x" for s in row["speedups"])
-                   + (" (all within 0.9..1.1)" if row["within_0.9_1.1"] else " (NOT all within 0.9..1.1)"))
+        out.append(
+            f"- {row['model']}, {row['target']}: "
+            + ", ".join(f"{s:.3f}x" for s in row["speedups"])
+            + (" (all within 0.9..1.1)" if row["within_0.9_1.1"] else " (NOT all within 0.9..1.1)")
+        )
     f = result.get("front")
     if f:
         b = f["best_within_1pt"]
         base = f["baseline"]
-        out += ["", f"ResNet-18 on sklearn's digits (32x32 RGB, real labels) searched on ONNX Runtime int8, {f['trials']} trials "
-                f"({f['wall_s']:.0f} s): baseline {100 * base['accuracy']:.2f}% validation, {base['latency_ms']:.2f} ms "
-                f"({base['latency_backend']}); stored CVs at most {100 * f['max_cv']:.1f}%."]
+        out += [
+            "",
+            f"ResNet-18 on sklearn's digits (32x32 RGB, real labels) searched on ONNX Runtime int8, {f['trials']} trials "
+            f"({f['wall_s']:.0f} s): baseline {100 * base['accuracy']:.2f}% validation, {base['latency_ms']:.2f} ms "
+            f"({base['latency_backend']}); stored CVs at most {100 * f['max_cv']:.1f}%.",
+        ]
         if b:
-            out.append(f"- Fastest front trial within 1 test point (test split re-checked on its int8 file): trial {b['trial']}, "
-                       f"{b['speedup']:.2f}x the ONNX Runtime fp32 baseline (paired), {b['compression_ratio']:.1f}x smaller, "
-                       f"{b['test_accuracy_drop']:+.2f} test points; {b['latency_backend']}. Target >= 2x: "
-                       + ("met." if b["speedup"] >= 2 else "not met."))
+            out.append(
+                f"- Fastest front trial within 1 test point (test split re-checked on its int8 file): trial {b['trial']}, "
+                f"{b['speedup']:.2f}x the ONNX Runtime fp32 baseline (paired), {b['compression_ratio']:.1f}x smaller, "
+                f"{b['test_accuracy_drop']:+.2f} test points; {b['latency_backend']}. Target >= 2x: " + ("met." if b["speedup"] >= 2 else "not met.")
+            )
         else:
             out.append("- No front trial within 1 test point.")
     s = result["search"]
-    out += ["", f"Search on ONNX Runtime int8 (LeNet-5, {s['trials']} trials, FakeData 28x28: {s['note']}): stored latency "
-            f"CVs median {100 * s['median_cv']:.1f}%, max {100 * s['max_cv']:.1f}% ({s['capped']} capped above the 5% "
-            f"threshold); baseline CV {100 * s['baseline_cv']:.1f}%. Front re-measured in a fresh process, paired with the "
-            f"baseline's file: Spearman {s['spearman']:.3f} over {len(s['front'])} trials (target 0.95). Fastest trial "
-            f"{s['fastest_trial']}: {s['fastest_speedup']:.2f}x the ONNX Runtime baseline."]
+    out += [
+        "",
+        f"Search on ONNX Runtime int8 (LeNet-5, {s['trials']} trials, FakeData 28x28: {s['note']}): stored latency "
+        f"CVs median {100 * s['median_cv']:.1f}%, max {100 * s['max_cv']:.1f}% ({s['capped']} capped above the 5% "
+        f"threshold); baseline CV {100 * s['baseline_cv']:.1f}%. Front re-measured in a fresh process, paired with the "
+        f"baseline's file: Spearman {s['spearman']:.3f} over {len(s['front'])} trials (target 0.95). Fastest trial "
+        f"{s['fastest_trial']}: {s['fastest_speedup']:.2f}x the ONNX Runtime baseline.",
+    ]
     return out
 
 
 def _gpu(result: dict[str, Any]) -> list[str]:
     rows = [r for r in result["rows"] if r["trial"] != "baseline"]
     base = next((r for r in result["rows"] if r["trial"] == "baseline"), {})
-    out = [f"Two processes, each an Evaluator on one {result['device']}, fine-tuning and timing ResNet-18 (32x32) "
-           f"plans at once ({result['runtime']} runtime). Baseline {base.get('latency_ms', float('nan')):.3f} ms, CV "
-           f"{100 * base.get('cv', float('nan')):.1f}%. Trial CVs: median {100 * result['median_cv']:.1f}%, max "
-           f"{100 * result['max_cv']:.1f}% ({sum(r['capped'] for r in rows)} of {len(rows)} capped above 5%).", "",
-           "- Uniform 8 bits: " + ", ".join(f"{x:.2f}x" for x in result["uniform_8bit_speedups"])
-           + ". This run predates fusing conv+BatchNorm in the torch runtime's baseline: the 8-bit plans had their "
-           "BatchNorms folded (fold_bn) and the baseline did not, so they were credited ~25% for a fusion every "
-           "deployment does; the baseline is now fused alike. Not re-run here (no GPU machine lent again)."]
+    out = [
+        f"Two processes, each an Evaluator on one {result['device']}, fine-tuning and timing ResNet-18 (32x32) "
+        f"plans at once ({result['runtime']} runtime). Baseline {base.get('latency_ms', float('nan')):.3f} ms, CV "
+        f"{100 * base.get('cv', float('nan')):.1f}%. Trial CVs: median {100 * result['median_cv']:.1f}%, max "
+        f"{100 * result['max_cv']:.1f}% ({sum(r['capped'] for r in rows)} of {len(rows)} capped above 5%).",
+        "",
+        "- Uniform 8 bits: "
+        + ", ".join(f"{x:.2f}x" for x in result["uniform_8bit_speedups"])
+        + ". This run predates fusing conv+BatchNorm in the torch runtime's baseline: the 8-bit plans had their "
+        "BatchNorms folded (fold_bn) and the baseline did not, so they were credited ~25% for a fusion every "
+        "deployment does; the baseline is now fused alike. Not re-run here (no GPU machine lent again).",
+    ]
     return out
 
 
@@ -203,9 +257,13 @@ SECTIONS = {
 
 def render() -> str:
     """RESULTS.md from the full-size runs' JSON (quick runs are smoke tests, not results)."""
-    out = ["# Benchmark results", "",
-           "Generated by `python -m benchmarks all` from `benchmarks/results/*.json`; do not edit by hand.",
-           "Every ratio below was measured side by side within one run on the machine named with it.", ""]
+    out = [
+        "# Benchmark results",
+        "",
+        "Generated by `python -m benchmarks all` from `benchmarks/results/*.json`; do not edit by hand.",
+        "Every ratio below was measured side by side within one run on the machine named with it.",
+        "",
+    ]
     for name, (title, section) in SECTIONS.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

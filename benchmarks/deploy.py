@@ -102,8 +102,12 @@ def honesty(max_seconds: float, repeats: int) -> list[dict[str, Any]]:
                 base = deployed(name, shape, None, rt, "fp32", x)
                 cand = deployed(name, shape, PLANS["8 bits"], rt, "fp32", x)
                 ratios = [1 / time_paired(base, cand, 0.05, max_seconds).ratio for _ in range(repeats)]
-                row = {"model": name, "target": f"{rt} fp32", "speedups": [round(r, 3) for r in ratios],
-                       "within_0.9_1.1": all(0.9 <= r <= 1.1 for r in ratios)}
+                row = {
+                    "model": name,
+                    "target": f"{rt} fp32",
+                    "speedups": [round(r, 3) for r in ratios],
+                    "within_0.9_1.1": all(0.9 <= r <= 1.1 for r in ratios),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
@@ -121,14 +125,28 @@ def search(trials: int, steps: int) -> dict[str, Any]:
     from autocompress.search import run_search
 
     folder = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
-    (folder / "study.yaml").write_text(json.dumps({
-        "name": "deploy-bench", "storage": f"sqlite:///{folder / 's.db'}", "artifact_dir": str(folder / "artifacts"),
-        "cache_dir": str(folder / "baselines"),
-        "task": {"model": "lenet5", "dataset": "fakedata", "image_size": 28, "channels": 1, "train_epochs": 3, "max_train_samples": 2000, "max_eval_samples": 500},
-        "search": {"trials": trials, "workers": 0, "seed": 0},
-        "finetune": {"steps": steps, "lr": 0.001},
-        "deploy": {"runtime": "onnxruntime", "precision": "int8", "max_seconds": 1.0},
-    }))
+    (folder / "study.yaml").write_text(
+        json.dumps(
+            {
+                "name": "deploy-bench",
+                "storage": f"sqlite:///{folder / 's.db'}",
+                "artifact_dir": str(folder / "artifacts"),
+                "cache_dir": str(folder / "baselines"),
+                "task": {
+                    "model": "lenet5",
+                    "dataset": "fakedata",
+                    "image_size": 28,
+                    "channels": 1,
+                    "train_epochs": 3,
+                    "max_train_samples": 2000,
+                    "max_eval_samples": 500,
+                },
+                "search": {"trials": trials, "workers": 0, "seed": 0},
+                "finetune": {"steps": steps, "lr": 0.001},
+                "deploy": {"runtime": "onnxruntime", "precision": "int8", "max_seconds": 1.0},
+            }
+        )
+    )
     start = time.perf_counter()
     study = run_search(load_config(folder / "study.yaml"), progress=False)
     wall = time.perf_counter() - start
@@ -141,10 +159,18 @@ def search(trials: int, steps: int) -> dict[str, Any]:
     baseline = study.user_attrs["baseline"]
     fastest = max(complete, key=lambda t: t.user_attrs["metrics"]["speedup"])
     return {
-        "trials": len(complete), "wall_s": round(wall, 1), "front": front, "spearman": rho,
-        "stored_ms": stored, "remeasured_ms": again, "max_cv": max(cvs), "median_cv": statistics.median(cvs),
-        "capped": sum(t.user_attrs["metrics"]["latency_capped"] for t in complete), "baseline_cv": baseline["latency_cv"],
-        "fastest_speedup": fastest.user_attrs["metrics"]["speedup"], "fastest_trial": fastest.number,
+        "trials": len(complete),
+        "wall_s": round(wall, 1),
+        "front": front,
+        "spearman": rho,
+        "stored_ms": stored,
+        "remeasured_ms": again,
+        "max_cv": max(cvs),
+        "median_cv": statistics.median(cvs),
+        "capped": sum(t.user_attrs["metrics"]["latency_capped"] for t in complete),
+        "baseline_cv": baseline["latency_cv"],
+        "fastest_speedup": fastest.user_attrs["metrics"]["speedup"],
+        "fastest_trial": fastest.number,
         "note": "FakeData: accuracies are not meaningful here; latency fidelity is the point",
     }
 
@@ -156,19 +182,25 @@ def int8_front(trials: int, steps: int, epochs: int = 12) -> dict[str, Any]:
     import optuna
 
     from autocompress.config import load_config
-    from autocompress.report import report_rows
     from autocompress.pareto import study_analysis
+    from autocompress.report import report_rows
     from autocompress.search import run_search
 
     folder = Path(tempfile.mkdtemp(prefix="deploy-front-"))
-    (folder / "study.yaml").write_text(json.dumps({
-        "name": "int8-front", "storage": f"sqlite:///{folder / 's.db'}", "artifact_dir": str(folder / "artifacts"),
-        "cache_dir": str(folder / "baselines"),
-        "task": {"model": "torchvision:resnet18", "dataset": "digits", "image_size": 32, "channels": 3, "train_epochs": epochs},
-        "search": {"trials": trials, "workers": 0, "seed": 0},
-        "finetune": {"steps": steps, "lr": 0.001, "distill": 0.5},
-        "deploy": {"runtime": "onnxruntime", "precision": "int8", "max_seconds": 1.0},
-    }))
+    (folder / "study.yaml").write_text(
+        json.dumps(
+            {
+                "name": "int8-front",
+                "storage": f"sqlite:///{folder / 's.db'}",
+                "artifact_dir": str(folder / "artifacts"),
+                "cache_dir": str(folder / "baselines"),
+                "task": {"model": "torchvision:resnet18", "dataset": "digits", "image_size": 32, "channels": 3, "train_epochs": epochs},
+                "search": {"trials": trials, "workers": 0, "seed": 0},
+                "finetune": {"steps": steps, "lr": 0.001, "distill": 0.5},
+                "deploy": {"runtime": "onnxruntime", "precision": "int8", "max_seconds": 1.0},
+            }
+        )
+    )
     start = time.perf_counter()
     study = run_search(load_config(folder / "study.yaml"), progress=False)
     wall = time.perf_counter() - start
@@ -177,9 +209,19 @@ def int8_front(trials: int, steps: int, epochs: int = 12) -> dict[str, Any]:
     best = max(within, key=lambda r: r["speedup"], default=None)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     return {
-        "trials": len(complete), "wall_s": round(wall, 1), "baseline": study.user_attrs["baseline"],
-        "front": [{k: r.get(k) for k in ("trial", "accuracy_drop", "test_accuracy_drop", "speedup", "compression_ratio", "latency_cv", "latency_backend", "plan")} for r in rows],
-        "best_within_1pt": None if best is None else {k: best.get(k) for k in ("trial", "accuracy_drop", "test_accuracy_drop", "speedup", "compression_ratio", "latency_backend")},
+        "trials": len(complete),
+        "wall_s": round(wall, 1),
+        "baseline": study.user_attrs["baseline"],
+        "front": [
+            {
+                k: r.get(k)
+                for k in ("trial", "accuracy_drop", "test_accuracy_drop", "speedup", "compression_ratio", "latency_cv", "latency_backend", "plan")
+            }
+            for r in rows
+        ],
+        "best_within_1pt": None
+        if best is None
+        else {k: best.get(k) for k in ("trial", "accuracy_drop", "test_accuracy_drop", "speedup", "compression_ratio", "latency_backend")},
         "max_cv": max(t.user_attrs["metrics"]["latency_cv"] for t in complete),
     }
 
@@ -206,7 +248,7 @@ from autocompress.deploy.timing import time_paired
 torch.set_num_threads(1)
 files = json.loads(sys.argv[1]); x = torch.randn(32, 1, 28, 28); ort = runtime("onnxruntime")
 base = ort.load_onnx(Path(files.pop("baseline")).read_bytes(), x, "cpu", 1)
-print(json.dumps({{n: {baseline['latency_ms']!r} * time_paired(base, ort.load_onnx(Path(p).read_bytes(), x, "cpu", 1), 0.05, 1.0).ratio for n, p in files.items()}}))
+print(json.dumps({{n: {baseline["latency_ms"]!r} * time_paired(base, ort.load_onnx(Path(p).read_bytes(), x, "cpu", 1), 0.05, 1.0).ratio for n, p in files.items()}}))
 """
         out = subprocess.run([sys.executable, "-c", script, json.dumps(files)], capture_output=True, text=True, check=True).stdout
     return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}

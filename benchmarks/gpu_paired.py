@@ -13,13 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import statistics
 import sys
 import tempfile
 import time
 from typing import Any
 
-SPEC = {"model": "torchvision:resnet18", "dataset": "fakedata", "image_size": 32, "train_epochs": 1, "max_train_samples": 1024, "max_eval_samples": 512}
+SPEC = {
+    "model": "torchvision:resnet18",
+    "dataset": "fakedata",
+    "image_size": 32,
+    "train_epochs": 1,
+    "max_train_samples": 1024,
+    "max_eval_samples": 512,
+}
 
 
 def _plans(model: Any) -> list[tuple[str, Any]]:
@@ -46,15 +54,32 @@ def worker(index: int, cache: str, steps: int, runtime: str, device: str, out: A
     evaluator = Evaluator(task, FinetuneConfig(steps=steps, batch_size=128, lr=1e-3), DeployConfig(runtime=runtime, max_seconds=3.0), device)
     if index == 0:
         base = evaluator.baseline()
-        out.put({"worker": index, "trial": "baseline", "latency_ms": base.latency_ms, "cv": base.latency_cv, "capped": base.latency_capped, "error": base.error})
+        out.put(
+            {
+                "worker": index,
+                "trial": "baseline",
+                "latency_ms": base.latency_ms,
+                "cv": base.latency_cv,
+                "capped": base.latency_capped,
+                "error": base.error,
+            }
+        )
     for name, plan in _plans(task.build_model()):
         start = time.time()
         r = evaluator.evaluate(plan)
-        out.put({
-            "worker": index, "trial": name, "speedup": 1 / r.latency_ratio if r.ok else None, "cv": r.latency_cv,
-            "capped": r.latency_capped, "backend": r.latency_backend, "seconds": round(time.time() - start, 1), "error": r.error,
-            "timing_window": r.windows.get("timing"),
-        })
+        out.put(
+            {
+                "worker": index,
+                "trial": name,
+                "speedup": 1 / r.latency_ratio if r.ok else None,
+                "cv": r.latency_cv,
+                "capped": r.latency_capped,
+                "backend": r.latency_backend,
+                "seconds": round(time.time() - start, 1),
+                "error": r.error,
+                "timing_window": r.windows.get("timing"),
+            }
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -80,16 +105,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     while any(proc.is_alive() for proc in procs) or not out.empty():
         try:
             row = out.get(timeout=5)
-        except Exception:  # queue.Empty: keep waiting while a worker lives
+        except queue.Empty:  # keep waiting while a worker lives
             continue
         rows.append(row)
         print(json.dumps(row), flush=True)
     cvs = [r["cv"] for r in rows if r.get("cv") is not None and not r.get("error")]
     eight = [r["speedup"] for r in rows if r["trial"].startswith("uniform 8 bits") and r.get("speedup")]
     summary = {
-        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "runtime": args.runtime, "rows": rows,
-        "max_cv": max(cvs) if cvs else None, "median_cv": statistics.median(cvs) if cvs else None,
-        "uniform_8bit_speedups": eight, "all_8bit_within_0.9_1.1": bool(eight) and all(0.9 <= s <= 1.1 for s in eight),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "runtime": args.runtime,
+        "rows": rows,
+        "max_cv": max(cvs) if cvs else None,
+        "median_cv": statistics.median(cvs) if cvs else None,
+        "uniform_8bit_speedups": eight,
+        "all_8bit_within_0.9_1.1": bool(eight) and all(0.9 <= s <= 1.1 for s in eight),
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}), flush=True)
     return summary

@@ -68,8 +68,9 @@ for n, path in json.loads(sys.argv[1]).items():
     out[n] = torch_ms(autocompress.load(path), x, cfg)
 print(json.dumps(out))
 """
-        proc = subprocess.run([sys.executable, "-c", script, json.dumps({n: str(p) for n, p in files.items()})],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, json.dumps({n: str(p) for n, p in files.items()})], capture_output=True, text=True, check=True
+        )
     return {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
@@ -90,7 +91,12 @@ def layer_speedups(threads: int = 1) -> list[dict[str, object]]:
     config = DeployConfig(threads=threads, max_seconds=2.0)
     cases = [
         ("linear 2048x2048, batch 64", lambda: nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 10)), torch.randn(64, 2048), "0"),
-        ("conv 128->128 3x3 on 32x32, batch 8", lambda: nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 10, 1)), torch.randn(8, 128, 32, 32), "0"),
+        (
+            "conv 128->128 3x3 on 32x32, batch 8",
+            lambda: nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 10, 1)),
+            torch.randn(8, 128, 32, 32),
+            "0",
+        ),
     ]
     rows = []
     for label, make, x, layer in cases:
@@ -103,8 +109,14 @@ def layer_speedups(threads: int = 1) -> list[dict[str, object]]:
         for name, plan in variants.items():
             model = compress.bake(compress.apply(make().eval(), plan, example=x[:2]))
             times[name] = torch_ms(model, x, config)
-        rows.append({"case": label, **{f"{k} ms": v for k, v in times.items()},
-                     "channel speedup": times["dense"] / times["channel 50%"], "rank speedup": times["dense"] / times["rank 1/4"]})
+        rows.append(
+            {
+                "case": label,
+                **{f"{k} ms": v for k, v in times.items()},
+                "channel speedup": times["dense"] / times["channel 50%"],
+                "rank speedup": times["dense"] / times["rank 1/4"],
+            }
+        )
     return rows
 
 
@@ -137,8 +149,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print("layer speedups (same run, 1 thread):")
     rows = layer_speedups()
     for row in rows:
-        print(f"  {row['case']}: dense {row['dense ms']:.2f} ms, channel 50% {row['channel 50% ms']:.2f} ms "
-              f"({row['channel speedup']:.2f}x), rank 1/4 {row['rank 1/4 ms']:.2f} ms ({row['rank speedup']:.2f}x)")
+        print(
+            f"  {row['case']}: dense {row['dense ms']:.2f} ms, channel 50% {row['channel 50% ms']:.2f} ms "
+            f"({row['channel speedup']:.2f}x), rank 1/4 {row['rank 1/4 ms']:.2f} ms ({row['rank speedup']:.2f}x)"
+        )
     return {"fidelity": {k: v for k, v in result.items()}, "layer_speedups": rows}
 
 

@@ -31,8 +31,8 @@ import torch
 from optuna.trial import TrialState
 
 from autocompress.config import load_config
-from autocompress.evaluate import Evaluator, FinetuneConfig
 from autocompress.deploy.target import DeployConfig
+from autocompress.evaluate import Evaluator, FinetuneConfig
 from autocompress.search import prepare, run_search
 from autocompress.space import SearchSpace
 from autocompress.tasks import Task, build_task
@@ -90,8 +90,13 @@ class _DefineByRun:
         self.space.sample(trial)
 
 
-def _tune_trainable(config: dict[str, Any], payload: Any = None, space: SearchSpace | None = None,
-                    finetune: FinetuneConfig | None = None, latency: DeployConfig | None = None) -> None:
+def _tune_trainable(
+    config: dict[str, Any],
+    payload: Any = None,
+    space: SearchSpace | None = None,
+    finetune: FinetuneConfig | None = None,
+    latency: DeployConfig | None = None,
+) -> None:
     from ray import tune
 
     start = time.time()
@@ -100,8 +105,9 @@ def _tune_trainable(config: dict[str, Any], payload: Any = None, space: SearchSp
         evaluator = _EVALUATORS["task"] = Evaluator(Task.from_payload(payload), finetune, latency, "cpu")  # type: ignore[arg-type]
     assert space is not None
     result = evaluator.evaluate(space.plan_from_params(config))
-    tune.report({"accuracy": result.accuracy, "size_bytes": result.size_bytes, "latency_ms": result.latency_ms,
-                 "eval_start": start, "eval_end": time.time()})
+    tune.report(
+        {"accuracy": result.accuracy, "size_bytes": result.size_bytes, "latency_ms": result.latency_ms, "eval_start": start, "eval_end": time.time()}
+    )
 
 
 def tune_run(folder: Path, task: Task, space: SearchSpace, params: list[dict[str, Any]], finetune: FinetuneConfig, latency: DeployConfig) -> float:
@@ -113,9 +119,12 @@ def tune_run(folder: Path, task: Task, space: SearchSpace, params: list[dict[str
     try:
         searcher = OptunaSearch(
             space=_DefineByRun(space),  # define-by-run, as autocompress samples
-            metric=["accuracy", "size_bytes", "latency_ms"], mode=["max", "min", "min"],
-            points_to_evaluate=params, sampler=optuna.samplers.RandomSampler(seed=0),
-            storage=optuna.storages.RDBStorage(f"sqlite:///{folder / 'tune.db'}"), study_name="tune",
+            metric=["accuracy", "size_bytes", "latency_ms"],
+            mode=["max", "min", "min"],
+            points_to_evaluate=params,
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{folder / 'tune.db'}"),
+            study_name="tune",
         )
         trainable = tune.with_resources(
             tune.with_parameters(_tune_trainable, payload=task.payload(), space=space, finetune=finetune, latency=latency), {"cpu": 1}
@@ -160,8 +169,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name:22s} {row['wall_s']:7.1f} s wall, {row['workers']} worker(s): {row['per_worker_ratio']:.3f}x the loop per worker", flush=True)
     c = rows["c_ray_2_workers"]["per_worker_ratio"]
     d = rows.get("d_ray_tune_2_workers", {}).get("per_worker_ratio")
-    print(f"(c) within 5% of the limit: {'yes' if c <= 1.05 else 'no'} ({100 * (c - 1):+.1f}%); "
-          + (f"(c) vs (d): {c / d:.3f} ({'no slower' if c <= d else 'slower'})" if d else "(d) skipped"))
+    print(
+        f"(c) within 5% of the limit: {'yes' if c <= 1.05 else 'no'} ({100 * (c - 1):+.1f}%); "
+        + (f"(c) vs (d): {c / d:.3f} ({'no slower' if c <= d else 'slower'})" if d else "(d) skipped")
+    )
     result = {"evaluations": n, "steps": config.finetune.steps, "rows": rows}
     (folder / "overhead.json").write_text(json.dumps(result, indent=2))
     return result

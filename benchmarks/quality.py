@@ -48,13 +48,15 @@ def study_config(folder: Path, name: str, trials: int, sampler: str, seed: int, 
     config = yaml.safe_load(CONFIG.read_text())
     if steps is not None:
         config["finetune"]["steps"] = steps
-    config.update({
-        "name": name,
-        "storage": f"sqlite:///{folder / 'quality.db'}",
-        "cache_dir": str(folder / "baselines"),
-        "artifact_dir": str(folder / "artifacts"),
-        "space": str((CONFIG.parent / config["space"]).resolve()),
-    })
+    config.update(
+        {
+            "name": name,
+            "storage": f"sqlite:///{folder / 'quality.db'}",
+            "cache_dir": str(folder / "baselines"),
+            "artifact_dir": str(folder / "artifacts"),
+            "space": str((CONFIG.parent / config["space"]).resolve()),
+        }
+    )
     config["search"].update({"trials": trials, "sampler": sampler, "seed": seed, **search})
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -74,23 +76,30 @@ def anchor(study: optuna.Study) -> dict[str, Any]:
     base = study.user_attrs["baseline"]
     rows = []
     for p in map(analysis.point, analysis.front):
-        rows.append({
-            "trial": p.trial,
-            "ratio": round(p.compression_ratio, 2),
-            "size_bytes": p.size_bytes,
-            "val_drop_points": round(p.accuracy_drop, 2),
-            "test_drop_points": round(100 * (base["test_accuracy"] - tests[p.trial]), 2),
-        })
+        rows.append(
+            {
+                "trial": p.trial,
+                "ratio": round(p.compression_ratio, 2),
+                "size_bytes": p.size_bytes,
+                "val_drop_points": round(p.accuracy_drop, 2),
+                "test_drop_points": round(100 * (base["test_accuracy"] - tests[p.trial]), 2),
+            }
+        )
     within = [r for r in rows if r["test_drop_points"] <= ANCHOR_DROP_POINTS]
     best = max(within, key=lambda r: r["ratio"]) if within else None
-    return {"best": best, "front": sorted(rows, key=lambda r: -r["ratio"]), "baseline_bytes": base["size_bytes"],
-            "baseline_test_accuracy": base["test_accuracy"], "hypervolume": analysis.hypervolume}
+    return {
+        "best": best,
+        "front": sorted(rows, key=lambda r: -r["ratio"]),
+        "baseline_bytes": base["size_bytes"],
+        "baseline_test_accuracy": base["test_accuracy"],
+        "hypervolume": analysis.hypervolume,
+    }
 
 
 def uniform_points(study: optuna.Study, grid: list[tuple[float, int]]) -> list[dict[str, Any]]:
     """Every (sparsity, bits) pair applied to all layers, with the study's own fine-tuning."""
-    from autocompress.evaluate import FinetuneConfig
     from autocompress.deploy.target import DeployConfig
+    from autocompress.evaluate import FinetuneConfig
     from autocompress.tasks import TaskSpec
 
     cfg = study.user_attrs["config"]
@@ -117,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help=f"10 trials of {QUICK_STEPS} fine-tuning steps, 1 seed, a few uniform points: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"10 trials of {QUICK_STEPS} fine-tuning steps, 1 seed, a few uniform points: a smoke run"
+    )
     parser.add_argument("--folder", help="keep the studies here (default: a temporary folder)")
     args = parser.parse_args(argv)
     trials, seeds, steps = (10, 1, QUICK_STEPS) if args.quick else (args.trials, args.seeds, None)
@@ -129,16 +140,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rnd, rnd_s = run(folder, f"random-{seed}", trials, "random", seed, steps, warm_start=False)
         a = anchor(tpe)
         hv_tpe, hv_rnd = pareto.study_analysis(tpe).hypervolume, pareto.study_analysis(rnd).hypervolume
-        runs.append({"seed": seed, "tpe_seconds": round(tpe_s, 1), "random_seconds": round(rnd_s, 1), "anchor": a,
-                     "hypervolume_tpe": hv_tpe, "hypervolume_random": hv_rnd, "hypervolume_ratio": hv_tpe / hv_rnd if hv_rnd else None})
+        runs.append(
+            {
+                "seed": seed,
+                "tpe_seconds": round(tpe_s, 1),
+                "random_seconds": round(rnd_s, 1),
+                "anchor": a,
+                "hypervolume_tpe": hv_tpe,
+                "hypervolume_random": hv_rnd,
+                "hypervolume_ratio": hv_tpe / hv_rnd if hv_rnd else None,
+            }
+        )
         best = a["best"]
-        print(f"seed {seed}: best within {ANCHOR_DROP_POINTS} test points: "
-              f"{best['ratio'] if best else '-'}x (trial {best['trial'] if best else '-'}); "
-              f"hypervolume {hv_tpe:.4f} vs random {hv_rnd:.4f} ({hv_tpe / hv_rnd:.3f}x); {tpe_s:.0f} s + {rnd_s:.0f} s", flush=True)
+        print(
+            f"seed {seed}: best within {ANCHOR_DROP_POINTS} test points: "
+            f"{best['ratio'] if best else '-'}x (trial {best['trial'] if best else '-'}); "
+            f"hypervolume {hv_tpe:.4f} vs random {hv_rnd:.4f} ({hv_tpe / hv_rnd:.3f}x); {tpe_s:.0f} s + {rnd_s:.0f} s",
+            flush=True,
+        )
     first = optuna.load_study(study_name="tpe-0", storage=f"sqlite:///{folder / 'quality.db'}")
     grid = [(sparsity, bits) for sparsity in UNIFORM_SPARSITY for bits in UNIFORM_BITS]
     uniform = uniform_points(first, grid[::6] if args.quick else grid)
-    tpe_trials = {s: optuna.load_study(study_name=f"tpe-{s}", storage=f"sqlite:///{folder / 'quality.db'}").get_trials(states=(TrialState.COMPLETE,)) for s in range(seeds)}
+    tpe_trials = {
+        s: optuna.load_study(study_name=f"tpe-{s}", storage=f"sqlite:///{folder / 'quality.db'}").get_trials(states=(TrialState.COMPLETE,))
+        for s in range(seeds)
+    }
     for u in uniform:
         u["matched_by"] = {str(s): matched(u, ts) for s, ts in tpe_trials.items()}
     ratios = [r["hypervolume_ratio"] for r in runs if r["hypervolume_ratio"]]
@@ -154,9 +180,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "uniform_points": len(uniform),
         "uniform_unmatched": [u for u in uniform if any(v is None for v in u["matched_by"].values())],
     }
-    print(f"anchor (>= {ANCHOR_RATIO:.0f}x at <= {ANCHOR_DROP_POINTS} test points): {bests}; "
-          f"hypervolume vs random: {summary['hypervolume_ratio_mean']:.3f}x mean (+- {summary['hypervolume_ratio_stdev']:.3f}); "
-          f"uniform baselines not matched: {len(summary['uniform_unmatched'])} of {len(uniform)}")
+    print(
+        f"anchor (>= {ANCHOR_RATIO:.0f}x at <= {ANCHOR_DROP_POINTS} test points): {bests}; "
+        f"hypervolume vs random: {summary['hypervolume_ratio_mean']:.3f}x mean (+- {summary['hypervolume_ratio_stdev']:.3f}); "
+        f"uniform baselines not matched: {len(summary['uniform_unmatched'])} of {len(uniform)}"
+    )
     result = {"summary": summary, "runs": runs, "uniform": uniform}
     (folder / "quality.json").write_text(json.dumps(result, indent=2, default=str))
     return result

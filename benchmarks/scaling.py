@@ -32,8 +32,13 @@ def run(workers: int, trials: int, steps: int, folder: Path) -> dict[str, float]
     done = study.get_trials(states=(TrialState.COMPLETE,))
     wall = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
     evaluating = sum(t.user_attrs["metrics"]["eval_seconds"] for t in done)
-    return {"workers": workers, "wall_s": wall, "eval_s": evaluating, "trials_per_s": len(done) / wall,
-            "overhead": 1.0 - evaluating / (wall * workers)}
+    return {
+        "workers": workers,
+        "wall_s": wall,
+        "eval_s": evaluating,
+        "trials_per_s": len(done) / wall,
+        "overhead": 1.0 - evaluating / (wall * workers),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -48,10 +53,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     one = run(1, args.trials, args.steps, folder)
     two = run(2, args.trials, args.steps, folder)
     for r in (one, two):
-        print(f"{r['workers']} worker(s): {r['wall_s']:.1f} s wall for {args.trials} trials, "
-              f"{r['trials_per_s']:.3f} trials/s, overhead {100 * r['overhead']:.1f}%")
-    print(f"speedup 2 vs 1 workers: {two['trials_per_s'] / one['trials_per_s']:.2f}x (target >= 1.85x); "
-          f"overhead with 2 workers: {100 * two['overhead']:.1f}% (target <= 5%)")
+        print(
+            f"{r['workers']} worker(s): {r['wall_s']:.1f} s wall for {args.trials} trials, "
+            f"{r['trials_per_s']:.3f} trials/s, overhead {100 * r['overhead']:.1f}%"
+        )
+    print(
+        f"speedup 2 vs 1 workers: {two['trials_per_s'] / one['trials_per_s']:.2f}x (target >= 1.85x); "
+        f"overhead with 2 workers: {100 * two['overhead']:.1f}% (target <= 5%)"
+    )
     return {"trials": args.trials, "steps": args.steps, "one": one, "two": two, "speedup": two["trials_per_s"] / one["trials_per_s"]}
 
 

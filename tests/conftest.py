@@ -7,6 +7,7 @@ import pytest
 from autocompress.tasks import Task, TaskSpec, build_task
 from tests import helpers  # noqa: F401  (registers the test models once)
 
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One baseline cache per test session: each model is trained once."""

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from autocompress import artifact, compress
 from autocompress.artifact import ArtifactError
-from autocompress.evaluate import Evaluator, FinetuneConfig
-from autocompress.deploy.target import DeployConfig
 from autocompress.deploy.runtimes import runtime
+from autocompress.deploy.target import DeployConfig
+from autocompress.evaluate import Evaluator, FinetuneConfig
 from autocompress.latency import count_macs
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.tasks import DATASETS, TaskSpec, build_task, evaluate_accuracy
@@ -22,10 +23,10 @@ TECHNIQUE_PLANS = {
     "lowrank": lambda layers: {n: LayerPlan(rank=3) for n in layers},
     "channel": lambda layers: {n: LayerPlan(sparsity=0.5, structured=True) for n in layers[:-1]},
     "prune": lambda layers: {n: LayerPlan(sparsity=0.8) for n in layers},
-    "quantize": lambda layers: {n: LayerPlan(bits=b) for n, b in zip(layers, [2, 3, 5, 8])},
+    "quantize": lambda layers: {n: LayerPlan(bits=b) for n, b in zip(layers, [2, 3, 5, 8], strict=False)},
     ALL: lambda layers: {
         n: LayerPlan(sparsity=s, structured=(i == 1), bits=b, rank=r)
-        for i, (n, s, b, r) in enumerate(zip(layers, [0.3, 0.5, 0.9, 0.2], [6, 4, 3, 8], [None, 6, 8, None]))
+        for i, (n, s, b, r) in enumerate(zip(layers, [0.3, 0.5, 0.9, 0.2], [6, 4, 3, 8], [None, 6, 8, None], strict=False))
     },
 }
 

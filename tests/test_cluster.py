@@ -40,8 +40,13 @@ def postgres_url() -> str:
 
 def _config(folder: Path, cache_dir: Path, storage: str, steps: int = 20, **search: object) -> Path:
     return write_study_config(
-        folder, cache_dir, search, storage=storage, artifact_dir=str(folder / "artifacts"),
-        finetune={"steps": steps}, deploy={"max_seconds": 0.1},
+        folder,
+        cache_dir,
+        search,
+        storage=storage,
+        artifact_dir=str(folder / "artifacts"),
+        finetune={"steps": steps},
+        deploy={"max_seconds": 0.1},
     )
 
 
@@ -52,8 +57,9 @@ def _states(url: str, name: str) -> list[TrialState]:
 def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     full.update({"PYTHONUNBUFFERED": "1", **(env or {})})
-    return subprocess.Popen([sys.executable, "-m", "autocompress", *args], cwd=cwd, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "autocompress", *args], cwd=cwd, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -138,13 +144,25 @@ def _two_nodes(second_node_args: tuple[str, ...] = ()):
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).parent / "ray")
     common = ["--num-cpus", "1", "--disable-usage-stats", "--block"]
-    head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     procs = [head]
     try:
         time.sleep(6)
-        procs.append(subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}", *common, *second_node_args],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [ray_bin, "start", "--address", f"127.0.0.1:{port}", *common, *second_node_args],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         time.sleep(6)
         yield f"127.0.0.1:{port}"
     finally:
@@ -178,8 +196,13 @@ def test_deploy_resource_times_every_trial_on_the_node_that_has_it(tmp_path: Pat
     with _two_nodes(("--resources", '{"edge-box": 1}')) as address:
         db = tmp_path / "e.db"
         config = write_study_config(
-            tmp_path, cache_dir, {"trials": 4, "workers": 2}, storage=f"sqlite:///{db}", artifact_dir=str(tmp_path / "artifacts"),
-            finetune={"steps": 100}, deploy={"max_seconds": 0.1, "resource": "edge-box", "runtime": "onnxruntime"},
+            tmp_path,
+            cache_dir,
+            {"trials": 4, "workers": 2},
+            storage=f"sqlite:///{db}",
+            artifact_dir=str(tmp_path / "artifacts"),
+            finetune={"steps": 100},
+            deploy={"max_seconds": 0.1, "resource": "edge-box", "runtime": "onnxruntime"},
         )
         proc = run_cli("search", str(config), "--ray-address", address, cwd=tmp_path, env={"RAY_AUTH_MODE": "token"})
         assert proc.returncode == 0, proc.stderr
@@ -219,7 +242,7 @@ def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path: Path, cache
     driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
     _wait_for(lambda: bool(_evaluator_pids()), 120, "a worker to start evaluating")
     os.kill(_evaluator_pids()[0], signal.SIGKILL)
-    out, err = driver.communicate(timeout=600)
+    _out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err
     study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3  # nothing lost

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
 from torch import nn
 
 from autocompress import compress
+from autocompress.artifact import loads, pack
 from autocompress.compress import TECHNIQUES, FakeQuant, factorize, full_rank
+from autocompress.compress.channel import output_layers
 from autocompress.compress.prune import magnitude_mask
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.artifact import loads, pack
-from autocompress.compress.channel import output_layers
 from autocompress.tasks import MODELS
 
 TASK = {name: {"model": name, "num_classes": 10, "input_shape": list(MODELS.get(name).input_shape)} for name in MODELS.names()}
@@ -44,7 +45,7 @@ def test_svd_error_falls_as_rank_rises_and_vanishes_at_full_rank(layer: nn.Modul
     limit = full_rank(layer)
     assert limit is not None
     errors = [_relative_error(layer, factorize(layer, r), x) for r in range(1, limit + 1)]
-    assert all(later <= earlier + 1e-6 for earlier, later in zip(errors, errors[1:]))
+    assert all(later <= earlier + 1e-6 for earlier, later in itertools.pairwise(errors))
     assert errors[0] > 0.05
     assert errors[-1] < 1e-5
     assert factorize(layer, 1)(x).shape == layer(x).shape
@@ -134,12 +135,14 @@ def test_technique_contract(model_name: str, technique: str) -> None:
     before = len(pack(copy.deepcopy(model), CompressionPlan(), TASK[model_name]).data)
     layers = compress.compressible_layers(model)
     outputs = output_layers(model, x)
-    plan = CompressionPlan({
-        n: PLAN_FOR_TECHNIQUE[technique](full_rank(m) or 1)
-        for n, m in layers.items()
-        if (technique != "channel" or m not in outputs)  # classes stay
-        and (technique != "lowrank" or full_rank(m) is not None)  # depthwise convs have no rank
-    })
+    plan = CompressionPlan(
+        {
+            n: PLAN_FOR_TECHNIQUE[technique](full_rank(m) or 1)
+            for n, m in layers.items()
+            if (technique != "channel" or m not in outputs)  # classes stay
+            and (technique != "lowrank" or full_rank(m) is not None)  # depthwise convs have no rank
+        }
+    )
     assert plan.layers and all(TECHNIQUES.get(technique)().applies(lp) for lp in plan.layers.values())
     compress.apply(model, plan, example=x)
     out = model(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -18,15 +19,54 @@ from autocompress.tasks import TaskSpec, model_skeleton
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # Real key names make the fuzzer reach deep validation paths, not just "unknown key".
-KEYS = st.sampled_from([
-    "name", "storage", "task", "space", "search", "finetune", "latency", "deploy", "runtime", "precision", "resource", "cache_dir", "artifact_dir",
-    "model", "dataset", "seed", "trials", "workers", "sampler", "warm_start", "steps", "lr", "backend",
-    "layers", "exclude", "knobs", "overrides", "sparsity", "sparsity_mode", "bits", "rank",
-    "low", "high", "step", "log", "fc1", "*",
-]) | st.text(max_size=8)
+KEYS = st.sampled_from(
+    [
+        "name",
+        "storage",
+        "task",
+        "space",
+        "search",
+        "finetune",
+        "latency",
+        "deploy",
+        "runtime",
+        "precision",
+        "resource",
+        "cache_dir",
+        "artifact_dir",
+        "model",
+        "dataset",
+        "seed",
+        "trials",
+        "workers",
+        "sampler",
+        "warm_start",
+        "steps",
+        "lr",
+        "backend",
+        "layers",
+        "exclude",
+        "knobs",
+        "overrides",
+        "sparsity",
+        "sparsity_mode",
+        "bits",
+        "rank",
+        "low",
+        "high",
+        "step",
+        "log",
+        "fc1",
+        "*",
+    ]
+) | st.text(max_size=8)
 SCALARS = (
-    st.none() | st.booleans() | st.integers(-5, 40) | st.floats(allow_nan=True, allow_infinity=True)
-    | st.sampled_from(["tpe", "channel", "unstructured", "digits-mlp", "fc*", "int8", ""]) | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["tpe", "channel", "unstructured", "digits-mlp", "fc*", "int8", ""])
+    | st.text(max_size=8)
 )
 NUMBERS = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-2, 40) | st.sampled_from([0.0, 0.1, 0.5, 0.95, 1.0])
 RANGES = st.fixed_dictionaries(
@@ -34,7 +74,11 @@ RANGES = st.fixed_dictionaries(
     optional={"step": NUMBERS | st.none(), "log": st.booleans() | st.text(max_size=3)},
 )
 SPACES = st.fixed_dictionaries(
-    {"knobs": st.dictionaries(st.sampled_from(["sparsity", "bits", "rank", "sparsity_mode"]), RANGES | SCALARS | st.lists(SCALARS, max_size=4), max_size=4)},
+    {
+        "knobs": st.dictionaries(
+            st.sampled_from(["sparsity", "bits", "rank", "sparsity_mode"]), RANGES | SCALARS | st.lists(SCALARS, max_size=4), max_size=4
+        )
+    },
     optional={"layers": st.lists(st.sampled_from(["*", "fc*", "conv1", "nope"]), max_size=3)},
 )
 DOCUMENTS = st.recursive(SCALARS | RANGES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5), max_leaves=25)
@@ -48,10 +92,8 @@ def test_config_loader_loads_or_raises_autocompress_error(document: object) -> N
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "study.yaml"
         path.write_text(yaml.safe_dump(document))
-        try:
+        with contextlib.suppress(AutocompressError):
             load_config(path)
-        except AutocompressError:
-            pass
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

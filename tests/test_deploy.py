@@ -36,10 +36,13 @@ RESNET_PLANS = {
     "lowrank": {"stem": LayerPlan(rank=4), "a": LayerPlan(rank=4), "b": LayerPlan(rank=6), "head": LayerPlan(rank=3)},
     "channel": {"stem": LayerPlan(sparsity=0.5, structured=True)},
     "prune": {n: LayerPlan(sparsity=0.8) for n in ("stem", "a", "dw", "b", "head")},
-    "quantize": {n: LayerPlan(bits=b) for n, b in zip(("stem", "a", "dw", "b", "head"), (2, 3, 4, 5, 8))},
+    "quantize": {n: LayerPlan(bits=b) for n, b in zip(("stem", "a", "dw", "b", "head"), (2, 3, 4, 5, 8), strict=False)},
     "all": {
-        "stem": LayerPlan(sparsity=0.25, structured=True, bits=6), "a": LayerPlan(sparsity=0.5, bits=4, rank=6),
-        "dw": LayerPlan(bits=8), "b": LayerPlan(sparsity=0.3, bits=3), "head": LayerPlan(bits=8, rank=4),
+        "stem": LayerPlan(sparsity=0.25, structured=True, bits=6),
+        "a": LayerPlan(sparsity=0.5, bits=4, rank=6),
+        "dw": LayerPlan(bits=8),
+        "b": LayerPlan(sparsity=0.3, bits=3),
+        "head": LayerPlan(bits=8, rank=4),
     },
 }
 
@@ -87,7 +90,7 @@ def test_fp32_onnx_matches_the_evaluated_model_and_holds_its_codes(model_name: s
 @pytest.mark.parametrize("model_name", ["digits-mlp", "digits-cnn", "test-tiny-resnet"])
 def test_int8_onnx_runs_integer_kernels_with_the_trial_codes(model_name: str) -> None:
     model, plan, x = _compressed(model_name, "all", batch=64)
-    data, stored = to_onnx(model, plan, x[:16], "int8", [x[i : i + 16] for i in range(0, 64, 16)])
+    data, _stored = to_onnx(model, plan, x[:16], "int8", [x[i : i + 16] for i in range(0, 64, 16)])
     ops = _optimized_ops(data)
     assert any(op in INTEGER_OPS for op in ops), collections.Counter(ops)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load_from_string(data).graph.initializer}
@@ -108,11 +111,13 @@ def test_resnet18_with_channels_4_bits_and_low_rank_exports_and_runs_in_onnxrunt
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(8, 3, 32, 32)
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    plan = CompressionPlan({
-        **{n: LayerPlan(sparsity=0.25, structured=True, bits=4) for n in convs[1:-1] if "downsample" not in n},
-        "layer4.1.conv2": LayerPlan(bits=4, rank=64),
-        "fc": LayerPlan(bits=4, rank=5),
-    })
+    plan = CompressionPlan(
+        {
+            **{n: LayerPlan(sparsity=0.25, structured=True, bits=4) for n in convs[1:-1] if "downsample" not in n},
+            "layer4.1.conv2": LayerPlan(bits=4, rank=64),
+            "fc": LayerPlan(bits=4, rank=5),
+        }
+    )
     compress.apply(model, plan, example=x[:2])
     compress.bake(model)
     assert sum(v for v in compress.structure(model)["channels_removed"].values() for v in [len(v)]) > 0
@@ -163,11 +168,19 @@ def test_legacy_latency_section_loads_as_deploy_with_a_deprecation_line(tmp_path
 # ---- searches measured on the deploy target --------------------------------------------------
 
 
-def _search(tmp_path: Path, cache_dir: Path, deploy: dict, trials: int = 3, workers: int = 0, steps: int = 40, **extra: object) -> tuple[optuna.Study, Path]:
+def _search(
+    tmp_path: Path, cache_dir: Path, deploy: dict, trials: int = 3, workers: int = 0, steps: int = 40, **extra: object
+) -> tuple[optuna.Study, Path]:
     db = tmp_path / "d.db"
     config = write_study_config(
-        tmp_path, cache_dir, {"trials": trials, "workers": workers, "seed": 0}, storage=f"sqlite:///{db}",
-        artifact_dir=str(tmp_path / "artifacts"), finetune={"steps": steps, "lr": 0.002}, deploy=deploy, **extra,
+        tmp_path,
+        cache_dir,
+        {"trials": trials, "workers": workers, "seed": 0},
+        storage=f"sqlite:///{db}",
+        artifact_dir=str(tmp_path / "artifacts"),
+        finetune={"steps": steps, "lr": 0.002},
+        deploy=deploy,
+        **extra,
     )
     proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -183,7 +196,19 @@ def test_onnxruntime_int8_search_stores_the_accuracy_of_the_file_it_exports(tmp_
     assert "QLinearConv" in metrics["latency_backend"] or "QGemm" in metrics["latency_backend"]
     assert metrics["latency_ms"] == pytest.approx(baseline["latency_ms"] * metrics["latency_ratio"])
     out = tmp_path / "t.onnx"
-    proc = run_cli("export", "autocompress", "--trial", str(trial.number), "--format", "onnx", "--storage", f"sqlite:///{tmp_path / 'd.db'}", "-o", str(out), cwd=tmp_path)
+    proc = run_cli(
+        "export",
+        "autocompress",
+        "--trial",
+        str(trial.number),
+        "--format",
+        "onnx",
+        "--storage",
+        f"sqlite:///{tmp_path / 'd.db'}",
+        "-o",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "the file measured on onnxruntime int8" in proc.stdout and out.stat().st_size == metrics["onnx_bytes"]
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -193,9 +218,7 @@ def test_onnxruntime_int8_search_stores_the_accuracy_of_the_file_it_exports(tmp_
     assert any(op in INTEGER_OPS for op in _optimized_ops(out.read_bytes()))
     # A fresh int8 export from the packed artifact is the same file: calibration is seeded.
     again = tmp_path / "again.onnx"
-    from autocompress.export import trial_onnx
-
-    from autocompress.export import trial_artifact
+    from autocompress.export import trial_artifact, trial_onnx
 
     data, how = trial_onnx(study, trial.number, trial_artifact(study, trial.number), "int8")
     assert how.startswith("the file measured")
@@ -208,8 +231,22 @@ def test_onnxruntime_int8_search_stores_the_accuracy_of_the_file_it_exports(tmp_
 def test_int8_export_of_a_trial_without_quantized_layers_is_refused(tmp_path: Path, cache_dir: Path) -> None:
     space = tmp_path / "fp32.yaml"
     space.write_text("layers: ['*']\nknobs: {sparsity: [0.0, 0.5], bits: 32}\n")
-    study, config = _search(tmp_path, cache_dir, {"max_seconds": 0.05}, trials=1, steps=5, space=str(space))
-    proc = run_cli("export", "autocompress", "--trial", "0", "--format", "onnx", "--precision", "int8", "--storage", f"sqlite:///{tmp_path / 'd.db'}", "-o", str(tmp_path / "x.onnx"), cwd=tmp_path)
+    _study, _config = _search(tmp_path, cache_dir, {"max_seconds": 0.05}, trials=1, steps=5, space=str(space))
+    proc = run_cli(
+        "export",
+        "autocompress",
+        "--trial",
+        "0",
+        "--format",
+        "onnx",
+        "--precision",
+        "int8",
+        "--storage",
+        f"sqlite:///{tmp_path / 'd.db'}",
+        "-o",
+        str(tmp_path / "x.onnx"),
+        cwd=tmp_path,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "no layer at 8 bits or fewer" in lines[0] and "--precision fp32" in lines[0]
     assert not (tmp_path / "x.onnx").exists()
@@ -249,8 +286,9 @@ def test_a_missing_onnxruntime_is_one_clear_line(tmp_path: Path, cache_dir: Path
     import subprocess
     import sys
 
-    config = write_study_config(tmp_path, cache_dir, {"trials": 1, "workers": 0}, storage=f"sqlite:///{tmp_path / 'm.db'}",
-                                deploy={"runtime": "onnxruntime"})
+    config = write_study_config(
+        tmp_path, cache_dir, {"trials": 1, "workers": 0}, storage=f"sqlite:///{tmp_path / 'm.db'}", deploy={"runtime": "onnxruntime"}
+    )
     # The package made unimportable in that process, as on a machine that lacks it.
     code = f"import sys; sys.modules['onnxruntime'] = None; from autocompress.cli import main; sys.exit(main(['search', {str(config)!r}]))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)

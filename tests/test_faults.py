@@ -24,8 +24,13 @@ pytestmark = pytest.mark.e2e
 
 def _config(folder: Path, cache_dir: Path, trials: int = 1, artifact_dir: Path | None = None, db: Path | None = None) -> Path:
     return write_study_config(
-        folder, cache_dir, {"trials": trials, "workers": 0}, storage=f"sqlite:///{db or folder / 's.db'}",
-        artifact_dir=str(artifact_dir or folder / "artifacts"), finetune={"steps": 5}, deploy={"max_seconds": 0.05},
+        folder,
+        cache_dir,
+        {"trials": trials, "workers": 0},
+        storage=f"sqlite:///{db or folder / 's.db'}",
+        artifact_dir=str(artifact_dir or folder / "artifacts"),
+        finetune={"steps": 5},
+        deploy={"max_seconds": 0.05},
     )
 
 
@@ -193,15 +198,17 @@ def test_the_local_ray_a_search_starts_refuses_a_client_without_its_token(tmp_pa
     keeps other machines out of a search's local Ray is its token authentication, kept on."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     env["PYTHONPATH"] = str(REPO)
-    search = subprocess.Popen([sys.executable, "-c", SEARCH_RAY], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    search = subprocess.Popen(
+        [sys.executable, "-c", SEARCH_RAY], cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         address = search.stdout.readline().strip()  # type: ignore[union-attr]
         assert address, "the search's Ray did not start"
         elsewhere = tmp_path / "elsewhere"  # another user's home: no token file
         elsewhere.mkdir()
-        proc = subprocess.run([sys.executable, "-c", INTRUDER, address], cwd=tmp_path, env={**env, "HOME": str(elsewhere)},
-                              capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [sys.executable, "-c", INTRUDER, address], cwd=tmp_path, env={**env, "HOME": str(elsewhere)}, capture_output=True, text=True, timeout=180
+        )
         assert proc.stdout.strip().splitlines()[-1] == "refused", proc.stdout + proc.stderr[-1000:]
         assert "InvalidAuthToken" in proc.stderr  # refused for the token, not for being unreachable
     finally:

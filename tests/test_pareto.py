@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import optuna
 import pytest
@@ -78,4 +80,4 @@ def test_hypervolume_history_never_falls() -> None:
     for t in trials:
         t.datetime_complete = t.datetime_start
     history = [hv for _, hv in hypervolume_history(trials, BASELINE)]
-    assert len(history) == 8 and all(b >= a for a, b in zip(history, history[1:])) and history[-1] > 0
+    assert len(history) == 8 and all(b >= a for a, b in itertools.pairwise(history)) and history[-1] > 0

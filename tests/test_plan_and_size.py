@@ -21,7 +21,9 @@ def test_plan_json_round_trip() -> None:
 
 def test_result_round_trip_and_validity() -> None:
     r = Result(accuracy=0.9, size_bytes=100, latency_ms=1.5, per_layer=[{"layer": "fc"}])
-    assert Result.from_dict(json.loads(json.dumps({**r.to_dict(), "artifact": "", "onnx": ""}))) == Result(**{**r.to_dict(), "artifact": "", "onnx": ""})
+    assert Result.from_dict(json.loads(json.dumps({**r.to_dict(), "artifact": "", "onnx": ""}))) == Result(
+        **{**r.to_dict(), "artifact": "", "onnx": ""}
+    )
     assert r.ok and r.values == [0.9, 100.0, 1.5]
     assert not Result.failure("boom").ok
     assert not Result(accuracy=math.nan, size_bytes=10, latency_ms=1.0).ok

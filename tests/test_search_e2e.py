@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -31,8 +32,15 @@ pytestmark = pytest.mark.e2e
 
 def _write_config(folder: Path, cache_dir: Path, **search: object) -> Path:
     return write_study_config(
-        folder, cache_dir, search, name="e2e", storage=f"sqlite:///{folder / 'e2e.db'}", task={"model": "digits-cnn"},
-        finetune={"steps": 40}, deploy={"max_seconds": 0.2}, pareto={"max_accuracy_drop": 2.0},
+        folder,
+        cache_dir,
+        search,
+        name="e2e",
+        storage=f"sqlite:///{folder / 'e2e.db'}",
+        task={"model": "digits-cnn"},
+        finetune={"steps": 40},
+        deploy={"max_seconds": 0.2},
+        pareto={"max_accuracy_drop": 2.0},
     )
 
 
@@ -134,9 +142,21 @@ def dashboard(cli_study: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "autocompress", "dashboard", "--storage", f"sqlite:///{cli_study / 'e2e.db'}",
-         "--port", str(port), "--artifact-dir", str(cli_study / "studies" / "artifacts")],
-        cwd=cli_study, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "autocompress",
+            "dashboard",
+            "--storage",
+            f"sqlite:///{cli_study / 'e2e.db'}",
+            "--port",
+            str(port),
+            "--artifact-dir",
+            str(cli_study / "studies" / "artifacts"),
+        ],
+        cwd=cli_study,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -184,7 +204,7 @@ def test_dashboard_shows_objectives_constraints_and_artifacts(dashboard: str, cl
 
 
 def test_dashboard_page_renders_the_pareto_plot_in_chromium(dashboard: str, cli_study: Path) -> None:
-    summary = [s for s in _get_json(f"{dashboard}/api/studies")["study_summaries"] if s["study_name"] == "e2e"][0]
+    summary = next(s for s in _get_json(f"{dashboard}/api/studies")["study_summaries"] if s["study_name"] == "e2e")
     dom = chromium(f"{dashboard}/dashboard/studies/{summary['study_id']}", screenshot=ARTIFACTS / "dashboard-study.png")
     start = dom.index('id="graph-pareto-front"')
     plot = dom[start : dom.index("</svg>", start)]
@@ -208,7 +228,8 @@ def test_html_report_is_self_contained_and_renders_in_chromium(cli_study: Path) 
     expected = (
         2 * len(analysis.points)  # every trial in both panels
         + sum(len(v) for v in analysis.projections.values())  # each panel's own front
-        + 2 * (analysis.knee is not None) + 2  # the knee and the baseline in both panels
+        + 2 * (analysis.knee is not None)
+        + 2  # the knee and the baseline in both panels
     )
     assert projection.count('class="point"') == expected
     assert 'id="plot-3"' in dom  # the per-layer heatmap of the front
@@ -228,7 +249,7 @@ def test_sql_tables_hold_layers_hypervolume_and_fronts(cli_study: Path) -> None:
     assert version == 1
     assert len(layers) == 4 * n_complete and {layer for _, layer, _, _ in layers} == {"conv1", "conv2", "fc1", "fc2"}
     assert all(b > 0 for *_, b in layers)
-    assert len(history) == n_complete and all(b >= a for a, b in zip(history, history[1:]))
+    assert len(history) == n_complete and all(b >= a for a, b in itertools.pairwise(history))
     from autocompress.pareto import study_analysis
 
     analysis = study_analysis(optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}"))
@@ -286,7 +307,7 @@ class _FailingRunner(LocalRunner):
 
 def test_repeated_failures_stop_the_search_and_keep_reasons(tmp_path: Path, cache_dir: Path) -> None:
     config = load_config(_write_config(tmp_path, cache_dir, trials=10, workers=0, max_failures_in_a_row=3))
-    with pytest.raises(SearchError, match="3 trials in a row failed.*kernel exploded"):
+    with pytest.raises(SearchError, match=r"3 trials in a row failed.*kernel exploded"):
         Driver(config, runner=_FailingRunner(), progress=False).run()
     study = optuna.load_study(study_name="e2e", storage=config.storage)
     ran = [t for t in study.trials if t.state != TrialState.WAITING]  # unused warm-start plans stay queued
@@ -317,8 +338,8 @@ def test_an_artifact_write_failure_fails_the_trial_and_stops_cleanly(tmp_path: P
 
 
 def test_a_failing_plan_becomes_a_failed_result_not_an_exception(cnn_task) -> None:
-    from autocompress.evaluate import Evaluator, FinetuneConfig
     from autocompress.deploy.target import DeployConfig
+    from autocompress.evaluate import Evaluator, FinetuneConfig
     from autocompress.plan import LayerPlan
 
     evaluator = Evaluator(cnn_task, FinetuneConfig(steps=2), DeployConfig(max_seconds=0.05))
@@ -332,8 +353,15 @@ def test_delete_removes_the_study_its_rows_and_its_artifacts(tmp_path: Path, cac
     from tests.helpers import run_cli, write_study_config
 
     db = tmp_path / "del.db"
-    config = write_study_config(tmp_path, cache_dir, {"trials": 2, "workers": 0}, storage=f"sqlite:///{db}",
-                                artifact_dir=str(tmp_path / "artifacts"), finetune={"steps": 5}, deploy={"max_seconds": 0.05})
+    config = write_study_config(
+        tmp_path,
+        cache_dir,
+        {"trials": 2, "workers": 0},
+        storage=f"sqlite:///{db}",
+        artifact_dir=str(tmp_path / "artifacts"),
+        finetune={"steps": 5},
+        deploy={"max_seconds": 0.05},
+    )
     assert run_cli("search", str(config), "--no-progress", cwd=tmp_path).returncode == 0
     files = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
     assert len(files) == 3  # baseline + 2 trials
@@ -357,8 +385,15 @@ def test_a_half_created_study_is_completed_and_artifacts_follow_the_study(tmp_pa
 
     db = tmp_path / "h.db"
     optuna.create_study(study_name="autocompress", storage=f"sqlite:///{db}", directions=["maximize", "minimize", "minimize"])
-    config = write_study_config(tmp_path, cache_dir, {"trials": 1, "workers": 0}, storage=f"sqlite:///{db}",
-                                artifact_dir="arts", finetune={"steps": 5}, deploy={"max_seconds": 0.05})
+    config = write_study_config(
+        tmp_path,
+        cache_dir,
+        {"trials": 1, "workers": 0},
+        storage=f"sqlite:///{db}",
+        artifact_dir="arts",
+        finetune={"steps": 5},
+        deploy={"max_seconds": 0.05},
+    )
     proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     elsewhere = tmp_path / "elsewhere"

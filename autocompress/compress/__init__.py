@@ -24,8 +24,8 @@ __all__ = [
     "COMPRESSIBLE_TYPES",
     "TECHNIQUES",
     "ApplyContext",
-    "FakeQuant",
     "Factorized",
+    "FakeQuant",
     "Mask",
     "Technique",
     "apply",
@@ -42,7 +42,7 @@ __all__ = [
 _STRUCTURE_ATTR = "_autocompress_structure"
 
 
-def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
+def compressible_layers(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
     """Every Linear and Conv2d of ``model`` by qualified name, in definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSIBLE_TYPES)}
 
@@ -53,9 +53,7 @@ def layer_map(model: nn.Module) -> dict[str, nn.Module]:
     factorized = {name: m for name, m in model.named_modules() if isinstance(m, Factorized)}
     layers: dict[str, nn.Module] = {}
     for name, m in model.named_modules():
-        if name in factorized:
-            layers[name] = m
-        elif isinstance(m, COMPRESSIBLE_TYPES) and not any(name.startswith(f"{f}.") for f in factorized):
+        if name in factorized or (isinstance(m, COMPRESSIBLE_TYPES) and not any(name.startswith(f"{f}.") for f in factorized)):
             layers[name] = m
     return layers
 

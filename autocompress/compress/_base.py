@@ -10,7 +10,7 @@ from autocompress.plan import LayerPlan
 from autocompress.registry import Registry
 
 # Layer types a plan can name. Factorized layers become a Factorized pair of these.
-COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+COMPRESSIBLE_TYPES = (nn.Linear, nn.Conv2d)
 
 
 @dataclass
@@ -22,7 +22,7 @@ class ApplyContext:
     channels_removed: dict[str, list[int]] = field(default_factory=dict)  # layer -> channel indices
     output_layers: set[nn.Module] | None = None  # the layers whose output is the model's (traced once)
     bn_folded: dict[str, str] = field(default_factory=dict)  # BatchNorm name -> layer it was folded into
-    batchnorms: dict[nn.Module, str] | None = None  # conv -> the BatchNorm after it (traced once)
+    batchnorms: dict[nn.Conv2d, str] | None = None  # conv -> the BatchNorm after it (traced once)
 
 
 class Technique(ABC):
@@ -58,7 +58,7 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def leaf_layers(layer: nn.Module) -> list[nn.Module]:
+def leaf_layers(layer: nn.Module) -> list[nn.Linear | nn.Conv2d]:
     """The weight-bearing Linear/Conv2d modules of a compressible layer (two when factorized)."""
     if isinstance(layer, COMPRESSIBLE_TYPES):
         return [layer]

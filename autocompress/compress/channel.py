@@ -17,9 +17,12 @@ from autocompress.errors import SpaceError
 from autocompress.plan import LayerPlan
 
 
-def out_layer(layer: nn.Module) -> nn.Module:
+def out_layer(layer: nn.Module) -> nn.Linear | nn.Conv2d:
     """The module whose output channels are the layer's (the second factor when factorized)."""
-    return layer.second if isinstance(layer, Factorized) else layer
+    if isinstance(layer, Factorized):
+        return layer.second
+    assert isinstance(layer, (nn.Linear, nn.Conv2d))
+    return layer
 
 
 def remove_channels(model: nn.Module, target: nn.Module, idxs: list[int], example: torch.Tensor) -> None:
@@ -85,8 +88,7 @@ class ChannelPrune(Technique):
             ctx.output_layers = output_layers(ctx.model, ctx.example)
         if target in ctx.output_layers:
             raise SpaceError(
-                f"layer '{name}' produces the model's output; removing its channels would drop classes: "
-                "use sparsity_mode: unstructured for it"
+                f"layer '{name}' produces the model's output; removing its channels would drop classes: use sparsity_mode: unstructured for it"
             )
         n_out = target.weight.shape[0]
         n_remove = min(n_out - 1, round(plan.sparsity * n_out))

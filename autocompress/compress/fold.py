@@ -21,7 +21,7 @@ from autocompress.plan import FULL_PRECISION_BITS, LayerPlan
 log = logging.getLogger(__name__)
 
 
-def following_batchnorms(model: nn.Module) -> dict[nn.Module, str]:
+def following_batchnorms(model: nn.Module) -> dict[nn.Conv2d, str]:
     """Each Conv2d whose only consumer is a BatchNorm2d -> that BatchNorm's qualified name.
 
     Read from a ``torch.fx`` trace (torchvision's models are traceable); a model that cannot
@@ -34,15 +34,16 @@ def following_batchnorms(model: nn.Module) -> dict[nn.Module, str]:
     except Exception as exc:  # noqa: BLE001  (fx fails in many ways on dynamic code)
         log.info("BatchNorm folding skipped: the model cannot be traced (%s)", exc)
         return {}
-    found = {}
+    found: dict[nn.Conv2d, str] = {}
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(model.get_submodule(node.target), nn.Conv2d):
+        conv = model.get_submodule(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(conv, nn.Conv2d):
             continue
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module":
-            after = model.get_submodule(users[0].target)
+            after = model.get_submodule(str(users[0].target))
             if isinstance(after, nn.BatchNorm2d) and after.track_running_stats:
-                found[model.get_submodule(node.target)] = users[0].target
+                found[conv] = str(users[0].target)
     return found
 
 
@@ -61,6 +62,7 @@ def fold(model: nn.Module, conv: nn.Conv2d, bn_name: str) -> None:
     if bn.affine:
         scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
     ensure_bias(conv)
+    assert conv.bias is not None
     conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
     conv.bias.mul_(scale).add_(shift)
     set_submodule(model, bn_name, nn.Identity())

@@ -8,6 +8,8 @@ first conv so the output shape is unchanged.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -19,7 +21,10 @@ from autocompress.plan import LayerPlan
 class Factorized(nn.Module):
     """``second(first(x))``: the two factors of a low-rank layer."""
 
-    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+    first: nn.Linear | nn.Conv2d
+    second: nn.Linear | nn.Conv2d
+
+    def __init__(self, first: nn.Linear | nn.Conv2d, second: nn.Linear | nn.Conv2d) -> None:
         super().__init__()
         self.first = first
         self.second = second
@@ -55,6 +60,8 @@ def factorize(layer: nn.Module, rank: int, name: str = "") -> Factorized:
     if not 1 <= rank <= limit:
         raise SpaceError(f"layer '{name}': rank {rank} is outside 1..{limit} (its full rank)")
     bias = layer.bias is not None
+    first: nn.Linear | nn.Conv2d
+    second: nn.Linear | nn.Conv2d
     if isinstance(layer, nn.Linear):
         a, b = _split(layer.weight, rank)
         first = nn.Linear(layer.in_features, rank, bias=False)
@@ -66,14 +73,20 @@ def factorize(layer: nn.Module, rank: int, name: str = "") -> Factorized:
         a = a.reshape(rank, in_ch, kh, kw)
         b = b.reshape(out_ch, rank, 1, 1)
         first = nn.Conv2d(
-            in_ch, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-            bias=False, padding_mode=layer.padding_mode,
+            in_ch,
+            rank,
+            cast(tuple[int, int], layer.kernel_size),
+            cast(tuple[int, int], layer.stride),
+            cast("str | tuple[int, int]", layer.padding),
+            cast(tuple[int, int], layer.dilation),
+            bias=False,
+            padding_mode=layer.padding_mode,
         )
         second = nn.Conv2d(rank, out_ch, 1, bias=bias)
     with torch.no_grad():
         first.weight.copy_(a)
         second.weight.copy_(b)
-        if bias:
+        if second.bias is not None and isinstance(layer.bias, torch.Tensor):
             second.bias.copy_(layer.bias)
     return Factorized(first, second).to(layer.weight.device)
 

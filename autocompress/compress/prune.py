@@ -19,6 +19,8 @@ from autocompress.plan import LayerPlan
 class Mask(nn.Module):
     """Parametrization ``w -> w * mask`` with a fixed 0/1 mask."""
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask)

@@ -23,6 +23,7 @@ import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from autocompress.compress import COMPRESSIBLE_TYPES, layer_map, leaf_layers
 from autocompress.compress.quantize import FakeQuant
 from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
+
+if TYPE_CHECKING:
+    import onnx
 
 OPSET = 20  # what the exporter writes today; ONNX Runtime >= 1.17 and OpenVINO read it
 INPUT, OUTPUT = "input", "logits"
@@ -64,7 +68,7 @@ def quantized_weights(model: nn.Module, plan: CompressionPlan) -> dict[str, tupl
     return found
 
 
-def export_fp32(model: nn.Module, example: torch.Tensor) -> "onnx.ModelProto":  # noqa: F821
+def export_fp32(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     """The baked model as an ONNX graph with a dynamic batch axis."""
     model = model.eval().cpu()
     example = example.cpu()
@@ -78,15 +82,24 @@ def export_fp32(model: nn.Module, example: torch.Tensor) -> "onnx.ModelProto":  
         with warnings.catch_warnings(), torch.no_grad(), _silence():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                dynamic_shapes=({0: batch},), opset_version=OPSET, verbose=False, optimize=True,
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes=({0: batch},),
+                opset_version=OPSET,
+                verbose=False,
+                optimize=True,
             )
-    except Exception as exc:  # the exporter raises many types; all mean the same to a user
+    except Exception as exc:  # noqa: BLE001  the exporter raises many types; all mean the same to a user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx.export cannot export this model ({type(exc).__name__}: {first[:200]})") from None
     finally:
-        for q, level in zip(quiet, levels):
+        for q, level in zip(quiet, levels, strict=False):
             q.setLevel(level)
+    if program is None:  # only when the exporter is asked to write a file itself
+        raise ExportError("torch.onnx.export returned no program")
     return program.model_proto
 
 
@@ -99,11 +112,11 @@ class _silence:
         self._ctx = contextlib.redirect_stdout(io.StringIO())
         self._ctx.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._ctx.__exit__(*exc)
 
 
-def _weight_qdq(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:  # type: ignore[no-untyped-def]
+def _weight_qdq(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
     """Replace float weight initializers by int8 codes -> DequantizeLinear (axis 0). Returns the
     names replaced (an initializer the exporter renamed or folded is left as it is)."""
     from onnx import helper, numpy_helper
@@ -115,15 +128,22 @@ def _weight_qdq(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> lis
         if init is None or tuple(init.dims) != codes.shape:
             continue
         proto.graph.initializer.remove(init)
-        proto.graph.initializer.extend([
-            numpy_helper.from_array(codes, f"{name}_quantized"),
-            numpy_helper.from_array(scale, f"{name}_scale"),
-            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
-        ])
-        nodes.append(helper.make_node(
-            "DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"], [name],
-            name=f"{name}_DequantizeLinear", axis=0,
-        ))
+        proto.graph.initializer.extend(
+            [
+                numpy_helper.from_array(codes, f"{name}_quantized"),
+                numpy_helper.from_array(scale, f"{name}_scale"),
+                numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
+            ]
+        )
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
+                [name],
+                name=f"{name}_DequantizeLinear",
+                axis=0,
+            )
+        )
         replaced.append(name)
     # Constants first keeps the graph topologically sorted.
     existing = list(proto.graph.node)
@@ -132,7 +152,7 @@ def _weight_qdq(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> lis
     return replaced
 
 
-def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], calibration: Iterable[np.ndarray]):  # type: ignore[no-untyped-def]
+def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], calibration: Iterable[np.ndarray]):
     """ONNX Runtime's static QDQ quantizer over the nodes whose weight is quantized, keeping
     the trial's codes (scales given as overrides). Returns (model, weight nodes quantized)."""
     import onnx
@@ -143,16 +163,13 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
     layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1]
     targets = [n.name for n in layers if n.input[1] in weights]
     excluded = [n.name for n in layers if n.input[1] not in weights]
-    overrides = {
-        name: [{"scale": np.float32(s), "zero_point": np.int8(0), "axis": 0} for s in scale]
-        for name, (_, scale) in weights.items()
-    }
+    overrides = {name: [{"scale": np.float32(s), "zero_point": np.int8(0), "axis": 0} for s in scale] for name, (_, scale) in weights.items()}
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._batches = iter([{INPUT: b} for b in calibration])
 
-        def get_next(self):  # type: ignore[no-untyped-def]
+        def get_next(self):
             return next(self._batches, None)
 
     root = logging.getLogger()
@@ -167,10 +184,18 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
             # float). Asymmetric, so a ReLU folds into the range instead of staying a float op.
             # The codes stay within [-127, 127], so VNNI kernels never saturate.
             quantize_static(
-                str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                str(src),
+                str(dst),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
                 extra_options={
-                    "ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": overrides,
+                    "ActivationSymmetric": False,
+                    "WeightSymmetric": True,
+                    "TensorQuantOverrides": overrides,
                     "QDQDisableWeightAdjustForInt32Bias": True,  # keep the trial's scales
                 },
             )
@@ -179,7 +204,7 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
         return onnx.load(str(dst)), targets
 
 
-def _check_codes(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:  # type: ignore[no-untyped-def]
+def _check_codes(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """The int8 initializers hold the trial's codes exactly (what the quantizer wrote is checked)."""
     from onnx import numpy_helper
 

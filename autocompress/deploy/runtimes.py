@@ -16,8 +16,9 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +58,14 @@ class Runtime(ABC):
 
     @abstractmethod
     def deploy(
-        self, model: nn.Module, plan: CompressionPlan, example: torch.Tensor, precision: str, device: str,
-        threads: int = 1, calibration: Iterable[torch.Tensor] = (),
+        self,
+        model: nn.Module,
+        plan: CompressionPlan,
+        example: torch.Tensor,
+        precision: str,
+        device: str,
+        threads: int = 1,
+        calibration: Iterable[torch.Tensor] = (),
     ) -> Deployed:
         """The deployed form of a baked model (``example``: the timed batch, on any device)."""
 
@@ -115,7 +122,7 @@ class TorchRuntime(Runtime):
                 "use deploy.device cpu, or deploy.runtime onnxruntime for int8 on a GPU"
             )
 
-    def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):  # type: ignore[no-untyped-def]
+    def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):
         from autocompress.compress.fold import fold, following_batchnorms
         from autocompress.latency import int8_model
 
@@ -163,7 +170,7 @@ class _SessionDeployed(Deployed):
 
 
 class _OrtDeployed(_SessionDeployed):
-    def __init__(self, session, example: torch.Tensor, backend: str, onnx: bytes) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, session, example: torch.Tensor, backend: str, onnx: bytes) -> None:
         super().__init__(example, backend, onnx)
         self.session = session
 
@@ -171,7 +178,7 @@ class _OrtDeployed(_SessionDeployed):
         return self.session.run(None, {INPUT: x})[0]
 
 
-def _export(model, plan, example, precision, calibration) -> bytes:  # type: ignore[no-untyped-def]
+def _export(model, plan, example, precision, calibration) -> bytes:
     data, _ = to_onnx(model, plan, example, precision, calibration)
     return data
 
@@ -198,7 +205,7 @@ class OnnxRuntime(Runtime):
                 f"this install has {', '.join(ort.get_available_providers())}: use deploy.device cpu"
             )
 
-    def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):  # type: ignore[no-untyped-def]
+    def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):
         data = _export(model, plan, example, precision, calibration)
         return self.load_onnx(data, example, device, threads, precision)
 
@@ -221,9 +228,13 @@ class OnnxRuntime(Runtime):
             options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")  # to read the kernels chosen
             try:
                 session = ort.InferenceSession(data, options, providers=providers)
-            except Exception as exc:  # ORT raises its own exception types
+            except Exception as exc:  # noqa: BLE001  ORT raises its own exception types
                 raise DeployError(f"ONNX Runtime cannot load the exported model: {str(exc).splitlines()[0][:200]}") from None
-            ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node] if os.path.exists(options.optimized_model_filepath) else []
+            ops = (
+                [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+                if os.path.exists(options.optimized_model_filepath)
+                else []
+            )
         kernels = integer_kernels(ops)
         precision = "int8" if kernels else "fp32"  # what runs: a model with no layer at <= 8 bits stays float
         backend = f"onnxruntime {ort.__version__} {precision} {device}" + (f" [{kernels}]" if kernels else "")
@@ -234,7 +245,7 @@ class OnnxRuntime(Runtime):
 
 
 class _OvDeployed(_SessionDeployed):
-    def __init__(self, compiled, example: torch.Tensor, backend: str, onnx: bytes) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, compiled, example: torch.Tensor, backend: str, onnx: bytes) -> None:
         super().__init__(example, backend, onnx)
         self.request = compiled.create_infer_request()
 
@@ -256,7 +267,7 @@ class OpenVinoRuntime(Runtime):
         if device == "cuda":
             raise DeployError("deploy.runtime openvino runs on the CPU here, not on CUDA GPUs: use deploy.device cpu, or runtime onnxruntime")
 
-    def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):  # type: ignore[no-untyped-def]
+    def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):
         data = _export(model, plan, example, precision, calibration)
         return self.load_onnx(data, example, device, threads, precision)
 
@@ -271,17 +282,28 @@ class OpenVinoRuntime(Runtime):
                 model = core.read_model(str(path))
                 # f32 hint: OpenVINO may otherwise run float layers in bf16 on CPUs that have it,
                 # and the numbers would be another model's; int8 layers still run integer kernels.
-                compiled = core.compile_model(model, "CPU", {
-                    "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32",
-                })
-            except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+                compiled = core.compile_model(
+                    model,
+                    "CPU",
+                    {
+                        "INFERENCE_NUM_THREADS": threads,
+                        "PERFORMANCE_HINT": "LATENCY",
+                        "NUM_STREAMS": 1,
+                        "INFERENCE_PRECISION_HINT": "f32",
+                    },
+                )
+            except Exception as exc:  # noqa: BLE001  OpenVINO raises RuntimeError subclasses of its own
                 raise DeployError(f"OpenVINO cannot compile the exported model: {str(exc).splitlines()[0][:200]}") from None
         precision = precision or "fp32"
         return _OvDeployed(compiled, example, f"openvino {ov.__version__.split('-')[0]} {precision} cpu", data)
 
 
 def deployed_accuracy(
-    deployed: Deployed, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, turn: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+    deployed: Deployed,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 512,
+    turn: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> float:
     """Top-1 accuracy of a deployed form on ``(x, y)``; each batch runs inside one ``turn()``
     (a device lock's shared turn in a worker)."""

@@ -64,8 +64,13 @@ class Timing:
 
     def to_dict(self) -> dict:
         return {
-            "latency_ms": self.latency_ms, "ratio": self.ratio, "cv": self.cv, "rounds": self.rounds,
-            "capped": self.capped, "baseline_ms": self.baseline_ms, "window": list(self.window),
+            "latency_ms": self.latency_ms,
+            "ratio": self.ratio,
+            "cv": self.cv,
+            "rounds": self.rounds,
+            "capped": self.capped,
+            "baseline_ms": self.baseline_ms,
+            "window": list(self.window),
         }
 
 
@@ -137,8 +142,13 @@ def time_paired(baseline: Timeable, candidate: Timeable, threshold: float, max_s
             capped = len(ratios) < MIN_ROUNDS or _cv(ratios) > threshold
             break
     return Timing(
-        statistics.median(cand_times) * 1e3, statistics.median(ratios), _cv(ratios) if len(ratios) > 1 else 0.0,
-        len(ratios), capped, statistics.median(base_times) * 1e3, (t0, time.time()),
+        statistics.median(cand_times) * 1e3,
+        statistics.median(ratios),
+        _cv(ratios) if len(ratios) > 1 else 0.0,
+        len(ratios),
+        capped,
+        statistics.median(base_times) * 1e3,
+        (t0, time.time()),
     )
 
 

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
-from autocompress.evaluate import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
+from autocompress.evaluate import FinetuneConfig
 from autocompress.plan import CompressionPlan, Result
 from autocompress.registry import Registry
 from autocompress.tasks import Task
@@ -54,4 +55,4 @@ class Runner(ABC):
         """Release workers. Does nothing by default."""
 
 
-RUNNERS: Registry[type[Runner]] = Registry("runner")
+RUNNERS: Registry[Callable[..., Runner]] = Registry("runner")  # each takes the search section's options

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from autocompress.deploy.target import DeployConfig
 from autocompress.errors import AutocompressError
 from autocompress.evaluate import FinetuneConfig
-from autocompress.deploy.target import DeployConfig
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task
@@ -94,7 +94,9 @@ class _TimingActor:
         header, _ = artifact.read_header(blob)
         build = MODELS.get(self.model).factory if is_custom(self.model) else None  # from the search's config, never the file
         model = artifact.loads(blob, build=build).to(self.device)
-        return self.runtime.deploy(model, CompressionPlan.from_dict(header["plan"]), self.example, self.deploy.precision, self.device.type, self.deploy.threads)
+        return self.runtime.deploy(
+            model, CompressionPlan.from_dict(header["plan"]), self.example, self.deploy.precision, self.device.type, self.deploy.threads
+        )
 
     def put_baseline(self, digest: str, blob: bytes) -> None:
         if digest not in self.baselines:
@@ -185,8 +187,10 @@ class RayRunner(Runner):
                 # interface and it resolves 127.0.0.1 to the host's address. Its token
                 # authentication (on by default) is what refuses other machines.
                 if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-                    log.warning("RAY_AUTH_MODE=disabled: the local Ray listens on every interface without authentication; "
-                                "anyone who reaches this machine can run code in it. Unset RAY_AUTH_MODE to keep token authentication.")
+                    log.warning(
+                        "RAY_AUTH_MODE=disabled: the local Ray listens on every interface without authentication; "
+                        "anyone who reaches this machine can run code in it. Unset RAY_AUTH_MODE to keep token authentication."
+                    )
                 kwargs["num_cpus"] = max(1, int(self.workers * self.cpus_per_worker))
             try:
                 ray.init(**kwargs)
@@ -222,11 +226,11 @@ class RayRunner(Runner):
         from autocompress.tasks.custom import IMPORT_PATHS
 
         name = deploy.resource
+        assert name is not None
         # A small share of the resource: several searches may time on the same target node, and
         # the node's device lock keeps their measurements apart.
-        actor = ray.remote(num_cpus=0, resources={name: 0.01}, max_restarts=1)(_TimingActor).remote(
-            deploy, task.data.x_val[: deploy.batch_size].cpu(), list(IMPORT_PATHS), task.spec.model
-        )
+        actor_cls: Any = ray.remote(num_cpus=0, resources={name: 0.01}, max_restarts=1)(_TimingActor)
+        actor = actor_cls.remote(deploy, task.data.x_val[: deploy.batch_size].cpu(), list(IMPORT_PATHS), task.spec.model)
         try:
             ray.get(actor.check.remote(), timeout=600)
         except ray.exceptions.RayTaskError as exc:

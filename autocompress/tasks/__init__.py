@@ -5,6 +5,9 @@ trains the baseline once (cached on disk, keyed by the spec) and returns a :clas
 workers rebuild from :meth:`Task.payload` without touching the filesystem.
 """
 
+from autocompress.tasks import custom as _custom  # noqa: F401  (registers module:function tasks)
+from autocompress.tasks import digits as _digits  # noqa: F401  (registers the built-ins)
+from autocompress.tasks import vision as _vision  # noqa: F401  (torchvision models and datasets)
 from autocompress.tasks._task import (
     DATASETS,
     MODELS,
@@ -20,9 +23,6 @@ from autocompress.tasks._task import (
     model_skeleton,
     untrained_model,
 )
-from autocompress.tasks import custom as _custom  # noqa: F401  (registers module:function tasks)
-from autocompress.tasks import digits as _digits  # noqa: F401  (registers the built-ins)
-from autocompress.tasks import vision as _vision  # noqa: F401  (torchvision models and datasets)
 
 __all__ = [
     "DATASETS",

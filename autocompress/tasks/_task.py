@@ -51,7 +51,7 @@ class ModelEntry:
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
-DATASETS: Registry[Callable[["TaskSpec"], DataSplits]] = Registry("dataset")  # (spec) -> DataSplits
+DATASETS: Registry[Callable[[TaskSpec], DataSplits]] = Registry("dataset")  # (spec) -> DataSplits
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,7 @@ class TaskSpec:
         entry = _model_entry(self.model)
         dataset = self.dataset or entry.default_dataset
         if dataset is None:
-            raise TaskError(
-                f"model '{self.model}' has no data of its own (task.dataset): name a dataset, "
-                f"e.g. {', '.join(DATASETS.names())}"
-            )
+            raise TaskError(f"model '{self.model}' has no data of its own (task.dataset): name a dataset, e.g. {', '.join(DATASETS.names())}")
         _dataset_fn(dataset)
         return TaskSpec(**{**asdict(self), "dataset": dataset})
 
@@ -236,9 +233,7 @@ def _reshape_images(data: DataSplits, size: int | None, channels: int | None) ->
                 raise TaskError(f"cannot turn {x.shape[1]}-channel images into {channels} channels: set task.channels to 1 or 3")
         return x
 
-    return DataSplits(
-        convert(data.x_train), data.y_train, convert(data.x_val), data.y_val, convert(data.x_test), data.y_test, data.num_classes
-    )
+    return DataSplits(convert(data.x_train), data.y_train, convert(data.x_val), data.y_val, convert(data.x_test), data.y_test, data.num_classes)
 
 
 def _make_model(spec: TaskSpec, data: DataSplits) -> nn.Module:

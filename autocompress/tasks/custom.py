@@ -44,7 +44,7 @@ def add_import_path(folder: str) -> None:
 
 
 def is_custom(name: str | None) -> bool:
-    return bool(name) and ":" in name and not name.startswith("torchvision:")  # type: ignore[operator]
+    return name is not None and ":" in name and not name.startswith("torchvision:")
 
 
 @functools.lru_cache(maxsize=8)

@@ -49,9 +49,7 @@ def torchvision_model(name: str) -> ModelEntry:
         import torchvision
 
         if len(input_shape) != 3 or input_shape[0] != 3:
-            raise TaskError(
-                f"torchvision:{name} takes 3-channel images, the data has shape {tuple(input_shape)}: set task.channels: 3"
-            )
+            raise TaskError(f"torchvision:{name} takes 3-channel images, the data has shape {tuple(input_shape)}: set task.channels: 3")
         extra: dict[str, Any] = {"aux_logits": False, "init_weights": True} if name in _AUX_HEADS else {}
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
 
@@ -90,19 +88,14 @@ def _root(spec: TaskSpec, holds: str) -> Path:
         raise TaskError(f"dataset '{spec.dataset}' needs task.data_root: the folder that holds {holds}")
     root = Path(spec.data_root)
     if not root.is_dir() and not spec.download:
-        raise TaskError(
-            f"data root '{root}' does not exist (task.data_root): fix the path, or set task.download: true to fetch {spec.dataset}"
-        )
+        raise TaskError(f"data root '{root}' does not exist (task.data_root): fix the path, or set task.download: true to fetch {spec.dataset}")
     return root
 
 
 def _as_images(data: Any) -> torch.Tensor:
     """uint8 arrays (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
     x = torch.as_tensor(np.asarray(data))
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    else:
-        x = x.permute(0, 3, 1, 2)
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
     return x.float().div_(255.0).contiguous()
 
 
@@ -163,13 +156,13 @@ for _name, (_class_name, _holds, _classes) in OFFICIAL_SPLITS.items():
 
 
 def _stack(dataset: Any, where: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = [], []
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
     for i in range(len(dataset)):
         image, label = dataset[i]
         if images and image.shape != images[0].shape:
             raise TaskError(
-                f"images under '{where}' differ in size ({tuple(images[0].shape)} and {tuple(image.shape)}): "
-                "set task.image_size to resize them all"
+                f"images under '{where}' differ in size ({tuple(images[0].shape)} and {tuple(image.shape)}): set task.image_size to resize them all"
             )
         images.append(image)
         labels.append(label)
