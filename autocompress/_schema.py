@@ -1,4 +1,5 @@
-"""Build dataclasses from YAML mappings, rejecting unknown keys, wrong types and bad ranges.
+"""Read YAML files and build dataclasses from their mappings, rejecting duplicate keys, unknown
+keys, wrong types and bad ranges.
 
 Limits live next to each field as metadata (``min``, ``max``, ``choices``), so a component
 declares its defaults and their bounds in one place.
@@ -10,7 +11,10 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from autocompress.errors import ConfigError, did_you_mean
 
@@ -89,3 +93,37 @@ def from_mapping(cls: type[T], data: Any, where: str, prefix: str = "") -> T:
         _check_limits(value, fields[key].metadata, full, where)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (dict, list)):
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value", key_node.start_mark)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, turning every failure into a one-line ConfigError naming the file."""
+    if path.is_dir():
+        raise ConfigError(f"expected a YAML file, got a folder ({path}): name the file inside it")
+    if not path.is_file():
+        hint = "" if path.parent.is_dir() else f" (folder '{path.parent}' does not exist either)"
+        raise ConfigError(f"file not found ({path}){hint}: check the path or run from the project folder")
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        fix = "keep one of them" if "twice" in problem else "fix the YAML syntax"
+        raise ConfigError(f"{problem} ({path}{line}): {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the file ({path}): {exc}") from None

@@ -9,18 +9,27 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
-
-from autocompress._schema import from_mapping
+from autocompress._schema import from_mapping, read_yaml
 from autocompress.deploy.target import LEGACY_LATENCY_KEYS, DeployConfig, from_legacy_latency
 from autocompress.errors import ConfigError
-from autocompress.evaluate import FinetuneConfig
 from autocompress.tasks import TaskSpec
 from autocompress.tasks.custom import add_import_path, is_custom
 
 DEFAULT_CONFIG = Path("studies/default.yaml")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # study names become file names
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    steps: int = field(default=150, metadata={"min": 0})  # optimizer steps after compression; 0 skips
+    lr: float = field(default=5e-4, metadata={"min": 0.0, "max": 1.0})  # Adam, cosine-annealed to 0
+    batch_size: int = field(default=64, metadata={"min": 1})
+    log_every: int = field(default=10, metadata={"min": 1})  # record the loss every this many steps
+    # Knowledge distillation from the uncompressed baseline: this share of the loss is the KL
+    # divergence to its softened outputs (Hinton et al. 2015); 0 trains on the labels alone.
+    distill: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    temperature: float = field(default=4.0, metadata={"min": 1.0})
 
 
 @dataclass(frozen=True)
@@ -64,40 +73,6 @@ class StudyConfig:
         data = asdict(self)
         data.pop("source")
         return data
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (dict, list)):
-                raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value", key_node.start_mark)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file, turning every failure into a one-line ConfigError naming the file."""
-    if path.is_dir():
-        raise ConfigError(f"expected a YAML file, got a folder ({path}): name the file inside it")
-    if not path.is_file():
-        hint = "" if path.parent.is_dir() else f" (folder '{path.parent}' does not exist either)"
-        raise ConfigError(f"file not found ({path}){hint}: check the path or run from the project folder")
-    try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        fix = "keep one of them" if "twice" in problem else "fix the YAML syntax"
-        raise ConfigError(f"{problem} ({path}{line}): {fix}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the file ({path}): {exc}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:

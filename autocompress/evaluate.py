@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 
 from autocompress import compress
 from autocompress.artifact import pack
+from autocompress.config import FinetuneConfig
 from autocompress.deploy.runtimes import deployed_accuracy
 from autocompress.deploy.target import DeployConfig
 from autocompress.deploy.timing import DeviceLock, Timing, device_key, time_alone, time_paired
@@ -42,18 +43,6 @@ def resolve_device(name: str, flag: str = "--device") -> torch.device:
         why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible to this process"
         raise AutocompressError(f"device cuda was asked for ({flag}) but {why} on {socket.gethostname()}: use {flag} cpu or auto")
     return torch.device(name)
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    steps: int = field(default=150, metadata={"min": 0})  # optimizer steps after compression; 0 skips
-    lr: float = field(default=5e-4, metadata={"min": 0.0, "max": 1.0})  # Adam, cosine-annealed to 0
-    batch_size: int = field(default=64, metadata={"min": 1})
-    log_every: int = field(default=10, metadata={"min": 1})  # record the loss every this many steps
-    # Knowledge distillation from the uncompressed baseline: this share of the loss is the KL
-    # divergence to its softened outputs (Hinton et al. 2015); 0 trains on the labels alone.
-    distill: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
-    temperature: float = field(default=4.0, metadata={"min": 1.0})
 
 
 def finetune(

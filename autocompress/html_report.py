@@ -17,16 +17,17 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from autocompress.artifact import check_output, write_atomic
+from autocompress.baseline import Baseline
 from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
 from autocompress.report import checked_analysis, deploy_target, plan_summary, report_rows
 
 AXES = {0: ("accuracy %", lambda p: 100 * p.accuracy), 1: ("size KB", lambda p: p.size_bytes / 1024), 2: ("latency ms", lambda p: p.latency_ms)}
 
 
-def _projection_figure(analysis: Analysis, baseline: dict[str, Any]) -> go.Figure:
+def _projection_figure(analysis: Analysis, baseline: Baseline) -> go.Figure:
     names = list(PROJECTIONS)
     fig = make_subplots(rows=1, cols=2, subplot_titles=[n.replace("-", " vs ") for n in names])
-    base = {0: 100 * baseline["accuracy"], 1: baseline["size_bytes"] / 1024, 2: baseline["latency_ms"]}
+    base = {0: 100 * baseline.accuracy, 1: baseline.size_bytes / 1024, 2: baseline.latency_ms}
     for col, name in enumerate(names, start=1):
         i, j = PROJECTIONS[name]
         (xi, fx), (_, fy) = AXES[j], AXES[i]
@@ -106,7 +107,7 @@ def _projection_figure(analysis: Analysis, baseline: dict[str, Any]) -> go.Figur
     return fig
 
 
-def _figure_3d(analysis: Analysis, baseline: dict[str, Any]) -> go.Figure:
+def _figure_3d(analysis: Analysis, baseline: Baseline) -> go.Figure:
     pts = analysis.points
     front = [analysis.point(n) for n in analysis.front]
     fig = go.Figure(
@@ -130,9 +131,9 @@ def _figure_3d(analysis: Analysis, baseline: dict[str, Any]) -> go.Figure:
                 text=[f"trial {p.trial}" for p in front],
             ),
             go.Scatter3d(
-                x=[baseline["size_bytes"] / 1024],
-                y=[baseline["latency_ms"]],
-                z=[100 * baseline["accuracy"]],
+                x=[baseline.size_bytes / 1024],
+                y=[baseline.latency_ms],
+                z=[100 * baseline.accuracy],
                 mode="markers",
                 name="baseline",
                 marker={"size": 7, "color": "black", "symbol": "diamond"},
@@ -192,7 +193,7 @@ def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Pa
     check_output(path, force, "--html")
     analysis = checked_analysis(study)
     rows = report_rows(study, analysis)
-    baseline = study.user_attrs["baseline"]
+    baseline = Baseline.of(study.user_attrs["baseline"])
     figures = [_projection_figure(analysis, baseline), _figure_3d(analysis, baseline), _hypervolume_figure(study, analysis)]
     if rows:
         figures.append(_heatmap_figure(study, rows))
@@ -226,7 +227,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:last-child{{t
 <body>
 <h1>autocompress study <code>{html.escape(study.study_name)}</code></h1>
 <p id="summary" data-front="{len(analysis.front)}" data-trials="{len(analysis.points)}">{len(analysis.points)} complete trials.
-Baseline: accuracy {100 * baseline["accuracy"]:.2f}%, {baseline["size_bytes"] / 1024:.1f} KB, {baseline["latency_ms"]:.3f} ms{constraint}.</p>
+Baseline: accuracy {100 * baseline.accuracy:.2f}%, {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms{constraint}.</p>
 <p id="deploy">Deploy target: <b>{html.escape(deploy_target(study))}</b>. Accuracy and latency are those of the form that ships there; each
 speedup is the median ratio of the trial timed alternately with the baseline in one slot. A latency marked ~ kept a CV above
 the threshold until the time cap. Get a trial's file with <code>autocompress export {html.escape(study.study_name)} --trial N --format onnx</code>.</p>

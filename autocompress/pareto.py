@@ -20,6 +20,7 @@ feasible, the analysis names the closest ones (least accuracy lost) instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress._optuna import compute_hypervolume
+from autocompress.baseline import Baseline
 
 OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
@@ -110,23 +112,24 @@ class Analysis:
         return next(p for p in self.points if p.trial == trial)
 
 
-def to_points(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_drop: float | None) -> list[Point]:
+def to_points(trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None) -> list[Point]:
+    base = Baseline.of(baseline)
     points = []
     for t in trials:
         if t.state != TrialState.COMPLETE or t.values is None:
             continue
         accuracy, size_bytes, latency_ms = t.values
-        drop = 100.0 * (baseline["accuracy"] - accuracy)
+        relative = base.relative(accuracy, size_bytes, latency_ms)
         points.append(
             Point(
                 trial=t.number,
                 accuracy=accuracy,
                 size_bytes=int(size_bytes),
                 latency_ms=latency_ms,
-                accuracy_drop=drop,
-                compression_ratio=baseline["size_bytes"] / size_bytes,
-                speedup=baseline["latency_ms"] / latency_ms,
-                feasible=max_accuracy_drop is None or drop <= max_accuracy_drop + 1e-9,
+                accuracy_drop=relative.accuracy_drop,
+                compression_ratio=relative.compression_ratio,
+                speedup=relative.speedup,
+                feasible=max_accuracy_drop is None or relative.accuracy_drop <= max_accuracy_drop + 1e-9,
             )
         )
     return points
@@ -137,7 +140,7 @@ def reference_point(max_accuracy_drop: float | None) -> np.ndarray:
     return np.array([drop / 100.0, 1.0, DEFAULT_REFERENCE_LATENCY])
 
 
-def analyse(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_drop: float | None = None) -> Analysis:
+def analyse(trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None) -> Analysis:
     """The front, its hypervolume and knee, projections, and feasibility of every trial."""
     points = to_points(trials, baseline, max_accuracy_drop)
     reference = reference_point(max_accuracy_drop)
@@ -160,7 +163,9 @@ def analyse(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_dr
     return analysis
 
 
-def hypervolume_history(trials: list[FrozenTrial], baseline: dict[str, Any], max_accuracy_drop: float | None = None) -> list[tuple[int, float]]:
+def hypervolume_history(
+    trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None
+) -> list[tuple[int, float]]:
     """(complete trials so far, hypervolume) after each COMPLETE trial, in completion order."""
     done = sorted((t for t in trials if t.datetime_complete is not None), key=lambda t: (t.datetime_complete, t.number))
     points = to_points(done, baseline, max_accuracy_drop)
@@ -208,7 +213,8 @@ def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int,
         }
         if test_accuracy is not None and number in test_accuracy:
             row["test_accuracy"] = test_accuracy[number]
-            if "test_accuracy" in baseline:
-                row["test_accuracy_drop"] = round(100.0 * (baseline["test_accuracy"] - test_accuracy[number]), 3)
+            drop = Baseline.of(baseline).test_accuracy_drop(test_accuracy[number]) if baseline else None
+            if drop is not None:
+                row["test_accuracy_drop"] = round(drop, 3)
         rows.append(row)
     return rows

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
+from autocompress.baseline import Baseline
 from autocompress.errors import StorageError
 from autocompress.pareto import OBJECTIVES, Analysis, front_rows, study_analysis
 
@@ -73,14 +74,15 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     console = console or make_console()
     analysis = checked_analysis(study)
     rows = report_rows(study, analysis)
-    baseline = study.user_attrs.get("baseline", {})
+    stored = study.user_attrs.get("baseline")
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counts = ", ".join(f"{states.count(s)} {s.name.lower()}" for s in (TrialState.COMPLETE, TrialState.FAIL) if s in states)
     console.print(f"study [bold]{study.study_name}[/bold]: {counts or 'no trials'}; Pareto front: {len(analysis.front)} trials")
-    if baseline:
+    if stored:
+        baseline = Baseline.of(stored)
+        test = "nan" if baseline.test_accuracy is None else f"{100 * baseline.test_accuracy:.2f}"
         console.print(
-            f"baseline: accuracy {100 * baseline['accuracy']:.2f}% (test {100 * baseline.get('test_accuracy', float('nan')):.2f}%), "
-            f"{baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms"
+            f"baseline: accuracy {100 * baseline.accuracy:.2f}% (test {test}%), {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms"
         )
         console.print(f"deploy target: {deploy_target(study)}; latency and accuracy measured on it, speedups paired with the baseline there")
     if analysis.max_accuracy_drop is not None:

@@ -1,19 +1,16 @@
 """The driver: an Optuna study in SQL storage, ask/tell with N trials in flight on a runner.
 
-Only the driver writes to the study storage. Workers get plans and return results.
+Only the driver writes to the study storage. Workers get plans and return results. The study's
+setup and checks live in ``study_setup``, the drivers' leases and stale-trial recovery in
+``leases``; this module is the loop.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import os
-import socket
 import time
 import uuid
-import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,147 +18,25 @@ import optuna
 from optuna.trial import TrialState
 
 from autocompress import _faults, _optuna, pareto, tables
-from autocompress._proc import pid_alive
 from autocompress.artifact_files import remove_partials, store_artifact
+from autocompress.baseline import Baseline
 from autocompress.config import StudyConfig
 from autocompress.deploy.target import DeployConfig
-from autocompress.errors import AutocompressError, SearchError, StorageError
-from autocompress.evaluate import resolve_device
+from autocompress.errors import SearchError, StorageError
+from autocompress.leases import Lease
 from autocompress.plan import Result
 from autocompress.runners import Runner, make_runner
-from autocompress.space import SearchSpace, load_space
-from autocompress.storage import check_url, mask_url, open_storage, retry_creation
-from autocompress.tasks import Task, build_task, evaluate_accuracy, model_skeleton
+from autocompress.space import SearchSpace
+from autocompress.storage import open_storage, retry_creation
+from autocompress.study_setup import WARM_START, WARM_START_CHANNEL, open_study, prepare
+from autocompress.tasks import Task, build_task, evaluate_accuracy
 
 log = logging.getLogger(__name__)
 
+__all__ = ["WARM_START", "WARM_START_CHANNEL", "Driver", "measure_baseline", "prepare", "run_search", "trial_metrics"]
+
 ONNX_MIMETYPE = "application/onnx"
 ACZ_MIMETYPE = "application/x-autocompress"
-# Deploy keys that define what a latency means; a study resumed with others is refused.
-DEPLOY_IDENTITY = ("runtime", "precision", "device", "threads", "batch_size", "resource")
-LEASE_TIMEOUT_S = 60.0  # a driver on another host silent this long is taken for dead
-HEARTBEAT_EVERY_S = 5.0
-
-# Uniform plans tried first in a new study (sparsity, bits, rank fraction): known-good anchors
-# that give the sampler a front to improve on from the first trials.
-# Uniform plans tried first (sparsity, bits, rank fraction, sparsity mode): known points at the
-# safe end, and with channel pruning in the space, two structured ones at the aggressive end.
-WARM_START = ((0.0, 8, 1.0, "unstructured"), (0.5, 6, 1.0, "unstructured"), (0.7, 4, 1.0, "unstructured"))
-WARM_START_CHANNEL = ((0.5, 4, 1.0, "channel"), (0.75, 4, 1.0, "channel"))
-
-
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "gp":  # Gaussian-process expected hypervolume improvement: slower per trial, for small spaces
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
-    # Multivariate TPE models the interaction of the knobs (bits x sparsity of one layer).
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
-
-
-def check_ray_address(address: str | None, source: str = "--ray-address") -> None:
-    """Fail fast on a Ray address nobody listens on (ray.init would wait a long time)."""
-    if not address or address in ("auto", "local") or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise SearchError(f"Ray address '{address}' is not host:port ({source}): e.g. 10.0.0.5:6379, or 'auto'")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise SearchError(
-            f"Ray address {address} is unreachable ({reason}) ({source}): start the head with 'ray start --head' or fix the address"
-        ) from None
-
-
-def prepare(config: StudyConfig) -> SearchSpace:
-    """Validate the task and resolve the space against the model, before training or storage."""
-    check_url(config.storage)
-    search = config.search
-    address = search.ray_address or os.environ.get("RAY_ADDRESS")
-    if search.workers:
-        check_ray_address(address, "--ray-address" if search.ray_address else "RAY_ADDRESS")
-    if search.device == "cuda":
-        if search.workers and not search.gpus_per_worker:
-            raise SearchError("--device cuda with Ray workers needs --gpus-per-worker (e.g. 0.5 to share one GPU between two workers)")
-        if not (search.workers and address):  # the workers run on this machine: it needs the GPU
-            resolve_device("cuda")
-    check_deploy(config, local=not (search.workers and address))
-    return load_space(config.space).resolve(*model_skeleton(config.task))
-
-
-def check_deploy(config: StudyConfig, local: bool) -> None:
-    """Refuse a deploy target that cannot run, before anything is trained or stored."""
-    from autocompress.deploy.runtimes import runtime
-
-    deploy = config.deploy
-    if deploy.resource and not config.search.workers:
-        raise SearchError(f"deploy.resource '{deploy.resource}' times trials on a Ray node: use Ray workers (--workers 1 or more)")
-    device = deploy.device if deploy.device != "auto" else ("cuda" if config.search.device == "cuda" else "cpu")
-    if device == "cuda" and local and not deploy.resource:
-        try:
-            resolve_device("cuda", "deploy.device")
-        except AutocompressError as exc:
-            raise SearchError(f"deploy.device cuda: {exc}") from None
-    runtime(deploy.runtime).check(deploy.precision, device)
-
-
-def _check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:
-    """Refuse to mix trials of a different task or space into one study."""
-    expected = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
-    if list(study.directions) != expected:
-        raise StorageError(
-            f"study '{study.study_name}' in {mask_url(url)} has other objectives "
-            f"({[d.name.lower() for d in study.directions]}): choose another --name or pass --new-study"
-        )
-    attrs = study.user_attrs
-    task = config.task.resolved().to_dict()
-    if attrs.get("task") not in (None, task):
-        diff = [k for k in task if attrs["task"].get(k) != task[k]]
-        raise StorageError(
-            f"study '{study.study_name}' was created for another task (differs in {', '.join(diff)}): "
-            "choose another --name, pass --new-study, or use the config it was created with"
-        )
-    if attrs.get("space") not in (None, space.to_dict()):
-        old = attrs["space"]
-        diff = sorted(set(old) ^ set(space.to_dict())) or [n for n in old if old[n] != space.to_dict().get(n)]
-        raise StorageError(
-            f"study '{study.study_name}' was created with another search space (differs at layer "
-            f"{', '.join(diff[:3])}): choose another --name, pass --new-study, or use the space it was created with"
-        )
-    old_finetune = (attrs.get("config") or {}).get("finetune")
-    new_finetune = config.to_dict()["finetune"]
-    if old_finetune is not None and old_finetune != new_finetune:
-        diff = [f"{k} {old_finetune.get(k)!r} -> {v!r}" for k, v in new_finetune.items() if old_finetune.get(k) != v]
-        raise StorageError(
-            f"study '{study.study_name}' was fine-tuned differently (finetune: {', '.join(diff)}): its trials would not "
-            "compare; choose another --name, pass --new-study, or use the finetune section it was created with"
-        )
-    old_deploy = (attrs.get("config") or {}).get("deploy")
-    new_deploy = {k: v for k, v in config.to_dict()["deploy"].items() if k in DEPLOY_IDENTITY}
-    if old_deploy is not None and {k: old_deploy.get(k) for k in DEPLOY_IDENTITY} != new_deploy:
-        diff = [f"{k} {old_deploy.get(k)!r} -> {new_deploy[k]!r}" for k in DEPLOY_IDENTITY if old_deploy.get(k) != new_deploy[k]]
-        raise StorageError(
-            f"study '{study.study_name}' was measured on another deploy target ({', '.join(diff)}): its latencies would not "
-            "compare; choose another --name, pass --new-study, or use the deploy section it was created with"
-        )
-
-
-# Set when a new study is described, "artifact_dir" last; the warm start's trials come after.
-DESCRIBING_ATTRS = ("task", "space", "config", "artifact_dir")
-
-
-def _half_created(study: optuna.Study) -> bool:
-    """Created (our directions) and not fully described (a driver killed in between): no trials
-    yet, and the metric names or one of the describing attributes missing."""
-    return (
-        list(study.directions) == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
-        and not study.get_trials(deepcopy=False)
-        and (not study.metric_names or any(k not in study.user_attrs for k in DESCRIBING_ATTRS))
-    )
 
 
 def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[dict[str, Any], Result]:
@@ -210,9 +85,11 @@ class Driver:
     def _run(self, space: SearchSpace) -> optuna.Study:
         cfg = self.config
         storage = open_storage(cfg.storage)
-        study = self._open_study(storage, space)
+        study, cfg = open_study(storage, cfg, space)
+        self.config = cfg  # with the name the study got (--new-study)
         retry_creation(lambda: tables.ensure_schema(storage.engine))
         self._engine, self._study_id = storage.engine, storage.get_study_id_from_name(study.study_name)
+        self.lease = Lease(self._engine, self._study_id, self.driver_id)
         task = build_task(cfg.task, cfg.cache_dir)
         self.study = study
         # One absolute folder, recorded with the study: a run resumed from another folder keeps
@@ -224,10 +101,9 @@ class Driver:
         if done >= cfg.search.trials and "baseline" in study.user_attrs:
             log.info("study '%s' already has %d complete trials", study.study_name, done)
             return study
-        tables.start_lease(self._engine, self.driver_id, self._study_id, socket.gethostname(), os.getpid(), time.time())
-        self._last_beat = time.monotonic()
+        self.lease.start()
         try:
-            self.recover_stale_trials(study)
+            self.lease.recover_stale_trials(study)
             self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device)
             if "baseline" not in study.user_attrs:
                 baseline, result = measure_baseline(task, self.runner, cfg.deploy)
@@ -238,69 +114,7 @@ class Driver:
                 study.set_user_attr("baseline", baseline)
             self._loop(study, space)
         finally:
-            tables.heartbeat(self._engine, self.driver_id, time.time(), finished=True)
-        return study
-
-    def recover_stale_trials(self, study: optuna.Study) -> int:
-        """Fail the RUNNING trials of drivers that died, with the reason, and re-queue their plans."""
-        now = time.time()
-        alive: dict[str, bool] = {}
-        for driver_id, lease in tables.leases(self._engine, self._study_id).items():
-            if lease["finished"]:
-                alive[driver_id] = False
-            elif lease["host"] == socket.gethostname() and lease["pid"] != os.getpid():
-                alive[driver_id] = pid_alive(lease["pid"])  # same machine: ask the OS, no waiting
-            else:
-                alive[driver_id] = now - lease["heartbeat_at"] < LEASE_TIMEOUT_S
-        recovered = 0
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = t.user_attrs.get("driver_id")
-            # A driver without a lease row is dead; a trial without an owner (asked, but killed
-            # before tagging) counts as alive only while it is younger than the lease timeout.
-            started = t.datetime_start.timestamp() if t.datetime_start else now
-            if owner == self.driver_id or (alive.get(owner, False) if owner else now - started < LEASE_TIMEOUT_S):
-                continue
-            _optuna.fail_with_reason(study, t, f"driver {owner or 'unknown'} died while the trial ran; plan re-queued")
-            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
-            recovered += 1
-            log.warning("trial %d: its driver %s is gone; failed and re-queued", t.number, owner)
-        return recovered
-
-    def _open_study(self, storage: optuna.storages.BaseStorage, space: SearchSpace) -> optuna.Study:
-        cfg = self.config
-        sampler = make_sampler(cfg.search.sampler, cfg.search.seed)
-        if cfg.search.new_study:
-            taken = {s.study_name for s in storage.get_all_studies()}
-            name, k = cfg.name, 2
-            while name in taken:
-                name, k = f"{cfg.name}-{k}", k + 1
-            if name != cfg.name:
-                log.warning("study '%s' exists; starting a new study '%s'", cfg.name, name)
-            cfg = self.config = replace(cfg, name=name)
-        try:
-            study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=list(pareto.DIRECTIONS))
-            _faults.checkpoint("study-created")
-        except optuna.exceptions.DuplicatedStudyError:  # an existing study (maybe another driver's, just made)
-            study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
-            if not _half_created(study):
-                _check_existing(study, cfg, space, cfg.storage)
-                return study
-            # A driver killed between creating the study and describing it: finish the job.
-            log.warning("study '%s' was left half-created by a driver that stopped; completing it", study.study_name)
-        with warnings.catch_warnings():  # experimental since 3.2, stable in practice; keep output clean
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(pareto.OBJECTIVES))
-        study.set_user_attr("task", cfg.task.resolved().to_dict())
-        _faults.checkpoint("study-described")
-        study.set_user_attr("space", space.to_dict())
-        # Stored to reproduce the run; the storage URL without its password (the database and
-        # optuna-dashboard's API show every attribute to whoever can read them).
-        study.set_user_attr("config", {**cfg.to_dict(), "storage": mask_url(cfg.storage)})
-        study.set_user_attr("artifact_dir", str(Path(cfg.artifact_dir).resolve()))
-        if cfg.search.warm_start:
-            plans = WARM_START + (WARM_START_CHANNEL if space.allows_channel else ())
-            for sparsity, bits, rank, mode in plans[: cfg.search.trials]:
-                study.enqueue_trial(space.uniform_params(sparsity, bits, rank, mode), skip_if_exists=True)
+            self.lease.finish()
         return study
 
     def _count(self, state: TrialState) -> int:
@@ -317,7 +131,7 @@ class Driver:
             try:
                 while True:
                     self._fill(study, space, in_flight)
-                    self._beat()
+                    self.lease.beat()
                     if not in_flight:
                         complete = self._count(TrialState.COMPLETE)
                         if complete >= cfg.trials:
@@ -325,7 +139,7 @@ class Driver:
                         # Other drivers hold the remaining trials: wait for them, or for their
                         # leases to lapse, then take over what they leave behind.
                         time.sleep(1.0)
-                        self.recover_stale_trials(study)
+                        self.lease.recover_stale_trials(study)
                         continue
                     got = self.runner.next_result(timeout=1.0)
                     if got is None:
@@ -376,34 +190,13 @@ class Driver:
         """
         # (A driver killed while sampling leaves a RUNNING trial with some parameters; its
         # re-queued copy keeps those and samples the rest.)
-        with self._ask_lock():
+        with self.lease.ask_lock():
             states = [t.state for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))]
             if len(states) >= target:
                 return None
             trial = study.ask()
             trial.set_user_attr("driver_id", self.driver_id)
             return trial
-
-    @contextlib.contextmanager
-    def _ask_lock(self):
-        if self._engine.dialect.name != "postgresql":
-            yield  # SQLite: one driver per database file
-            return
-        import sqlalchemy as sa
-
-        key = 0x6163_0000_0000 + self._study_id  # "ac" + study id: one lock per study
-        with self._engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-
-    def _beat(self) -> None:
-        if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY_S:
-            tables.heartbeat(self._engine, self.driver_id, time.time())
-            self._last_beat = time.monotonic()
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> bool:
         """Store one result; True when the trial is COMPLETE."""
@@ -445,7 +238,7 @@ class Driver:
             # ...but optuna-dashboard 0.21 reads only the older "constraints" system attribute.
             _optuna.set_trial_system_attr(trial, "constraints", [violation])
         study.tell(trial, [result.accuracy, float(result.size_bytes), metrics["latency_ms"]])
-        with self._ask_lock():  # drivers sharing a study write their snapshots one at a time
+        with self.lease.ask_lock():  # drivers sharing a study write their snapshots one at a time
             self._analysis = analysis = pareto.study_analysis(study)
             tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, trial.user_attrs.get("plan", {}), analysis)
         return True
@@ -475,10 +268,12 @@ def trial_metrics(result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
     }
     metrics["latency_ms_measured"] = result.latency_ms  # this slot's own milliseconds, for reference
     if baseline:
-        metrics["latency_ms"] = baseline["latency_ms"] * result.latency_ratio
-        metrics["accuracy_drop"] = 100.0 * (baseline["accuracy"] - result.accuracy)
-        metrics["compression_ratio"] = baseline["size_bytes"] / result.size_bytes
-        metrics["speedup"] = 1.0 / result.latency_ratio
+        base = Baseline.of(baseline)
+        metrics["latency_ms"] = base.latency_ms * result.latency_ratio
+        relative = base.relative(result.accuracy, result.size_bytes, metrics["latency_ms"])
+        metrics["accuracy_drop"] = relative.accuracy_drop
+        metrics["compression_ratio"] = relative.compression_ratio
+        metrics["speedup"] = relative.speedup
     return metrics
 
 

@@ -48,9 +48,9 @@ import optuna
 import torch
 from torch import nn
 
+from autocompress._schema import read_yaml
 from autocompress.compress import compressible_layers, full_rank
 from autocompress.compress.channel import channel_prunable, output_layers
-from autocompress.config import read_yaml
 from autocompress.errors import SpaceError, did_you_mean
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
 

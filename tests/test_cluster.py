@@ -249,6 +249,23 @@ def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path: Path, cache
     assert any(t.user_attrs["worker"].get("attempts") == 2 for t in study.trials)
 
 
+def test_a_worker_killed_during_the_baseline_is_replaced_and_the_baseline_measured(tmp_path: Path, cache_dir: Path) -> None:
+    db = tmp_path / "b.db"
+    config = write_study_config(
+        tmp_path, cache_dir, {"trials": 1, "workers": 1, "max_retries": 1}, storage=f"sqlite:///{db}",
+        artifact_dir=str(tmp_path / "artifacts"), finetune={"steps": 5}, deploy={"max_seconds": 3.0},
+    )
+    driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
+    pattern = "ray::_EvaluatorActor.baseline"
+    _wait_for(lambda: bool(subprocess.run(["pgrep", "-f", pattern], capture_output=True).stdout), 180, "the baseline to start")
+    os.kill(int(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()[0]), signal.SIGKILL)
+    _, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0 and "Traceback" not in err, err
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}")
+    assert study.user_attrs["baseline"]["latency_ms"] > 0
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+
+
 def test_a_trial_over_its_timeout_is_failed_with_the_reason(tmp_path: Path, cache_dir: Path) -> None:
     db = tmp_path / "t.db"
     config = _config(tmp_path, cache_dir, f"sqlite:///{db}", steps=5000, trials=2, workers=1, trial_timeout=2, max_failures_in_a_row=2)

@@ -3,8 +3,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+from autocompress.config import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
-from autocompress.evaluate import FinetuneConfig
 from autocompress.plan import CompressionPlan, Result
 from autocompress.registry import Registry
 from autocompress.tasks import Task

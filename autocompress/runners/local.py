@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import deque
 
+from autocompress.config import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
-from autocompress.evaluate import Evaluator, FinetuneConfig
+from autocompress.evaluate import Evaluator
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from autocompress.config import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
 from autocompress.errors import AutocompressError
-from autocompress.evaluate import FinetuneConfig
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task

@@ -1,0 +1,193 @@
+"""Study setup: a study opened or created, checked against the config, described, and seeded.
+
+Everything here runs before Ray or training: ``prepare`` turns every user mistake into one line,
+``open_study`` creates a study (or takes over one that a killed driver left half-created) or
+refuses an existing one made for another task, space, fine-tuning or deploy target.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+
+from autocompress import _faults, pareto
+from autocompress.config import StudyConfig
+from autocompress.errors import AutocompressError, SearchError, StorageError
+from autocompress.evaluate import resolve_device
+from autocompress.space import SearchSpace, load_space
+from autocompress.storage import check_url, mask_url
+from autocompress.tasks import model_skeleton
+
+log = logging.getLogger(__name__)
+
+# Deploy keys that define what a latency means; a study resumed with others is refused.
+DEPLOY_IDENTITY = ("runtime", "precision", "device", "threads", "batch_size", "resource")
+
+# Uniform plans tried first (sparsity, bits, rank fraction, sparsity mode): known points at the
+# safe end, and with channel pruning in the space, two structured ones at the aggressive end.
+WARM_START = ((0.0, 8, 1.0, "unstructured"), (0.5, 6, 1.0, "unstructured"), (0.7, 4, 1.0, "unstructured"))
+WARM_START_CHANNEL = ((0.5, 4, 1.0, "channel"), (0.75, 4, 1.0, "channel"))
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":  # Gaussian-process expected hypervolume improvement: slower per trial, for small spaces
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+    # Multivariate TPE models the interaction of the knobs (bits x sparsity of one layer).
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+
+
+def check_ray_address(address: str | None, source: str = "--ray-address") -> None:
+    """Fail fast on a Ray address nobody listens on (ray.init would wait a long time)."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"Ray address '{address}' is not host:port ({source}): e.g. 10.0.0.5:6379, or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SearchError(
+            f"Ray address {address} is unreachable ({reason}) ({source}): start the head with 'ray start --head' or fix the address"
+        ) from None
+
+
+def prepare(config: StudyConfig) -> SearchSpace:
+    """Validate the task and resolve the space against the model, before training or storage."""
+    check_url(config.storage)
+    search = config.search
+    address = search.ray_address or os.environ.get("RAY_ADDRESS")
+    if search.workers:
+        check_ray_address(address, "--ray-address" if search.ray_address else "RAY_ADDRESS")
+    if search.device == "cuda":
+        if search.workers and not search.gpus_per_worker:
+            raise SearchError("--device cuda with Ray workers needs --gpus-per-worker (e.g. 0.5 to share one GPU between two workers)")
+        if not (search.workers and address):  # the workers run on this machine: it needs the GPU
+            resolve_device("cuda")
+    check_deploy(config, local=not (search.workers and address))
+    return load_space(config.space).resolve(*model_skeleton(config.task))
+
+
+def check_deploy(config: StudyConfig, local: bool) -> None:
+    """Refuse a deploy target that cannot run, before anything is trained or stored."""
+    from autocompress.deploy.runtimes import runtime
+
+    deploy = config.deploy
+    if deploy.resource and not config.search.workers:
+        raise SearchError(f"deploy.resource '{deploy.resource}' times trials on a Ray node: use Ray workers (--workers 1 or more)")
+    device = deploy.device if deploy.device != "auto" else ("cuda" if config.search.device == "cuda" else "cpu")
+    if device == "cuda" and local and not deploy.resource:
+        try:
+            resolve_device("cuda", "deploy.device")
+        except AutocompressError as exc:
+            raise SearchError(f"deploy.device cuda: {exc}") from None
+    runtime(deploy.runtime).check(deploy.precision, device)
+
+
+def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:
+    """Refuse to mix trials of a different task or space into one study."""
+    expected = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    if list(study.directions) != expected:
+        raise StorageError(
+            f"study '{study.study_name}' in {mask_url(url)} has other objectives "
+            f"({[d.name.lower() for d in study.directions]}): choose another --name or pass --new-study"
+        )
+    attrs = study.user_attrs
+    task = config.task.resolved().to_dict()
+    if attrs.get("task") not in (None, task):
+        diff = [k for k in task if attrs["task"].get(k) != task[k]]
+        raise StorageError(
+            f"study '{study.study_name}' was created for another task (differs in {', '.join(diff)}): "
+            "choose another --name, pass --new-study, or use the config it was created with"
+        )
+    if attrs.get("space") not in (None, space.to_dict()):
+        old = attrs["space"]
+        diff = sorted(set(old) ^ set(space.to_dict())) or [n for n in old if old[n] != space.to_dict().get(n)]
+        raise StorageError(
+            f"study '{study.study_name}' was created with another search space (differs at layer "
+            f"{', '.join(diff[:3])}): choose another --name, pass --new-study, or use the space it was created with"
+        )
+    old_finetune = (attrs.get("config") or {}).get("finetune")
+    new_finetune = config.to_dict()["finetune"]
+    if old_finetune is not None and old_finetune != new_finetune:
+        diff = [f"{k} {old_finetune.get(k)!r} -> {v!r}" for k, v in new_finetune.items() if old_finetune.get(k) != v]
+        raise StorageError(
+            f"study '{study.study_name}' was fine-tuned differently (finetune: {', '.join(diff)}): its trials would not "
+            "compare; choose another --name, pass --new-study, or use the finetune section it was created with"
+        )
+    old_deploy = (attrs.get("config") or {}).get("deploy")
+    new_deploy = {k: v for k, v in config.to_dict()["deploy"].items() if k in DEPLOY_IDENTITY}
+    if old_deploy is not None and {k: old_deploy.get(k) for k in DEPLOY_IDENTITY} != new_deploy:
+        diff = [f"{k} {old_deploy.get(k)!r} -> {new_deploy[k]!r}" for k in DEPLOY_IDENTITY if old_deploy.get(k) != new_deploy[k]]
+        raise StorageError(
+            f"study '{study.study_name}' was measured on another deploy target ({', '.join(diff)}): its latencies would not "
+            "compare; choose another --name, pass --new-study, or use the deploy section it was created with"
+        )
+
+
+# Set when a new study is described, "artifact_dir" last; the warm start's trials come after.
+DESCRIBING_ATTRS = ("task", "space", "config", "artifact_dir")
+
+
+def half_created(study: optuna.Study) -> bool:
+    """Created (our directions) and not fully described (a driver killed in between): no trials
+    yet, and the metric names or one of the describing attributes missing."""
+    return (
+        list(study.directions) == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
+        and not study.get_trials(deepcopy=False)
+        and (not study.metric_names or any(k not in study.user_attrs for k in DESCRIBING_ATTRS))
+    )
+
+
+def open_study(storage: optuna.storages.BaseStorage, config: StudyConfig, space: SearchSpace) -> tuple[optuna.Study, StudyConfig]:
+    """The study to search in, and the config with the name it got (``new_study`` may rename)."""
+    cfg = config
+    sampler = make_sampler(cfg.search.sampler, cfg.search.seed)
+    if cfg.search.new_study:
+        taken = {s.study_name for s in storage.get_all_studies()}
+        name, k = cfg.name, 2
+        while name in taken:
+            name, k = f"{cfg.name}-{k}", k + 1
+        if name != cfg.name:
+            log.warning("study '%s' exists; starting a new study '%s'", cfg.name, name)
+        cfg = replace(cfg, name=name)
+    try:
+        study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=list(pareto.DIRECTIONS))
+        _faults.checkpoint("study-created")
+    except optuna.exceptions.DuplicatedStudyError:  # an existing study (maybe another driver's, just made)
+        study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
+        if not half_created(study):
+            check_existing(study, cfg, space, cfg.storage)
+            return study, cfg
+        # A driver killed between creating the study and describing it: finish the job.
+        log.warning("study '%s' was left half-created by a driver that stopped; completing it", study.study_name)
+    describe(study, cfg, space)
+    return study, cfg
+
+
+def describe(study: optuna.Study, cfg: StudyConfig, space: SearchSpace) -> None:
+    """Name the objectives, record what defines the study (``DESCRIBING_ATTRS``), queue the warm start."""
+    with warnings.catch_warnings():  # experimental since 3.2, stable in practice; keep output clean
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(pareto.OBJECTIVES))
+    study.set_user_attr("task", cfg.task.resolved().to_dict())
+    _faults.checkpoint("study-described")
+    study.set_user_attr("space", space.to_dict())
+    # Stored to reproduce the run; the storage URL without its password (the database and
+    # optuna-dashboard's API show every attribute to whoever can read them).
+    study.set_user_attr("config", {**cfg.to_dict(), "storage": mask_url(cfg.storage)})
+    study.set_user_attr("artifact_dir", str(Path(cfg.artifact_dir).resolve()))
+    if cfg.search.warm_start:
+        plans = WARM_START + (WARM_START_CHANNEL if space.allows_channel else ())
+        for sparsity, bits, rank, mode in plans[: cfg.search.trials]:
+            study.enqueue_trial(space.uniform_params(sparsity, bits, rank, mode), skip_if_exists=True)
