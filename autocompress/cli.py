@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autocompress.errors import AutocompressError
+from autocompress.storage import DEFAULT_STORAGE
 
 EXAMPLES_SEARCH = """examples:
   autocompress search                              # studies/default.yaml: digits-cnn, 20 trials, 2 Ray workers
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="run or resume a compression search", epilog=EXAMPLES_SEARCH, formatter_class=fmt)
     s.add_argument("config", nargs="?", help="study config YAML (default: studies/default.yaml, else built-in defaults)")
     s.add_argument("--name", help="study name; an existing study of that name is resumed")
-    s.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///studies/autocompress.db)")
+    s.add_argument("--storage", help=f"SQLAlchemy URL (default: {DEFAULT_STORAGE})")
     s.add_argument("--trials", type=int, help="target number of complete trials in the study")
     s.add_argument("--workers", type=int, help="trials evaluated at once on Ray; 0 evaluates in this process")
     s.add_argument("--sampler", help="tpe (default), nsga2, gp or random")

@@ -12,6 +12,7 @@ from typing import Any, cast
 from autocompress._schema import from_mapping, read_yaml
 from autocompress.deploy.target import LEGACY_LATENCY_KEYS, DeployConfig, from_legacy_latency
 from autocompress.errors import ConfigError
+from autocompress.storage import DEFAULT_STORAGE
 from autocompress.tasks import TaskSpec
 from autocompress.tasks.custom import add_import_path, is_custom
 
@@ -58,7 +59,7 @@ class ParetoConfig:
 @dataclass(frozen=True)
 class StudyConfig:
     name: str = "autocompress"  # Optuna study name; re-using it resumes the study
-    storage: str = "sqlite:///studies/autocompress.db"  # SQLAlchemy URL; relative paths from the CWD
+    storage: str = DEFAULT_STORAGE  # SQLAlchemy URL; relative paths from the CWD
     task: TaskSpec = field(default_factory=TaskSpec)
     space: str | None = None  # space YAML, relative to the config file; None = built-in default
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -252,8 +252,13 @@ def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path: Path, cache
 def test_a_worker_killed_during_the_baseline_is_replaced_and_the_baseline_measured(tmp_path: Path, cache_dir: Path) -> None:
     db = tmp_path / "b.db"
     config = write_study_config(
-        tmp_path, cache_dir, {"trials": 1, "workers": 1, "max_retries": 1}, storage=f"sqlite:///{db}",
-        artifact_dir=str(tmp_path / "artifacts"), finetune={"steps": 5}, deploy={"max_seconds": 3.0},
+        tmp_path,
+        cache_dir,
+        {"trials": 1, "workers": 1, "max_retries": 1},
+        storage=f"sqlite:///{db}",
+        artifact_dir=str(tmp_path / "artifacts"),
+        finetune={"steps": 5},
+        deploy={"max_seconds": 3.0},
     )
     driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
     pattern = "ray::_EvaluatorActor.baseline"

@@ -8,18 +8,14 @@ workers rebuild from :meth:`Task.payload` without touching the filesystem.
 from autocompress.tasks import custom as _custom  # noqa: F401  (registers module:function tasks)
 from autocompress.tasks import digits as _digits  # noqa: F401  (registers the built-ins)
 from autocompress.tasks import vision as _vision  # noqa: F401  (torchvision models and datasets)
-from autocompress.tasks._task import (
-    DATASETS,
-    MODELS,
-    DataSplits,
-    ModelEntry,
+from autocompress.tasks.data import DataCache, load_data
+from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
+from autocompress.tasks.training import (
     Task,
-    TaskSpec,
     build_task,
     evaluate_accuracy,
     layer_skeleton,
     load_checkpoint,
-    load_data,
     model_skeleton,
     untrained_model,
 )
@@ -27,6 +23,7 @@ from autocompress.tasks._task import (
 __all__ = [
     "DATASETS",
     "MODELS",
+    "DataCache",
     "DataSplits",
     "ModelEntry",
     "Task",

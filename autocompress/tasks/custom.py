@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TaskError
-from autocompress.tasks._task import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
+from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
 
 _SPLITS = ("train", "val", "test")
 IMPORT_PATHS: list[str] = []  # folders added to sys.path for custom tasks; they travel to workers

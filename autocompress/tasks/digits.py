@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocompress.tasks._task import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
+from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
 
 
 def split_60_20_20(x: np.ndarray, y: np.ndarray, seed: int, num_classes: int) -> DataSplits:

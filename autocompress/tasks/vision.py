@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TaskError, did_you_mean
-from autocompress.tasks._task import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
+from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
 
 VAL_FRACTION = 0.1  # of an official training split, held out for validation (seeded)
 _AUX_HEADS = {"googlenet", "inception_v3"}  # their train-mode tuple outputs would break fine-tuning

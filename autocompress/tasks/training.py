@@ -1,109 +1,23 @@
+"""A task's baseline: its model built and checked against the data, its weights from a
+checkpoint, the model itself, the cache, or trained once; the :class:`Task` workers receive."""
+
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from autocompress.errors import RegistryError, TaskError
-from autocompress.registry import Registry
-
-T = TypeVar("T")
+from autocompress.errors import TaskError
+from autocompress.tasks.data import load_data
+from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataSplits:
-    """Train/validation/test tensors: images ``(N, C, H, W)`` float32 and integer labels."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A registered model: a factory and the dataset it is meant for."""
-
-    factory: Callable[..., nn.Module]  # (num_classes, input_shape) -> module
-    default_dataset: str | None  # None: the config must name one
-    description: str = ""
-    trained: bool = False  # the factory's weights are the baseline (a user's model): never train
-    input_shape: tuple[int, ...] = (1, 8, 8)  # what it is built for when no data is at hand (tests)
-
-
-MODELS: Registry[ModelEntry] = Registry("model")
-DATASETS: Registry[Callable[[TaskSpec], DataSplits]] = Registry("dataset")  # (spec) -> DataSplits
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Everything needed to rebuild a task anywhere: names and numbers, no objects."""
-
-    model: str = "digits-cnn"  # a name in MODELS, torchvision:NAME, or package.module:function
-    dataset: str | None = None  # a name in DATASETS or module:function; None takes the model's default
-    num_classes: int | None = field(default=None, metadata={"min": 2})  # None: the dataset's
-    weights: str | None = None  # the trained baseline's state_dict (torch.save); None trains one
-    data_root: str | None = None  # folder of a file-based dataset (MNIST, CIFAR, ImageFolder)
-    download: bool = False  # let torchvision fetch a missing dataset into data_root
-    image_size: int | None = field(default=None, metadata={"min": 4})  # resize images to this square
-    channels: int | None = field(default=None, metadata={"choices": (1, 3)})  # gray <-> RGB
-    max_train_samples: int | None = field(default=None, metadata={"min": 1})  # a seeded subset
-    max_eval_samples: int | None = field(default=None, metadata={"min": 1})  # per val/test split
-    seed: int = 0  # data split and baseline initialisation
-    train_epochs: int = field(default=40, metadata={"min": 1})  # baseline training, when not cached
-    train_lr: float = field(default=2e-3, metadata={"min": 0.0})
-    batch_size: int = field(default=64, metadata={"min": 1})
-
-    def resolved(self) -> TaskSpec:
-        """The same spec with the dataset filled in, after checking both names exist."""
-        entry = _model_entry(self.model)
-        dataset = self.dataset or entry.default_dataset
-        if dataset is None:
-            raise TaskError(f"model '{self.model}' has no data of its own (task.dataset): name a dataset, e.g. {', '.join(DATASETS.names())}")
-        _dataset_fn(dataset)
-        return TaskSpec(**{**asdict(self), "dataset": dataset})
-
-    def key(self) -> str:
-        """A short stable hash: the cache key of the trained baseline."""
-        blob = json.dumps(asdict(self.resolved()), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _lookup(registry: Registry[T], name: str) -> T:
-    try:
-        return registry.get(name)
-    except RegistryError as exc:  # already user-facing; re-home it as a TaskError
-        raise TaskError(str(exc)) from None
-
-
-def _model_entry(name: str) -> ModelEntry:
-    return _lookup(MODELS, name)
-
-
-def _dataset_fn(name: str) -> Callable[[TaskSpec], DataSplits]:
-    return _lookup(DATASETS, name)
 
 
 @torch.inference_mode()
@@ -128,7 +42,7 @@ class Task:
 
     def build_model(self) -> nn.Module:
         """A fresh copy of the baseline model with its trained weights, in eval mode."""
-        entry = _model_entry(self.spec.model)
+        entry = model_entry(self.spec.model)
         model = entry.factory(num_classes=self.data.num_classes, input_shape=self.data.input_shape)
         model.load_state_dict(self.state_dict)
         return model.eval()
@@ -179,65 +93,8 @@ def _train(model: nn.Module, data: DataSplits, spec: TaskSpec) -> None:
     model.eval()
 
 
-def load_data(spec: TaskSpec) -> DataSplits:
-    """The task's splits, resized, converted and subsampled as the spec says.
-
-    The last spec's splits are kept: validating a search and building its task read the data
-    once (a CIFAR or ImageFolder read takes seconds to minutes). Callers do not modify them.
-    """
-    return _load_data(spec.resolved())
-
-
-@functools.lru_cache(maxsize=1)
-def _load_data(spec: TaskSpec) -> DataSplits:
-    data = _dataset_fn(spec.dataset)(spec)  # type: ignore[arg-type]
-    data = _reshape_images(data, spec.image_size, spec.channels)
-    gen = torch.Generator().manual_seed(spec.seed)
-
-    def subset(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if limit is None or limit >= len(x):
-            return x, y
-        idx = torch.randperm(len(x), generator=gen)[:limit]
-        return x[idx], y[idx]
-
-    x_train, y_train = subset(data.x_train, data.y_train, spec.max_train_samples)
-    x_val, y_val = subset(data.x_val, data.y_val, spec.max_eval_samples)
-    x_test, y_test = subset(data.x_test, data.y_test, spec.max_eval_samples)
-    num_classes = data.num_classes
-    if spec.num_classes is not None:
-        seen = int(max(int(y.max()) for y in (y_train, y_val, y_test) if len(y))) + 1
-        if spec.num_classes < seen:
-            raise TaskError(
-                f"task.num_classes is {spec.num_classes} but dataset '{spec.dataset}' has labels up to {seen - 1}: "
-                f"set num_classes to at least {seen} or leave it out"
-            )
-        num_classes = spec.num_classes
-    return DataSplits(x_train, y_train, x_val, y_val, x_test, y_test, num_classes)
-
-
-def _reshape_images(data: DataSplits, size: int | None, channels: int | None) -> DataSplits:
-    if size is None and channels is None:
-        return data
-    if len(data.input_shape) != 3:
-        raise TaskError(f"task.image_size and task.channels apply to images (C, H, W), not inputs of shape {data.input_shape}: remove them")
-
-    def convert(x: torch.Tensor) -> torch.Tensor:
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        if channels is not None and x.shape[1] != channels:
-            if channels == 1:
-                x = x.mean(dim=1, keepdim=True)
-            elif x.shape[1] == 1:
-                x = x.expand(-1, channels, -1, -1).contiguous()
-            else:
-                raise TaskError(f"cannot turn {x.shape[1]}-channel images into {channels} channels: set task.channels to 1 or 3")
-        return x
-
-    return DataSplits(convert(data.x_train), data.y_train, convert(data.x_val), data.y_val, convert(data.x_test), data.y_test, data.num_classes)
-
-
 def _make_model(spec: TaskSpec, data: DataSplits) -> nn.Module:
-    return _model_entry(spec.model).factory(num_classes=data.num_classes, input_shape=data.input_shape)
+    return model_entry(spec.model).factory(num_classes=data.num_classes, input_shape=data.input_shape)
 
 
 def _checked_model(spec: TaskSpec) -> tuple[TaskSpec, DataSplits, nn.Module]:
@@ -265,7 +122,7 @@ def layer_skeleton(spec: TaskSpec) -> tuple[nn.Module, torch.Tensor]:
     declared input shape (as resized or converted by the spec) with random inputs, so listing
     layers works before the data is in place. A user's ``module:function`` model comes with its
     own data and is built from it."""
-    entry = _model_entry(spec.model)
+    entry = model_entry(spec.model)
     if entry.trained:
         return model_skeleton(spec)
     channels, *size = entry.input_shape
@@ -285,7 +142,7 @@ def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines") -> T
     train them (seconds for digits)."""
     torch.manual_seed(spec.seed)
     spec, data, model = _checked_model(spec)
-    entry = _model_entry(spec.model)
+    entry = model_entry(spec.model)
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{spec.model}-{spec.dataset}")
     cache = Path(cache_dir) / f"{safe_name}-{spec.key()}.pt"
     if spec.weights is not None or entry.trained:

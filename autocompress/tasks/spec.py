@@ -1,0 +1,101 @@
+"""Task specs and the registries they name: models, datasets, and the splits a dataset gives."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from autocompress.errors import RegistryError, TaskError
+from autocompress.registry import Registry
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataSplits:
+    """Train/validation/test tensors: images ``(N, C, H, W)`` float32 and integer labels."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: a factory and the dataset it is meant for."""
+
+    factory: Callable[..., nn.Module]  # (num_classes, input_shape) -> module
+    default_dataset: str | None  # None: the config must name one
+    description: str = ""
+    trained: bool = False  # the factory's weights are the baseline (a user's model): never train
+    input_shape: tuple[int, ...] = (1, 8, 8)  # what it is built for when no data is at hand (tests)
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+DATASETS: Registry[Callable[[TaskSpec], DataSplits]] = Registry("dataset")  # (spec) -> DataSplits
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything needed to rebuild a task anywhere: names and numbers, no objects."""
+
+    model: str = "digits-cnn"  # a name in MODELS, torchvision:NAME, or package.module:function
+    dataset: str | None = None  # a name in DATASETS or module:function; None takes the model's default
+    num_classes: int | None = field(default=None, metadata={"min": 2})  # None: the dataset's
+    weights: str | None = None  # the trained baseline's state_dict (torch.save); None trains one
+    data_root: str | None = None  # folder of a file-based dataset (MNIST, CIFAR, ImageFolder)
+    download: bool = False  # let torchvision fetch a missing dataset into data_root
+    image_size: int | None = field(default=None, metadata={"min": 4})  # resize images to this square
+    channels: int | None = field(default=None, metadata={"choices": (1, 3)})  # gray <-> RGB
+    max_train_samples: int | None = field(default=None, metadata={"min": 1})  # a seeded subset
+    max_eval_samples: int | None = field(default=None, metadata={"min": 1})  # per val/test split
+    seed: int = 0  # data split and baseline initialisation
+    train_epochs: int = field(default=40, metadata={"min": 1})  # baseline training, when not cached
+    train_lr: float = field(default=2e-3, metadata={"min": 0.0})
+    batch_size: int = field(default=64, metadata={"min": 1})
+
+    def resolved(self) -> TaskSpec:
+        """The same spec with the dataset filled in, after checking both names exist."""
+        entry = model_entry(self.model)
+        dataset = self.dataset or entry.default_dataset
+        if dataset is None:
+            raise TaskError(f"model '{self.model}' has no data of its own (task.dataset): name a dataset, e.g. {', '.join(DATASETS.names())}")
+        dataset_fn(dataset)
+        return TaskSpec(**{**asdict(self), "dataset": dataset})
+
+    def key(self) -> str:
+        """A short stable hash: the cache key of the trained baseline."""
+        blob = json.dumps(asdict(self.resolved()), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def lookup(registry: Registry[T], name: str) -> T:
+    try:
+        return registry.get(name)
+    except RegistryError as exc:  # already user-facing; re-home it as a TaskError
+        raise TaskError(str(exc)) from None
+
+
+def model_entry(name: str) -> ModelEntry:
+    return lookup(MODELS, name)
+
+
+def dataset_fn(name: str) -> Callable[[TaskSpec], DataSplits]:
+    return lookup(DATASETS, name)
