@@ -24,6 +24,7 @@ EXAMPLES_REPORT = """examples:
   autocompress report autocompress
   autocompress report autocompress --json > front.json
   autocompress report autocompress --html studies/report.html   # plots, opens offline
+  autocompress report autocompress --recheck   # test-split numbers for a search that stopped early
   optuna-dashboard sqlite:///studies/autocompress.db   # the same study in the browser"""
 
 EXAMPLES_DASHBOARD = """examples:
@@ -96,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the front as a JSON list")
     r.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots")
     r.add_argument("--force", action="store_true", help="replace FILE if it exists (never a link or a device)")
+    r.add_argument(
+        "--recheck",
+        action="store_true",
+        help="first evaluate on the test split the front's trials that lack it, and store the results (a search does this when it ends)",
+    )
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     d = sub.add_parser(
@@ -187,6 +193,11 @@ def _report(args: argparse.Namespace) -> int:
         _not_the_database(args.html, args.storage, "--html")
         check_output(args.html, args.force, "--html")
     study = _open_study(args.name, args.storage)
+    if args.recheck:
+        from autocompress.report import recheck
+
+        done = recheck(study)
+        print(f"re-checked {done} trial{'s' * (done != 1)} on the test split", file=sys.stderr)
     if args.json:
         print(report_json(study))
     else:

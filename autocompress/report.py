@@ -57,17 +57,30 @@ def checked_analysis(study: optuna.Study) -> Analysis:
     return study_analysis(study)
 
 
-def report_rows(study: optuna.Study, analysis: Analysis, test_split: bool = True) -> list[dict[str, Any]]:
-    """The front's rows (or the closest trials when none is feasible); with ``test_split``,
-    each re-checked once on the held-out test split."""
-    tests = None
-    if test_split:
-        from autocompress.export import test_accuracies
+def shown_trials(study: optuna.Study, analysis: Analysis) -> list[int]:
+    """The trials a report shows (the front, or the closest when none is feasible) that have a model."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    return [n for n in analysis.front or analysis.closest if "artifact_id" in trials[n].user_attrs]
 
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        numbers = [n for n in analysis.front or analysis.closest if "artifact_id" in trials[n].user_attrs]
-        tests = test_accuracies(study, numbers) if numbers else {}
+
+def report_rows(study: optuna.Study, analysis: Analysis) -> list[dict[str, Any]]:
+    """The front's rows (or the closest trials when none is feasible), with the test-split
+    accuracies the study holds. Reading only: re-checks are written by the driver at the end of
+    a search, or by ``report --recheck``."""
+    stored = study.user_attrs.get("test_accuracy", {})
+    tests = {n: stored[str(n)] for n in shown_trials(study, analysis) if str(n) in stored}
     return front_rows(study, analysis, tests)
+
+
+def recheck(study: optuna.Study) -> int:
+    """Evaluate on the test split the shown trials that lack it, and store the accuracies; how many."""
+    from autocompress.export import test_accuracies
+
+    numbers = shown_trials(study, checked_analysis(study))
+    missing = [n for n in numbers if str(n) not in study.user_attrs.get("test_accuracy", {})]
+    if missing:
+        test_accuracies(study, missing)
+    return len(missing)
 
 
 def print_report(study: optuna.Study, console: Console | None = None) -> None:
@@ -127,6 +140,11 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
             f"{r['speedup']:.2f}x",
         )
     console.print(table)
+    unchecked = [str(r["trial"]) for r in rows if "test_accuracy" not in r]
+    if unchecked:
+        console.print(
+            f"test split not re-checked for trial {', '.join(unchecked)} (the search stopped early): autocompress report {study.study_name} --recheck"
+        )
     if any(r.get("latency_unstable") for r in rows):
         console.print("~ latency CV stayed above the threshold until the time cap (a busy machine): raise deploy.max_seconds")
     console.print("plans (layer s=sparsity or c=channel share / bits / r=rank):")

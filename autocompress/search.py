@@ -113,9 +113,20 @@ class Driver:
                     baseline["onnx_artifact_id"] = store_artifact(study, result.onnx, self.artifact_dir, "baseline.onnx", ONNX_MIMETYPE)
                 study.set_user_attr("baseline", baseline)
             self._loop(study, space)
+            self._recheck_front(study)
         finally:
             self.lease.finish()
         return study
+
+    def _recheck_front(self, study: optuna.Study) -> None:
+        """The front's test-split accuracies, on the deploy target's form, stored once: reports
+        only read them."""
+        from autocompress.report import recheck
+
+        with self.lease.ask_lock():  # drivers sharing a study merge into one attribute in turn
+            done = recheck(study)
+        if done:
+            log.info("re-checked %d front trials on the test split", done)
 
     def _count(self, state: TrialState) -> int:
         assert self.study is not None
