@@ -90,11 +90,15 @@ def listed_ids(study: optuna.Study) -> list[str]:
     return ids
 
 
-def remove_artifacts(artifact_dir: str, ids: list[str]) -> int:
+def artifact_paths(artifact_dir: str, ids: list[str]) -> list[Path]:
+    """The files of these ids, every id checked first (a hand-edited one is refused)."""
+    return [_path(artifact_dir, artifact_id) for artifact_id in ids]
+
+
+def remove_artifacts(paths: list[Path]) -> int:
     """Remove these artifact files (those already gone are skipped); how many were removed."""
     removed = 0
-    for artifact_id in ids:
-        path = _path(artifact_dir, artifact_id)
+    for path in paths:
         if path.is_file():
             path.unlink()
             removed += 1

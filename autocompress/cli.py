@@ -290,7 +290,7 @@ def _delete(args: argparse.Namespace) -> int:
     import optuna
 
     from autocompress import tables
-    from autocompress.artifact_files import listed_ids, remove_artifacts
+    from autocompress.artifact_files import artifact_paths, listed_ids, remove_artifacts
     from autocompress.config import load_config
     from autocompress.errors import SearchError
     from autocompress.storage import load_study, open_storage
@@ -300,6 +300,7 @@ def _delete(args: argparse.Namespace) -> int:
     study = load_study(storage, args.name, url)
     ids = listed_ids(study)  # every file listed on the study or a trial, failed trials' included
     folder = study.user_attrs.get("artifact_dir")
+    paths = artifact_paths(folder, ids) if folder else []  # checked before anything is deleted
     what = f"study '{args.name}' ({len(study.trials)} trials, {len(ids)} artifact files{f' in {folder}' if folder and ids else ''})"
     if not args.yes:
         if not sys.stdin.isatty():
@@ -310,7 +311,7 @@ def _delete(args: argparse.Namespace) -> int:
     study_id = storage.get_study_id_from_name(args.name)
     rows = tables.delete_study_rows(storage.engine, study_id)
     optuna.delete_study(study_name=args.name, storage=storage)
-    removed = remove_artifacts(folder, ids) if folder else 0
+    removed = remove_artifacts(paths)
     print(f"deleted {what}: {rows} rows of autocompress's tables, {removed} artifact files")
     return 0
 
