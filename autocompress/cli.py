@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -438,6 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: in-flight trials were marked FAIL (reason 'interrupted'); run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader stopped early (`report --json | head`): nothing is wrong. Later writes,
+        # the interpreter's final flush included, go nowhere instead of failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

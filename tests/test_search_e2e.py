@@ -76,6 +76,13 @@ def test_cli_search_stores_complete_trials_with_three_named_values(cli_study: Pa
     assert 3.5 < baseline["size_bytes"] / first.values[1] < 4.1
 
 
+def test_report_into_a_pipe_closed_early_is_quiet(cli_study: Path) -> None:
+    url = f"sqlite:///{cli_study / 'e2e.db'}"
+    cmd = f"{sys.executable} -m autocompress report e2e --storage {url} --json | true"  # the reader is gone before the first write
+    proc = subprocess.run(cmd, shell=True, cwd=cli_study, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
 def test_report_json_is_a_nonempty_non_dominated_front(cli_study: Path) -> None:
     proc = run_cli("report", "e2e", "--storage", f"sqlite:///{cli_study / 'e2e.db'}", "--json", cwd=cli_study)
     assert proc.returncode == 0, proc.stderr
