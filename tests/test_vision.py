@@ -5,6 +5,7 @@ generated MNIST files and randomly initialised models."""
 from __future__ import annotations
 
 import copy
+import gzip
 import re
 import struct
 import textwrap
@@ -175,8 +176,10 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def _fake_mnist(root: Path, folder: str = "MNIST") -> None:
-    raw = root / folder / "raw"
+def _fake_mnist(root: Path, folder: str = "MNIST", debian: bool = False) -> None:
+    """MNIST's files with a learnable bar per class: under FOLDER/raw/ as torchvision keeps
+    them, or with ``debian`` gzipped side by side in ``root`` as Debian's packages install them."""
+    raw = root if debian else root / folder / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 120), ("t10k", 40)):
@@ -186,6 +189,10 @@ def _fake_mnist(root: Path, folder: str = "MNIST") -> None:
             images[i, 2 * label : 2 * label + 3, :] = 255
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    if debian:
+        for path in list(raw.iterdir()):
+            path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+            path.unlink()
 
 
 def test_mnist_from_a_local_root(tmp_path: Path, cache_dir: Path) -> None:
@@ -198,6 +205,23 @@ def test_mnist_from_a_local_root(tmp_path: Path, cache_dir: Path) -> None:
     from autocompress.tasks import evaluate_accuracy
 
     assert evaluate_accuracy(task.build_model(), data.x_test, data.y_test) > 0.5  # learnable, learned
+
+
+def test_debian_layout_gzipped_idx_files_in_one_folder(tmp_path: Path) -> None:
+    _fake_mnist(tmp_path / "fashion-mnist", debian=True)
+    spec = TaskSpec(model="lenet5", dataset="fashion-mnist", data_root=str(tmp_path / "fashion-mnist"))
+    data = load_data(spec)
+    assert data.x_train.shape == (108, 1, 28, 28) and len(data.x_val) == 12 and len(data.x_test) == 40
+    assert sorted(set(data.y_test.tolist())) == list(range(10))
+    # A folder with neither layout names both, so a user knows which files to put where.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TaskError, match=r"FashionMNIST/raw, or the four files train-images-idx3-ubyte\[\.gz\]"):
+        load_data(TaskSpec(model="lenet5", dataset="fashion-mnist", data_root=str(tmp_path / "empty")))
+    # A damaged file is one clear error naming it.
+    cut = tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"
+    cut.write_bytes(gzip.compress(gzip.decompress(cut.read_bytes())[:-5]))
+    with pytest.raises(TaskError, match=re.escape("t10k-images-idx3-ubyte.gz' holds 31355 bytes for a 40x28x28 array")):
+        load_data(TaskSpec(model="lenet5", dataset="fashion-mnist", data_root=str(tmp_path / "fashion-mnist"), seed=1))
 
 
 def test_imagefolder_search_with_resize_and_gray(tmp_path: Path, cache_dir: Path) -> None:

@@ -14,6 +14,9 @@ standardised per channel with the training split's mean and standard deviation.
 
 from __future__ import annotations
 
+import gzip
+import math
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,8 +117,52 @@ def _hold_out(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor
     return x[train], y[train], x[val], y[val]
 
 
+# MNIST's four files, as Debian's dataset-mnist and dataset-fashion-mnist install them: side by
+# side in one folder, gzipped (torchvision wants them unpacked under MNIST/raw/).
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MAX_IDX_BYTES = 1 << 30  # 60,000 28x28 images are 47 MB
+
+
+def _idx_files(root: Path) -> list[Path] | None:
+    """The four idx files lying directly in ``root`` (gzipped or not), or None."""
+    found = [next((p for p in (root / n, root / f"{n}.gz") if p.is_file()), None) for n in IDX_FILES]
+    return None if None in found else [p for p in found if p is not None]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file of unsigned bytes (MNIST's format: a magic, the dimensions, the values)."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            data = f.read(MAX_IDX_BYTES + 1)
+    except (OSError, EOFError) as exc:
+        raise TaskError(f"cannot read '{path}' (task.data_root): {exc}") from None
+    magic = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else 0
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08 or ndim not in (1, 3) or len(data) < 4 + 4 * ndim:
+        raise TaskError(f"'{path}' is not an idx file of bytes (task.data_root): use MNIST's original files")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = data[4 + 4 * ndim :]
+    if len(body) != math.prod(dims):
+        raise TaskError(f"'{path}' holds {len(body)} bytes for a {'x'.join(map(str, dims))} array (task.data_root): the file is cut short or damaged")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims).copy()  # writable, as torch wants
+
+
+def _idx_splits(files: list[Path], spec: TaskSpec, num_classes: int) -> DataSplits:
+    train_x, train_y, test_x, test_y = (read_idx(p) for p in files)
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise TaskError(f"images and labels differ in number under '{files[0].parent}' (task.data_root): use the four files of one release")
+    x_train, y_train, x_val, y_val = _hold_out(_as_images(train_x), torch.as_tensor(train_y, dtype=torch.int64), spec.seed)
+    x_test, y_test = _as_images(test_x), torch.as_tensor(test_y, dtype=torch.int64)
+    return _standardise(DataSplits(x_train, y_train, x_val, y_val, x_test, y_test, num_classes))
+
+
 def _official_splits(dataset_cls: Callable[..., Any], spec: TaskSpec, holds: str, num_classes: int) -> DataSplits:
     root = _root(spec, holds)
+    idx = holds.endswith("MNIST/raw") and root.is_dir() and _idx_files(root)
+    if idx:
+        return _idx_splits(idx, spec, num_classes)
+    if holds.endswith("MNIST/raw"):
+        holds = f"{holds}, or the four files {', '.join(f'{n}[.gz]' for n in IDX_FILES)} side by side (Debian's layout)"
     try:
         train = dataset_cls(str(root), train=True, download=spec.download)
         test = dataset_cls(str(root), train=False, download=spec.download)
