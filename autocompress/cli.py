@@ -391,6 +391,7 @@ def _layers(args: argparse.Namespace) -> int:
         "mode",
         "bits",
         "rank fraction",
+        *(("notes",) if any(ls.notes for ls in space.layers.values()) else ()),
     ):
         table.add_column(col)
     for ls in space.layers.values():
@@ -407,6 +408,7 @@ def _layers(args: argparse.Namespace) -> int:
             *(ls.knobs[k].describe() for k in ("sparsity",)),
             ls.knobs["sparsity_mode"].describe() if not ls.knobs["sparsity_mode"].fixed or ls.knobs["sparsity_mode"].value else "unstructured",
             *(ls.knobs[k].describe() for k in ("bits", "rank")),
+            *(("; ".join(ls.notes),) if any(x.notes for x in space.layers.values()) else ()),
         )
     make_console().print(table)
     return 0

@@ -134,6 +134,7 @@ class LayerSpace:
     full_rank: int | None
     knobs: dict[str, Knob]  # this layer's own view: knobs that do not apply to it are off
     group: str = ""  # whose Optuna parameters it takes; its own name when not grouped
+    notes: tuple[str, ...] = ()  # why a knob the space asks for is off here (shown by `layers`)
 
     def rank_from_fraction(self, fraction: float | None) -> int | None:
         if fraction is None or self.full_rank is None or fraction >= 1.0:
@@ -248,17 +249,23 @@ class SpaceSpec:
                 if matches(name, globs):
                     knobs.update(extra)
             raw[name] = dict(knobs)
+            notes: list[str] = []
             rank_limit = full_rank(module)
             if rank_limit is None:
-                knobs["rank"] = Knob()  # depthwise/grouped convs: factorization does not apply
+                if not knobs["rank"].off:
+                    notes.append("rank off: a depthwise or grouped conv")
+                knobs["rank"] = Knob()
             if module in outputs and _allows_channel(knobs["sparsity_mode"]):
-                knobs["sparsity_mode"] = Knob()  # the output layer keeps all its channels
-            result[name] = LayerSpace(name, type(module).__name__, tuple(module.weight.shape), rank_limit, knobs)
+                notes.append("channels kept: the model's output (one per class)")
+                knobs["sparsity_mode"] = Knob()
+            result[name] = LayerSpace(name, type(module).__name__, tuple(module.weight.shape), rank_limit, knobs, notes=tuple(notes))
         if example is not None and any(_allows_channel(ls.knobs["sparsity_mode"]) for ls in result.values()):
             prunable = _channel_prunable(model, example, self.source)
             for name, ls in result.items():
-                if name not in prunable:  # it feeds a grouped conv: its channels stay
-                    result[name] = replace(ls, knobs={**ls.knobs, "sparsity_mode": Knob()})
+                if name not in prunable:
+                    note = "channels kept: they feed a grouped conv"
+                    notes = (*ls.notes, note) if _allows_channel(ls.knobs["sparsity_mode"]) else ls.notes
+                    result[name] = replace(ls, knobs={**ls.knobs, "sparsity_mode": Knob()}, notes=notes)
         for i, (globs, _) in enumerate(self.overrides):
             self._check_globs(globs, selected, f"overrides[{i}].layers", edges)
         for group, globs in self.groups.items():

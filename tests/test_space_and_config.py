@@ -138,3 +138,15 @@ def test_warm_start_adds_channel_plans_when_the_space_allows_them() -> None:
     space = load_space(None).resolve(cnn())
     params = space.uniform_params(0.75, 4, 1.0, "channel")
     assert space.allows_channel and params["conv1.sparsity_mode"] == "channel" and params["fc1.sparsity"] == 0.75
+
+
+def test_a_knob_switched_off_for_a_layer_says_why() -> None:
+    from autocompress.tasks import model_skeleton
+
+    model, example = model_skeleton(TaskSpec(model="test-tiny-resnet"))
+    knobs = {"sparsity": {"low": 0.0, "high": 0.5}, "sparsity_mode": ["unstructured", "channel"], "bits": [8, 32], "rank": {"low": 0.5, "high": 1.0}}
+    space = parse_space({"knobs": knobs}, "test").resolve(model, example)
+    assert space.layers["dw"].knobs["rank"].off and space.layers["dw"].notes[0] == "rank off: a depthwise or grouped conv"
+    assert space.layers["head"].knobs["sparsity_mode"].off  # unstructured, as a plan without the knob
+    assert "channels kept: the model's output (one per class)" in space.layers["head"].notes
+    assert not space.layers["stem"].notes  # every knob applies there
