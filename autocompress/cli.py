@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-retries", type=int, help="re-runs of a trial whose worker died (default 1)")
     s.add_argument("--trial-timeout", type=float, help="seconds before a trial is failed and its worker replaced")
     s.add_argument("--new-study", action="store_true", default=None, help="never resume: if NAME is taken, start NAME-2 (NAME-3, ...)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (a line per trial instead)")
+    s.add_argument("--quiet", action="store_true", help="print nothing but the final report (and errors)")
     s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     r = sub.add_parser("report", help="print a study's Pareto front", epilog=EXAMPLES_REPORT, formatter_class=fmt)
@@ -167,7 +168,8 @@ def _search(args: argparse.Namespace) -> int:
         "search.trial_timeout": args.trial_timeout,
     }
     config = load_config(args.config, overrides)
-    driver = Driver(config, progress=not args.no_progress and sys.stderr.isatty())
+    say = None if args.quiet else lambda line: print(line, flush=True)
+    driver = Driver(config, progress=not args.no_progress and not args.quiet and sys.stderr.isatty(), say=say)
     # SIGTERM (a scheduler, `kill`, a container stopping) ends the search as Ctrl-C does: the
     # trials in flight are failed with a reason and the report printed, never a native dump.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from autocompress.leases import Lease
 from autocompress.plan import Result
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
-from autocompress.storage import open_storage, retry_creation
+from autocompress.storage import mask_url, open_storage, retry_creation
 from autocompress.study_setup import WARM_START, WARM_START_CHANNEL, open_study, prepare
 from autocompress.tasks import Task, build_task, evaluate_accuracy
 
@@ -65,18 +67,30 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[
 class Driver:
     """Runs one study to its target number of COMPLETE trials."""
 
-    def __init__(self, config: StudyConfig, runner: Runner | None = None, progress: bool = True) -> None:
+    def __init__(self, config: StudyConfig, runner: Runner | None = None, progress: bool = True, say: Callable[[str], None] | None = None) -> None:
+        """``progress`` shows the live bar; ``say`` receives a line at each step (what is read,
+        trained, started and measured, then each finished trial when there is no bar)."""
         self.config = config
         self.runner = runner or make_runner(config.search)
         self.show_progress = progress
+        self.say = say or (lambda _line: None)
         self.study: optuna.Study | None = None
         self.failures: collections.Counter[str] = collections.Counter()  # reason -> count, this run
         self.driver_id = uuid.uuid4().hex[:12]  # this process's lease in autocompress_drivers
         self._analysis: pareto.Analysis | None = None  # after the last COMPLETE trial
 
     def run(self) -> optuna.Study:
-        space = prepare(self.config)  # every user mistake surfaces here, before storage or Ray
+        cfg, start = self.config, time.monotonic()
+        self.say(f"checking {cfg.source}: task {cfg.task.model}, reading its data and matching the space to its layers")
+        space = prepare(cfg)  # every user mistake surfaces here, before storage or Ray
+        self.say(f"  {len(space.layers)} layers, {space.dimensions} searched knobs ({time.monotonic() - start:.1f} s)")
+        start = time.monotonic()
+        where = cfg.search.ray_address or os.environ.get("RAY_ADDRESS")
+        if cfg.search.workers:
+            self.say(f"joining Ray at {where}" if where else f"starting a local Ray for {cfg.search.workers} workers")
         self.runner.connect(self.config.deploy)  # Ray's own checks (deploy.resource), still before storage
+        if cfg.search.workers:
+            self.say(f"  Ray ready ({time.monotonic() - start:.1f} s)")
         try:
             return self._run(space)
         finally:
@@ -90,7 +104,11 @@ class Driver:
         retry_creation(lambda: tables.ensure_schema(storage.engine))
         self._engine, self._study_id = storage.engine, storage.get_study_id_from_name(study.study_name)
         self.lease = Lease(self._engine, self._study_id, self.driver_id)
-        task = build_task(cfg.task, cfg.cache_dir)
+        done = self._count_in(study, TrialState.COMPLETE)
+        self.say(
+            f"study '{study.study_name}' in {mask_url(cfg.storage)}: " + (f"{done} of {cfg.search.trials} trials complete" if done else "starting")
+        )
+        task = build_task(cfg.task, cfg.cache_dir, say=self.say)
         self.study = study
         # One absolute folder, recorded with the study: a run resumed from another folder keeps
         # writing where export and report read.
@@ -106,7 +124,13 @@ class Driver:
             self.lease.recover_stale_trials(study)
             self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device)
             if "baseline" not in study.user_attrs:
+                start = time.monotonic()
+                self.say(f"measuring the baseline on the deploy target ({cfg.deploy.runtime} {cfg.deploy.precision})")
                 baseline, result = measure_baseline(task, self.runner, cfg.deploy)
+                self.say(
+                    f"  accuracy {100 * baseline['accuracy']:.2f}%, {baseline['size_bytes'] / 1024:.1f} KB, "
+                    f"{baseline['latency_ms']:.3f} ms ({time.monotonic() - start:.1f} s)"
+                )
                 _faults.checkpoint("baseline-measured")
                 baseline["artifact_id"] = store_artifact(study, result.artifact, self.artifact_dir, "baseline.acz", ACZ_MIMETYPE)
                 if result.onnx:
@@ -130,7 +154,11 @@ class Driver:
 
     def _count(self, state: TrialState) -> int:
         assert self.study is not None
-        return len(self.study.get_trials(deepcopy=False, states=(state,)))
+        return self._count_in(self.study, state)
+
+    @staticmethod
+    def _count_in(study: optuna.Study, state: TrialState) -> int:
+        return len(study.get_trials(deepcopy=False, states=(state,)))
 
     def _loop(self, study: optuna.Study, space: SearchSpace) -> None:
         cfg = self.config.search
@@ -138,6 +166,7 @@ class Driver:
         finished: optuna.Trial | None = None  # a result in hand, not yet told
         complete = self._count(TrialState.COMPLETE)
         failed_in_a_row = 0
+        self.say(f"searching: {cfg.trials - complete} more trials, {self.runner.capacity} at a time")
         with _Progress(self.show_progress, cfg.trials, complete) as bar:
             try:
                 while True:
@@ -164,7 +193,15 @@ class Driver:
                     if self._tell(study, told, result):
                         complete += 1
                         failed_in_a_row = 0
+                        if not self.show_progress and self._analysis is not None:
+                            self.say(
+                                f"trial {number}: accuracy {100 * result.accuracy:.2f}%, {result.size_bytes / 1024:.1f} KB, "
+                                f"{told.user_attrs['metrics']['latency_ms']:.3f} ms [{complete}/{cfg.trials} complete, "
+                                f"front {len(self._analysis.front)}]"
+                            )
                     else:
+                        if not self.show_progress:
+                            self.say(f"trial {number}: failed ({result.error or 'invalid measurement'})")
                         failed_in_a_row += 1
                         if failed_in_a_row >= cfg.max_failures_in_a_row:
                             reason, count = self.failures.most_common(1)[0]

@@ -263,9 +263,8 @@ class SpaceSpec:
             prunable = _channel_prunable(model, example, self.source)
             for name, ls in result.items():
                 if name not in prunable:
-                    note = "channels kept: they feed a grouped conv"
-                    notes = (*ls.notes, note) if _allows_channel(ls.knobs["sparsity_mode"]) else ls.notes
-                    result[name] = replace(ls, knobs={**ls.knobs, "sparsity_mode": Knob()}, notes=notes)
+                    kept = ("channels kept: they feed a grouped conv",) if _allows_channel(ls.knobs["sparsity_mode"]) else ()
+                    result[name] = replace(ls, knobs={**ls.knobs, "sparsity_mode": Knob()}, notes=(*ls.notes, *kept))
         for i, (globs, _) in enumerate(self.overrides):
             self._check_globs(globs, selected, f"overrides[{i}].layers", edges)
         for group, globs in self.groups.items():

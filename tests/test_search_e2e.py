@@ -52,7 +52,33 @@ def cli_study(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path
     proc = run_cli("search", str(config), cwd=folder)
     assert proc.returncode == 0, proc.stderr
     assert "Pareto front" in proc.stdout
+    (folder / "search-stdout.txt").write_text(proc.stdout)
     return folder
+
+
+def test_search_says_each_step_as_it_goes(cli_study: Path) -> None:
+    out = (cli_study / "search-stdout.txt").read_text()
+    steps = [
+        "checking ",
+        "4 layers, ",
+        "starting a local Ray for 2 workers",
+        "Ray ready",
+        f"study 'e2e' in sqlite:///{cli_study / 'e2e.db'}: starting",
+        "baseline weights: " if "baseline weights: " in out else "training the baseline digits-cnn",
+        "measuring the baseline on the deploy target (torch fp32)",
+        "searching: 4 more trials, 2 at a time",
+        "Pareto front",
+    ]
+    positions = [out.index(step) for step in steps]
+    assert positions == sorted(positions), out
+    # Not a terminal: no bar, a line per trial instead.
+    assert len(re.findall(r"^trial \d+: accuracy [\d.]+%, [\d.]+ KB, [\d.]+ ms \[\d/4 complete, front \d+\]$", out, re.M)) == 4, out
+
+
+def test_quiet_search_prints_the_report_alone(cli_study: Path) -> None:
+    proc = run_cli("search", str(cli_study / "study.yaml"), "--quiet", cwd=cli_study)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("study e2e: 4 complete"), proc.stdout
 
 
 def test_cli_search_stores_complete_trials_with_three_named_values(cli_study: Path) -> None:

@@ -3,9 +3,10 @@ checkpoint, the model itself, the cache, or trained once; the :class:`Task` work
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,6 @@ from torch import nn
 from autocompress.errors import TaskError
 from autocompress.tasks.data import load_data
 from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry
-
-log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -75,21 +74,28 @@ class Task:
         )
 
 
-def _train(model: nn.Module, data: DataSplits, spec: TaskSpec) -> None:
+def _train(model: nn.Module, data: DataSplits, spec: TaskSpec, say: Callable[[str], None]) -> None:
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.Adam(model.parameters(), lr=spec.train_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.train_epochs)
     loss_fn = nn.CrossEntropyLoss()
     n = len(data.x_train)
-    for _ in range(spec.train_epochs):
+    every = max(1, spec.train_epochs // 10)  # about ten progress lines, however long the training
+    start = time.monotonic()
+    for epoch in range(1, spec.train_epochs + 1):
         model.train()
         order = torch.randperm(n, generator=gen)
+        total = 0.0
         for i in range(0, n, spec.batch_size):
             idx = order[i : i + spec.batch_size]
             opt.zero_grad()
-            loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
+            loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+            loss.backward()
             opt.step()
+            total += loss.item() * len(idx)
         sched.step()
+        if epoch % every == 0 or epoch == spec.train_epochs:
+            say(f"  epoch {epoch}/{spec.train_epochs}: loss {total / n:.3f} ({time.monotonic() - start:.0f} s)")
     model.eval()
 
 
@@ -137,21 +143,26 @@ def untrained_model(spec: TaskSpec) -> nn.Module:
     return model_skeleton(spec)[0]
 
 
-def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines") -> Task:
+def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines", say: Callable[[str], None] | None = None) -> Task:
     """Load the data, then the baseline weights: a checkpoint, the model's own, the cache, or
-    train them (seconds for digits)."""
+    train them (seconds for digits). ``say`` receives a line on where the weights come from
+    and, while training, on its progress."""
+    say = say or (lambda _line: None)
     torch.manual_seed(spec.seed)
     spec, data, model = _checked_model(spec)
     entry = model_entry(spec.model)
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{spec.model}-{spec.dataset}")
     cache = Path(cache_dir) / f"{safe_name}-{spec.key()}.pt"
-    if spec.weights is not None or entry.trained:
-        pass  # a checkpoint's weights, or a user's model that arrives trained
+    if spec.weights is not None:
+        say(f"baseline weights: {spec.weights}")
+    elif entry.trained:
+        say(f"baseline weights: {spec.model}'s own")
     elif cache.is_file():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+        say(f"baseline weights: trained before, cached at {cache}")
     else:
-        log.info("training the baseline %s on %s (cached at %s)", spec.model, spec.dataset, cache)
-        _train(model, data, spec)
+        say(f"training the baseline {spec.model} on {spec.dataset} for {spec.train_epochs} epochs (cached at {cache} for next time)")
+        _train(model, data, spec, say)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         torch.save(model.state_dict(), tmp)
