@@ -148,7 +148,7 @@ class SearchSpace:
     that share them (one group per layer unless the space groups them)."""
 
     layers: dict[str, LayerSpace]
-    source: str = "(built-in)"
+    source: str = "the built-in default space"
     groups: dict[str, dict[str, Knob]] = field(default_factory=dict)  # group -> shared knobs
 
     def __post_init__(self) -> None:
@@ -218,7 +218,7 @@ class SpaceSpec:
     overrides: list[tuple[list[str], dict[str, Knob]]] = field(default_factory=list)
     group_by: str = "layer"
     groups: dict[str, list[str]] = field(default_factory=dict)  # explicit: name -> globs
-    source: str = "(built-in)"
+    source: str = "the built-in default space"
 
     def resolve(self, model: nn.Module, example: torch.Tensor | None = None) -> SearchSpace:
         """Match the globs against ``model``'s Linear/Conv2d layers and give each its knobs.

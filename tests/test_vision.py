@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import os
 import re
 import struct
 import textwrap
@@ -222,6 +223,17 @@ def test_debian_layout_gzipped_idx_files_in_one_folder(tmp_path: Path) -> None:
     cut.write_bytes(gzip.compress(gzip.decompress(cut.read_bytes())[:-5]))
     with pytest.raises(TaskError, match=re.escape("t10k-images-idx3-ubyte.gz' holds 31355 bytes for a 40x28x28 array")):
         load_data(TaskSpec(model="lenet5", dataset="fashion-mnist", data_root=str(tmp_path / "fashion-mnist"), seed=1))
+
+
+def test_real_fashion_mnist_from_debian_needs_no_data_root() -> None:
+    """The real dataset as `apt-get install dataset-fashion-mnist` installs it (.ci/run does)."""
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        if os.environ.get("CI"):
+            raise AssertionError(".ci/run installs dataset-fashion-mnist")
+        pytest.skip("apt-get install dataset-fashion-mnist to run this; CI always does")
+    data = load_data(TaskSpec(model="lenet5", dataset="fashion-mnist", max_eval_samples=500))
+    assert data.x_train.shape == (54000, 1, 28, 28) and len(data.x_val) == 500 and len(data.x_test) == 500
+    assert data.num_classes == 10 and sorted(set(data.y_train.tolist())) == list(range(10))
 
 
 def test_imagefolder_search_with_resize_and_gray(tmp_path: Path, cache_dir: Path) -> None:

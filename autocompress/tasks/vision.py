@@ -86,9 +86,17 @@ MODELS.register("lenet5")(ModelEntry(LeNet5, "mnist", "LeNet-5 for 28x28 images 
 # ---- datasets ------------------------------------------------------------------------------
 
 
+# Where Debian's packages (`apt-get install dataset-mnist` or `dataset-fashion-mnist`) put them.
+DEBIAN_DATASETS = {"mnist": "/usr/share/datasets/mnist", "fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+
+
 def _root(spec: TaskSpec, holds: str) -> Path:
     if spec.data_root is None:
-        raise TaskError(f"dataset '{spec.dataset}' needs task.data_root: the folder that holds {holds}")
+        debian = DEBIAN_DATASETS.get(str(spec.dataset))
+        if debian is not None and Path(debian).is_dir():
+            return Path(debian)  # installed by the system's package manager: nothing to configure
+        install = f", or run apt-get install dataset-{spec.dataset} (Debian, Ubuntu) and leave data_root out" if debian else ""
+        raise TaskError(f"dataset '{spec.dataset}' needs task.data_root: the folder that holds {holds}{install}")
     root = Path(spec.data_root)
     if not root.is_dir() and not spec.download:
         raise TaskError(f"data root '{root}' does not exist (task.data_root): fix the path, or set task.download: true to fetch {spec.dataset}")
@@ -124,9 +132,17 @@ MAX_IDX_BYTES = 1 << 30  # 60,000 28x28 images are 47 MB
 
 
 def _idx_files(root: Path) -> list[Path] | None:
-    """The four idx files lying directly in ``root`` (gzipped or not), or None."""
+    """The four idx files lying directly in ``root`` (gzipped or not); None when there are none.
+    Some of them without the rest is a mistake worth naming."""
     found = [next((p for p in (root / n, root / f"{n}.gz") if p.is_file()), None) for n in IDX_FILES]
-    return None if None in found else [p for p in found if p is not None]
+    if all(p is None for p in found):
+        return None
+    missing = [n for n, p in zip(IDX_FILES, found, strict=True) if p is None]
+    if missing:
+        raise TaskError(
+            f"'{root}' (task.data_root) holds some of MNIST's four idx files but not {', '.join(missing)}[.gz]: add them from the same release"
+        )
+    return [p for p in found if p is not None]
 
 
 def read_idx(path: Path) -> np.ndarray:
