@@ -230,18 +230,38 @@ def test_search_on_a_two_node_cluster_uses_both_nodes(tmp_path: Path, cache_dir:
 # ---- faults -------------------------------------------------------------------------------------
 
 
-def _evaluator_pids() -> list[int]:
-    """Ray worker processes currently running an evaluation (Ray names them after the task)."""
-    out = subprocess.run(["pgrep", "-f", "ray::_EvaluatorActor.evaluate"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def _descendants(root: int) -> set[int]:
+    """Every process below ``root`` (a local Ray's raylet and workers descend from its driver)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _actor_pids(driver: subprocess.Popen[str], method: str) -> list[int]:
+    """This search's Ray workers now running ``_EvaluatorActor.METHOD`` (Ray titles a worker
+    after what it runs); processes of any other Ray on the machine are never touched."""
+    out = subprocess.run(["pgrep", "-f", f"ray::_EvaluatorActor.{method}"], capture_output=True, text=True).stdout
+    mine = _descendants(driver.pid)
+    return [int(p) for p in out.split() if int(p) in mine]
 
 
 def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path: Path, cache_dir: Path) -> None:
     db = tmp_path / "k.db"
     config = _config(tmp_path, cache_dir, f"sqlite:///{db}", steps=1500, trials=3, workers=2, max_retries=1)
     driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
-    _wait_for(lambda: bool(_evaluator_pids()), 120, "a worker to start evaluating")
-    os.kill(_evaluator_pids()[0], signal.SIGKILL)
+    _wait_for(lambda: bool(_actor_pids(driver, "evaluate")), 120, "a worker to start evaluating")
+    os.kill(_actor_pids(driver, "evaluate")[0], signal.SIGKILL)
     _out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err
     study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}")
@@ -261,9 +281,8 @@ def test_a_worker_killed_during_the_baseline_is_replaced_and_the_baseline_measur
         deploy={"max_seconds": 3.0},
     )
     driver = _cli("search", str(config), "--no-progress", cwd=tmp_path)
-    pattern = "ray::_EvaluatorActor.baseline"
-    _wait_for(lambda: bool(subprocess.run(["pgrep", "-f", pattern], capture_output=True).stdout), 180, "the baseline to start")
-    os.kill(int(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()[0]), signal.SIGKILL)
+    _wait_for(lambda: bool(_actor_pids(driver, "baseline")), 180, "the baseline to start")
+    os.kill(_actor_pids(driver, "baseline")[0], signal.SIGKILL)
     _, err = driver.communicate(timeout=600)
     assert driver.returncode == 0 and "Traceback" not in err, err
     study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}")
