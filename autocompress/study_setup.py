@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from autocompress import _faults, pareto
 from autocompress.config import StudyConfig
@@ -140,11 +141,13 @@ DESCRIBING_ATTRS = ("task", "space", "config", "artifact_dir")
 
 
 def half_created(study: optuna.Study) -> bool:
-    """Created (our directions) and not fully described (a driver killed in between): no trials
-    yet, and the metric names or one of the describing attributes missing."""
+    """Created with our directions and not fully described: no trial run yet, and the metric
+    names or one of the describing attributes missing. A driver killed in between leaves one;
+    so does a user who creates the study and enqueues plans of their own before searching."""
+    started = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED))
     return (
         list(study.directions) == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
-        and not study.get_trials(deepcopy=False)
+        and not started
         and (not study.metric_names or any(k not in study.user_attrs for k in DESCRIBING_ATTRS))
     )
 
@@ -169,8 +172,11 @@ def open_study(storage: optuna.storages.BaseStorage, config: StudyConfig, space:
         if not half_created(study):
             check_existing(study, cfg, space, cfg.storage)
             return study, cfg
-        # A driver killed between creating the study and describing it: finish the job.
-        log.warning("study '%s' was left half-created by a driver that stopped; completing it", study.study_name)
+        # Created but never described (a driver killed in between, or a user who enqueued plans
+        # first): finish the job.
+        log.warning(
+            "study '%s' exists but was never described (a driver stopped early, or it was made outside autocompress); describing it", study.study_name
+        )
     describe(study, cfg, space)
     return study, cfg
 
