@@ -35,6 +35,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return _coerce(value, inner, key, where)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, where, prefix=f"{key}.")
+    if origin is tuple:  # tuple[X, ...]: a YAML list of X
+        (inner, _) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"key '{key}' must be a list of {_type_name(inner).split(' ', 1)[1]}s, got {value!r} ({where}): fix the value")
+        return tuple(_coerce(v, inner, key, where) for v in value)
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -50,6 +55,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 
 def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str, where: str) -> None:
     if value is None:
+        return
+    if isinstance(value, tuple):
+        for item in value:
+            _check_limits(item, meta, key, where)
         return
     if "choices" in meta and value not in meta["choices"]:
         choices = ", ".join(map(str, meta["choices"]))

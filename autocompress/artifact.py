@@ -20,6 +20,7 @@ every offset and length is checked against the payload.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -466,8 +467,11 @@ def rebuild(header: dict[str, Any], build: Build | None = None, source: str = "a
             f"{source} names user code '{name}' as its model; a file never makes autocompress import code: "
             "pass the architecture yourself, autocompress.load(FILE, build=your_model_function)"
         )
-    factory = build or MODELS.get(name).factory
-    model = factory(num_classes=task["num_classes"], input_shape=tuple(task["input_shape"]))
+    if build is not None and not inspect.signature(build).parameters:
+        model = build()  # a build hook or a model class of no arguments: the shapes are its own
+    else:
+        factory = build or MODELS.get(name).factory
+        model = factory(num_classes=task["num_classes"], input_shape=tuple(task["input_shape"]))
     plan = CompressionPlan.from_dict(header["plan"])
     example = torch.zeros(1, *task["input_shape"])
     compress.apply_structure(model, plan, header, example)
@@ -494,8 +498,9 @@ def load(path: str | Path, build: Build | None = None) -> nn.Module:
     """Rebuild the compressed ``nn.Module`` stored in an artifact file.
 
     Args:
-        build: for a model of your own (a ``module:function`` task), a callable taking
-            ``num_classes=`` and ``input_shape=`` that returns its untrained architecture.
+        build: for a model of your own (a ``module:function`` task), a callable returning its
+            untrained architecture: the study's ``task.build`` hook (no arguments), or one taking
+            ``num_classes=`` and ``input_shape=``.
             Built-in and torchvision models need none; a file never names code to import.
     """
     return loads(read_file(path), str(path), build)

@@ -140,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     lay = sub.add_parser("layers", help="list a model's compressible layers and their knobs", epilog=EXAMPLES_LAYERS, formatter_class=fmt)
-    lay.add_argument("task", nargs="?", help="model name: registered, torchvision:NAME or module:function (default: the config's)")
+    lay.add_argument(
+        "task", nargs="?", help="model name: registered, torchvision:NAME or module:function (default: the config's); or a study config file"
+    )
     lay.add_argument("--config", help="study config whose task (model, dataset, data options) and space to use")
     lay.add_argument("--space", default=None, help="search space YAML (default: the config's space, else the built-in one)")
     lay.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -377,6 +379,8 @@ def _layers(args: argparse.Namespace) -> int:
     from autocompress.space import load_space
     from autocompress.tasks import TaskSpec, layer_skeleton
 
+    if args.task is not None and args.task.endswith((".yaml", ".yml")) and args.config is None:
+        args.task, args.config = None, args.task  # `layers study.yaml`: a config, not a model name
     config = load_config(args.config)
     spec = config.task if args.task is None else TaskSpec(model=args.task)
     space = load_space(args.space or config.space).resolve(*layer_skeleton(spec))

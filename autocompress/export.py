@@ -95,7 +95,7 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str |
     if precision == "int8":
         from autocompress.tasks import TaskSpec, load_data
 
-        spec = TaskSpec(**study.user_attrs["task"]).resolved()
+        spec = TaskSpec.from_dict(study.user_attrs["task"]).resolved()
         calibration = calibration_batches(load_data(spec).x_train, spec.seed, deploy.get("calibration_batches", 8), deploy.get("batch_size", 32))
     data, _ = to_onnx(model, plan, example, precision, calibration)
     return data, f"exported from the packed artifact ({precision})"
@@ -140,12 +140,12 @@ def _is_parameter(name: str) -> bool:
 
 def study_build(study: optuna.Study):
     """The architecture factory of a study's own model, from the task the study was run with
-    (the user's config, not a file's header); None for built-in and torchvision models."""
-    from autocompress.tasks import MODELS
-    from autocompress.tasks.custom import is_custom
+    (the user's config, not a file's header): its build hook when it has one; None for built-in
+    and torchvision models."""
+    from autocompress.tasks import TaskSpec
+    from autocompress.tasks.custom import architecture
 
-    name = (study.user_attrs.get("task") or {}).get("model", "")
-    return MODELS.get(name).factory if is_custom(name) else None
+    return architecture(TaskSpec.from_dict(study.user_attrs.get("task") or {}))
 
 
 def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]:
@@ -163,7 +163,7 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
     stored: dict[str, float] = dict(study.user_attrs.get("test_accuracy", {}))
     missing = [n for n in numbers if str(n) not in stored]
     if missing:
-        spec = TaskSpec(**study.user_attrs["task"]).resolved()
+        spec = TaskSpec.from_dict(study.user_attrs["task"]).resolved()
         data = load_data(spec)
         for n in missing:
             stored[str(n)] = deployed_accuracy(_deployed_on_cpu(study, n, data.x_test[:1]), data.x_test, data.y_test)

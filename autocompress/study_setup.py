@@ -23,7 +23,7 @@ from autocompress.errors import AutocompressError, SearchError, StorageError
 from autocompress.evaluate import resolve_device
 from autocompress.space import SearchSpace, load_space
 from autocompress.storage import check_url, mask_url
-from autocompress.tasks import model_skeleton
+from autocompress.tasks import TaskSpec, model_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,10 @@ def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace,
         )
     attrs = study.user_attrs
     task = config.task.resolved().to_dict()
-    if attrs.get("task") not in (None, task):
-        diff = [k for k in task if attrs["task"].get(k) != task[k]]
+    stored = None if attrs.get("task") is None else TaskSpec.from_dict(attrs["task"]).to_dict()
+    # How the architecture is rebuilt (a build hook added later) does not make another task.
+    diff = [k for k in task if stored is not None and k not in ("build", "input_shape") and stored[k] != task[k]]
+    if diff:
         raise StorageError(
             f"study '{study.study_name}' was created for another task (differs in {', '.join(diff)}): "
             "choose another --name, pass --new-study, or use the config it was created with"
@@ -171,6 +173,9 @@ def open_study(storage: optuna.storages.BaseStorage, config: StudyConfig, space:
         study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
         if not half_created(study):
             check_existing(study, cfg, space, cfg.storage)
+            task = cfg.task.resolved().to_dict()
+            if study.user_attrs.get("task") != task:  # the same task, rebuilt another way (task.build): keep the newest
+                study.set_user_attr("task", task)
             return study, cfg
         # Created but never described (a driver killed in between, or a user who enqueued plans
         # first): finish the job.

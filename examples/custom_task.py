@@ -13,8 +13,10 @@ attributes):
 * ``num_classes`` (optional): else the largest label + 1.
 
 It may also return just the model; then ``task.dataset`` names the data. Splits are read once
-into memory on the driver and sent to the workers; workers import this module to rebuild the
-architecture.
+into memory on the driver and sent to the workers. The function runs once per search, on the
+driver; ``task.build: custom_task:WineNet`` tells workers, ``layers``, ``export`` and
+``autocompress.load(FILE, build=WineNet)`` how to build the untrained architecture without
+running it again.
 """
 
 from __future__ import annotations

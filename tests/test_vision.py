@@ -255,16 +255,24 @@ def test_imagefolder_search_with_resize_and_gray(tmp_path: Path, cache_dir: Path
 
 
 CUSTOM_TASK = """
+import os
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
+def build():
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
 def make_task():
+    with open(os.path.join(os.path.dirname(__file__), "calls.txt"), "a") as f:
+        f.write(f"{os.getpid()}\\n")  # one line per call of the task function, in any process
     torch.manual_seed(0)
     x = torch.randn(90, 12)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+    model = build()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(200):
         opt.zero_grad()
@@ -297,6 +305,41 @@ def test_custom_module_function_task(tmp_path: Path, cache_dir: Path, ray_local)
         loads(trial_artifact(study, t.number))  # the file alone names user code: refused
     model = loads(trial_artifact(study, t.number), build=MODELS.get("my_custom_task:make_task").factory)  # the user passes it
     assert evaluate_accuracy(model, data.x_val, data.y_val) == t.values[0]
+
+
+def test_a_build_hook_runs_the_task_function_once_per_search(tmp_path: Path, cache_dir: Path, ray_local, capsys: pytest.CaptureFixture[str]) -> None:
+    """The task function trains; with ``task.build`` it runs once, in the driver: never in the
+    workers, nor for ``layers``, ``inspect``, ``export`` or ``load``."""
+    import subprocess
+    import sys
+
+    (tmp_path / "hooked_task.py").write_text(textwrap.dedent(CUSTOM_TASK))
+    calls = tmp_path / "calls.txt"
+    task = {"model": "hooked_task:make_task", "build": "hooked_task:build", "input_shape": [12]}
+    path = _config(tmp_path, task, None, cache_dir, workers=1)
+    # In a child process: this one may have imported and called the function before.
+    search = [sys.executable, "-m", "autocompress", "search", str(path), "--quiet"]
+    subprocess.run(search, check=True, cwd=tmp_path, capture_output=True, timeout=600)
+    assert len(calls.read_text().splitlines()) == 1  # the driver's one call; the worker built from the hook
+    lines = {}
+    for args in (
+        ["layers", str(path)],
+        ["export", "vision", "--trial", "1", "-o", str(tmp_path / "t1.acz"), "--storage", f"sqlite:///{tmp_path / 'v.db'}"],
+        ["inspect", str(tmp_path / "t1.acz")],
+    ):
+        done = subprocess.run([sys.executable, "-m", "autocompress", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        lines[args[0]] = done.stdout
+    assert "2 layers" in lines["layers"] and "the model's output" in lines["layers"]
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import autocompress, hooked_task; print(type(autocompress.load('t1.acz', build=hooked_task.build)).__name__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.stdout.strip() == "Sequential", loaded.stderr
+    assert len(calls.read_text().splitlines()) == 1  # still one: nothing after the search ran it
 
 
 def test_checkpoint_weights_are_the_baseline(tmp_path: Path, cache_dir: Path, mlp_task) -> None:

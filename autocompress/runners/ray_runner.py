@@ -19,7 +19,7 @@ from autocompress.deploy.target import DeployConfig
 from autocompress.errors import AutocompressError
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
-from autocompress.tasks import Task
+from autocompress.tasks import Task, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class _TimingActor:
     Its methods run one at a time, so its own measurements never overlap either.
     """
 
-    def __init__(self, deploy: DeployConfig, example: Any, import_paths: list[str], model: str) -> None:
+    def __init__(self, deploy: DeployConfig, example: Any, import_paths: list[str], spec: TaskSpec) -> None:
         import sys
 
         import torch
@@ -78,7 +78,7 @@ class _TimingActor:
         self.example = example.to(self.device)
         self.lock = DeviceLock(device_key(str(self.device)))
         self.baselines: dict[str, Any] = {}  # sha256 of the file -> its deployed form
-        self.model = model  # the search's own model name: what builds a packed artifact's architecture
+        self.spec = spec  # the search's own task: what builds a packed artifact's architecture
 
     def check(self) -> None:
         """Raises here what the runtime lacks on this node."""
@@ -88,11 +88,10 @@ class _TimingActor:
         if self.deploy.runtime != "torch":
             return self.runtime.load_onnx(blob, self.example, self.device.type, self.deploy.threads, self.deploy.precision)
         from autocompress import artifact
-        from autocompress.tasks import MODELS
-        from autocompress.tasks.custom import is_custom
+        from autocompress.tasks.custom import architecture
 
         header, _ = artifact.read_header(blob)
-        build = MODELS.get(self.model).factory if is_custom(self.model) else None  # from the search's config, never the file
+        build = architecture(self.spec)  # from the search's config, never the file
         model = artifact.loads(blob, build=build).to(self.device)
         return self.runtime.deploy(
             model, CompressionPlan.from_dict(header["plan"]), self.example, self.deploy.precision, self.device.type, self.deploy.threads
@@ -230,7 +229,7 @@ class RayRunner(Runner):
         # A small share of the resource: several searches may time on the same target node, and
         # the node's device lock keeps their measurements apart.
         actor_cls: Any = ray.remote(num_cpus=0, resources={name: 0.01}, max_restarts=1)(_TimingActor)
-        actor = actor_cls.remote(deploy, task.data.x_val[: deploy.batch_size].cpu(), list(IMPORT_PATHS), task.spec.model)
+        actor = actor_cls.remote(deploy, task.data.x_val[: deploy.batch_size].cpu(), list(IMPORT_PATHS), task.spec)
         try:
             ray.get(actor.check.remote(), timeout=600)
         except ray.exceptions.RayTaskError as exc:

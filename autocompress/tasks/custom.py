@@ -10,10 +10,15 @@ returns either
 
 The model's own weights are the baseline: it is never retrained (``task.weights`` still replaces
 them when given). Splits are read once, on the driver, into tensors that travel to the workers
-through Ray; workers import the module to rebuild the architecture, so it must be importable
-there (the driver's current folder is put on their path; on a multi-node cluster ship it with
-Ray's ``runtime_env``). Modules are imported from the current folder and from the folder of
-the study config that names them.
+through Ray. The function runs once per search, on the driver.
+
+Everywhere else (workers, ``layers``, ``export``, ``autocompress.load``) the architecture comes
+from the build hook ``task.build: package.module:function``: a function of no arguments that
+returns the untrained architecture, cheap to call (no data, no training). Without a hook, those
+places call the task function again, training included. The hook's module must be importable
+on the workers (the driver's folders are put on their path; on a multi-node cluster ship it with
+Ray's ``runtime_env``). Modules are imported from the current folder and from the folder of the
+study config that names them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import functools
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,23 +53,29 @@ def is_custom(name: str | None) -> bool:
     return name is not None and ":" in name and not name.startswith("torchvision:")
 
 
-@functools.lru_cache(maxsize=8)
-def call_task_function(target: str) -> tuple[nn.Module, dict[str, Any] | None]:
-    """Import ``module:function``, call it once per process, check what it returned."""
+def _function(target: str, key: str) -> Callable[[], Any]:
+    """Import ``module:function`` (named by config key ``key``) without calling it."""
     module_name, _, function_name = target.partition(":")
     if not module_name or not function_name or ":" in function_name:
-        raise TaskError(f"'{target}' is not module:function (task.model): write it as package.module:function")
+        raise TaskError(f"'{target}' is not module:function ({key}): write it as package.module:function")
     add_import_path(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001  (an import can fail in any way)
         raise TaskError(
-            f"cannot import '{module_name}' for task '{target}' ({type(exc).__name__}: {exc}): "
+            f"cannot import '{module_name}' for {key} '{target}' ({type(exc).__name__}: {exc}): "
             "check the module name and that it is importable from the current folder"
         ) from None
     function = getattr(module, function_name, None)
     if not callable(function):
-        raise TaskError(f"module '{module_name}' has no function '{function_name}' (task.model '{target}'): check the name")
+        raise TaskError(f"module '{module_name}' has no function '{function_name}' ({key} '{target}'): check the name")
+    return function
+
+
+@functools.lru_cache(maxsize=8)
+def call_task_function(target: str) -> tuple[nn.Module, dict[str, Any] | None]:
+    """Import ``module:function``, call it once per process, check what it returned."""
+    function = _function(target, "task.model")
     try:
         returned = function()
     except Exception as exc:  # noqa: BLE001
@@ -88,6 +100,55 @@ def _model(target: str) -> ModelEntry:
 
 
 MODELS.register_family("")(_model)
+
+
+def build_hook(target: str) -> Callable[..., nn.Module]:
+    """The ``task.build`` function as an architecture factory ``(num_classes=, input_shape=)``:
+    the shapes are the task's, so the hook itself takes no arguments."""
+    function = _function(target, "task.build")
+
+    def factory(num_classes: int | None = None, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+        try:
+            model = function()
+        except Exception as exc:  # noqa: BLE001
+            raise TaskError(f"build hook '{target}' failed ({type(exc).__name__}: {exc}) (task.build): fix the function") from None
+        if not isinstance(model, nn.Module):
+            raise TaskError(f"build hook '{target}' returned {type(model).__name__} (task.build): it must return the untrained nn.Module")
+        return model
+
+    return factory
+
+
+def architecture(spec: TaskSpec) -> Callable[..., nn.Module] | None:
+    """What rebuilds a user's architecture: the build hook when the spec names one, else the task
+    function's own model (which runs the function, training included, once per process); None
+    for built-in and torchvision models, which a file's header may name."""
+    if spec.build is not None:
+        return build_hook(spec.build)
+    return MODELS.get(spec.model).factory if is_custom(spec.model) else None
+
+
+def check_build(spec: TaskSpec, model: nn.Module) -> None:
+    """The hook must build the architecture of the task's model: the same state_dict keys and
+    shapes, so the baseline's weights load into it. Mismatches are named key by key."""
+    if spec.build is None:
+        return
+    built = build_hook(spec.build)().state_dict()
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in built]
+    extra = [k for k in built if k not in expected]
+    wrong = [k for k in expected if k in built and tuple(built[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        problem = f"'{k}' has shape {tuple(built[k].shape)}, the task's model has {tuple(expected[k].shape)}"
+    elif missing or extra:
+        problem = f"'{(missing or extra)[0]}' is {'missing from' if missing else 'extra in'} what it builds"
+    else:
+        return
+    raise TaskError(
+        f"build hook '{spec.build}' does not build the task's architecture ({problem}) (task.build): "
+        f"return the same model class as '{spec.model}', untrained"
+    )
 
 
 def _tensors(split: Any, target: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:

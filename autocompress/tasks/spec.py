@@ -67,6 +67,11 @@ class TaskSpec:
     train_epochs: int = field(default=40, metadata={"min": 1})  # baseline training, when not cached
     train_lr: float = field(default=2e-3, metadata={"min": 0.0})
     batch_size: int = field(default=64, metadata={"min": 1})
+    # A user's model: a cheap function returning its untrained architecture (package.module:function),
+    # so workers, `layers`, `export` and `load` never run the task function again.
+    build: str | None = None
+    # One input's shape (no batch): lets `layers` list a build hook's model without any data.
+    input_shape: tuple[int, ...] | None = field(default=None, metadata={"min": 1})
 
     def resolved(self) -> TaskSpec:
         """The same spec with the dataset filled in, after checking both names exist."""
@@ -79,11 +84,23 @@ class TaskSpec:
 
     def key(self) -> str:
         """A short stable hash: the cache key of the trained baseline."""
-        blob = json.dumps(asdict(self.resolved()), sort_keys=True).encode()
+        # How the architecture is rebuilt elsewhere does not change the trained weights.
+        weights = {k: v for k, v in asdict(self.resolved()).items() if k not in ("build", "input_shape")}
+        blob = json.dumps(weights, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON data (a shape as a list), as stored in a study."""
+        data = asdict(self)
+        if self.input_shape is not None:
+            data["input_shape"] = list(self.input_shape)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        """The spec a study stored; keys added since it was written take their defaults."""
+        shape = data.get("input_shape")
+        return cls(**{**data, "input_shape": tuple(shape) if shape is not None else None})
 
 
 def lookup(registry: Registry[T], name: str) -> T:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TaskError
+from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build
 from autocompress.tasks.data import load_data
 from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry
 
@@ -41,8 +42,8 @@ class Task:
 
     def build_model(self) -> nn.Module:
         """A fresh copy of the baseline model with its trained weights, in eval mode."""
-        entry = model_entry(self.spec.model)
-        model = entry.factory(num_classes=self.data.num_classes, input_shape=self.data.input_shape)
+        factory = architecture(self.spec) or model_entry(self.spec.model).factory
+        model = factory(num_classes=self.data.num_classes, input_shape=self.data.input_shape)
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -57,8 +58,6 @@ class Task:
 
     def payload(self) -> dict[str, Any]:
         """Plain data for the Ray object store: spec, weights and tensors, no module."""
-        from autocompress.tasks.custom import IMPORT_PATHS
-
         # The driver's import folders travel too: a module:function model imports from them on a worker.
         return {"spec": self.spec.to_dict(), "data": asdict(self.data), "state_dict": self.state_dict, "import_paths": list(IMPORT_PATHS)}
 
@@ -68,7 +67,7 @@ class Task:
             if folder not in sys.path and os.path.isdir(folder):
                 sys.path.append(folder)
         return cls(
-            spec=TaskSpec(**payload["spec"]),
+            spec=TaskSpec.from_dict(payload["spec"]),
             data=DataSplits(**payload["data"]),
             state_dict=payload["state_dict"],
         )
@@ -110,6 +109,12 @@ def _checked_model(spec: TaskSpec) -> tuple[TaskSpec, DataSplits, nn.Module]:
     data = load_data(spec)
     model = _make_model(spec, data)
     _check_output(model, data, spec)
+    if spec.input_shape is not None and tuple(spec.input_shape) != tuple(data.input_shape):
+        raise TaskError(
+            f"task.input_shape is {list(spec.input_shape)} but dataset '{spec.dataset}' gives inputs of shape "
+            f"{list(data.input_shape)}: set task.input_shape to {list(data.input_shape)} or remove it"
+        )
+    check_build(spec, model)
     if spec.weights is not None:
         load_checkpoint(model, spec.weights)
     return spec, data, model
@@ -127,7 +132,9 @@ def layer_skeleton(spec: TaskSpec) -> tuple[nn.Module, torch.Tensor]:
     """Like :func:`model_skeleton`, without reading data: a registered model is built at its
     declared input shape (as resized or converted by the spec) with random inputs, so listing
     layers works before the data is in place. A user's ``module:function`` model comes with its
-    own data and is built from it."""
+    own data and is built from it, unless a build hook and ``task.input_shape`` say what it is."""
+    if spec.build is not None and spec.input_shape is not None:
+        return build_hook(spec.build)(), torch.randn(2, *spec.input_shape)
     entry = model_entry(spec.model)
     if entry.trained:
         return model_skeleton(spec)
