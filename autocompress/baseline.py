@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from autocompress.stats import above_chance
+
 
 @dataclass(frozen=True)
 class Relative:
@@ -30,6 +32,8 @@ class Baseline:
     latency_ms: float  # on the deploy target
     test_accuracy: float | None = None
     deploy: str | None = None  # what the latency was measured on, in words
+    chance_accuracy: float | None = None  # the most common validation class's share
+    val_count: int | None = None  # validation images
     attrs: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the stored mapping, whole
 
     @classmethod
@@ -44,6 +48,8 @@ class Baseline:
             latency_ms=float(baseline["latency_ms"]),
             test_accuracy=None if test is None else float(test),
             deploy=baseline.get("deploy"),
+            chance_accuracy=baseline.get("chance_accuracy"),
+            val_count=baseline.get("val_count"),
             attrs=dict(baseline),
         )
 
@@ -54,6 +60,13 @@ class Baseline:
     def test_accuracy_drop(self, test_accuracy: float) -> float | None:
         """Points lost against the baseline's test accuracy; None when it was never measured."""
         return None if self.test_accuracy is None else 100.0 * (self.test_accuracy - test_accuracy)
+
+    def at_chance(self, accuracy: float) -> bool:
+        """Whether a validation accuracy is no better than always answering the most common
+        class, beyond luck (False for a study that did not record that share)."""
+        if self.chance_accuracy is None or self.val_count is None:
+            return False
+        return not above_chance(accuracy, self.val_count, self.chance_accuracy)
 
     def relative(self, accuracy: float, size_bytes: float, latency_ms: float) -> Relative:
         return Relative(

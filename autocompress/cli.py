@@ -13,6 +13,9 @@ from pathlib import Path
 from autocompress.errors import AutocompressError
 from autocompress.storage import DEFAULT_STORAGE
 
+# Said wherever a storage URL is taken: a URL means the same to every tool (optuna-dashboard, psql).
+RELATIVE_SQLITE = "a relative sqlite path is taken from the current folder, not the config's"
+
 EXAMPLES_SEARCH = """examples:
   autocompress search                              # studies/default.yaml: digits-cnn, 20 trials, 2 Ray workers
   autocompress search --trials 40 --workers 2 --sampler nsga2
@@ -77,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="run or resume a compression search", epilog=EXAMPLES_SEARCH, formatter_class=fmt)
     s.add_argument("config", nargs="?", help="study config YAML (default: studies/default.yaml, else built-in defaults)")
     s.add_argument("--name", help="study name; an existing study of that name is resumed")
-    s.add_argument("--storage", help=f"SQLAlchemy URL (default: {DEFAULT_STORAGE})")
+    s.add_argument("--storage", help=f"SQLAlchemy URL; {RELATIVE_SQLITE} (default: {DEFAULT_STORAGE})")
     s.add_argument("--trials", type=int, help="target number of complete trials in the study")
     s.add_argument("--workers", type=int, help="trials evaluated at once on Ray; 0 evaluates in this process")
     s.add_argument("--sampler", help="tpe (default), nsga2, gp or random")
@@ -95,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="print a study's Pareto front", epilog=EXAMPLES_REPORT, formatter_class=fmt)
     r.add_argument("name", help="study name")
-    r.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
+    r.add_argument("--storage", help=f"SQLAlchemy URL; {RELATIVE_SQLITE} (default: {DEFAULT_STORAGE})")
     r.add_argument("--json", action="store_true", help="print the front as a JSON list")
     r.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots")
     r.add_argument("--force", action="store_true", help="replace FILE if it exists (never a link or a device)")
@@ -109,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "dashboard", help="serve optuna-dashboard on this machine for the study database", epilog=EXAMPLES_DASHBOARD, formatter_class=fmt
     )
-    d.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
+    d.add_argument("--storage", help=f"SQLAlchemy URL; {RELATIVE_SQLITE} (default: {DEFAULT_STORAGE})")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; others need --allow-remote)")
     d.add_argument("--allow-remote", action="store_true", help="let a non-loopback --host through: anyone who reaches it reads the whole study")
     d.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
@@ -122,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="output file (default: NAME-trialN.acz or .onnx in the current folder)")
     e.add_argument("--format", default="acz", help="acz (default: the packed artifact, exactly the size measured) or onnx")
     e.add_argument("--precision", help="onnx only: fp32 or int8 (default: the study's deploy precision for an ONNX runtime, else fp32)")
-    e.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
+    e.add_argument("--storage", help=f"SQLAlchemy URL; {RELATIVE_SQLITE} (default: {DEFAULT_STORAGE})")
     e.add_argument("--force", action="store_true", help="replace the output file if it exists (never a link or a device)")
     e.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -135,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         "delete", help="delete a study: its trials, its rows in autocompress's tables and its artifacts", epilog=EXAMPLES_DELETE, formatter_class=fmt
     )
     rm.add_argument("name", help="study name")
-    rm.add_argument("--storage", help="SQLAlchemy URL (default: the default config's storage)")
+    rm.add_argument("--storage", help=f"SQLAlchemy URL; {RELATIVE_SQLITE} (default: {DEFAULT_STORAGE})")
     rm.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal)")
     rm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 

@@ -53,13 +53,14 @@ class SearchConfig:
 @dataclass(frozen=True)
 class ParetoConfig:
     # Trials losing more accuracy than this (points, vs the baseline) are infeasible; None = off.
-    max_accuracy_drop: float | None = field(default=None, metadata={"min": 0.0, "max": 100.0})
+    # One point by default: a front reaching down to useless models hides the trials users ship.
+    max_accuracy_drop: float | None = field(default=1.0, metadata={"min": 0.0, "max": 100.0})
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     name: str = "autocompress"  # Optuna study name; re-using it resumes the study
-    storage: str = DEFAULT_STORAGE  # SQLAlchemy URL; relative paths from the CWD
+    storage: str = DEFAULT_STORAGE  # SQLAlchemy URL; a relative sqlite path is from the current folder
     task: TaskSpec = field(default_factory=TaskSpec)
     space: str | None = None  # space YAML, relative to the config file; None = built-in default
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -16,19 +16,21 @@ import traceback
 from dataclasses import asdict, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from autocompress import compress
 from autocompress.artifact import pack
 from autocompress.config import FinetuneConfig
-from autocompress.deploy.runtimes import deployed_accuracy
+from autocompress.deploy.runtimes import deployed_correct
 from autocompress.deploy.target import DeployConfig
 from autocompress.deploy.timing import DeviceLock, Timing, device_key, time_alone, time_paired
 from autocompress.errors import AutocompressError
 from autocompress.latency import count_macs
 from autocompress.plan import CompressionPlan, Result
 from autocompress.size import layer_rows
+from autocompress.stats import pack_correct
 from autocompress.tasks import DataSplits, Task
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -163,9 +165,9 @@ class Evaluator:
         with self.lock(torch.device("cpu")).shared():
             return self.runtime.deploy(model, plan, example, cfg.precision, self.target.type, cfg.threads, self._calibration())
 
-    def accuracy(self, deployed: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-        """Top-1 accuracy of the deployed form, one shared turn on the target per batch."""
-        return deployed_accuracy(deployed, x, y, batch_size, self.lock(self.target).shared)
+    def correct(self, deployed: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """Which inputs the deployed form gets right, one shared turn on the target per batch."""
+        return deployed_correct(deployed, x, y, batch_size, self.lock(self.target).shared)
 
     def _baseline_form(self) -> tuple[Any, bytes]:
         if self._baseline is None:
@@ -217,14 +219,15 @@ class Evaluator:
         params = sum(p.numel() for p in model.parameters())
         nonzeros = sum(int(torch.count_nonzero(w)) for w in weights)
         deployed = self.deploy(model, plan)
-        accuracy = self.accuracy(deployed, data.x_val, data.y_val)
+        correct = self.correct(deployed, data.x_val, data.y_val)
         blob = deployed.onnx if deployed.onnx is not None else packed.data
         if alone:
             self._baseline = (deployed, blob)
         timing, node = self._time(deployed, blob, alone)
         busy = {key: lock.take_busy() for key, lock in self._locks.items()}
         return Result(
-            accuracy=accuracy,
+            accuracy=int(correct.sum()) / max(1, len(correct)),
+            val_correct=pack_correct(correct),  # paired against the baseline's: a drop's interval
             size_bytes=len(packed.data),
             latency_ms=timing.latency_ms,
             latency_ratio=timing.ratio,

@@ -154,20 +154,26 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
 
     The ONNX file a trial was measured on runs in its runtime (the int8 kernels included); a torch
     target runs the packed model as that runtime deploys it. Optuna freezes finished trials, so
-    the values live in the study attribute ``test_accuracy`` (trial number -> accuracy); later
+    the values live in the study attribute ``test_accuracy`` (trial number -> accuracy), and which
+    test images each got right in ``test_correct`` (to pair its drop with the baseline's); later
     reports read them instead of re-evaluating.
     """
-    from autocompress.deploy.runtimes import deployed_accuracy
+    from autocompress.deploy.runtimes import deployed_correct
+    from autocompress.stats import pack_correct
     from autocompress.tasks import TaskSpec, load_data
 
     stored: dict[str, float] = dict(study.user_attrs.get("test_accuracy", {}))
+    correct: dict[str, str] = dict(study.user_attrs.get("test_correct", {}))
     missing = [n for n in numbers if str(n) not in stored]
     if missing:
         spec = TaskSpec.from_dict(study.user_attrs["task"]).resolved()
         data = load_data(spec)
         for n in missing:
-            stored[str(n)] = deployed_accuracy(_deployed_on_cpu(study, n, data.x_test[:1]), data.x_test, data.y_test)
-        study.set_user_attr("test_accuracy", stored)
+            right = deployed_correct(_deployed_on_cpu(study, n, data.x_test[:1]), data.x_test, data.y_test)
+            stored[str(n)] = int(right.sum()) / max(1, len(right))
+            correct[str(n)] = pack_correct(right)
+        study.set_user_attr("test_correct", correct)
+        study.set_user_attr("test_accuracy", stored)  # last: its presence says the re-check is whole
     return {n: stored[str(n)] for n in numbers}
 
 

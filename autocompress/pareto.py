@@ -13,9 +13,11 @@ Hypervolume is measured in that space against the reference point
 constraint is set, else 10 points. The knee is the front point closest (Euclidean) to the
 ideal point after scaling each objective to [0, 1] over the front.
 
-With ``max_accuracy_drop`` set, trials losing more accuracy are infeasible: the front is built
-from feasible trials only; infeasible trials stay listed and marked. When no trial is
-feasible, the analysis names the closest ones (least accuracy lost) instead.
+With ``max_accuracy_drop`` set (1 point by default), trials losing more accuracy are
+infeasible, and so is, constraint or not, a trial no better than always answering the most
+common class (a one-sided exact binomial test on the validation split): the front is built from
+feasible trials only; infeasible trials stay listed and marked. When no trial is feasible, the
+analysis names the closest ones (least accuracy lost) instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocompress._optuna import compute_hypervolume
 from autocompress.baseline import Baseline
+from autocompress.stats import PairedDrop, paired_drop, unpack_correct
 
 OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
@@ -87,6 +90,7 @@ class Point:
     compression_ratio: float
     speedup: float
     feasible: bool
+    at_chance: bool = False  # no better than the most common class: never feasible
 
     @property
     def loss(self) -> list[float]:
@@ -120,6 +124,7 @@ def to_points(trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any],
             continue
         accuracy, size_bytes, latency_ms = t.values
         relative = base.relative(accuracy, size_bytes, latency_ms)
+        at_chance = base.at_chance(accuracy)
         points.append(
             Point(
                 trial=t.number,
@@ -129,7 +134,8 @@ def to_points(trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any],
                 accuracy_drop=relative.accuracy_drop,
                 compression_ratio=relative.compression_ratio,
                 speedup=relative.speedup,
-                feasible=max_accuracy_drop is None or relative.accuracy_drop <= max_accuracy_drop + 1e-9,
+                feasible=not at_chance and (max_accuracy_drop is None or relative.accuracy_drop <= max_accuracy_drop + 1e-9),
+                at_chance=at_chance,
             )
         )
     return points
@@ -211,10 +217,31 @@ def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int,
             "nonzeros": t.user_attrs.get("metrics", {}).get("nonzeros"),
             "plan": t.user_attrs.get("plan", {}),
         }
+        paired = _paired(baseline.get("val_correct"), t.user_attrs.get("val_correct"))
+        if paired is not None:
+            row["accuracy_drop_interval"] = [round(paired.low, 3), round(paired.high, 3)]
+            row["accuracy_drop_p"] = round(paired.p_value, 4)
+            row["accuracy_drop_within_noise"] = paired.within_noise
         if test_accuracy is not None and number in test_accuracy:
             row["test_accuracy"] = test_accuracy[number]
             drop = Baseline.of(baseline).test_accuracy_drop(test_accuracy[number]) if baseline else None
             if drop is not None:
                 row["test_accuracy_drop"] = round(drop, 3)
+            paired = _paired(baseline.get("test_correct"), study.user_attrs.get("test_correct", {}).get(str(number)))
+            if paired is not None:
+                row["test_accuracy_drop_interval"] = [round(paired.low, 3), round(paired.high, 3)]
+                row["test_accuracy_drop_p"] = round(paired.p_value, 4)
+                row["test_accuracy_drop_within_noise"] = paired.within_noise
         rows.append(row)
     return rows
+
+
+def _paired(baseline: str | None, trial: str | None) -> PairedDrop | None:
+    """The paired drop of two stored correctness vectors; None when either is missing or they
+    cover different images (a study from before they were stored)."""
+    if not baseline or not trial:
+        return None
+    base, other = unpack_correct(baseline), unpack_correct(trial)
+    if base is None or other is None or len(base) != len(other) or len(base) == 0:
+        return None
+    return paired_drop(base, other)

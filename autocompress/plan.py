@@ -77,6 +77,7 @@ class Result:
         latency_node: the Ray node that timed it when that is not the worker's (deploy.resource).
         onnx_bytes: length of the ONNX file deployed (ONNX-based runtimes), else None.
         windows: wall-clock windows of the timing slot and of this worker's shared turns.
+        val_correct: which validation images it got right (``stats.pack_correct``).
         error: why the evaluation failed; None when it succeeded.
         worker: where it ran (host, pid, Ray node id when on Ray).
         artifact: the packed model (``size_bytes`` is its length); not stored as an attribute.
@@ -94,6 +95,7 @@ class Result:
     latency_cv: float = 0.0
     latency_capped: bool = False
     latency_backend: str = "torch fp32 cpu"
+    val_correct: str = ""
     latency_node: str = ""
     onnx_bytes: int | None = None
     windows: dict[str, Any] = field(default_factory=dict)

@@ -14,6 +14,7 @@ from rich.table import Table
 from autocompress.baseline import Baseline
 from autocompress.errors import StorageError
 from autocompress.pareto import OBJECTIVES, Analysis, front_rows, study_analysis
+from autocompress.stats import unpack_correct
 
 
 def make_console() -> Console:
@@ -131,15 +132,21 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
         table.add_row(
             f"{r['trial']}{mark}",
             f"{100 * r['accuracy']:.2f}",
-            f"{r['accuracy_drop']:+.2f}",
+            _drop(r, "accuracy_drop"),
             f"{100 * r['test_accuracy']:.2f}" if "test_accuracy" in r else "",
-            f"{r['test_accuracy_drop']:+.2f}" if "test_accuracy_drop" in r else "",
+            _drop(r, "test_accuracy_drop"),
             f"{r['size_bytes'] / 1024:.2f}",
             f"{r['compression_ratio']:.1f}x",
             f"{r['latency_ms']:.3f}{' ~' if r.get('latency_unstable') else ''}",
             f"{r['speedup']:.2f}x",
         )
     console.print(table)
+    if any(f"{k}_interval" in r for r in rows for k in ("accuracy_drop", "test_accuracy_drop")):
+        n_val, n_test = (_count((stored or {}).get(f"{split}_correct")) for split in ("val", "test"))
+        console.print(
+            f"[..] the drop's 95% interval, paired with the baseline on the same images ({n_val} validation, {n_test} test); "
+            "≈ within noise: the interval holds 0 (McNemar's exact test, p >= 0.05)"
+        )
     unchecked = [str(r["trial"]) for r in rows if "test_accuracy" not in r]
     if unchecked:
         console.print(
@@ -150,6 +157,22 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     console.print("plans (layer s=sparsity or c=channel share / bits / r=rank):")
     for r in rows:
         console.print(f"  trial {r['trial']}: {plan_summary(r['plan'])}", highlight=False, soft_wrap=True)
+
+
+def _count(packed: str | None) -> int:
+    vector = unpack_correct(packed) if packed else None
+    return 0 if vector is None else len(vector)
+
+
+def _drop(row: dict[str, Any], key: str) -> str:
+    """``+0.56 [-0.28,+1.39] ≈``: the drop, its paired 95% interval, and ≈ when within noise."""
+    if key not in row:
+        return ""
+    text = f"{row[key]:+.2f}"
+    if f"{key}_interval" in row:
+        low, high = row[f"{key}_interval"]
+        text += f" [{low:+.1f},{high:+.1f}]{' ≈' if row[f'{key}_within_noise'] else ''}"
+    return text
 
 
 def report_json(study: optuna.Study) -> str:

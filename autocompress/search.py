@@ -29,9 +29,10 @@ from autocompress.leases import Lease
 from autocompress.plan import Result
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
-from autocompress.storage import mask_url, open_storage, retry_creation
+from autocompress.stats import chance_accuracy, pack_correct
+from autocompress.storage import mask_url, open_storage, retry_creation, sqlite_path
 from autocompress.study_setup import WARM_START, WARM_START_CHANNEL, open_study, prepare
-from autocompress.tasks import Task, build_task, evaluate_accuracy
+from autocompress.tasks import Task, build_task, correct_of
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,16 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[
     result = runner.baseline()
     if result.error:
         raise SearchError(f"the baseline model cannot be measured: {result.error}")
+    test_correct = correct_of(task.build_model(), task.data.x_test, task.data.y_test).numpy()
     numbers = {
         "accuracy": result.accuracy,
-        "test_accuracy": evaluate_accuracy(task.build_model(), task.data.x_test, task.data.y_test),
+        "test_accuracy": int(test_correct.sum()) / max(1, len(test_correct)),
+        # Per-image correctness, to pair each trial's drop with it (stats.paired_drop), and the
+        # most common class's share: a trial no better than it is never on the front.
+        "val_correct": result.val_correct,
+        "test_correct": pack_correct(test_correct),
+        "val_count": len(task.data.y_val),
+        "chance_accuracy": chance_accuracy(task.data.y_val.numpy()),
         "size_bytes": result.size_bytes,
         "latency_ms": result.latency_ms,
         "latency_cv": result.latency_cv,
@@ -105,8 +113,11 @@ class Driver:
         self._engine, self._study_id = storage.engine, storage.get_study_id_from_name(study.study_name)
         self.lease = Lease(self._engine, self._study_id, self.driver_id)
         done = self._count_in(study, TrialState.COMPLETE)
+        database = sqlite_path(cfg.storage)
+        where = f" ({database.resolve()})" if database is not None and not database.is_absolute() else ""  # report/dashboard from elsewhere need it
         self.say(
-            f"study '{study.study_name}' in {mask_url(cfg.storage)}: " + (f"{done} of {cfg.search.trials} trials complete" if done else "starting")
+            f"study '{study.study_name}' in {mask_url(cfg.storage)}{where}: "
+            + (f"{done} of {cfg.search.trials} trials complete" if done else "starting")
         )
         task = build_task(cfg.task, cfg.cache_dir, say=self.say)
         self.study = study
@@ -264,6 +275,11 @@ class Driver:
         trial.set_user_attr("per_layer", result.per_layer)
         trial.set_user_attr("finetune_log", result.finetune_log)
         trial.set_user_attr("windows", result.windows)
+        trial.set_user_attr("val_correct", result.val_correct)
+        if "accuracy_drop" in metrics:  # flat, so optuna-dashboard's trial table shows them as columns
+            trial.set_user_attr("drop_points", round(metrics["accuracy_drop"], 3))
+            trial.set_user_attr("compression_ratio", round(metrics["compression_ratio"], 2))
+            trial.set_user_attr("speedup", round(metrics["speedup"], 3))
         if baseline.get("deploy"):  # optuna-dashboard's trial table shows what each latency came from
             trial.set_user_attr("deploy", f"{baseline['deploy']} [{result.latency_backend}]")
         try:

@@ -81,7 +81,11 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     path = sqlite_path(url)
     if path is not None:
         if not create and not path.is_file():
-            raise StorageError(f"no database at {path} ({mask_url(url)}): run a search first or pass --storage")
+            where = "" if path.is_absolute() else f", a relative path taken from the current folder {os.getcwd()}"
+            raise StorageError(
+                f"no database at {path} ({mask_url(url)}{where}): run a search first, run from the folder the search ran in, "
+                "or pass --storage with an absolute path (sqlite:////abs/path.db)"
+            )
         _check_sqlite_folder(path, url)
     engine_kwargs = {}
     if make_url(url).get_backend_name() == "postgresql":

@@ -81,3 +81,24 @@ def test_hypervolume_history_never_falls() -> None:
         t.datetime_complete = t.datetime_start
     history = [hv for _, hv in hypervolume_history(trials, BASELINE)]
     assert len(history) == 8 and all(b >= a for a, b in itertools.pairwise(history)) and history[-1] > 0
+
+
+def test_a_trial_at_chance_level_is_never_on_the_front() -> None:
+    """With no constraint at all, a model no better than always answering the most common class
+    (10% of 360 images here) stays off the front; 15% is beyond luck and may stay."""
+    baseline = {**BASELINE, "chance_accuracy": 0.1, "val_count": 360}
+    trials = [_trial(0, 0.90, 250, 1.0), _trial(1, 0.11, 10, 1.0), _trial(2, 0.15, 12, 1.0)]
+    analysis = analyse(trials, baseline, max_accuracy_drop=None)
+    assert [p.at_chance for p in analysis.points] == [False, True, False]
+    assert analysis.front == [2, 0] and analysis.knee in (0, 2)
+
+
+def test_the_default_constraint_is_one_point_and_the_knee_is_feasible(tmp_path) -> None:
+    from autocompress.config import StudyConfig, load_config
+
+    assert StudyConfig().pareto.max_accuracy_drop == 1.0
+    (tmp_path / "none.yaml").write_text("pareto: {max_accuracy_drop: null}\n")
+    assert load_config(tmp_path / "none.yaml").pareto.max_accuracy_drop is None  # null turns it off
+    trials = [_trial(0, 0.90, 250, 1.0), _trial(1, 0.895, 100, 1.0), _trial(2, 0.80, 5, 0.2)]
+    analysis = analyse(trials, BASELINE, StudyConfig().pareto.max_accuracy_drop)
+    assert analysis.front == [1, 0] and analysis.knee in (0, 1)  # trial 2, 10 points lost, is not the knee

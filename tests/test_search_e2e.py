@@ -25,6 +25,7 @@ from autocompress.pareto import dominates
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners import LocalRunner
 from autocompress.search import Driver, run_search
+from autocompress.stats import unpack_correct
 from tests.helpers import ARTIFACTS, REPO, chromium, run_cli, write_study_config
 
 pytestmark = pytest.mark.e2e
@@ -131,6 +132,13 @@ def test_report_rechecks_the_front_on_the_test_split_once(cli_study: Path) -> No
     for r in rows:
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_accuracy"] == stored[str(r["trial"])]
         assert r["test_accuracy_drop"] == pytest.approx(100 * (study.user_attrs["baseline"]["test_accuracy"] - r["test_accuracy"]), abs=1e-3)
+        # Each drop carries its paired 95% interval, on validation and on test, around the drop.
+        for key in ("accuracy_drop", "test_accuracy_drop"):
+            low, high = r[f"{key}_interval"]
+            assert low - 1e-3 <= r[key] <= high + 1e-3
+            assert r[f"{key}_within_noise"] == (low <= 0 <= high)
+    vectors = [study.user_attrs["baseline"]["test_correct"], *study.user_attrs["test_correct"].values()]
+    assert {len(unpack_correct(v)) for v in vectors} == {360}  # one bit per test image, baseline and trials alike
 
 
 def test_export_writes_the_trial_artifact_and_it_reloads(cli_study: Path) -> None:
@@ -228,6 +236,10 @@ def test_dashboard_shows_objectives_constraints_and_artifacts(dashboard: str, cl
         # The trial table names the deploy target its latency came from.
         attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
         assert attrs["deploy"].startswith("torch fp32 cpu, 1 thread, batch 32 [torch fp32 cpu]")
+        # ...and the baseline-relative numbers, each its own column.
+        assert float(attrs["drop_points"]) == pytest.approx(drop, abs=1e-3)
+        assert float(attrs["compression_ratio"]) == pytest.approx(baseline["size_bytes"] / t["values"][1], rel=1e-2)
+        assert float(attrs["speedup"]) > 0
     assert detail["artifacts"][0]["filename"] == "baseline.acz"
     t = complete[0]
     url = f"{dashboard}/artifacts/{summary['study_id']}/{t['trial_id']}/{t['artifacts'][0]['artifact_id']}"

@@ -298,21 +298,26 @@ class OpenVinoRuntime(Runtime):
         return _OvDeployed(compiled, example, f"openvino {ov.__version__.split('-')[0]} {precision} cpu", data)
 
 
-def deployed_accuracy(
+def deployed_correct(
     deployed: Deployed,
     x: torch.Tensor,
     y: torch.Tensor,
     batch_size: int = 512,
     turn: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> float:
-    """Top-1 accuracy of a deployed form on ``(x, y)``; each batch runs inside one ``turn()``
-    (a device lock's shared turn in a worker)."""
-    correct = 0
+) -> np.ndarray:
+    """Which of ``(x, y)`` a deployed form gets right (top-1), one bool per input; each batch runs
+    inside one ``turn()`` (a device lock's shared turn in a worker)."""
+    right = []
     for i in range(0, len(x), batch_size):
         with turn():
             logits = deployed.predict(x[i : i + batch_size])
-        correct += int((logits.argmax(dim=1) == y[i : i + batch_size].cpu()).sum())
-    return correct / max(1, len(x))
+        right.append((logits.argmax(dim=1) == y[i : i + batch_size].cpu()).numpy())
+    return np.concatenate(right) if right else np.zeros(0, dtype=bool)
+
+
+def deployed_accuracy(deployed: Deployed, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of a deployed form on ``(x, y)``."""
+    return int(deployed_correct(deployed, x, y, batch_size).sum()) / max(1, len(x))
 
 
 def runtime(name: str) -> Runtime:

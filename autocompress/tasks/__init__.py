@@ -13,6 +13,7 @@ from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, Ta
 from autocompress.tasks.training import (
     Task,
     build_task,
+    correct_of,
     evaluate_accuracy,
     layer_skeleton,
     load_checkpoint,
@@ -29,6 +30,7 @@ __all__ = [
     "Task",
     "TaskSpec",
     "build_task",
+    "correct_of",
     "evaluate_accuracy",
     "layer_skeleton",
     "load_checkpoint",

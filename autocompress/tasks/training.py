@@ -21,14 +21,16 @@ from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry
 
 
 @torch.inference_mode()
+def correct_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Which of ``(x, y)`` ``model`` gets right (top-1), one bool per input."""
+    model.eval()
+    right = [model(x[i : i + batch_size]).argmax(dim=1) == y[i : i + batch_size] for i in range(0, len(x), batch_size)]
+    return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
+
+
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i : i + batch_size])
-        correct += int((logits.argmax(dim=1) == y[i : i + batch_size]).sum())
-    return correct / max(1, len(x))
+    return int(correct_of(model, x, y, batch_size).sum()) / max(1, len(x))
 
 
 @dataclass
