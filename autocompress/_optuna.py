@@ -44,3 +44,21 @@ def fail_with_reason(study: optuna.Study, trial: optuna.trial.FrozenTrial, reaso
     trial here, no ``Trial`` object) can be written only through the storage."""
     study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def dashboard_best_trials_feasible_only() -> None:
+    """optuna-dashboard 0.21 badges "Best Trial" on its own Pareto front of the raw values, with
+    infeasible trials in it; the dashboard `autocompress dashboard` serves computes it over the
+    feasible trials (every recorded constraint value <= 0), as the report's front does."""
+    from optuna_dashboard import _app
+
+    front = _app.get_pareto_front_trials
+    if getattr(front, "feasible_only", False):
+        return
+
+    def feasible_front(trials: Any, directions: Any) -> Any:
+        kept = [t for t in trials if all(v <= 0 for v in t.system_attrs.get("constraints") or ())]
+        return front(trials=kept, directions=directions)
+
+    feasible_front.feasible_only = True  # type: ignore[attr-defined]
+    _app.get_pareto_front_trials = feasible_front

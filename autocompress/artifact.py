@@ -23,9 +23,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
-import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -522,44 +520,3 @@ def read_file(path: str | Path) -> bytes:
             f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB, far beyond any packed model: pass an artifact from 'autocompress export'"
         )
     return data
-
-
-def check_output(path: str | Path, force: bool = False, flag: str = "-o") -> None:
-    """Refuse an output path that would replace something: an existing file (unless ``force``),
-    a symbolic link (never written through: its target could be anything), a device, a folder."""
-    path = Path(path)
-    if path.is_symlink():
-        raise ArtifactError(f"'{path}' is a symbolic link ({flag}); autocompress does not write through links: give the real path")
-    if path.exists():
-        if not path.is_file():
-            raise ArtifactError(f"'{path}' exists and is not a regular file ({flag}): pick a file path")
-        if not force:
-            raise ArtifactError(f"'{path}' exists ({flag}): pass --force to replace it, or pick another path")
-
-
-def write_atomic(path: str | Path, data: bytes, force: bool = True) -> None:
-    """Write via a temporary file and rename, so a failure leaves nothing half-written.
-
-    With ``force=False`` an existing file is refused (``check_output``); links and devices always are.
-    """
-    path = Path(path)
-    check_output(path, force)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ArtifactError(f"folder '{folder}' does not exist (-o {path}): create it or pick another path")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ArtifactError(f"cannot write to '{folder}' (-o {path}): {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ArtifactError(f"cannot write '{path}': {exc.strerror}") from None

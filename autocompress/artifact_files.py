@@ -10,7 +10,6 @@ short. A later driver on the same host removes the partial files of processes th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import uuid
@@ -22,6 +21,7 @@ from optuna.artifacts import ArtifactMeta, get_all_artifact_meta
 from autocompress import _faults, _optuna
 from autocompress._proc import pid_alive
 from autocompress.errors import ArtifactError, StorageError
+from autocompress.outputs import write_then_rename
 
 PARTIAL = ".partial-"
 MAX_READ_BYTES = 4 << 30  # an artifact folder is shared: a planted huge file is not read whole
@@ -46,18 +46,8 @@ def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir
     tmp = folder / f"{PARTIAL}{socket.gethostname()}-{os.getpid()}-{artifact_id}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            f.flush()
-            _faults.checkpoint("artifact-write")
-            f.write(data[half:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / artifact_id)
+        write_then_rename(tmp, data, folder / artifact_id, midway=lambda: _faults.checkpoint("artifact-write"))
     except OSError as exc:
-        with contextlib.suppress(OSError):  # the folder itself may be what broke
-            tmp.unlink(missing_ok=True)
         raise StorageError(
             f"cannot write artifacts to {artifact_dir} ({exc.strerror or exc}): "
             "free disk space or fix permissions, then run the same command to resume"

@@ -196,7 +196,7 @@ def _report(args: argparse.Namespace) -> int:
     from autocompress.report import print_report, report_json
 
     if args.html:  # refused before anything is computed or stored
-        from autocompress.artifact import check_output
+        from autocompress.outputs import check_output
 
         _not_the_database(args.html, args.storage, "--html")
         check_output(args.html, args.force, "--html")
@@ -249,6 +249,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
+    from autocompress._optuna import dashboard_best_trials_feasible_only
     from autocompress.config import load_config
     from autocompress.errors import ConfigError
     from autocompress.storage import mask_url, open_storage
@@ -268,6 +269,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     storage = open_storage(url, create=False)
     folder = Path(args.artifact_dir or config.artifact_dir)
     print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(url)} (artifacts: {folder}); Ctrl-C stops it")
+    dashboard_best_trials_feasible_only()
     run_server(storage, host=args.host, port=args.port, artifact_store=FileSystemArtifactStore(str(folder)) if folder.is_dir() else None)
     return 0
 

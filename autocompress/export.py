@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from autocompress import artifact
 from autocompress.artifact_files import read_artifact
 from autocompress.errors import ArtifactError, StorageError
+from autocompress.outputs import check_output, write_atomic
 
 
 def trial_artifact(study: optuna.Study, number: int) -> bytes:
@@ -52,12 +53,12 @@ def export_trial(
     if fmt not in FORMATS:
         raise ArtifactError(f"unknown export format '{fmt}' (--format): use one of {', '.join(FORMATS)}")
     path = Path(output) if output else Path(f"{study.study_name}-trial{number}.{fmt}")
-    artifact.check_output(path, force)  # before any work: nothing is exported to be thrown away
+    check_output(path, force)  # before any work: nothing is exported to be thrown away
     data = trial_artifact(study, number)
     how = "the packed artifact the search sized"
     if fmt == "onnx":
         data, how = trial_onnx(study, number, data, precision)
-    artifact.write_atomic(path, data, force)
+    write_atomic(path, data, force)
     return path, how
 
 

@@ -16,10 +16,10 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from autocompress.artifact import check_output, write_atomic
 from autocompress.baseline import Baseline
+from autocompress.outputs import check_output, write_atomic
 from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
-from autocompress.report import checked_analysis, deploy_target, plan_summary, report_rows
+from autocompress.report import checked_analysis, deploy_target, drop_text, plan_summary, report_rows
 
 AXES = {0: ("accuracy %", lambda p: 100 * p.accuracy), 1: ("size KB", lambda p: p.size_bytes / 1024), 2: ("latency ms", lambda p: p.latency_ms)}
 
@@ -31,27 +31,25 @@ def _projection_figure(analysis: Analysis, baseline: Baseline) -> go.Figure:
     for col, name in enumerate(names, start=1):
         i, j = PROJECTIONS[name]
         (xi, fx), (_, fy) = AXES[j], AXES[i]
-        pts = analysis.points
         show = col == 1
-        fig.add_trace(
-            go.Scatter(
-                x=[fx(p) for p in pts],
-                y=[fy(p) for p in pts],
-                mode="markers",
-                name="trials",
-                legendgroup="trials",
-                showlegend=show,
-                marker={
-                    "color": ["#9aa5b1" if p.feasible else "#e4572e" for p in pts],
-                    "symbol": ["circle" if p.feasible else "x" for p in pts],
-                    "size": 7,
-                },
-                text=[f"trial {p.trial}{'' if p.feasible else ' (infeasible)'}" for p in pts],
-                hoverinfo="text+x+y",
-            ),
-            row=1,
-            col=col,
-        )
+        # Two traces, so the legend names the infeasible marker (over the constraint, or at chance level).
+        for feasible, label, color, symbol in ((True, "trials", "#9aa5b1", "circle"), (False, "infeasible trials", "#e4572e", "x")):
+            pts = [p for p in analysis.points if p.feasible == feasible]
+            fig.add_trace(
+                go.Scatter(
+                    x=[fx(p) for p in pts],
+                    y=[fy(p) for p in pts],
+                    mode="markers",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=show and bool(pts),
+                    marker={"color": color, "symbol": symbol, "size": 7},
+                    text=[f"trial {p.trial}{'' if feasible else (' (at chance level)' if p.at_chance else ' (infeasible)')}" for p in pts],
+                    hoverinfo="text+x+y",
+                ),
+                row=1,
+                col=col,
+            )
         front = sorted((analysis.point(n) for n in analysis.projections.get(name, [])), key=fx)
         fig.add_trace(
             go.Scatter(
@@ -205,7 +203,8 @@ def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Pa
         test = f"{100 * r['test_accuracy']:.2f}" if "test_accuracy" in r else ""
         cells.append(
             f"<tr><td>{r['trial']}{' (knee)' if r['knee'] else ''}</td><td>{100 * r['accuracy']:.2f}</td>"
-            f"<td>{r['accuracy_drop']:+.2f}</td><td>{test}</td><td>{r['size_bytes'] / 1024:.2f}</td>"
+            f"<td>{html.escape(drop_text(r, 'accuracy_drop'))}</td><td>{test}</td><td>{html.escape(drop_text(r, 'test_accuracy_drop'))}</td>"
+            f"<td>{r['size_bytes'] / 1024:.2f}</td>"
             f"<td>{r['compression_ratio']:.1f}x</td><td>{r['latency_ms']:.3f}{' ~' if r.get('latency_unstable') else ''}</td><td>{r['speedup']:.2f}x</td>"
             f"<td><code>{html.escape(plan_summary(r['plan']))}</code></td></tr>"
         )
@@ -232,7 +231,9 @@ Baseline: accuracy {100 * baseline.accuracy:.2f}%, {baseline.size_bytes / 1024:.
 speedup is the median ratio of the trial timed alternately with the baseline in one slot. A latency marked ~ kept a CV above
 the threshold until the time cap. Get a trial's file with <code>autocompress export {html.escape(study.study_name)} --trial N --format onnx</code>.</p>
 <h2>{headline}</h2>
-<table><tr><th>trial</th><th>val acc %</th><th>drop pts</th><th>test acc %</th><th>size KB</th><th>ratio</th><th>latency ms</th><th>speedup</th><th>plan</th></tr>
+<p>A drop in points is followed by its 95% interval, paired with the baseline on the same images (McNemar's exact
+test); &asymp; marks a drop within noise (the interval holds 0).</p>
+<table><tr><th>trial</th><th>val acc %</th><th>drop pts</th><th>test acc %</th><th>test drop</th><th>size KB</th><th>ratio</th><th>latency ms</th><th>speedup</th><th>plan</th></tr>
 {table_rows}</table>
 {"".join(parts)}
 </body></html>

@@ -132,9 +132,9 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
         table.add_row(
             f"{r['trial']}{mark}",
             f"{100 * r['accuracy']:.2f}",
-            _drop(r, "accuracy_drop"),
+            drop_text(r, "accuracy_drop"),
             f"{100 * r['test_accuracy']:.2f}" if "test_accuracy" in r else "",
-            _drop(r, "test_accuracy_drop"),
+            drop_text(r, "test_accuracy_drop"),
             f"{r['size_bytes'] / 1024:.2f}",
             f"{r['compression_ratio']:.1f}x",
             f"{r['latency_ms']:.3f}{' ~' if r.get('latency_unstable') else ''}",
@@ -164,7 +164,7 @@ def _count(packed: str | None) -> int:
     return 0 if vector is None else len(vector)
 
 
-def _drop(row: dict[str, Any], key: str) -> str:
+def drop_text(row: dict[str, Any], key: str) -> str:
     """``+0.56 [-0.28,+1.39] ≈``: the drop, its paired 95% interval, and ≈ when within noise."""
     if key not in row:
         return ""

@@ -14,6 +14,7 @@ from autocompress.deploy.runtimes import runtime
 from autocompress.deploy.target import DeployConfig
 from autocompress.evaluate import Evaluator, FinetuneConfig
 from autocompress.latency import count_macs
+from autocompress.outputs import write_atomic
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.tasks import DATASETS, TaskSpec, build_task, evaluate_accuracy
 from tests.helpers import TinyResNet
@@ -45,7 +46,7 @@ def test_export_round_trip_reproduces_the_evaluated_model(tmp_path: Path, tasks,
     result = Evaluator(task, FinetuneConfig(steps=20), DeployConfig(max_seconds=0.05)).evaluate(plan)
     assert result.ok, result.error
     path = tmp_path / "m.acz"
-    artifact.write_atomic(path, result.artifact)
+    write_atomic(path, result.artifact)
     assert result.size_bytes == os.path.getsize(path)
     model = artifact.load(path)
     # Bit-identical: the reloaded weights are codes * float16 scales, exactly the evaluated ones,
@@ -129,10 +130,10 @@ def test_truncated_artifact_is_refused(tasks) -> None:
 
 def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="does not exist"):
-        artifact.write_atomic(tmp_path / "missing" / "m.acz", b"x")
+        write_atomic(tmp_path / "missing" / "m.acz", b"x")
     with pytest.raises(ArtifactError, match="cannot write"):  # /proc refuses new files, even to root
-        artifact.write_atomic(Path("/proc/m.acz"), b"x")
-    artifact.write_atomic(tmp_path / "ok.acz", b"data")
+        write_atomic(Path("/proc/m.acz"), b"x")
+    write_atomic(tmp_path / "ok.acz", b"data")
     assert [p.name for p in tmp_path.iterdir()] == ["ok.acz"]  # no temporary left over
 
 
@@ -285,7 +286,7 @@ def test_outputs_never_replace_links_devices_or_files_unasked(tmp_path: Path) ->
     link.symlink_to(target)
     for path, needle in ((link, "symbolic link"), (Path("/dev/null"), "not a regular file"), (tmp_path, "not a regular file"), (target, "--force")):
         with pytest.raises(ArtifactError, match=needle):
-            artifact.write_atomic(path, b"new", force=path != target)
+            write_atomic(path, b"new", force=path != target)
     assert target.read_text() == "precious" and link.is_symlink()
-    artifact.write_atomic(target, b"new", force=True)  # asked for: replaced
+    write_atomic(target, b"new", force=True)  # asked for: replaced
     assert target.read_bytes() == b"new"

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from autocompress.config import load_config
 from autocompress.errors import SearchError
-from autocompress.pareto import dominates
+from autocompress.pareto import dominates, study_analysis
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners import LocalRunner
 from autocompress.search import Driver, run_search
@@ -240,6 +240,11 @@ def test_dashboard_shows_objectives_constraints_and_artifacts(dashboard: str, cl
         assert float(attrs["drop_points"]) == pytest.approx(drop, abs=1e-3)
         assert float(attrs["compression_ratio"]) == pytest.approx(baseline["size_bytes"] / t["values"][1], rel=1e-2)
         assert float(attrs["speedup"]) > 0
+    # "Best Trial" badges only on feasible trials, the front the report shows.
+    best = {t["number"] for t in detail["best_trials"]}
+    feasible = {t["number"] for t in complete if t["constraints"][0] <= 0}
+    assert best and best <= feasible
+    assert best == set(study_analysis(optuna.load_study(study_name="e2e", storage=f"sqlite:///{cli_study / 'e2e.db'}")).front)
     assert detail["artifacts"][0]["filename"] == "baseline.acz"
     t = complete[0]
     url = f"{dashboard}/artifacts/{summary['study_id']}/{t['trial_id']}/{t['artifacts'][0]['artifact_id']}"
@@ -277,7 +282,9 @@ def test_html_report_is_self_contained_and_renders_in_chromium(cli_study: Path) 
         + 2  # the knee and the baseline in both panels
     )
     assert projection.count('class="point"') == expected
+    assert ("infeasible trials" in projection) == (analysis.feasible_count < len(analysis.points))  # the legend names the x marker
     assert 'id="plot-3"' in dom  # the per-layer heatmap of the front
+    assert "<th>test drop</th>" in page and "autocompress export e2e --trial N" in page
 
 
 def test_sql_tables_hold_layers_hypervolume_and_fronts(cli_study: Path) -> None:
