@@ -13,8 +13,8 @@ from autocompress._schema import from_mapping, read_yaml
 from autocompress.deploy.target import LEGACY_LATENCY_KEYS, DeployConfig, from_legacy_latency
 from autocompress.errors import ConfigError
 from autocompress.storage import DEFAULT_STORAGE
-from autocompress.tasks import TaskSpec
 from autocompress.tasks.custom import add_import_path, is_custom
+from autocompress.tasks.spec import TaskSpec
 
 DEFAULT_CONFIG = Path("studies/default.yaml")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # study names become file names
