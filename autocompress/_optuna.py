@@ -62,3 +62,48 @@ def dashboard_best_trials_feasible_only() -> None:
 
     feasible_front.feasible_only = True  # type: ignore[attr-defined]
     _app.get_pareto_front_trials = feasible_front
+
+
+def set_trial_attrs(trial: optuna.Trial, user: dict[str, Any], system: dict[str, Any] | None = None) -> None:
+    """Write a trial's attributes in one transaction where the storage is a database (Optuna
+    commits each ``set_user_attr`` on its own: a dozen commits per trial); one call per
+    attribute elsewhere, or when Optuna's internals have moved."""
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb import storage as rdb
+
+    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache
+    write = getattr(backend, "_set_trial_attr_without_commit", None)
+    session = getattr(rdb, "_create_scoped_session", None)
+    if not isinstance(backend, RDBStorage) or write is None or session is None:
+        for key, value in user.items():
+            trial.set_user_attr(key, value)
+        for key, value in (system or {}).items():
+            trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+        return
+    with session(backend.scoped_session, True) as s:
+        for key, value in user.items():
+            write(s, models.TrialUserAttributeModel, trial._trial_id, key, value)
+        for key, value in (system or {}).items():
+            write(s, models.TrialSystemAttributeModel, trial._trial_id, key, value)
+
+
+def count_trials(study: optuna.Study, states: tuple[optuna.trial.TrialState, ...]) -> int:
+    """How many of the study's trials are in ``states``: one COUNT query on a database (Optuna
+    reads every unfinished trial whole to count them), a listing elsewhere."""
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb import models
+
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, RDBStorage):
+        return len(study.get_trials(deepcopy=False, states=states))
+    import sqlalchemy as sa
+
+    query = (
+        sa.select(sa.func.count())
+        .select_from(models.TrialModel)
+        .where(models.TrialModel.study_id == study._study_id, models.TrialModel.state.in_(states))
+    )
+    with backend.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())

@@ -22,7 +22,7 @@ analysis names the closest ones (least accuracy lost) instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,14 +49,31 @@ def dominates(a: list[float], b: list[float], directions: tuple[str, ...] = DIRE
     return all(x <= y for x, y in zip(a_, b_, strict=True)) and any(x < y for x, y in zip(a_, b_, strict=True))
 
 
+def dominates_loss(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> bool:
+    """Whether loss vector ``a`` (all minimized) dominates ``b``."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
 def non_dominated(losses: np.ndarray) -> np.ndarray:
-    """Boolean mask of the rows of ``losses`` (all minimized) that no other row dominates."""
-    if len(losses) == 0:
-        return np.zeros(0, dtype=bool)
-    le = (losses[:, None, :] <= losses[None, :, :]).all(axis=2)
-    lt = (losses[:, None, :] < losses[None, :, :]).any(axis=2)
-    dominated_by = le & lt  # [i, j]: row i dominates row j
-    return np.asarray(~dominated_by.any(axis=0))
+    """Boolean mask of the rows of ``losses`` (all minimized) that no other row dominates.
+
+    A sweep in lexicographic order: a row can be dominated only by one before it, and never
+    dominates a kept one before it, so each row is compared with the front so far alone
+    (O(n x front) time and O(front) memory, where the pairwise matrix took O(n^2) of both).
+    Equal rows dominate neither each other: both are kept."""
+    n = len(losses)
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
+        return keep
+    order = np.lexsort(losses.T[::-1])
+    front = np.empty((0, losses.shape[1]))
+    for i in order:
+        row = losses[i]
+        if len(front) and ((front <= row).all(axis=1) & (front < row).any(axis=1)).any():
+            continue
+        keep[i] = True
+        front = np.vstack([front, row])
+    return keep
 
 
 def hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
@@ -113,32 +130,34 @@ class Analysis:
         return sum(p.feasible for p in self.points)
 
     def point(self, trial: int) -> Point:
-        return next(p for p in self.points if p.trial == trial)
+        if len(self._index) != len(self.points):
+            self._index = {p.trial: p for p in self.points}
+        return self._index[trial]
+
+    _index: dict[int, Point] = field(default_factory=dict, repr=False, compare=False)
+
+
+def to_point(number: int, values: list[float], base: Baseline, max_accuracy_drop: float | None) -> Point:
+    """One COMPLETE trial's values (accuracy, size_bytes, latency_ms) as a point."""
+    accuracy, size_bytes, latency_ms = values
+    relative = base.relative(accuracy, size_bytes, latency_ms)
+    at_chance = base.at_chance(accuracy)
+    return Point(
+        trial=number,
+        accuracy=accuracy,
+        size_bytes=int(size_bytes),
+        latency_ms=latency_ms,
+        accuracy_drop=relative.accuracy_drop,
+        compression_ratio=relative.compression_ratio,
+        speedup=relative.speedup,
+        feasible=not at_chance and (max_accuracy_drop is None or relative.accuracy_drop <= max_accuracy_drop + 1e-9),
+        at_chance=at_chance,
+    )
 
 
 def to_points(trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None) -> list[Point]:
     base = Baseline.of(baseline)
-    points = []
-    for t in trials:
-        if t.state != TrialState.COMPLETE or t.values is None:
-            continue
-        accuracy, size_bytes, latency_ms = t.values
-        relative = base.relative(accuracy, size_bytes, latency_ms)
-        at_chance = base.at_chance(accuracy)
-        points.append(
-            Point(
-                trial=t.number,
-                accuracy=accuracy,
-                size_bytes=int(size_bytes),
-                latency_ms=latency_ms,
-                accuracy_drop=relative.accuracy_drop,
-                compression_ratio=relative.compression_ratio,
-                speedup=relative.speedup,
-                feasible=not at_chance and (max_accuracy_drop is None or relative.accuracy_drop <= max_accuracy_drop + 1e-9),
-                at_chance=at_chance,
-            )
-        )
-    return points
+    return [to_point(t.number, t.values, base, max_accuracy_drop) for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
 
 
 def reference_point(max_accuracy_drop: float | None) -> np.ndarray:
@@ -159,7 +178,7 @@ def analyse(trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], m
     mask = non_dominated(losses)
     front = [p for p, keep in zip(feasible, mask, strict=True) if keep]
     front_losses = losses[mask]
-    analysis.front = [p.trial for p in sorted(front, key=lambda p: (p.size_bytes, -p.accuracy))]
+    analysis.front = [p.trial for p in sorted(front, key=lambda p: (p.size_bytes, -p.accuracy, p.trial))]
     knee = knee_index(front_losses)
     analysis.knee = front[knee].trial if knee is not None else None
     analysis.hypervolume = hypervolume(losses, reference)
@@ -173,22 +192,107 @@ def hypervolume_history(
     trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None
 ) -> list[tuple[int, float]]:
     """(complete trials so far, hypervolume) after each COMPLETE trial, in completion order."""
-    done = sorted((t for t in trials if t.datetime_complete is not None), key=lambda t: (t.datetime_complete, t.number))
-    points = to_points(done, baseline, max_accuracy_drop)
-    reference = reference_point(max_accuracy_drop)
+    done = sorted(
+        (t for t in trials if t.datetime_complete is not None and t.state == TrialState.COMPLETE and t.values is not None),
+        key=lambda t: (t.datetime_complete, t.number),
+    )
+    state = FrontState(baseline, max_accuracy_drop)
     history: list[tuple[int, float]] = []
-    seen: list[list[float]] = []
-    for p in points:
-        if p.feasible:
-            seen.append(p.loss)
-        history.append((len(history) + 1, hypervolume(np.array(seen), reference) if seen else 0.0))
+    for t in done:
+        state.add([t])  # the hypervolume is recomputed only when the front changed
+        history.append((len(history) + 1, state.hypervolume))
     return history
+
+
+class FrontState:
+    """The analysis kept up to date one trial at a time: what the driver needs after every tell
+    (front, hypervolume, knee, feasibility counts) at a cost that grows with the front, not with
+    the study.
+
+    A new point is compared with the current front only (a point the front does not dominate
+    joins it and evicts the members it dominates); the hypervolume and the knee are recomputed
+    from the front alone, and only when the front changed. Trials are taken by number, once
+    each, so it can be fed every COMPLETE trial of a study repeatedly (other drivers' included)
+    and equals :func:`analyse` of the same trials, projections aside.
+    """
+
+    def __init__(self, baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None) -> None:
+        self.baseline = Baseline.of(baseline)
+        self.max_accuracy_drop = max_accuracy_drop
+        self.reference = reference_point(max_accuracy_drop)
+        self.points: dict[int, Point] = {}
+        self.front: dict[int, Point] = {}  # trial -> point, feasible and non-dominated
+        self.feasible_count = 0
+        self.hypervolume = 0.0
+        self.knee: int | None = None
+
+    def add(self, trials: Iterable[FrozenTrial]) -> bool:
+        """Take the COMPLETE trials not seen before; whether the front changed."""
+        new = [t for t in trials if t.number not in self.points and t.state == TrialState.COMPLETE and t.values is not None]
+        changed = False
+        for t in new:
+            changed |= self._take(to_point(t.number, t.values, self.baseline, self.max_accuracy_drop))
+        if changed:
+            self._refresh()
+        return changed
+
+    def add_values(self, number: int, values: list[float]) -> bool:
+        """Take one trial just told, from its values (no read of the study); whether the front changed."""
+        if number in self.points:
+            return False
+        changed = self._take(to_point(number, values, self.baseline, self.max_accuracy_drop))
+        if changed:
+            self._refresh()
+        return changed
+
+    def _take(self, p: Point) -> bool:
+        self.points[p.trial] = p
+        if not p.feasible:
+            return False
+        self.feasible_count += 1
+        return self._offer(p)
+
+    def _offer(self, p: Point) -> bool:
+        loss = p.loss
+        if any(dominates_loss(q.loss, loss) for q in self.front.values()):
+            return False
+        for number in [n for n, q in self.front.items() if dominates_loss(loss, q.loss)]:
+            del self.front[number]
+        self.front[p.trial] = p
+        return True
+
+    def _refresh(self) -> None:
+        members = sorted(self.front)  # trial order, as analyse() sees them: the same knee on ties
+        losses = np.array([self.front[n].loss for n in members])
+        self.hypervolume = hypervolume(losses, self.reference)
+        knee = knee_index(losses)
+        self.knee = members[knee] if knee is not None else None
+
+    def analysis(self) -> Analysis:
+        """An :class:`Analysis` of what was taken (without the 2-D projections)."""
+        points = [self.points[n] for n in sorted(self.points)]
+        analysis = Analysis(
+            points=points,
+            reference=self.reference.tolist(),
+            max_accuracy_drop=self.max_accuracy_drop,
+            front=[p.trial for p in sorted(self.front.values(), key=lambda p: (p.size_bytes, -p.accuracy, p.trial))],
+            knee=self.knee,
+            hypervolume=self.hypervolume,
+        )
+        if not self.front:
+            analysis.closest = [p.trial for p in sorted(points, key=lambda p: p.accuracy_drop)[:3]]
+        return analysis
+
+
+def study_constraint(study: optuna.Study) -> float | None:
+    """The accuracy constraint recorded with the study (its config when it was created)."""
+    value = (study.user_attrs.get("config", {}).get("pareto") or {}).get("max_accuracy_drop")
+    return None if value is None else float(value)
 
 
 def study_analysis(study: optuna.Study) -> Analysis:
     """Analyse a study with the constraint recorded in its config."""
-    max_drop = (study.user_attrs.get("config", {}).get("pareto") or {}).get("max_accuracy_drop")
-    return analyse(study.get_trials(deepcopy=False), study.user_attrs["baseline"], max_drop)
+    return analyse(study.get_trials(deepcopy=False), study.user_attrs["baseline"], study_constraint(study))
 
 
 def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int, float] | None = None) -> list[dict[str, Any]]:

@@ -8,11 +8,12 @@ setup and checks live in ``study_setup``, the drivers' leases and stale-trial re
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,19 @@ class Driver:
         self.failures: collections.Counter[str] = collections.Counter()  # reason -> count, this run
         self.driver_id = uuid.uuid4().hex[:12]  # this process's lease in autocompress_drivers
         self._analysis: pareto.Analysis | None = None  # after the last COMPLETE trial
+        self._front: pareto.FrontState | None = None  # the analysis, kept up to date trial by trial
+        # The driver's own seconds by component, this run: what benchmarks/driver_scale.py prints.
+        self.timings: collections.defaultdict[str, float] = collections.defaultdict(float)
+        self._plans: dict[int, dict[str, Any]] = {}  # trial number -> its plan, while in flight
+        self._baseline: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] += time.perf_counter() - start
 
     def run(self) -> optuna.Study:
         cfg, start = self.config, time.monotonic()
@@ -182,7 +196,8 @@ class Driver:
             try:
                 while True:
                     self._fill(study, space, in_flight)
-                    self.lease.beat()
+                    with self._timed("heartbeat"):
+                        self.lease.beat()
                     if not in_flight:
                         complete = self._count(TrialState.COMPLETE)
                         if complete >= cfg.trials:
@@ -207,7 +222,7 @@ class Driver:
                         if not self.show_progress and self._analysis is not None:
                             self.say(
                                 f"trial {number}: accuracy {100 * result.accuracy:.2f}%, {result.size_bytes / 1024:.1f} KB, "
-                                f"{told.user_attrs['metrics']['latency_ms']:.3f} ms [{complete}/{cfg.trials} complete, "
+                                f"{self._analysis.point(number).latency_ms:.3f} ms [{complete}/{cfg.trials} complete, "
                                 f"front {len(self._analysis.front)}]"
                             )
                     else:
@@ -232,12 +247,15 @@ class Driver:
     def _fill(self, study: optuna.Study, space: SearchSpace, in_flight: dict[int, optuna.Trial]) -> None:
         """Start trials until every worker is busy or the study needs no more."""
         while len(in_flight) < self.runner.capacity:
-            trial = self._claim(study, self.config.search.trials)
+            with self._timed("ask"):
+                trial = self._claim(study, self.config.search.trials)
             if trial is None:
                 return
             in_flight[trial.number] = trial  # before submit: the local runner evaluates inside it
-            plan = space.sample(trial)
-            trial.set_user_attr("plan", plan.to_dict())
+            with self._timed("sample"):
+                plan = space.sample(trial)
+                self._plans[trial.number] = plan.to_dict()
+                trial.set_user_attr("plan", self._plans[trial.number])
             self.runner.submit(trial.number, plan)
 
     def _claim(self, study: optuna.Study, target: int) -> optuna.Trial | None:
@@ -250,8 +268,7 @@ class Driver:
         # (A driver killed while sampling leaves a RUNNING trial with some parameters; its
         # re-queued copy keeps those and samples the rest.)
         with self.lease.ask_lock():
-            states = [t.state for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))]
-            if len(states) >= target:
+            if _optuna.count_trials(study, (TrialState.COMPLETE, TrialState.RUNNING)) >= target:
                 return None
             trial = study.ask()
             trial.set_user_attr("driver_id", self.driver_id)
@@ -259,52 +276,69 @@ class Driver:
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> bool:
         """Store one result; True when the trial is COMPLETE."""
-        trial.set_user_attr("worker", result.worker)
+        with self._timed("tell"):
+            return self._store(study, trial, result)
+
+    def _store(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> bool:
+        # The trial's attributes go in one transaction, before its state: a crash leaves the
+        # trial RUNNING without them (the next driver fails and re-queues it), never half-described.
+        attrs: dict[str, Any] = {"worker": result.worker}
         if result.worker.get("node_id"):
-            trial.set_user_attr("node_id", result.worker["node_id"])
+            attrs["node_id"] = result.worker["node_id"]
+        plan = self._plans.pop(trial.number, {})
         if not result.ok:
             reason = result.error or "invalid measurement"
             self.failures[reason] += 1
-            trial.set_user_attr("fail_reason", reason)
+            _optuna.set_trial_attrs(trial, {**attrs, "fail_reason": reason})
             study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", trial.number, reason)
             return False
-        baseline = study.user_attrs.get("baseline", {})
+        if not self._baseline:  # set once, before the first trial: read it once
+            self._baseline = study.user_attrs.get("baseline", {})
+        baseline = self._baseline
         metrics = trial_metrics(result, baseline)
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("per_layer", result.per_layer)
-        trial.set_user_attr("finetune_log", result.finetune_log)
-        trial.set_user_attr("windows", result.windows)
-        trial.set_user_attr("val_correct", result.val_correct)
+        attrs.update(metrics=metrics, per_layer=result.per_layer, finetune_log=result.finetune_log, windows=result.windows)
+        attrs["val_correct"] = result.val_correct
         if "accuracy_drop" in metrics:  # flat, so optuna-dashboard's trial table shows them as columns
-            trial.set_user_attr("drop_points", round(metrics["accuracy_drop"], 3))
-            trial.set_user_attr("compression_ratio", round(metrics["compression_ratio"], 2))
-            trial.set_user_attr("speedup", round(metrics["speedup"], 3))
+            attrs["drop_points"] = round(metrics["accuracy_drop"], 3)
+            attrs["compression_ratio"] = round(metrics["compression_ratio"], 2)
+            attrs["speedup"] = round(metrics["speedup"], 3)
         if baseline.get("deploy"):  # optuna-dashboard's trial table shows what each latency came from
-            trial.set_user_attr("deploy", f"{baseline['deploy']} [{result.latency_backend}]")
+            attrs["deploy"] = f"{baseline['deploy']} [{result.latency_backend}]"
         try:
-            artifact_id = store_artifact(trial, result.artifact, self.artifact_dir, f"trial-{trial.number}.acz", ACZ_MIMETYPE)
-            if result.onnx:  # the very file whose accuracy and latency were measured
-                trial.set_user_attr(
-                    "onnx_artifact_id", store_artifact(trial, result.onnx, self.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE)
-                )
+            with self._timed("artifacts"):
+                attrs["artifact_id"] = store_artifact(trial, result.artifact, self.artifact_dir, f"trial-{trial.number}.acz", ACZ_MIMETYPE)
+                if result.onnx:  # the very file whose accuracy and latency were measured
+                    attrs["onnx_artifact_id"] = store_artifact(trial, result.onnx, self.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE)
         except StorageError as exc:
             # The database stays consistent: this trial is failed with the reason, never left RUNNING.
-            trial.set_user_attr("fail_reason", f"artifact not stored: {exc}")
+            attrs.pop("artifact_id", None)
+            _optuna.set_trial_attrs(trial, {**attrs, "fail_reason": f"artifact not stored: {exc}"})
             study.tell(trial, state=TrialState.FAIL)
             raise
-        trial.set_user_attr("artifact_id", artifact_id)
+        system: dict[str, Any] = {}
         max_drop = self.config.pareto.max_accuracy_drop
         if max_drop is not None and baseline:
             violation = metrics["accuracy_drop"] - max_drop  # <= 0 is feasible
             if hasattr(trial, "set_constraint"):  # Optuna 5 keeps named constraints...
                 trial.set_constraint("max_accuracy_drop", violation)
             # ...but optuna-dashboard 0.21 reads only the older "constraints" system attribute.
-            _optuna.set_trial_system_attr(trial, "constraints", [violation])
-        study.tell(trial, [result.accuracy, float(result.size_bytes), metrics["latency_ms"]])
+            system["constraints"] = [violation]
+        _optuna.set_trial_attrs(trial, attrs, system)
+        values = [result.accuracy, float(result.size_bytes), metrics["latency_ms"]]
+        study.tell(trial, values)
         with self.lease.ask_lock():  # drivers sharing a study write their snapshots one at a time
-            self._analysis = analysis = pareto.study_analysis(study)
-            tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, trial.user_attrs.get("plan", {}), analysis)
+            with self._timed("analysis"):
+                if self._front is None:  # built once from the stored trials (a resumed study's included)
+                    self._front = pareto.FrontState(baseline, pareto.study_constraint(study))
+                self._front.add_values(trial.number, values)
+                # Other drivers' trials: one COUNT says whether any completed since; only then
+                # are the study's trials listed, and only the unseen ones analysed.
+                if _optuna.count_trials(study, (TrialState.COMPLETE,)) != len(self._front.points):
+                    self._front.add(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+                self._analysis = analysis = self._front.analysis()
+            with self._timed("tables"):
+                tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, plan, analysis)
         return True
 
 

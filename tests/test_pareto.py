@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from autocompress.pareto import analyse, hypervolume, hypervolume_history, knee_index, non_dominated
+from autocompress.pareto import FrontState, analyse, dominates_loss, hypervolume, hypervolume_history, knee_index, non_dominated
 
 BASELINE = {"accuracy": 0.9, "size_bytes": 1000, "latency_ms": 1.0}
 
@@ -102,3 +102,47 @@ def test_the_default_constraint_is_one_point_and_the_knee_is_feasible(tmp_path) 
     trials = [_trial(0, 0.90, 250, 1.0), _trial(1, 0.895, 100, 1.0), _trial(2, 0.80, 5, 0.2)]
     analysis = analyse(trials, BASELINE, StudyConfig().pareto.max_accuracy_drop)
     assert analysis.front == [1, 0] and analysis.knee in (0, 1)  # trial 2, 10 points lost, is not the knee
+
+
+def _brute_non_dominated(losses: np.ndarray) -> np.ndarray:
+    """The definition, pairwise: row j is kept unless some row dominates it."""
+    return np.array([not any(dominates_loss(a, b) for a in losses) for b in losses], dtype=bool)
+
+
+def test_the_sweep_keeps_exactly_the_non_dominated_rows_ties_and_duplicates_included() -> None:
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 5, 40, 200):
+        losses = rng.integers(0, 5, size=(n, 3)).astype(float)  # few values: many ties and duplicates
+        assert non_dominated(losses).tolist() == _brute_non_dominated(losses).tolist()
+
+
+def _random_trials(n: int, seed: int) -> list[optuna.trial.FrozenTrial]:
+    """Trials with ties, exact duplicates, infeasible drops and chance-level accuracies."""
+    rng = np.random.default_rng(seed)
+    trials = []
+    for i in range(n):
+        if i and rng.random() < 0.1:  # an exact duplicate of an earlier trial's values
+            accuracy, size, latency = trials[int(rng.integers(0, i))].values
+        else:
+            accuracy = float(rng.choice([0.9, 0.895, 0.89, 0.88, 0.85, 0.5, 0.1]) - rng.integers(0, 3) * 0.001)
+            size, latency = float(rng.integers(10, 400)), float(rng.choice([0.5, 0.8, 1.0, 1.2]))
+        trials.append(_trial(i, accuracy, int(size), latency))
+    return trials
+
+
+@pytest.mark.parametrize("max_drop", [None, 1.0, 3.0])
+def test_the_incremental_front_equals_a_full_recomputation_after_every_trial(max_drop: float | None) -> None:
+    baseline = {**BASELINE, "chance_accuracy": 0.1, "val_count": 360}
+    trials = _random_trials(300, seed=int(max_drop or 0))
+    state = FrontState(baseline, max_drop)
+    for k in range(1, len(trials) + 1):
+        state.add(trials[:k])  # fed the whole study each time, as the driver is: seen trials are skipped
+        full, inc = analyse(trials[:k], baseline, max_drop), state.analysis()
+        assert inc.front == full.front and inc.knee == full.knee
+        assert inc.hypervolume == pytest.approx(full.hypervolume, rel=1e-12, abs=1e-15)
+        assert inc.closest == full.closest and inc.feasible_count == full.feasible_count
+    # A resumed driver rebuilds the same state from the stored trials in one call, in any order.
+    resumed = FrontState(baseline, max_drop)
+    resumed.add(list(reversed(trials)))
+    assert resumed.analysis().front == state.analysis().front and resumed.knee == state.knee
+    assert resumed.hypervolume == pytest.approx(state.hypervolume, rel=1e-12, abs=1e-15)
