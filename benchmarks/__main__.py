@@ -2,7 +2,7 @@
 
     python -m benchmarks all            # everything, full size (about 25 minutes on 2 cores)
     python -m benchmarks all --quick    # a smoke run of each (a few minutes)
-    python -m benchmarks quality        # one of: quality, overhead, scaling, latency
+    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, driver
 
 Each run writes benchmarks/results/NAME.json (NAME-quick.json for smoke runs); RESULTS.md is
 rebuilt from the full runs' JSON, with the machine and the date of each run. Benchmarks are not tests: nothing here asserts a time.
@@ -21,7 +21,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-NAMES = ("quality", "overhead", "scaling", "latency", "deploy")
+NAMES = ("quality", "overhead", "scaling", "latency", "deploy", "driver")
 
 
 def machine() -> dict[str, Any]:
@@ -38,9 +38,16 @@ def machine() -> dict[str, Any]:
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
-    from benchmarks import deploy, latency_fidelity, overhead, quality, scaling
+    from benchmarks import deploy, driver_scale, latency_fidelity, overhead, quality, scaling
 
-    module = {"quality": quality, "overhead": overhead, "scaling": scaling, "latency": latency_fidelity, "deploy": deploy}[name]
+    module = {
+        "quality": quality,
+        "overhead": overhead,
+        "scaling": scaling,
+        "latency": latency_fidelity,
+        "deploy": deploy,
+        "driver": driver_scale,
+    }[name]
     print(f"== {name}{' (quick)' if quick else ''}", flush=True)
     result = module.main(["--quick"] if quick else [])
     record = {"benchmark": name, "quick": quick, **machine(), "result": result}
@@ -245,6 +252,34 @@ def _gpu(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _driver(result: dict[str, Any]) -> list[str]:
+    out = [
+        f"The real Driver, Optuna ({result['sampler']} sampler) and SQLite, with a runner that answers at once "
+        "(benchmarks/driver_scale.py); milliseconds of the driver's own work per trial over each segment of the study's growth.",
+        "",
+        "| trials | ask | sample | attrs + tell | artifact | analysis | tables | total | workers kept busy (60 s trials) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["segments"]:
+        ms = r["ms"]
+        out.append(
+            f"| {r['from']}-{r['to']} | {ms['ask']:.1f} | {ms['sample']:.1f} | {ms['attrs']:.1f} | {ms['artifacts']:.1f} | "
+            f"{ms['analysis']:.1f} | {ms['tables']:.1f} | {r['total_ms']:.1f} | {r['workers_kept_busy']:.0f} |"
+        )
+    last = result["segments"][-1]
+    out += [
+        "",
+        f"- At {last['to']} trials: {last['total_ms']:.1f} ms per trial (target <= 50 ms: {'met' if last['total_ms'] <= 50 else 'not met'}); "
+        f"growth from the first segment {result['growth']:.2f}x (target <= 2x: {'met' if result['growth'] <= 2 else 'not met'}).",
+        f"- `autocompress report` on the {last['to']}-trial study: {result['report_s']:.1f} s (target <= 10 s: "
+        f"{'met' if result['report_s'] <= 10 else 'not met'}).",
+        "- One ask + sample of the digits-cnn default space, by sampler and study size (in-memory study): "
+        + "; ".join(f"{name} " + ", ".join(f"{n}: {ms:.0f} ms" for n, ms in sizes.items()) for name, sizes in result["ask_ms"].items())
+        + ".",
+    ]
+    return out
+
+
 SECTIONS = {
     "quality": ("Search quality on digits-mlp (quality.py)", _quality),
     "overhead": ("Orchestration overhead (overhead.py)", _overhead),
@@ -252,6 +287,7 @@ SECTIONS = {
     "latency": ("Latency fidelity (latency_fidelity.py)", _latency),
     "deploy": ("Deploy targets: torch, ONNX Runtime fp32 and int8 (deploy.py)", _deploy),
     "gpu_paired": ("Two workers sharing one GPU (gpu_paired.py, on the lent GPU machine)", _gpu),
+    "driver": ("The driver's cost per trial as a study grows (driver_scale.py)", _driver),
 }
 
 

@@ -215,7 +215,8 @@ class DeviceLock:
             fcntl.flock(self._gate, fcntl.LOCK_UN)
 
     def take_busy(self) -> list[list[float]]:
-        """The busy windows recorded since the last call (rounded to 0.1 ms)."""
-        out = [[round(a, 4), round(b, 4)] for a, b in self.busy]
+        """The busy windows recorded since the last call, unrounded: a slot taken the moment a
+        turn ends must not seem to overlap it (a rounded end could fall after the slot's start)."""
+        out = [[a, b] for a, b in self.busy]
         self.busy = []
         return out
