@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from autocompress.plan import Result
 from autocompress.stats import above_chance
 
 
@@ -74,3 +75,36 @@ class Baseline:
             compression_ratio=self.size_bytes / size_bytes,
             speedup=self.latency_ms / latency_ms,
         )
+
+
+def trial_metrics(result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
+    """A trial's stored numbers. Its latency objective is the baseline's stored latency times the
+    paired ratio measured in the trial's own slot: every trial is scaled against one reference,
+    and load that differs between slots moves the baseline and the candidate alike."""
+    metrics: dict[str, Any] = {
+        k: getattr(result, k)
+        for k in (
+            "accuracy",
+            "size_bytes",
+            "latency_ms",
+            "latency_ratio",
+            "latency_cv",
+            "latency_capped",
+            "latency_backend",
+            "latency_node",
+            "onnx_bytes",
+            "params",
+            "nonzeros",
+            "macs",
+            "eval_seconds",
+        )
+    }
+    metrics["latency_ms_measured"] = result.latency_ms  # this slot's own milliseconds, for reference
+    if baseline:
+        base = Baseline.of(baseline)
+        metrics["latency_ms"] = base.latency_ms * result.latency_ratio
+        relative = base.relative(result.accuracy, result.size_bytes, metrics["latency_ms"])
+        metrics["accuracy_drop"] = relative.accuracy_drop
+        metrics["compression_ratio"] = relative.compression_ratio
+        metrics["speedup"] = relative.speedup
+    return metrics

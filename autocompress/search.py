@@ -22,12 +22,13 @@ from optuna.trial import TrialState
 
 from autocompress import _faults, _optuna, pareto, tables
 from autocompress.artifact_files import remove_partials, store_artifact
-from autocompress.baseline import Baseline
+from autocompress.baseline import trial_metrics
 from autocompress.config import StudyConfig
 from autocompress.deploy.target import DeployConfig
 from autocompress.errors import SearchError, StorageError
 from autocompress.leases import Lease
 from autocompress.plan import Result
+from autocompress.progress import ProgressBar
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
 from autocompress.stats import chance_accuracy, pack_correct
@@ -37,7 +38,7 @@ from autocompress.tasks import Task, build_task, correct_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WARM_START", "WARM_START_CHANNEL", "Driver", "measure_baseline", "prepare", "run_search", "trial_metrics"]
+__all__ = ["WARM_START", "WARM_START_CHANNEL", "Driver", "measure_baseline", "prepare", "run_search"]
 
 ONNX_MIMETYPE = "application/onnx"
 ACZ_MIMETYPE = "application/x-autocompress"
@@ -192,7 +193,7 @@ class Driver:
         complete = self._count(TrialState.COMPLETE)
         failed_in_a_row = 0
         self.say(f"searching: {cfg.trials - complete} more trials, {self.runner.capacity} at a time")
-        with _Progress(self.show_progress, cfg.trials, complete) as bar:
+        with ProgressBar(self.show_progress, cfg.trials, complete) as bar:
             try:
                 while True:
                     self._fill(study, space, in_flight)
@@ -340,65 +341,6 @@ class Driver:
             with self._timed("tables"):
                 tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, plan, analysis)
         return True
-
-
-def trial_metrics(result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
-    """A trial's stored numbers. Its latency objective is the baseline's stored latency times the
-    paired ratio measured in the trial's own slot: every trial is scaled against one reference,
-    and load that differs between slots moves the baseline and the candidate alike."""
-    metrics: dict[str, Any] = {
-        k: getattr(result, k)
-        for k in (
-            "accuracy",
-            "size_bytes",
-            "latency_ms",
-            "latency_ratio",
-            "latency_cv",
-            "latency_capped",
-            "latency_backend",
-            "latency_node",
-            "onnx_bytes",
-            "params",
-            "nonzeros",
-            "macs",
-            "eval_seconds",
-        )
-    }
-    metrics["latency_ms_measured"] = result.latency_ms  # this slot's own milliseconds, for reference
-    if baseline:
-        base = Baseline.of(baseline)
-        metrics["latency_ms"] = base.latency_ms * result.latency_ratio
-        relative = base.relative(result.accuracy, result.size_bytes, metrics["latency_ms"])
-        metrics["accuracy_drop"] = relative.accuracy_drop
-        metrics["compression_ratio"] = relative.compression_ratio
-        metrics["speedup"] = relative.speedup
-    return metrics
-
-
-class _Progress:
-    """A rich progress bar (trials done, failures, front size, hypervolume); silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.enabled = enabled
-        self.total, self.done = total, done
-        self._progress: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-            self._progress.start()
-            self._task = self._progress.add_task("search", total=self.total, completed=self.done, info="")
-        return self
-
-    def update(self, done: int, failed: int, front: int, hypervolume: float) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=done, info=f"failed {failed} | front {front} | HV {hypervolume:.4f}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def run_search(config: StudyConfig, progress: bool = True) -> optuna.Study:
