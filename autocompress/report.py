@@ -144,8 +144,7 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     if any(f"{k}_interval" in r for r in rows for k in ("accuracy_drop", "test_accuracy_drop")):
         n_val, n_test = (_count((stored or {}).get(f"{split}_correct")) for split in ("val", "test"))
         console.print(
-            f"[..] the drop's 95% interval, paired with the baseline on the same images ({n_val} validation, {n_test} test); "
-            "≈ within noise: the interval holds 0 (McNemar's exact test, p >= 0.05)"
+            f"[..] 95% interval of a drop, paired on the same {n_val} validation / {n_test} test images; ≈ within noise (McNemar's exact test)"
         )
     unchecked = [str(r["trial"]) for r in rows if "test_accuracy" not in r]
     if unchecked:
