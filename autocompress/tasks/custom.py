@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TaskError
-from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
+from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec, state_mismatch
 
 _SPLITS = ("train", "val", "test")
 IMPORT_PATHS: list[str] = []  # folders added to sys.path for custom tasks; they travel to workers
@@ -135,9 +135,7 @@ def check_build(spec: TaskSpec, model: nn.Module) -> None:
         return
     built = build_hook(spec.build)().state_dict()
     expected = model.state_dict()
-    missing = [k for k in expected if k not in built]
-    extra = [k for k in built if k not in expected]
-    wrong = [k for k in expected if k in built and tuple(built[k].shape) != tuple(expected[k].shape)]
+    missing, extra, wrong = state_mismatch(expected, built)
     if wrong:
         k = wrong[0]
         problem = f"'{k}' has shape {tuple(built[k].shape)}, the task's model has {tuple(expected[k].shape)}"

@@ -103,6 +103,15 @@ class TaskSpec:
         return cls(**{**data, "input_shape": tuple(shape) if shape is not None else None})
 
 
+def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """How ``given`` differs from ``expected`` (state_dicts): keys missing, keys extra, keys whose
+    shape differs, each in its dict's order."""
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    wrong = [k for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
+    return missing, extra, wrong
+
+
 def lookup(registry: Registry[T], name: str) -> T:
     try:
         return registry.get(name)

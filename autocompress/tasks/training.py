@@ -17,7 +17,7 @@ from torch import nn
 from autocompress.errors import TaskError
 from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build
 from autocompress.tasks.data import load_data
-from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry
+from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry, state_mismatch
 
 
 @torch.inference_mode()
@@ -224,9 +224,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    missing, unexpected, wrong = state_mismatch(expected, state)
     if wrong:
         k = wrong[0]
         raise TaskError(
