@@ -44,9 +44,7 @@ PROJECTIONS = {"accuracy-size": (0, 1), "accuracy-latency": (0, 2)}
 def dominates(a: list[float], b: list[float], directions: tuple[str, ...] = DIRECTIONS) -> bool:
     """Whether ``a`` is at least as good as ``b`` everywhere and strictly better somewhere."""
     sign = [1.0 if d == "minimize" else -1.0 for d in directions]
-    a_ = [s * v for s, v in zip(sign, a, strict=True)]
-    b_ = [s * v for s, v in zip(sign, b, strict=True)]
-    return all(x <= y for x, y in zip(a_, b_, strict=True)) and any(x < y for x, y in zip(a_, b_, strict=True))
+    return dominates_loss([s * v for s, v in zip(sign, a, strict=True)], [s * v for s, v in zip(sign, b, strict=True)])
 
 
 def dominates_loss(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> bool:
