@@ -29,11 +29,6 @@ def register_artifact(owner: optuna.Trial | optuna.Study, meta: ArtifactMeta) ->
         owner.storage.set_trial_system_attr(owner._trial_id, ARTIFACT_ATTR_PREFIX + meta.artifact_id, value)
 
 
-def set_trial_system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
-    """optuna-dashboard 0.21 reads constraints only from the old ``constraints`` system attribute."""
-    trial.storage.set_trial_system_attr(trial._trial_id, key, value)
-
-
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     """A study's storage: Optuna offers no public accessor, and frozen trials need it."""
     return study._storage
