@@ -226,29 +226,24 @@ class FrontState:
 
     def add(self, trials: Iterable[FrozenTrial]) -> bool:
         """Take the COMPLETE trials not seen before; whether the front changed."""
-        new = [t for t in trials if t.number not in self.points and t.state == TrialState.COMPLETE and t.values is not None]
-        changed = False
-        for t in new:
-            changed |= self._take(to_point(t.number, t.values, self.baseline, self.max_accuracy_drop))
-        if changed:
-            self._refresh()
-        return changed
+        return self._take(
+            (t.number, t.values) for t in trials if t.number not in self.points and t.state == TrialState.COMPLETE and t.values is not None
+        )
 
     def add_values(self, number: int, values: list[float]) -> bool:
         """Take one trial just told, from its values (no read of the study); whether the front changed."""
-        if number in self.points:
-            return False
-        changed = self._take(to_point(number, values, self.baseline, self.max_accuracy_drop))
+        return self._take([] if number in self.points else [(number, values)])
+
+    def _take(self, taken: Iterable[tuple[int, list[float]]]) -> bool:
+        changed = False
+        for number, values in taken:
+            p = self.points[number] = to_point(number, values, self.baseline, self.max_accuracy_drop)
+            if p.feasible:
+                self.feasible_count += 1
+                changed |= self._offer(p)
         if changed:
             self._refresh()
         return changed
-
-    def _take(self, p: Point) -> bool:
-        self.points[p.trial] = p
-        if not p.feasible:
-            return False
-        self.feasible_count += 1
-        return self._offer(p)
 
     def _offer(self, p: Point) -> bool:
         loss = p.loss
