@@ -30,7 +30,7 @@ from autocompress.errors import AutocompressError
 from autocompress.latency import count_macs
 from autocompress.plan import CompressionPlan, Result
 from autocompress.size import layer_rows
-from autocompress.stats import pack_correct
+from autocompress.stats import accuracy, pack_correct
 from autocompress.tasks import DataSplits, Task
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -226,7 +226,7 @@ class Evaluator:
         timing, node = self._time(deployed, blob, alone)
         busy = {key: lock.take_busy() for key, lock in self._locks.items()}
         return Result(
-            accuracy=int(correct.sum()) / max(1, len(correct)),
+            accuracy=accuracy(correct),
             val_correct=pack_correct(correct),  # paired against the baseline's: a drop's interval
             size_bytes=len(packed.data),
             latency_ms=timing.latency_ms,

@@ -160,7 +160,7 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
     reports read them instead of re-evaluating.
     """
     from autocompress.deploy.runtimes import deployed_correct
-    from autocompress.stats import pack_correct
+    from autocompress.stats import accuracy, pack_correct
     from autocompress.tasks import TaskSpec, load_data
 
     stored: dict[str, float] = dict(study.user_attrs.get("test_accuracy", {}))
@@ -171,7 +171,7 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
         data = load_data(spec)
         for n in missing:
             right = deployed_correct(_deployed_on_cpu(study, n, data.x_test[:1]), data.x_test, data.y_test)
-            stored[str(n)] = int(right.sum()) / max(1, len(right))
+            stored[str(n)] = accuracy(right)
             correct[str(n)] = pack_correct(right)
         study.set_user_attr("test_correct", correct)
         study.set_user_attr("test_accuracy", stored)  # last: its presence says the re-check is whole

@@ -31,7 +31,7 @@ from autocompress.plan import Result
 from autocompress.progress import ProgressBar
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
-from autocompress.stats import chance_accuracy, pack_correct
+from autocompress.stats import accuracy, chance_accuracy, pack_correct
 from autocompress.storage import mask_url, open_storage, retry_creation, sqlite_path
 from autocompress.study_setup import WARM_START, WARM_START_CHANNEL, open_study, prepare
 from autocompress.tasks import Task, build_task, correct_of
@@ -53,7 +53,7 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[
     test_correct = correct_of(task.build_model(), task.data.x_test, task.data.y_test).numpy()
     numbers = {
         "accuracy": result.accuracy,
-        "test_accuracy": int(test_correct.sum()) / max(1, len(test_correct)),
+        "test_accuracy": accuracy(test_correct),
         # Per-image correctness, to pair each trial's drop with it (stats.paired_drop), and the
         # most common class's share: a trial no better than it is never on the front.
         "val_correct": result.val_correct,

@@ -15,11 +15,17 @@ from __future__ import annotations
 import base64
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
 
 LEVEL = 0.95
+
+
+def accuracy(correct: Any) -> float:
+    """The share right of a per-image correctness vector (numpy or torch); 0.0 for none."""
+    return int(correct.sum()) / max(1, len(correct))
 
 
 def pack_correct(correct: np.ndarray) -> str:

@@ -315,10 +315,5 @@ def deployed_correct(
     return np.concatenate(right) if right else np.zeros(0, dtype=bool)
 
 
-def deployed_accuracy(deployed: Deployed, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of a deployed form on ``(x, y)``."""
-    return int(deployed_correct(deployed, x, y, batch_size).sum()) / max(1, len(x))
-
-
 def runtime(name: str) -> Runtime:
     return RUNTIMES.get(name)()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TaskError
+from autocompress.stats import accuracy
 from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build
 from autocompress.tasks.data import load_data
 from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry, state_mismatch
@@ -30,7 +31,7 @@ def correct_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
 
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
-    return int(correct_of(model, x, y, batch_size).sum()) / max(1, len(x))
+    return accuracy(correct_of(model, x, y, batch_size))
 
 
 @dataclass
