@@ -39,8 +39,8 @@ def _path(artifact_dir: str, artifact_id: str) -> Path:
     return Path(artifact_dir) / artifact_id
 
 
-def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir: str, name: str, mimetype: str) -> str:
-    """Write ``data`` into the study's artifact folder and list it on ``owner``; its id."""
+def write_artifact(data: bytes, artifact_dir: str, name: str, mimetype: str) -> ArtifactMeta:
+    """Write ``data`` whole into the study's artifact folder; its meta, for listing once written."""
     folder = Path(artifact_dir)
     artifact_id = str(uuid.uuid4())
     tmp = folder / f"{PARTIAL}{socket.gethostname()}-{os.getpid()}-{artifact_id}"
@@ -52,8 +52,14 @@ def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir
             f"cannot write artifacts to {artifact_dir} ({exc.strerror or exc}): "
             "free disk space or fix permissions, then run the same command to resume"
         ) from None
-    _optuna.register_artifact(owner, ArtifactMeta(artifact_id=artifact_id, filename=name, mimetype=mimetype, encoding=None))
-    return artifact_id
+    return ArtifactMeta(artifact_id=artifact_id, filename=name, mimetype=mimetype, encoding=None)
+
+
+def store_artifact(owner: optuna.Trial | optuna.Study, data: bytes, artifact_dir: str, name: str, mimetype: str) -> str:
+    """Write ``data`` into the study's artifact folder and list it on ``owner``; its id."""
+    meta = write_artifact(data, artifact_dir, name, mimetype)
+    _optuna.register_artifact(owner, meta)
+    return meta.artifact_id
 
 
 def remove_partials(artifact_dir: str) -> int:

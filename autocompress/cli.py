@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", help=f"SQLAlchemy URL; {RELATIVE_SQLITE} (default: {DEFAULT_STORAGE})")
     s.add_argument("--trials", type=int, help="target number of complete trials in the study")
     s.add_argument("--workers", type=int, help="trials evaluated at once on Ray; 0 evaluates in this process")
-    s.add_argument("--sampler", help="tpe (default), nsga2, gp or random")
+    s.add_argument("--sampler", help="auto (default: TPE up to 1,000 trials, NSGA-II above), tpe, nsga2, gp or random")
     s.add_argument("--seed", type=int, help="sampler seed")
     s.add_argument("--ray-address", help="join this Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray")
     s.add_argument("--cpus-per-worker", type=float, help="CPUs each Ray worker reserves (default 1)")

@@ -18,7 +18,7 @@ from autocompress.tasks.spec import TaskSpec
 
 DEFAULT_CONFIG = Path("studies/default.yaml")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # study names become file names
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+SAMPLERS = ("auto", "tpe", "nsga2", "gp", "random")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class FinetuneConfig:
 class SearchConfig:
     trials: int = field(default=20, metadata={"min": 1})  # target number of COMPLETE trials
     workers: int = field(default=2, metadata={"min": 0})  # trials in flight; 0 runs in-process
-    sampler: str = field(default="tpe", metadata={"choices": SAMPLERS})
+    sampler: str = field(default="auto", metadata={"choices": SAMPLERS})  # auto: TPE up to 1,000 trials, NSGA-II above
     seed: int | None = None  # sampler seed; None draws one
     warm_start: bool = True  # enqueue uniform plans first so the front starts from known points
     new_study: bool = False  # never resume: a taken name becomes NAME-2, NAME-3, ...

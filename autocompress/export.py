@@ -9,7 +9,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from autocompress import artifact
+from autocompress import _optuna, artifact
 from autocompress.artifact_files import read_artifact
 from autocompress.errors import ArtifactError, StorageError
 from autocompress.outputs import check_output, write_atomic
@@ -17,11 +17,10 @@ from autocompress.outputs import check_output, write_atomic
 
 def trial_artifact(study: optuna.Study, number: int) -> bytes:
     """The packed model a COMPLETE trial evaluated, read from the study's artifact store."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        last = max(trials) if trials else None
+    trial = _optuna.trials_by_number(study, [number]).get(number)
+    if trial is None:
+        last = max((t.number for t in _optuna.trial_rows(study)), default=None)
         raise StorageError(f"study '{study.study_name}' has no trial {number} (trials are 0..{last}): pick one from 'autocompress report'")
-    trial = trials[number]
     if trial.state != TrialState.COMPLETE:
         reason = trial.user_attrs.get("fail_reason", "")
         raise StorageError(

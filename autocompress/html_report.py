@@ -16,6 +16,7 @@ import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from autocompress import _optuna
 from autocompress.baseline import Baseline
 from autocompress.outputs import check_output, write_atomic
 from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
@@ -145,14 +146,14 @@ def _figure_3d(analysis: Analysis, baseline: Baseline) -> go.Figure:
 
 
 def _hypervolume_figure(study: optuna.Study, analysis: Analysis) -> go.Figure:
-    history = hypervolume_history(study.get_trials(deepcopy=False), study.user_attrs["baseline"], analysis.max_accuracy_drop)
+    history = hypervolume_history(_optuna.trial_rows(study), study.user_attrs["baseline"], analysis.max_accuracy_drop)
     fig = go.Figure(go.Scatter(x=[n for n, _ in history], y=[hv for _, hv in history], mode="lines", line={"shape": "hv"}, name="hypervolume"))
     fig.update_layout(height=360, title="Hypervolume after each complete trial", xaxis_title="complete trials", yaxis_title="hypervolume")
     return fig
 
 
 def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figure:
-    params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    params = {n: t.params for n, t in _optuna.trials_by_number(study, [r["trial"] for r in rows]).items()}
     group_of = study.user_attrs.get("space", {}).get("_groups", {})  # grouped spaces share parameters
     layers = list(rows[0]["plan"])
     labels = [f"trial {r['trial']}" for r in rows]

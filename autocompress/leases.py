@@ -75,7 +75,8 @@ class Lease:
             else:
                 alive[driver_id] = now - lease["heartbeat_at"] < LEASE_TIMEOUT_S
         recovered = 0
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        running = _optuna.trial_rows(study, (TrialState.RUNNING,))  # a resumed study is not read whole
+        for t in _optuna.trials_by_number(study, [r.number for r in running]).values():
             owner = t.user_attrs.get("driver_id")
             # A driver without a lease row is dead; a trial without an owner (asked, but killed
             # before tagging) counts as alive only while it is younger than the lease timeout.

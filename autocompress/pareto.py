@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
+from autocompress import _optuna
 from autocompress._optuna import compute_hypervolume
 from autocompress.baseline import Baseline
 from autocompress.stats import PairedDrop, paired_drop, unpack_correct
@@ -38,6 +39,21 @@ OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
 DEFAULT_REFERENCE_DROP = 10.0  # points of accuracy, when no constraint is set
 DEFAULT_REFERENCE_LATENCY = 2.0  # times the baseline latency
+
+
+class Scored(Protocol):
+    """What the analysis reads of a trial: a ``FrozenTrial`` or a light ``_optuna.TrialRow``."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def state(self) -> TrialState: ...
+    @property
+    def values(self) -> list[float] | None: ...
+    @property
+    def datetime_complete(self) -> Any: ...
+
+
 PROJECTIONS = {"accuracy-size": (0, 1), "accuracy-latency": (0, 2)}
 
 
@@ -153,7 +169,7 @@ def to_point(number: int, values: list[float], base: Baseline, max_accuracy_drop
     )
 
 
-def to_points(trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None) -> list[Point]:
+def to_points(trials: Iterable[Scored], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None) -> list[Point]:
     base = Baseline.of(baseline)
     return [to_point(t.number, t.values, base, max_accuracy_drop) for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
 
@@ -163,7 +179,7 @@ def reference_point(max_accuracy_drop: float | None) -> np.ndarray:
     return np.array([drop / 100.0, 1.0, DEFAULT_REFERENCE_LATENCY])
 
 
-def analyse(trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None) -> Analysis:
+def analyse(trials: Iterable[Scored], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None) -> Analysis:
     """The front, its hypervolume and knee, projections, and feasibility of every trial."""
     points = to_points(trials, baseline, max_accuracy_drop)
     reference = reference_point(max_accuracy_drop)
@@ -187,7 +203,7 @@ def analyse(trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], m
 
 
 def hypervolume_history(
-    trials: list[FrozenTrial], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None
+    trials: Iterable[Scored], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None
 ) -> list[tuple[int, float]]:
     """(complete trials so far, hypervolume) after each COMPLETE trial, in completion order."""
     done = sorted(
@@ -224,7 +240,7 @@ class FrontState:
         self.hypervolume = 0.0
         self.knee: int | None = None
 
-    def add(self, trials: Iterable[FrozenTrial]) -> bool:
+    def add(self, trials: Iterable[Scored]) -> bool:
         """Take the COMPLETE trials not seen before; whether the front changed."""
         return self._take(
             (t.number, t.values) for t in trials if t.number not in self.points and t.state == TrialState.COMPLETE and t.values is not None
@@ -285,15 +301,16 @@ def study_constraint(study: optuna.Study) -> float | None:
 
 def study_analysis(study: optuna.Study) -> Analysis:
     """Analyse a study with the constraint recorded in its config."""
-    return analyse(study.get_trials(deepcopy=False), study.user_attrs["baseline"], study_constraint(study))
+    return analyse(_optuna.trial_rows(study), study.user_attrs["baseline"], study_constraint(study))
 
 
 def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int, float] | None = None) -> list[dict[str, Any]]:
     """One row per trial to show: the front (smallest first), or the closest when none is feasible."""
     baseline = study.user_attrs.get("baseline", {})
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    shown = analysis.front or analysis.closest
+    trials = _optuna.trials_by_number(study, shown)
     rows = []
-    for number in analysis.front or analysis.closest:
+    for number in shown:
         p = analysis.point(number)
         t = trials[number]
         row: dict[str, Any] = {

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
+from autocompress import _optuna
 from autocompress.baseline import Baseline
 from autocompress.errors import StorageError
 from autocompress.pareto import OBJECTIVES, Analysis, front_rows, study_analysis
@@ -60,8 +61,8 @@ def checked_analysis(study: optuna.Study) -> Analysis:
 
 def shown_trials(study: optuna.Study, analysis: Analysis) -> list[int]:
     """The trials a report shows (the front, or the closest when none is feasible) that have a model."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    return [n for n in analysis.front or analysis.closest if "artifact_id" in trials[n].user_attrs]
+    trials = _optuna.trials_by_number(study, analysis.front or analysis.closest)
+    return [n for n, t in trials.items() if "artifact_id" in t.user_attrs]
 
 
 def report_rows(study: optuna.Study, analysis: Analysis) -> list[dict[str, Any]]:
@@ -89,8 +90,8 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     analysis = checked_analysis(study)
     rows = report_rows(study, analysis)
     stored = study.user_attrs.get("baseline")
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    counts = ", ".join(f"{states.count(s)} {s.name.lower()}" for s in (TrialState.COMPLETE, TrialState.FAIL) if s in states)
+    states = _optuna.state_counts(study)
+    counts = ", ".join(f"{states[s]} {s.name.lower()}" for s in (TrialState.COMPLETE, TrialState.FAIL) if states[s])
     console.print(f"study [bold]{study.study_name}[/bold]: {counts or 'no trials'}; Pareto front: {len(analysis.front)} trials")
     if stored:
         baseline = Baseline.of(stored)

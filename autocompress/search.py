@@ -9,31 +9,33 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import optuna
 from optuna.trial import TrialState
 
 from autocompress import _faults, _optuna, pareto, tables
-from autocompress.artifact_files import remove_partials, store_artifact
+from autocompress.artifact_files import remove_partials, store_artifact, write_artifact
 from autocompress.baseline import trial_metrics
 from autocompress.config import StudyConfig
 from autocompress.deploy.target import DeployConfig
 from autocompress.errors import SearchError, StorageError
 from autocompress.leases import Lease
-from autocompress.plan import Result
+from autocompress.plan import CompressionPlan, Result
 from autocompress.progress import ProgressBar
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
 from autocompress.stats import accuracy, chance_accuracy, pack_correct
 from autocompress.storage import mask_url, open_storage, retry_creation, sqlite_path
-from autocompress.study_setup import WARM_START, WARM_START_CHANNEL, open_study, prepare
+from autocompress.study_setup import WARM_START, WARM_START_CHANNEL, open_study, prepare, sampler_name
 from autocompress.tasks import Task, build_task, correct_of
 
 log = logging.getLogger(__name__)
@@ -74,12 +76,86 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[
     return numbers, result
 
 
+T = TypeVar("T")
+
+
+class AskAhead(Generic[T]):
+    """One trial asked and sampled ahead, in a thread, while the workers run: a freed worker
+    gets its next trial without waiting on the sampler, whose ask grows with the study (TPE's
+    took about 0.7 s at 10,000 trials). ``make`` claims and samples a trial, or returns None
+    when the study needs no more; its errors reach the loop through ``take``."""
+
+    def __init__(self, make: Callable[[], T | None]) -> None:
+        self._make = make
+        self._cond = threading.Condition()
+        self._ready: T | None = None
+        self._error: BaseException | None = None
+        self._wanted = self._busy = self._closed = False
+        self._thread = threading.Thread(target=self._run, name="autocompress-ask-ahead", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        """Ask one ahead, unless one is ready."""
+        with self._cond:
+            self._wanted = True
+            self._cond.notify_all()
+
+    def take(self) -> T | None:
+        """The trial asked ahead (waiting for one being asked), or None."""
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            ready, self._ready = self._ready, None
+            return ready
+
+    def close(self, timeout: float = 5.0) -> T | None:
+        """Stop the thread; the trial it had ready, never handed out. One still being asked
+        after ``timeout`` is left RUNNING for the next driver to recover."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        with self._cond:
+            ready, self._ready = self._ready, None
+            return ready
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not (self._wanted and self._ready is None and self._error is None):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                self._wanted, self._busy = False, True
+            made: T | None = None
+            error: BaseException | None = None
+            try:
+                made = self._make()
+            except BaseException as exc:  # noqa: BLE001  (take() raises it in the loop)
+                error = exc
+            with self._cond:
+                self._ready, self._error, self._busy = made, error, False
+                self._cond.notify_all()
+
+
 class Driver:
     """Runs one study to its target number of COMPLETE trials."""
 
-    def __init__(self, config: StudyConfig, runner: Runner | None = None, progress: bool = True, say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        runner: Runner | None = None,
+        progress: bool = True,
+        say: Callable[[str], None] | None = None,
+        ask_ahead: bool | None = None,
+    ) -> None:
         """``progress`` shows the live bar; ``say`` receives a line at each step (what is read,
-        trained, started and measured, then each finished trial when there is no bar)."""
+        trained, started and measured, then each finished trial when there is no bar).
+        ``ask_ahead`` asks the next trial in a thread while workers run; by default when they
+        run in other processes (in-process evaluation would share its timed CPU with it)."""
         self.config = config
         self.runner = runner or make_runner(config.search)
         self.show_progress = progress
@@ -92,6 +168,12 @@ class Driver:
         # The driver's own seconds by component, this run: what benchmarks/driver_scale.py prints.
         self.timings: collections.defaultdict[str, float] = collections.defaultdict(float)
         self._plans: dict[int, dict[str, Any]] = {}  # trial number -> its plan, while in flight
+        self.ask_ahead = ask_ahead
+        self._ahead: AskAhead[tuple[optuna.Trial, CompressionPlan]] | None = None
+        self._claiming = threading.Lock()
+        # Seconds from a worker's result to the next trial handed out: how long a freed worker waits.
+        self.handoffs: list[float] = []
+        self._result_at: float | None = None
         self._baseline: dict[str, Any] | None = None
 
     @contextlib.contextmanager
@@ -104,6 +186,7 @@ class Driver:
 
     def run(self) -> optuna.Study:
         cfg, start = self.config, time.monotonic()
+        self._started = time.perf_counter()
         self.say(f"checking {cfg.source}: task {cfg.task.model}, reading its data and matching the space to its layers")
         space = prepare(cfg)  # every user mistake surfaces here, before storage or Ray
         self.say(f"  {len(space.layers)} layers, {space.dimensions} searched knobs ({time.monotonic() - start:.1f} s)")
@@ -184,7 +267,7 @@ class Driver:
 
     @staticmethod
     def _count_in(study: optuna.Study, state: TrialState) -> int:
-        return len(study.get_trials(deepcopy=False, states=(state,)))
+        return _optuna.count_trials(study, (state,))
 
     def _loop(self, study: optuna.Study, space: SearchSpace) -> None:
         cfg = self.config.search
@@ -192,7 +275,10 @@ class Driver:
         finished: optuna.Trial | None = None  # a result in hand, not yet told
         complete = self._count(TrialState.COMPLETE)
         failed_in_a_row = 0
-        self.say(f"searching: {cfg.trials - complete} more trials, {self.runner.capacity} at a time")
+        self.say(f"searching: {cfg.trials - complete} more trials, {self.runner.capacity} at a time, sampler {sampler_name(cfg.sampler, cfg.trials)}")
+        self.timings["start"] = time.perf_counter() - self._started  # checks, data, storage, Ray, baseline: to the first trial
+        if self.runner.runs_in_background if self.ask_ahead is None else self.ask_ahead:
+            self._ahead = AskAhead(lambda: self._next_trial(study, space, ("ahead_ask", "ahead_sample")))
         with ProgressBar(self.show_progress, cfg.trials, complete) as bar:
             try:
                 while True:
@@ -212,6 +298,7 @@ class Driver:
                     if got is None:
                         continue
                     number, result = got
+                    self._result_at = time.perf_counter()
                     finished = in_flight.pop(number)
                     if self.runner.runs_in_background:
                         # Hand the free worker its next trial first; book-keeping overlaps with it.
@@ -240,24 +327,57 @@ class Driver:
                         bar.update(complete, sum(self.failures.values()), len(self._analysis.front), self._analysis.hypervolume)
             except BaseException as exc:
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"search stopped: {exc}"
-                for trial in [*in_flight.values(), *([finished] if finished is not None else [])]:
+                ahead = self._ahead.close() if self._ahead is not None else None
+                for trial in [*in_flight.values(), *([finished] if finished is not None else []), *([ahead[0]] if ahead else [])]:
                     trial.set_user_attr("fail_reason", reason)
                     study.tell(trial, state=TrialState.FAIL)
                 raise
+            finally:
+                if self._ahead is not None:
+                    self._ahead.close()  # nothing is ready at the end: every claim counted toward the target
+                    self._ahead = None
 
     def _fill(self, study: optuna.Study, space: SearchSpace, in_flight: dict[int, optuna.Trial]) -> None:
         """Start trials until every worker is busy or the study needs no more."""
         while len(in_flight) < self.runner.capacity:
-            with self._timed("ask"):
+            got = None
+            if self._ahead is not None:
+                with self._timed("wait"):  # only while the thread is mid-ask: it is never idle with work to do
+                    got = self._ahead.take()
+            got = got or self._next_trial(study, space)
+            if got is None:
+                return
+            trial, plan = got
+            in_flight[trial.number] = trial
+            if self._result_at is not None:
+                self.handoffs.append(time.perf_counter() - self._result_at)
+                self._result_at = None
+            self.runner.submit(trial.number, plan)
+        if self._ahead is not None:
+            self._ahead.request()  # the next trial, asked while the workers run
+
+    def _next_trial(
+        self, study: optuna.Study, space: SearchSpace, timed: tuple[str, str] = ("ask", "sample")
+    ) -> tuple[optuna.Trial, CompressionPlan] | None:
+        """Claim a trial and draw its plan; None when the study needs no more."""
+        with self._claiming:  # the loop and the ask-ahead thread claim one at a time
+            with self._timed(timed[0]):
                 trial = self._claim(study, self.config.search.trials)
             if trial is None:
-                return
-            in_flight[trial.number] = trial  # before submit: the local runner evaluates inside it
-            with self._timed("sample"):
-                plan = space.sample(trial)
-                self._plans[trial.number] = plan.to_dict()
-                trial.set_user_attr("plan", self._plans[trial.number])
-            self.runner.submit(trial.number, plan)
+                return None
+            try:
+                with self._timed(timed[1]):
+                    plan = _optuna.sample_then_write(trial, space.sample, functools.partial(self._owned, trial.number))
+            except BaseException as exc:
+                trial.set_user_attr("fail_reason", f"search stopped while sampling: {exc!r}")
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            return trial, plan
+
+    def _owned(self, number: int, plan: CompressionPlan) -> dict[str, Any]:
+        """A new trial's user attributes, written with its parameters: whose it is, its plan."""
+        self._plans[number] = plan.to_dict()
+        return {"driver_id": self.driver_id, "plan": self._plans[number]}
 
     def _claim(self, study: optuna.Study, target: int) -> optuna.Trial | None:
         """Ask for a trial if the study (all drivers together) still needs one.
@@ -268,12 +388,13 @@ class Driver:
         """
         # (A driver killed while sampling leaves a RUNNING trial with some parameters; its
         # re-queued copy keeps those and samples the rest.)
+        # The owner is written with the parameters, a moment later: recovery leaves a trial
+        # without one alone while it is younger than the lease timeout.
         with self.lease.ask_lock():
-            if _optuna.count_trials(study, (TrialState.COMPLETE, TrialState.RUNNING)) >= target:
+            counts = _optuna.state_counts(study)
+            if counts[TrialState.COMPLETE] + counts[TrialState.RUNNING] >= target:
                 return None
-            trial = study.ask()
-            trial.set_user_attr("driver_id", self.driver_id)
-            return trial
+            return _optuna.ask(study, queue_empty=not counts[TrialState.WAITING])
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> bool:
         """Store one result; True when the trial is COMPLETE."""
@@ -306,28 +427,27 @@ class Driver:
             attrs["speedup"] = round(metrics["speedup"], 3)
         if baseline.get("deploy"):  # optuna-dashboard's trial table shows what each latency came from
             attrs["deploy"] = f"{baseline['deploy']} [{result.latency_backend}]"
+        system: dict[str, Any] = {}  # the files are listed with the trial's other attributes
         try:
             with self._timed("artifacts"):
-                attrs["artifact_id"] = store_artifact(trial, result.artifact, self.artifact_dir, f"trial-{trial.number}.acz", ACZ_MIMETYPE)
+                meta = write_artifact(result.artifact, self.artifact_dir, f"trial-{trial.number}.acz", ACZ_MIMETYPE)
+                attrs["artifact_id"] = meta.artifact_id
+                system.update(_optuna.artifact_listing(meta))
                 if result.onnx:  # the very file whose accuracy and latency were measured
-                    attrs["onnx_artifact_id"] = store_artifact(trial, result.onnx, self.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE)
+                    meta = write_artifact(result.onnx, self.artifact_dir, f"trial-{trial.number}.onnx", ONNX_MIMETYPE)
+                    attrs["onnx_artifact_id"] = meta.artifact_id
+                    system.update(_optuna.artifact_listing(meta))
         except StorageError as exc:
             # The database stays consistent: this trial is failed with the reason, never left RUNNING.
             attrs.pop("artifact_id", None)
-            _optuna.set_trial_attrs(trial, {**attrs, "fail_reason": f"artifact not stored: {exc}"})
+            _optuna.set_trial_attrs(trial, {**attrs, "fail_reason": f"artifact not stored: {exc}"}, system)
             study.tell(trial, state=TrialState.FAIL)
             raise
-        system: dict[str, Any] = {}
         max_drop = self.config.pareto.max_accuracy_drop
         if max_drop is not None and baseline:
-            violation = metrics["accuracy_drop"] - max_drop  # <= 0 is feasible
-            if hasattr(trial, "set_constraint"):  # Optuna 5 keeps named constraints...
-                trial.set_constraint("max_accuracy_drop", violation)
-            # ...but optuna-dashboard 0.21 reads only the older "constraints" system attribute.
-            system["constraints"] = [violation]
-        _optuna.set_trial_attrs(trial, attrs, system)
+            system.update(_optuna.constraint_attrs("max_accuracy_drop", metrics["accuracy_drop"] - max_drop))
         values = [result.accuracy, float(result.size_bytes), metrics["latency_ms"]]
-        study.tell(trial, values)
+        _optuna.complete_trial(study, trial, values, attrs, system)
         with self.lease.ask_lock():  # drivers sharing a study write their snapshots one at a time
             with self._timed("analysis"):
                 if self._front is None:  # built once from the stored trials (a resumed study's included)
@@ -336,7 +456,7 @@ class Driver:
                 # Other drivers' trials: one COUNT says whether any completed since; only then
                 # are the study's trials listed, and only the unseen ones analysed.
                 if _optuna.count_trials(study, (TrialState.COMPLETE,)) != len(self._front.points):
-                    self._front.add(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+                    self._front.add(_optuna.trial_rows(study, (TrialState.COMPLETE,)))
                 self._analysis = analysis = self._front.analysis()
             with self._timed("tables"):
                 tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, plan, analysis)

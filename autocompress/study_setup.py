@@ -11,13 +11,14 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from autocompress import _faults, pareto
+from autocompress import _faults, _optuna, pareto
 from autocompress.config import StudyConfig
 from autocompress.errors import AutocompressError, SearchError, StorageError
 from autocompress.evaluate import resolve_device
@@ -36,15 +37,30 @@ WARM_START = ((0.0, 8, 1.0, "unstructured"), (0.5, 6, 1.0, "unstructured"), (0.7
 WARM_START_CHANNEL = ((0.5, 4, 1.0, "channel"), (0.75, 4, 1.0, "channel"))
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "gp":  # Gaussian-process expected hypervolume improvement: slower per trial, for small spaces
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+# Optuna's own guidance: TPE for studies of 100 to 1,000 trials, NSGA-II for 100 to 10,000
+# (optuna.readthedocs.io, reference/samplers). TPE's ask reads every trial: about 0.7 s at
+# 10,000 trials on the digits space, where NSGA-II's takes 0.2 s (benchmarks/driver_scale.py).
+AUTO_TPE_MAX_TRIALS = 1000
+
+SAMPLER_FACTORIES: dict[str, Callable[[int | None], optuna.samplers.BaseSampler]] = {
     # Multivariate TPE models the interaction of the knobs (bits x sparsity of one layer).
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
+    # Gaussian-process expected hypervolume improvement: slow per trial, for small studies.
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=8),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+
+
+def sampler_name(name: str, trials: int) -> str:
+    """The sampler a study uses: ``auto`` is TPE up to ``AUTO_TPE_MAX_TRIALS`` trials, NSGA-II above."""
+    if name != "auto":
+        return name
+    return "tpe" if trials <= AUTO_TPE_MAX_TRIALS else "nsga2"
+
+
+def make_sampler(name: str, seed: int | None, trials: int = 0) -> optuna.samplers.BaseSampler:
+    return SAMPLER_FACTORIES[sampler_name(name, trials)](seed)
 
 
 def check_ray_address(address: str | None, source: str = "--ray-address") -> None:
@@ -146,7 +162,7 @@ def half_created(study: optuna.Study) -> bool:
     """Created with our directions and not fully described: no trial run yet, and the metric
     names or one of the describing attributes missing. A driver killed in between leaves one;
     so does a user who creates the study and enqueues plans of their own before searching."""
-    started = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED))
+    started = _optuna.count_trials(study, (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED))
     return (
         list(study.directions) == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
         and not started
@@ -157,7 +173,7 @@ def half_created(study: optuna.Study) -> bool:
 def open_study(storage: optuna.storages.BaseStorage, config: StudyConfig, space: SearchSpace) -> tuple[optuna.Study, StudyConfig]:
     """The study to search in, and the config with the name it got (``new_study`` may rename)."""
     cfg = config
-    sampler = make_sampler(cfg.search.sampler, cfg.search.seed)
+    sampler = make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.trials)
     if cfg.search.new_study:
         taken = {s.study_name for s in storage.get_all_studies()}
         name, k = cfg.name, 2

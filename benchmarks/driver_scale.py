@@ -48,16 +48,18 @@ from autocompress.search import Driver
 from autocompress.stats import pack_correct
 from autocompress.tasks import Task
 
-COMPONENTS = ("ask", "sample", "attrs", "artifacts", "analysis", "tables", "heartbeat")
+COMPONENTS = ("ask", "sample", "attrs", "artifacts", "analysis", "tables", "heartbeat", "wait")
 
 
 class SyntheticRunner(Runner):
-    """Results from a formula of the plan, at once (``capacity`` trials "in flight")."""
+    """Results from a formula of the plan (``capacity`` trials "in flight"): at once, or
+    ``trial_seconds`` after submission, as from workers in other processes."""
 
-    def __init__(self, capacity: int = 8, seed: int = 0) -> None:
+    def __init__(self, capacity: int = 8, seed: int = 0, trial_seconds: float = 0.0) -> None:
         self._capacity = capacity
         self._seed = seed
-        self._done: deque[tuple[int, Result]] = deque()
+        self._trial_seconds = trial_seconds
+        self._done: deque[tuple[float, int, Result]] = deque()
         self._params: dict[str, int] = {}
         self._artifact = b""
         self._val = 0
@@ -68,7 +70,7 @@ class SyntheticRunner(Runner):
 
     @property
     def runs_in_background(self) -> bool:
-        return False
+        return self._trial_seconds > 0
 
     def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto") -> None:
         model = task.build_model()
@@ -109,10 +111,18 @@ class SyntheticRunner(Runner):
             val_correct=pack_correct(right),
             artifact=self._artifact,
         )
-        self._done.append((trial_number, result))
+        self._done.append((time.perf_counter() + self._trial_seconds, trial_number, result))
 
     def next_result(self, timeout: float | None = None) -> tuple[int, Result] | None:
-        return self._done.popleft() if self._done else None
+        if not self._done:
+            return None
+        wait = self._done[0][0] - time.perf_counter()
+        if wait > (timeout or 0.0):
+            time.sleep(timeout or 0.0)
+            return None
+        time.sleep(max(0.0, wait))
+        _, number, result = self._done.popleft()
+        return number, result
 
 
 def study_file(folder: Path, storage: str, sampler: str, trials: int) -> Path:
@@ -141,9 +151,40 @@ def grow(folder: Path, storage: str, sampler: str, targets: list[int]) -> list[t
     return segments
 
 
-def sampler_ask_ms(sizes: list[int], samplers: list[str], asks: int = 3) -> dict[str, dict[int, float]]:
-    """Milliseconds for one ask and sample of the digits-cnn default space (define-by-run, as the
-    driver samples) on an in-memory study already holding N complete synthetic trials."""
+def handoff(folder: Path, storage: str, sampler: str, trials: int, trial_seconds: float, workers: int) -> dict[str, dict[str, float]]:
+    """How long a freed worker waits for its next trial, with the ask made ahead in a thread
+    and without: ``trials`` more trials each way on the grown study, ``workers`` in flight,
+    each taking ``trial_seconds``. Seconds: median, 90th percentile, and the driver's time
+    blocked waiting on the thread."""
+    import optuna
+
+    from autocompress import _optuna
+
+    out = {}
+    for ahead in (False, True):
+        done = _optuna.count_trials(optuna.load_study(study_name="scale", storage=storage), (optuna.trial.TrialState.COMPLETE,))
+        config = load_config(study_file(folder, storage, sampler, done + trials))
+        driver = Driver(config, runner=SyntheticRunner(capacity=workers, trial_seconds=trial_seconds), progress=False, ask_ahead=ahead)
+        driver.run()
+        waits = np.array(driver.handoffs)
+        out["ahead" if ahead else "inline"] = {
+            "median_s": float(np.median(waits)),
+            "p90_s": float(np.percentile(waits, 90)),
+            "blocked_s": driver.timings.get("wait", 0.0),
+            "study_trials": done,
+        }
+    return out
+
+
+SPACES = {  # (task, space file): the default space on the small CNN, the deep space on ResNet-18
+    "digits-cnn": ({"model": "digits-cnn"}, None),
+    "resnet18-deep": ({"model": "torchvision:resnet18", "dataset": "cifar10"}, "search_spaces/deep.yaml"),
+}
+
+
+def sampler_ask_ms(sizes: list[int], samplers: list[str], spaces: list[str], asks: int = 3) -> dict[str, dict[str, dict[int, float]]]:
+    """Milliseconds for one ask and sample (define-by-run, as the driver samples) on an
+    in-memory study already holding N complete synthetic trials: space -> sampler -> N -> ms."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -151,32 +192,45 @@ def sampler_ask_ms(sizes: list[int], samplers: list[str], asks: int = 3) -> dict
     from autocompress.study_setup import make_sampler
     from autocompress.tasks import TaskSpec, layer_skeleton
 
-    space = load_space(None).resolve(*layer_skeleton(TaskSpec(model="digits-cnn")))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    source = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    rng = np.random.default_rng(0)
-    made = []
-    for _ in range(max(sizes)):
-        trial = source.ask()
-        space.sample(trial)
-        frozen = source.tell(trial, [float(rng.uniform(0.5, 1)), float(rng.uniform(1e3, 1e5)), float(rng.uniform(0.2, 1))])
-        made.append(create_trial(params=frozen.params, distributions=frozen.distributions, values=frozen.values, state=TrialState.COMPLETE))
-    out: dict[str, dict[int, float]] = {}
-    for name in samplers:
-        out[name] = {}
-        # GP fits a Gaussian process per objective, cubic in the trials: about 20 s per ask at
-        # 300 trials here, so it is timed at 300 (and once) however large the sizes asked.
-        for n in sorted({min(n, 300) for n in sizes}) if name == "gp" else sizes:
-            study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=make_sampler(name, 0))
-            study.add_trials(made[:n])
-            repeat = 1 if name == "gp" else asks
-            start = time.perf_counter()
-            for _ in range(repeat):
-                trial = study.ask()
-                space.sample(trial)
-                study.tell(trial, state=TrialState.FAIL)  # not a point: the next ask sees the same N
-            out[name][n] = 1000 * (time.perf_counter() - start) / repeat
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for space_name in spaces:
+        task, space_file = SPACES[space_name]
+        space = load_space(Path(__file__).parent.parent / space_file if space_file else None).resolve(*layer_skeleton(TaskSpec(**task)))
+        source = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+        rng = np.random.default_rng(0)
+        made = []
+        for _ in range(max(sizes)):
+            trial = source.ask()
+            space.sample(trial)
+            frozen = source.tell(trial, [float(rng.uniform(0.5, 1)), float(rng.uniform(1e3, 1e5)), float(rng.uniform(0.2, 1))])
+            made.append(create_trial(params=frozen.params, distributions=frozen.distributions, values=frozen.values, state=TrialState.COMPLETE))
+        by_sampler: dict[str, dict[int, float]] = {}
+        out[space_name] = by_sampler
+        for name in samplers:
+            by_sampler[name] = {}
+            # GP fits a Gaussian process per objective, cubic in the trials: seconds per ask at
+            # 300 trials here, so it is timed at 300 (and once) however large the sizes asked.
+            for n in sorted({min(n, 300) for n in sizes}) if name == "gp" else sizes:
+                study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=make_sampler(name, 0))
+                study.add_trials(made[:n])
+                repeat = 1 if name == "gp" else asks
+                start = time.perf_counter()
+                for _ in range(repeat):
+                    trial = study.ask()
+                    space.sample(trial)
+                    study.tell(trial, state=TrialState.FAIL)  # not a point: the next ask sees the same N
+                by_sampler[name][n] = 1000 * (time.perf_counter() - start) / repeat
     return out
+
+
+def timed_report(storage: str, *extra: str) -> tuple[float, bool, str]:
+    """Seconds for ``autocompress report`` in a fresh process (imports included, as a user waits)."""
+    start = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", "autocompress", "report", "scale", "--storage", storage, *extra], capture_output=True, text=True, check=False
+    )
+    return time.perf_counter() - start, run.returncode == 0, run.stderr
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -185,45 +239,76 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--sampler", default="random", help="the driver's sampler: random isolates the driver's own work (default), or tpe, nsga2, gp"
     )
-    parser.add_argument("--storage", default=None, help="SQLAlchemy URL (default: a SQLite file in a temporary folder)")
+    parser.add_argument("--storage", default=None, help="SQLAlchemy URL of an empty database (default: a SQLite file in a temporary folder)")
     parser.add_argument("--trial-seconds", type=float, default=60.0, help="a trial's length, for the worker count the driver keeps busy")
     parser.add_argument("--ask-sizes", default="1000,5000,10000", help="study sizes at which each sampler's ask is timed")
-    parser.add_argument("--quick", action="store_true", help="100 and 300 trials, asks at 300 (a smoke run)")
+    parser.add_argument("--spaces", default=",".join(SPACES), help=f"spaces whose asks are timed: {', '.join(SPACES)}")
+    parser.add_argument(
+        "--handoff",
+        default="tpe,40,8,8",
+        help="SAMPLER,TRIALS,SECONDS,WORKERS: a freed worker's wait for its next trial on the grown study, ask ahead or not ('' skips)",
+    )
+    parser.add_argument("--quick", action="store_true", help="100 and 300 trials, asks at 300, a short hand-off run (a smoke run)")
     args = parser.parse_args(argv)
     targets = [100, 300] if args.quick else [int(t) for t in args.trials.split(",")]
     sizes = [300] if args.quick else [int(t) for t in args.ask_sizes.split(",")]
+    spaces = ["digits-cnn"] if args.quick else args.spaces.split(",")
+    hand = "tpe,10,1,4" if args.quick and args.handoff else args.handoff
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         storage = args.storage or f"sqlite:///{folder / 'scale.db'}"
         segments = grow(folder, storage, args.sampler, targets)
-        start = time.perf_counter()
-        report = subprocess.run(
-            [sys.executable, "-m", "autocompress", "report", "scale", "--storage", storage, "--json"], capture_output=True, text=True, check=False
-        )
-        report_s = time.perf_counter() - start
-    asks = sampler_ask_ms(sizes, ["random", "tpe", "nsga2", "gp"])
+        report_s, report_ok, report_err = timed_report(storage, "--json")
+        html_s, html_ok, html_err = timed_report(storage, "--html", str(folder / "report.html"))
+        waits = {}
+        if hand:
+            name, n, seconds, workers = hand.split(",")
+            waits = handoff(folder, storage, name, int(n), float(seconds), int(workers))
+    asks = sampler_ask_ms(sizes, ["random", "tpe", "nsga2", "gp"], spaces)
     rows = []
     print(f"driver milliseconds per trial, sampler {args.sampler}, storage {'given' if args.storage else 'sqlite'}:")
-    print(f"{'trials':>13} " + " ".join(f"{c:>9}" for c in COMPONENTS) + f" {'total':>9} {'workers kept busy':>18}")
+    print(f"{'trials':>13} " + " ".join(f"{c:>9}" for c in COMPONENTS) + f" {'total':>9} {'workers kept busy':>18} {'start s':>8}")
     for lo, hi, times in segments:
         parts = {c: 1000 * times.get(c, 0.0) / (hi - lo) for c in COMPONENTS}
         total = sum(parts.values())
-        rows.append({"from": lo, "to": hi, "ms": parts, "total_ms": total, "workers_kept_busy": args.trial_seconds / (total / 1000)})
-        print(f"{lo:>6}-{hi:<6} " + " ".join(f"{parts[c]:9.1f}" for c in COMPONENTS) + f" {total:9.1f} {rows[-1]['workers_kept_busy']:>18.0f}")
+        rows.append(
+            {
+                "from": lo,
+                "to": hi,
+                "ms": parts,
+                "total_ms": total,
+                "workers_kept_busy": args.trial_seconds / (total / 1000),
+                "start_s": times.get("start", 0.0),
+            }
+        )
+        print(
+            f"{lo:>6}-{hi:<6} " + " ".join(f"{parts[c]:9.1f}" for c in COMPONENTS) + f" {total:9.1f} {rows[-1]['workers_kept_busy']:>18.0f}"
+            f" {rows[-1]['start_s']:8.1f}"
+        )
     growth = rows[-1]["total_ms"] / rows[0]["total_ms"]
     print(f"growth, last segment / first: {growth:.2f}x (target <= 2x); last: {rows[-1]['total_ms']:.1f} ms per trial (target <= 50 ms)")
-    print(f"report on {targets[-1]} trials: {report_s:.1f} s (target <= 10 s){'' if report.returncode == 0 else ' FAILED: ' + report.stderr}")
-    print("one ask + sample, milliseconds, by sampler and study size:")
-    for name, by_size in asks.items():
-        print(f"  {name:>7}: " + ", ".join(f"{n} trials {ms:.0f} ms" for n, ms in by_size.items()))
+    print(f"report on {targets[-1]} trials: {report_s:.1f} s (target <= 10 s){'' if report_ok else ' FAILED: ' + report_err}")
+    print(f"HTML report on {targets[-1]} trials: {html_s:.1f} s{'' if html_ok else ' FAILED: ' + html_err}")
+    if waits:
+        print(f"a freed worker's wait for its next trial ({hand}, at {waits['inline']['study_trials']} trials):")
+        for way, w in waits.items():
+            print(
+                f"  {way:>6}: median {1000 * w['median_s']:.0f} ms, 90th percentile {1000 * w['p90_s']:.0f} ms, loop blocked on the thread {w['blocked_s']:.1f} s"
+            )
+    print("one ask + sample, milliseconds, by space, sampler and study size:")
+    for space_name, by_sampler in asks.items():
+        for name, by_size in by_sampler.items():
+            print(f"  {space_name:>13} {name:>7}: " + ", ".join(f"{n} trials {ms:.0f} ms" for n, ms in by_size.items()))
     return {
         "sampler": args.sampler,
         "trial_seconds": args.trial_seconds,
         "segments": rows,
         "growth": growth,
         "report_s": report_s,
-        "report_ok": report.returncode == 0,
-        "ask_ms": {k: {str(n): v for n, v in d.items()} for k, d in asks.items()},
+        "report_ok": report_ok and html_ok,
+        "html_report_s": html_s,
+        "handoff": waits,
+        "ask_ms": {sp: {k: {str(n): v for n, v in d.items()} for k, d in by.items()} for sp, by in asks.items()},
     }
 
 
