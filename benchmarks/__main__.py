@@ -282,6 +282,13 @@ def _driver(result: dict[str, Any]) -> list[str]:
             f"- A freed worker's wait for its next trial at {w['study_trials']} trials, ask {'ahead in a thread' if way == 'ahead' else 'inline'}: "
             f"median {1000 * w['median_s']:.0f} ms, 90th percentile {1000 * w['p90_s']:.0f} ms."
         )
+    paths = result.get("storage_paths") or {}
+    if paths:
+        out.append(
+            f"- A trial's writes (ask, 16 suggestions, 12 attributes, tell) on SQLite: Optuna's public calls {paths['public_rdb_ms']:.1f} ms, "
+            f"the driver's two transactions {paths['batched_rdb_ms']:.1f} ms"
+            + (f", Optuna's public calls through its gRPC storage proxy {paths['public_grpc_ms']:.1f} ms." if "public_grpc_ms" in paths else ".")
+        )
     for space, by_sampler in result["ask_ms"].items():
         out.append(
             f"- One ask + sample of the {space} space, by sampler and study size (in-memory study): "
