@@ -299,7 +299,7 @@ def _not_the_database(output: str, storage: str | None, flag: str) -> None:
 def _delete(args: argparse.Namespace) -> int:
     import optuna
 
-    from autocompress import tables
+    from autocompress import _optuna, tables
     from autocompress.artifact_files import artifact_paths, listed_ids, remove_artifacts
     from autocompress.config import load_config
     from autocompress.errors import SearchError
@@ -311,7 +311,7 @@ def _delete(args: argparse.Namespace) -> int:
     ids = listed_ids(study)  # every file listed on the study or a trial, failed trials' included
     folder = study.user_attrs.get("artifact_dir")
     paths = artifact_paths(folder, ids) if folder else []  # checked before anything is deleted
-    what = f"study '{args.name}' ({len(study.trials)} trials, {len(ids)} artifact files{f' in {folder}' if folder and ids else ''})"
+    what = f"study '{args.name}' ({sum(_optuna.state_counts(study).values())} trials, {len(ids)} artifact files{f' in {folder}' if folder and ids else ''})"
     if not args.yes:
         if not sys.stdin.isatty():
             raise SearchError(f"delete {what}: not at a terminal to ask; pass --yes to delete it")
@@ -337,7 +337,9 @@ def _export(args: argparse.Namespace) -> int:
         _not_the_database(args.output, args.storage, "-o")
     study = _open_study(args.name, args.storage)
     path, how = export_trial(study, args.trial, args.output, args.format, args.precision, args.force)
-    trial = study.trials[args.trial]
+    from autocompress import _optuna
+
+    trial = _optuna.trials_by_number(study, [args.trial])[args.trial]
     print(
         f"wrote {path}: {path.stat().st_size} bytes, {how} (trial {args.trial}: accuracy {100 * trial.values[0]:.2f}%, size_bytes {int(trial.values[1])})"
     )

@@ -84,7 +84,7 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str |
             f"trial {number} has no layer at 8 bits or fewer, so nothing in it runs as int8 (--precision int8): "
             "export it with --precision fp32, or pick a trial with quantized layers"
         )
-    trial = study.trials[number]
+    trial = _optuna.trials_by_number(study, [number])[number]  # not study.trials: a deep copy of every trial
     stored = trial.user_attrs.get("onnx_artifact_id")
     if stored and deploy["runtime"] != "torch" and deploy["precision"] == precision:
         data = read_artifact(study.user_attrs["artifact_dir"], stored, f"the ONNX file of trial {number}")
@@ -183,7 +183,7 @@ def _deployed_on_cpu(study: optuna.Study, number: int, example: torch.Tensor):
     from autocompress.plan import CompressionPlan
 
     deploy = study_deploy(study)
-    stored = study.trials[number].user_attrs.get("onnx_artifact_id")
+    stored = _optuna.trials_by_number(study, [number])[number].user_attrs.get("onnx_artifact_id")
     if stored and deploy["runtime"] != "torch":
         data = read_artifact(study.user_attrs["artifact_dir"], stored, f"the ONNX file of trial {number}")
         # ONNX Runtime on the CPU for either ONNX runtime: the file, its kernels, no GPU needed.

@@ -2,7 +2,7 @@
 
     python -m benchmarks all            # everything, full size (about 25 minutes on 2 cores)
     python -m benchmarks all --quick    # a smoke run of each (a few minutes)
-    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, driver
+    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, driver, driver_pg, storage
 
 Each run writes benchmarks/results/NAME.json (NAME-quick.json for smoke runs); RESULTS.md is
 rebuilt from the full runs' JSON, with the machine and the date of each run. Benchmarks are not tests: nothing here asserts a time.
@@ -21,7 +21,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-NAMES = ("quality", "overhead", "scaling", "latency", "deploy", "driver")
+NAMES = ("quality", "overhead", "scaling", "latency", "deploy", "driver", "driver_pg", "storage")
+# driver_pg: the driver benchmark on the PostgreSQL database this environment variable names
+# (an empty one: the benchmark grows its study there); skipped when it is unset.
+POSTGRES_ENV = "AUTOCOMPRESS_BENCH_POSTGRES"
 
 
 def machine() -> dict[str, Any]:
@@ -38,7 +41,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
-    from benchmarks import deploy, driver_scale, latency_fidelity, overhead, quality, scaling
+    from benchmarks import deploy, driver_scale, latency_fidelity, overhead, quality, scaling, storage_paths
 
     module = {
         "quality": quality,
@@ -47,9 +50,14 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         "latency": latency_fidelity,
         "deploy": deploy,
         "driver": driver_scale,
+        "driver_pg": driver_scale,
+        "storage": storage_paths,
     }[name]
     print(f"== {name}{' (quick)' if quick else ''}", flush=True)
-    result = module.main(["--quick"] if quick else [])
+    argv = ["--quick"] if quick else []
+    if name == "driver_pg":
+        argv += ["--storage", os.environ[POSTGRES_ENV], "--handoff", "", "--ask-sizes", ""]
+    result = module.main(argv)
     record = {"benchmark": name, "quick": quick, **machine(), "result": result}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}{'-quick' if quick else ''}.json").write_text(json.dumps(record, indent=2, default=str))
@@ -277,17 +285,17 @@ def _driver(result: dict[str, Any]) -> list[str]:
         f"{'met' if result['report_s'] <= 10 else 'not met'})"
         + (f"; `report --html`: {result['html_report_s']:.1f} s." if "html_report_s" in result else "."),
     ]
+    if result.get("handoff"):
+        sampler, _, seconds, workers = result.get("handoff_spec", "tpe,40,8,8").split(",")  # the default, before it was recorded
+        out.append(
+            f"- Hand-off runs: {sampler} on the grown study, {workers} workers, {seconds}-second synthetic trials. They are all the same "
+            f"length, so results arrive in bursts of {workers}: the thread has one trial ready per burst and the rest wait for asks "
+            "(the 90th percentile)."
+        )
     for way, w in (result.get("handoff") or {}).items():
         out.append(
             f"- A freed worker's wait for its next trial at {w['study_trials']} trials, ask {'ahead in a thread' if way == 'ahead' else 'inline'}: "
             f"median {1000 * w['median_s']:.0f} ms, 90th percentile {1000 * w['p90_s']:.0f} ms."
-        )
-    paths = result.get("storage_paths") or {}
-    if paths:
-        out.append(
-            f"- A trial's writes (ask, 16 suggestions, 12 attributes, tell) on SQLite: Optuna's public calls {paths['public_rdb_ms']:.1f} ms, "
-            f"the driver's two transactions {paths['batched_rdb_ms']:.1f} ms"
-            + (f", Optuna's public calls through its gRPC storage proxy {paths['public_grpc_ms']:.1f} ms." if "public_grpc_ms" in paths else ".")
         )
     for space, by_sampler in result["ask_ms"].items():
         out.append(
@@ -295,6 +303,22 @@ def _driver(result: dict[str, Any]) -> list[str]:
             + "; ".join(f"{name} " + ", ".join(f"{n}: {ms:.0f} ms" for n, ms in sizes.items()) for name, sizes in by_sampler.items())
             + "."
         )
+    return out
+
+
+def _storage(result: dict[str, Any]) -> list[str]:
+    out = [
+        f"What a driver writes for one trial (ask, 16 suggestions, 12 attributes, tell), {result['trials']} times along each path "
+        "(benchmarks/storage_paths.py): Optuna's public calls on the database, the driver's two transactions, and Optuna's "
+        "public calls through its gRPC storage proxy (a server process over the same database, cached as Optuna's documentation asks). "
+        "Milliseconds per trial over the first and the last tenth of the trials.",
+        "",
+        "| storage | path | first tenth | last tenth | mean |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for storage, paths in result["storages"].items():
+        for path, t in paths.items():
+            out.append(f"| {storage} | {path} | {t['first_ms']:.1f} | {t['last_ms']:.1f} | {t['mean_ms']:.1f} |")
     return out
 
 
@@ -306,6 +330,8 @@ SECTIONS = {
     "deploy": ("Deploy targets: torch, ONNX Runtime fp32 and int8 (deploy.py)", _deploy),
     "gpu_paired": ("Two workers sharing one GPU (gpu_paired.py, on the lent GPU machine)", _gpu),
     "driver": ("The driver's cost per trial as a study grows (driver_scale.py)", _driver),
+    "driver_pg": ("The driver's cost per trial on PostgreSQL (driver_scale.py --storage)", _driver),
+    "storage": ("A trial's writes by path: Optuna's calls, the driver's transactions, the gRPC proxy (storage_paths.py)", _storage),
 }
 
 
@@ -333,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.which != "render":
         for name in NAMES if args.which == "all" else (args.which,):
+            if name == "driver_pg" and POSTGRES_ENV not in os.environ:
+                print(f"== {name}: skipped ({POSTGRES_ENV} names no PostgreSQL database)")
+                continue
             run_one(name, args.quick)
     if not args.quick:  # a smoke run's numbers are not results
         (HERE / "RESULTS.md").write_text(render())

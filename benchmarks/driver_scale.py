@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -225,82 +224,6 @@ def sampler_ask_ms(sizes: list[int], samplers: list[str], spaces: list[str], ask
     return out
 
 
-def storage_paths(folder: Path, trials: int = 200) -> dict[str, float]:
-    """Milliseconds per trial of the writes a driver makes (ask, the digits-cnn space's
-    suggestions, a dozen attributes, tell) along three paths to one SQLite file: Optuna's
-    public calls on the database, the same calls through Optuna's gRPC storage proxy (a server
-    process in front of the database), and the driver's two transactions. Needs grpcio."""
-    import socket
-
-    import optuna
-
-    from autocompress import _optuna
-    from autocompress.space import load_space
-    from autocompress.tasks import TaskSpec, layer_skeleton
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_space(None).resolve(*layer_skeleton(TaskSpec(model="digits-cnn")))
-    attrs = {f"attr{k}": {"value": k, "rows": list(range(20))} for k in range(12)}
-    directions = ["maximize", "minimize", "minimize"]
-
-    def public(study: optuna.Study) -> float:
-        start = time.perf_counter()
-        for k in range(trials):
-            trial = study.ask()
-            space.sample(trial)
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
-            study.tell(trial, [0.9, 1000.0 + k, 1.0])
-        return 1000 * (time.perf_counter() - start) / trials
-
-    def batched(study: optuna.Study) -> float:
-        start = time.perf_counter()
-        for k in range(trials):
-            trial = _optuna.ask(study, queue_empty=True)
-            _optuna.sample_then_write(trial, space.sample, lambda plan: {"plan": plan.to_dict()})
-            _optuna.complete_trial(study, trial, [0.9, 1000.0 + k, 1.0], attrs, {})
-        return 1000 * (time.perf_counter() - start) / trials
-
-    out = {}
-    url = f"sqlite:///{folder / 'paths.db'}"
-    storage = optuna.storages.RDBStorage(url)
-    out["public_rdb_ms"] = public(optuna.create_study(study_name="public", storage=storage, directions=directions))
-    out["batched_rdb_ms"] = batched(optuna.create_study(study_name="batched", storage=storage, directions=directions))
-    try:
-        import grpc  # noqa: F401  (optuna's proxy needs it)
-    except ImportError:
-        return out
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"import optuna; optuna.storages.run_grpc_proxy_server(optuna.storages.RDBStorage({url!r}), host='127.0.0.1', port={port})",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):  # the server takes a moment to listen
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    proxy = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
-                study = optuna.create_study(study_name="grpc", storage=proxy, directions=directions)
-                break
-            except Exception:  # noqa: BLE001  (not listening yet)
-                time.sleep(0.2)
-        else:
-            return out
-        out["public_grpc_ms"] = public(study)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    return out
-
-
 def timed_report(storage: str, *extra: str) -> tuple[float, bool, str]:
     """Seconds for ``autocompress report`` in a fresh process (imports included, as a user waits)."""
     start = time.perf_counter()
@@ -328,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="100 and 300 trials, asks at 300, a short hand-off run (a smoke run)")
     args = parser.parse_args(argv)
     targets = [100, 300] if args.quick else [int(t) for t in args.trials.split(",")]
-    sizes = [300] if args.quick else [int(t) for t in args.ask_sizes.split(",")]
+    sizes = [300] if args.quick else [int(t) for t in args.ask_sizes.split(",") if t]
     spaces = ["digits-cnn"] if args.quick else args.spaces.split(",")
     hand = "tpe,10,1,4" if args.quick and args.handoff else args.handoff
     with tempfile.TemporaryDirectory() as tmp:
@@ -341,8 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if hand:
             name, n, seconds, workers = hand.split(",")
             waits = handoff(folder, storage, name, int(n), float(seconds), int(workers))
-        paths = storage_paths(folder, 50 if args.quick else 300)
-    asks = sampler_ask_ms(sizes, ["random", "tpe", "nsga2", "gp"], spaces)
+    asks = sampler_ask_ms(sizes, ["random", "tpe", "nsga2", "gp"], spaces) if sizes else {}
     rows = []
     print(f"driver milliseconds per trial, sampler {args.sampler}, storage {'given' if args.storage else 'sqlite'}:")
     print(f"{'trials':>13} " + " ".join(f"{c:>9}" for c in COMPONENTS) + f" {'total':>9} {'workers kept busy':>18} {'start s':>8}")
@@ -373,12 +295,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(
                 f"  {way:>6}: median {1000 * w['median_s']:.0f} ms, 90th percentile {1000 * w['p90_s']:.0f} ms, loop blocked on the thread {w['blocked_s']:.1f} s"
             )
-    print(
-        "a trial's writes on SQLite, ms: Optuna's public calls "
-        f"{paths['public_rdb_ms']:.1f}, the driver's two transactions {paths['batched_rdb_ms']:.1f}"
-        + (f", public calls through the gRPC proxy {paths['public_grpc_ms']:.1f}" if "public_grpc_ms" in paths else " (gRPC proxy: install grpcio)")
-    )
-    print("one ask + sample, milliseconds, by space, sampler and study size:")
+    if asks:
+        print("one ask + sample, milliseconds, by space, sampler and study size:")
     for space_name, by_sampler in asks.items():
         for name, by_size in by_sampler.items():
             print(f"  {space_name:>13} {name:>7}: " + ", ".join(f"{n} trials {ms:.0f} ms" for n, ms in by_size.items()))
@@ -391,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "report_ok": report_ok and html_ok,
         "html_report_s": html_s,
         "handoff": waits,
-        "storage_paths": paths,
+        "handoff_spec": hand,
         "storage": "PostgreSQL" if storage.startswith("postgresql") else "SQLite",
         "ask_ms": {sp: {k: {str(n): v for n, v in d.items()} for k, d in by.items()} for sp, by in asks.items()},
     }
