@@ -45,9 +45,9 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage
 
 
-def fail_with_reason(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
-    """Set a RUNNING trial's ``fail_reason`` and fail it: a trial another driver asked (a frozen
-    trial here, no ``Trial`` object) can be written only through the storage."""
+def fail_with_reason(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str) -> None:
+    """Set a RUNNING trial's ``fail_reason`` and fail it, through the storage: a trial another
+    driver asked is only a frozen trial here, with no ``Trial`` object to write through."""
     study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
@@ -217,8 +217,7 @@ def sample_then_write(trial: optuna.Trial, sample: Callable[[optuna.Trial], T], 
     backend = _rdb(trial.storage)
     if backend is None:
         result = sample(trial)
-        for key, value in user(result).items():
-            trial.set_user_attr(key, value)
+        set_trial_attrs(trial, user(result))
         return result
     _hold_param_writes(backend)
     held: list[tuple[Any, ...]] = []

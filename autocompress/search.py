@@ -329,8 +329,7 @@ class Driver:
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"search stopped: {exc}"
                 ahead = self._ahead.close() if self._ahead is not None else None
                 for trial in [*in_flight.values(), *([finished] if finished is not None else []), *([ahead[0]] if ahead else [])]:
-                    trial.set_user_attr("fail_reason", reason)
-                    study.tell(trial, state=TrialState.FAIL)
+                    _optuna.fail_with_reason(study, trial, reason)
                 raise
             finally:
                 if self._ahead is not None:
@@ -369,8 +368,7 @@ class Driver:
                 with self._timed(timed[1]):
                     plan = _optuna.sample_then_write(trial, space.sample, functools.partial(self._owned, trial.number))
             except BaseException as exc:
-                trial.set_user_attr("fail_reason", f"search stopped while sampling: {exc!r}")
-                study.tell(trial, state=TrialState.FAIL)
+                _optuna.fail_with_reason(study, trial, f"search stopped while sampling: {exc!r}")
                 raise
             return trial, plan
 
