@@ -261,9 +261,9 @@ def test_openvino_search_measures_every_trial_on_openvino(tmp_path: Path, cache_
 
 @pytest.mark.e2e
 def test_timing_slots_never_overlap_another_workers_fine_tuning(tmp_path: Path, cache_dir: Path) -> None:
-    study, _ = _search(tmp_path, cache_dir, {"max_seconds": 0.3}, trials=6, workers=2, steps=400)
+    study, _ = _search(tmp_path, cache_dir, {"max_seconds": 0.3}, trials=4, workers=2, steps=300)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(trials) == 6
+    assert len(trials) == 4
     by_pid: dict[int, dict[str, list]] = collections.defaultdict(lambda: {"timing": [], "busy": []})
     for t in trials:
         pid, windows = t.user_attrs["worker"]["pid"], t.user_attrs["windows"]
