@@ -313,3 +313,26 @@ def trials_by_number(study: optuna.Study, numbers: Iterable[int]) -> dict[int, o
             continue
         out[number] = storage.get_trial(trial_id)
     return out
+
+
+def intermediate_values(study: optuna.Study, states: tuple[optuna.trial.TrialState, ...]) -> dict[int, dict[int, float]]:
+    """Trial number -> its intermediate values by step, for the trials in ``states`` (one query on
+    a database): what a pruner learns from when a search resumes."""
+    from optuna.storages._rdb import models
+
+    backend = _rdb(study)
+    if backend is None:
+        return {t.number: dict(t.intermediate_values) for t in study.get_trials(deepcopy=False, states=states)}
+    import sqlalchemy as sa
+
+    trials, inter = models.TrialModel.__table__.c, models.TrialIntermediateValueModel.__table__.c
+    query = (
+        sa.select(trials.number, inter.step, inter.intermediate_value, inter.intermediate_value_type)
+        .join_from(models.TrialModel.__table__, models.TrialIntermediateValueModel.__table__, trials.trial_id == inter.trial_id)
+        .where(trials.study_id == study._study_id, trials.state.in_(states))
+    )
+    out: dict[int, dict[int, float]] = collections.defaultdict(dict)
+    with backend.engine.connect() as conn:
+        for number, step, value, kind in conn.execute(query):
+            out[number][step] = float(models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind))
+    return dict(out)

@@ -19,6 +19,7 @@ RELATIVE_SQLITE = "a relative sqlite path is taken from the current folder, not 
 EXAMPLES_SEARCH = """examples:
   autocompress search                              # studies/default.yaml: digits-cnn, 20 trials, 2 Ray workers
   autocompress search --trials 40 --workers 2 --sampler nsga2
+  autocompress search --trials 40 --pruner front   # stop trials that cannot reach the front, at fine-tuning rungs
   autocompress search studies/default.yaml --name mlp-run --trials 10 --workers 0   # in-process, for debugging
   autocompress search --storage postgresql://user@db-host/autocompress --name shared
   autocompress search studies/cifar10-resnet18.yaml --device cuda --gpus-per-worker 0.5   # two workers share one GPU
@@ -85,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="trials evaluated at once on Ray; 0 evaluates in this process")
     s.add_argument("--sampler", help="auto (default: TPE up to 1,000 trials, NSGA-II above), tpe, nsga2, gp or random")
     s.add_argument("--seed", type=int, help="sampler seed")
+    s.add_argument(
+        "--pruner",
+        help="stop trials early at fine-tuning rungs: none (default), front (cannot reach the Pareto front or the accuracy limit), median or hyperband",
+    )
     s.add_argument("--ray-address", help="join this Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray")
     s.add_argument("--cpus-per-worker", type=float, help="CPUs each Ray worker reserves (default 1)")
     s.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker reserves (default 0)")
@@ -163,6 +168,7 @@ def _search(args: argparse.Namespace) -> int:
         "search.trials": args.trials,
         "search.workers": args.workers,
         "search.sampler": args.sampler,
+        "search.pruner": args.pruner,
         "search.seed": args.seed,
         "search.new_study": args.new_study,
         "search.ray_address": args.ray_address,

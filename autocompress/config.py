@@ -19,6 +19,7 @@ from autocompress.tasks.spec import TaskSpec
 DEFAULT_CONFIG = Path("studies/default.yaml")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # study names become file names
 SAMPLERS = ("auto", "tpe", "nsga2", "gp", "random")
+PRUNERS = ("none", "front", "median", "hyperband")  # keys of fidelity.PRUNERS
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class SearchConfig:
     max_retries: int = field(default=1, metadata={"min": 0})  # re-runs of a trial whose worker died
     trial_timeout: float | None = field(default=None, metadata={"min": 1.0})  # seconds, then FAIL
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})  # where workers evaluate
+    # Multi-fidelity trials: workers report validation accuracy at these fine-tuning steps
+    # (rungs; 0 is before fine-tuning) and the driver stops a trial that cannot pay off.
+    # front: cannot reach the front at its size and latency (or the accuracy constraint);
+    # median, hyperband: Optuna's pruners on the accuracy alone. PRUNED trials do not count
+    # toward ``trials``.
+    pruner: str = field(default="none", metadata={"choices": PRUNERS})
+    rungs: tuple[int, ...] | None = field(default=None, metadata={"min": 0})  # None: 0, 1/4 and 1/2 of finetune.steps (hyperband: 1/27, 1/9, 1/3)
 
 
 @dataclass(frozen=True)

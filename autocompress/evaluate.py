@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -27,11 +28,12 @@ from autocompress.deploy.runtimes import deployed_correct
 from autocompress.deploy.target import DeployConfig
 from autocompress.deploy.timing import DeviceLock, Timing, device_key, time_alone, time_paired
 from autocompress.errors import AutocompressError
+from autocompress.fidelity import Rung
 from autocompress.latency import count_macs
 from autocompress.plan import CompressionPlan, Result
 from autocompress.size import layer_rows
 from autocompress.stats import accuracy, pack_correct
-from autocompress.tasks import DataSplits, Task
+from autocompress.tasks import DataSplits, Task, correct_of
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -54,8 +56,14 @@ def finetune(
     seed: int = 0,
     teacher: nn.Module | None = None,
     lock: DeviceLock | None = None,
-) -> list[float]:
-    """Train the compressed model briefly; masks and quantizers stay attached. Returns the loss log.
+    rungs: tuple[int, ...] = (),
+    at_rung: Callable[[int | None], bool] | None = None,
+) -> tuple[list[float], int, bool]:
+    """Train the compressed model briefly; masks and quantizers stay attached. Returns the loss log,
+    the steps taken and whether it was stopped.
+
+    ``at_rung(step)`` is called before each step in ``rungs`` and ``at_rung(None)`` after the
+    last step; when it returns True the training stops there (the driver pruned the trial).
 
     With ``config.distill > 0`` and a ``teacher`` (the baseline), the loss mixes the labels'
     cross-entropy with the KL divergence to the teacher's outputs at ``config.temperature``.
@@ -63,7 +71,7 @@ def finetune(
     step to end, and the next step waits for the measurement.
     """
     if config.steps <= 0:
-        return []
+        return [], 0, False
     distill = config.distill if teacher is not None else 0.0
     temp = config.temperature
     params = [p for p in model.parameters() if p.requires_grad]
@@ -76,6 +84,9 @@ def finetune(
     cuda = x.device.type == "cuda"
     model.train()
     for step in range(config.steps):
+        if at_rung is not None and step in rungs and at_rung(step):
+            model.eval()
+            return log, step, True
         idx = torch.randint(len(x), (config.batch_size,), generator=gen)
         with lock.shared() if lock is not None else contextlib.nullcontext():
             opt.zero_grad(set_to_none=True)
@@ -96,7 +107,8 @@ def finetune(
         if step % config.log_every == 0 or step == config.steps - 1:
             log.append(round(loss.item(), 5))
     model.eval()
-    return log
+    stopped = at_rung is not None and at_rung(None)  # a stop decided after the last rung
+    return log, config.steps, stopped
 
 
 class Evaluator:
@@ -108,9 +120,21 @@ class Evaluator:
     loop: a Ray actor handle with ``put_baseline`` / ``time``).
     """
 
-    def __init__(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig | None = None, device: str = "cpu", timer: Any = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        finetune: FinetuneConfig,
+        deploy: DeployConfig | None = None,
+        device: str = "cpu",
+        timer: Any = None,
+        rungs: tuple[int, ...] = (),
+        early_measure: bool = False,
+    ) -> None:
+        """``rungs``: fine-tuning steps at which a trial with a ``report`` reports its accuracy;
+        ``early_measure``: size and latency measured before fine-tuning (the front rule needs them)."""
         from autocompress.deploy.runtimes import runtime
 
+        self.rungs, self.early_measure = rungs, early_measure
         self.finetune_config = finetune
         self.deploy_config = deploy = deploy or DeployConfig()
         self.timer = timer
@@ -201,11 +225,12 @@ class Evaluator:
                 return time_alone(deployed, cfg.threshold, cfg.max_seconds), ""
             return time_paired(base, deployed, cfg.threshold, cfg.max_seconds), ""
 
-    def measure(self, model: nn.Module, plan: CompressionPlan, alone: bool = False) -> Result:
+    def measure(self, model: nn.Module, plan: CompressionPlan, alone: bool = False, timed: tuple[Timing, str] | None = None) -> Result:
         """Accuracy, packed size, latency and counts of a (possibly compressed) model, on the target.
 
         Packing bakes the model in place; the baked model is then deployed, and the deployed form
-        gives accuracy (validation split) and latency (paired with the baseline unless ``alone``).
+        gives accuracy (validation split) and latency (paired with the baseline unless ``alone``;
+        ``timed``: already timed before fine-tuning, on the deployed form of the same structure).
         """
         data = self.task.data
         model.eval()
@@ -223,7 +248,7 @@ class Evaluator:
         blob = deployed.onnx if deployed.onnx is not None else packed.data
         if alone:
             self._baseline = (deployed, blob)
-        timing, node = self._time(deployed, blob, alone)
+        timing, node = timed or self._time(deployed, blob, alone)
         busy = {key: lock.take_busy() for key, lock in self._locks.items()}
         return Result(
             accuracy=accuracy(correct),
@@ -250,28 +275,85 @@ class Evaluator:
         reference that trials' paired ratios scale."""
         return self._timed(lambda: self.measure(self._model(), CompressionPlan(), alone=True))
 
-    def evaluate(self, plan: CompressionPlan) -> Result:
-        """Compress, fine-tune and measure; any failure becomes ``Result.error``, never an exception."""
+    def early(self, plan: CompressionPlan) -> tuple[int, Timing, str]:
+        """Packed size and paired latency of the plan's model before fine-tuning. Fine-tuning
+        keeps the structure (masks, ranks, bit-widths, removed channels), so the deployed form's
+        latency is the finished model's; the size moves by the codes' compressibility alone.
+        A model of its own (``apply`` is deterministic): packing bakes in place, and a deep copy
+        of a parametrized module would share its parametrization."""
+        model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2]).eval().cpu()
+        packed = pack(model, plan, self.task.artifact_task(), compress.structure(model))
+        deployed = self.deploy(model, plan)
+        timing, node = self._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
+        return len(packed.data), timing, node
+
+    def rung_accuracy(self, model: nn.Module) -> float:
+        """Validation accuracy of the model being fine-tuned, as it is (masks and quantizers on),
+        one shared turn on the device."""
+        data = self.task.data
+        with self.lock(self.device or torch.device("cpu")).shared(), torch.no_grad():
+            return accuracy(correct_of(model, data.x_val, data.y_val).cpu().numpy())
+
+    def evaluate(self, plan: CompressionPlan, report: Callable[[Rung | None], bool] | None = None) -> Result:
+        """Compress, fine-tune and measure; any failure becomes ``Result.error``, never an exception.
+
+        With ``report``, the validation accuracy at each of ``self.rungs`` is reported (with size
+        and latency, measured first, when ``self.early_measure``); ``report`` returns True to stop
+        the trial there (and ``report(None)`` after the last step asks whether a stop came late).
+        A stopped trial returns what it reached, with ``pruned_at`` set.
+        """
         from autocompress.deploy.qat import int8_activations
 
         def run() -> Result:
+            timed: tuple[Timing, str] | None = None
+            size = 0
+            if report is not None and self.early_measure:
+                size, timing, node = self.early(plan)
+                timed = (timing, node)
             model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
             if self.finetune_config.distill and self._teacher is None:
                 self._teacher = self._model().eval()
+            rungs: list[Rung] = []
+
+            def at_rung(step: int | None) -> bool:
+                if step is None:
+                    return report(None)  # type: ignore[misc]
+                was_training = model.training
+                rung = Rung(step, self.rung_accuracy(model), size, timed[0].ratio if timed else None)
+                model.train(was_training)
+                rungs.append(rung)
+                return report(rung)  # type: ignore[misc]
+
             cfg = self.deploy_config
             # Integer kernels quantize activations too: fine-tune with that rounding (QAT).
             simulate = cfg.precision == "int8" and cfg.runtime != "torch"
             with int8_activations(model, plan) if simulate else contextlib.nullcontext():
-                log = finetune(
+                log, steps, stopped = finetune(
                     model,
                     self.task,
                     self.finetune_config,
                     seed=self.task.spec.seed,
                     teacher=self._teacher,
                     lock=self.lock(self.device or torch.device("cpu")),
+                    rungs=self.rungs,
+                    at_rung=at_rung if report is not None else None,
                 )
-            result = self.measure(model, plan)
-            result.finetune_log = log
+            if stopped:
+                early = timed[0] if timed else None
+                return Result(
+                    accuracy=rungs[-1].accuracy if rungs else float("nan"),
+                    size_bytes=size,
+                    latency_ms=early.latency_ms if early else float("nan"),
+                    latency_ratio=early.ratio if early else 1.0,
+                    latency_cv=early.cv if early else 0.0,
+                    latency_node=timed[1] if timed else "",
+                    finetune_log=log,
+                    finetune_steps=steps,
+                    rungs=[r.to_dict() for r in rungs],
+                    pruned_at=rungs[-1].step if rungs else 0,
+                )
+            result = self.measure(model, plan, timed=timed)
+            result.finetune_log, result.finetune_steps, result.rungs = log, steps, [r.to_dict() for r in rungs]
             return result
 
         return self._timed(run)

@@ -78,6 +78,10 @@ class Result:
         onnx_bytes: length of the ONNX file deployed (ONNX-based runtimes), else None.
         windows: wall-clock windows of the timing slot and of this worker's shared turns.
         val_correct: which validation images it got right (``stats.pack_correct``).
+        finetune_steps: fine-tuning steps taken.
+        rungs: validation accuracy at each rung reached (multi-fidelity trials).
+        pruned_at: the rung where the driver stopped the trial; its accuracy is that rung's,
+            size and latency were measured before fine-tuning; None when it ran to the end.
         error: why the evaluation failed; None when it succeeded.
         worker: where it ran (host, pid, Ray node id when on Ray).
         artifact: the packed model (``size_bytes`` is its length); not stored as an attribute.
@@ -102,6 +106,9 @@ class Result:
     eval_seconds: float = 0.0
     error: str | None = None
     worker: dict[str, Any] = field(default_factory=dict)
+    finetune_steps: int = 0  # optimizer steps taken (fewer than finetune.steps when pruned)
+    rungs: list[dict[str, Any]] = field(default_factory=list)  # fidelity.Rung as dicts, in step order
+    pruned_at: int | None = None  # the rung step where the driver stopped it; None: ran to the end
     artifact: bytes = b""
     onnx: bytes = b""  # the ONNX file deployed, when the runtime loads one; not an attribute
 

@@ -6,7 +6,7 @@ from typing import Any
 
 
 class ProgressBar:
-    """A rich progress bar (trials done, failures, front size, hypervolume); silent when disabled."""
+    """A rich progress bar (trials done, failures, pruned, front size, hypervolume); silent when disabled."""
 
     def __init__(self, enabled: bool, total: int, done: int) -> None:
         self.enabled = enabled
@@ -22,9 +22,10 @@ class ProgressBar:
             self._task = self._progress.add_task("search", total=self.total, completed=self.done, info="")
         return self
 
-    def update(self, done: int, failed: int, front: int, hypervolume: float) -> None:
+    def update(self, done: int, failed: int, front: int, hypervolume: float, pruned: int = 0) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=done, info=f"failed {failed} | front {front} | HV {hypervolume:.4f}")
+            stopped = f"pruned {pruned} | " if pruned else ""
+            self._progress.update(self._task, completed=done, info=f"failed {failed} | {stopped}front {front} | HV {hypervolume:.4f}")
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

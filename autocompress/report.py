@@ -91,7 +91,9 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     rows = report_rows(study, analysis)
     stored = study.user_attrs.get("baseline")
     states = _optuna.state_counts(study)
-    counts = ", ".join(f"{states[s]} {s.name.lower()}" for s in (TrialState.COMPLETE, TrialState.FAIL) if states[s])
+    counts = ", ".join(f"{states[s]} {s.name.lower()}" for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) if states[s])
+    if states[TrialState.PRUNED]:
+        counts += " (pruned: stopped at a fine-tuning rung, never on the front)"
     console.print(f"study [bold]{study.study_name}[/bold]: {counts or 'no trials'}; Pareto front: {len(analysis.front)} trials")
     if stored:
         baseline = Baseline.of(stored)

@@ -11,6 +11,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any, Generic, TypeVar
 import optuna
 from optuna.trial import TrialState
 
-from autocompress import _faults, _optuna, pareto, tables
+from autocompress import _faults, _optuna, fidelity, pareto, tables
 from autocompress.artifact_files import remove_partials, store_artifact, write_artifact
 from autocompress.baseline import trial_metrics
 from autocompress.config import StudyConfig
@@ -37,12 +38,16 @@ from autocompress.stats import accuracy, chance_accuracy, pack_correct
 from autocompress.storage import mask_url, open_storage, retry_creation, sqlite_path
 from autocompress.study_setup import WARM_START, WARM_START_CHANNEL, open_study, prepare, sampler_name
 from autocompress.tasks import Task, build_task, correct_of
+from autocompress.tasks.data import CACHE, describe_data, load_data
 
 log = logging.getLogger(__name__)
 
 __all__ = ["WARM_START", "WARM_START_CHANNEL", "Driver", "measure_baseline", "prepare", "run_search"]
 
 ONNX_MIMETYPE = "application/onnx"
+# A pruned trial's constraint value is how many points its last rung missed the accuracy limit
+# by, plus this: it is never feasible.
+PRUNED_VIOLATION = 0.01
 ACZ_MIMETYPE = "application/x-autocompress"
 
 
@@ -73,6 +78,8 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[
         "params": result.params,
         "macs": result.macs,
     }
+    if task.trained_by:  # trained by this search or an earlier one: where (host, device, Ray node)
+        numbers["trained_by"] = task.trained_by
     return numbers, result
 
 
@@ -175,6 +182,12 @@ class Driver:
         self.handoffs: list[float] = []
         self._result_at: float | None = None
         self._baseline: dict[str, Any] | None = None
+        self._in_flight: dict[int, optuna.Trial] = {}  # trial number -> its trial, handed to a worker
+        self._pruner: fidelity.Pruner | None = None  # judges reports at rungs (search.pruner)
+        self._reported: collections.defaultdict[int, dict[int, float]] = collections.defaultdict(dict)  # in flight: step -> accuracy
+        self._prune_reasons: dict[int, str] = {}  # stopped, result not yet in: why
+        self.pruned = 0  # trials stopped at a rung, this run
+        self._last_prune_reason = ""
 
     @contextlib.contextmanager
     def _timed(self, part: str) -> Iterator[None]:
@@ -189,6 +202,7 @@ class Driver:
         self._started = time.perf_counter()
         self.say(f"checking {cfg.source}: task {cfg.task.model}, reading its data and matching the space to its layers")
         space = prepare(cfg)  # every user mistake surfaces here, before storage or Ray
+        self.say(f"  data: {describe_data(cfg.task, load_data(cfg.task), CACHE.read_seconds)}")
         self.say(f"  {len(space.layers)} layers, {space.dimensions} searched knobs ({time.monotonic() - start:.1f} s)")
         start = time.monotonic()
         where = cfg.search.ray_address or os.environ.get("RAY_ADDRESS")
@@ -217,7 +231,7 @@ class Driver:
             f"study '{study.study_name}' in {mask_url(cfg.storage)}{where}: "
             + (f"{done} of {cfg.search.trials} trials complete" if done else "starting")
         )
-        task = build_task(cfg.task, cfg.cache_dir, say=self.say)
+        task = build_task(cfg.task, cfg.cache_dir, say=self.say, trainer=self.runner.trainer(cfg.search.device))
         self.study = study
         # One absolute folder, recorded with the study: a run resumed from another folder keeps
         # writing where export and report read.
@@ -231,7 +245,8 @@ class Driver:
         self.lease.start()
         try:
             self.lease.recover_stale_trials(study)
-            self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device)
+            rungs, early = self._fidelity()
+            self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device, rungs=rungs, early_measure=early)
             if "baseline" not in study.user_attrs:
                 start = time.monotonic()
                 self.say(f"measuring the baseline on the deploy target ({cfg.deploy.runtime} {cfg.deploy.precision})")
@@ -245,11 +260,57 @@ class Driver:
                 if result.onnx:
                     baseline["onnx_artifact_id"] = store_artifact(study, result.onnx, self.artifact_dir, "baseline.onnx", ONNX_MIMETYPE)
                 study.set_user_attr("baseline", baseline)
+            if rungs:
+                self._start_pruner(study, rungs)
             self._loop(study, space)
             self._recheck_front(study)
         finally:
             self.lease.finish()
         return study
+
+    def _fidelity(self) -> tuple[tuple[int, ...], bool]:
+        """The rungs trials report at (none without a pruner) and whether they measure size and
+        latency before fine-tuning; the runner's referee set when they report."""
+        search, steps = self.config.search, self.config.finetune.steps
+        if search.pruner == "none":
+            return (), False
+        rungs = fidelity.rungs_of(search.rungs, steps, search.pruner)
+        self.runner.referee = self._rung
+        probe = fidelity.make_pruner(search.pruner, {}, None, rungs, steps)
+        return rungs, probe.needs_size_and_latency
+
+    def _start_pruner(self, study: optuna.Study, rungs: tuple[int, ...]) -> None:
+        """The pruner, taught by the study's finished trials (a resumed study's included)."""
+        cfg = self.config
+        baseline = study.user_attrs.get("baseline", {})
+        self._pruner = fidelity.make_pruner(cfg.search.pruner, baseline, cfg.pareto.max_accuracy_drop, rungs, cfg.finetune.steps)
+        states = (TrialState.COMPLETE, TrialState.PRUNED)
+        values = _optuna.intermediate_values(study, states)
+        rows = _optuna.trial_rows(study, states)
+        self._pruner.start((r.number, r.state, values.get(r.number, {}), r.values[0] if r.values else None) for r in rows)
+
+    def _rung(self, number: int, rung: fidelity.Rung) -> bool:
+        """A worker's report at a rung: stored as the trial's intermediate value (optuna-dashboard
+        plots them), then judged; True stops the trial. Runs in the driver's thread."""
+        trial = self._in_flight.get(number)
+        if trial is None or self._pruner is None or number in self._prune_reasons:
+            return number in self._prune_reasons
+        with self._timed("rungs"):
+            study = trial.study
+            study._storage.set_trial_intermediate_value(trial._trial_id, rung.step, rung.accuracy)
+            self._reported[number][rung.step] = rung.accuracy
+            _faults.checkpoint("rung-reported")  # not in _faults.STAGES: tests/test_fidelity.py kills here
+            front = []
+            if self._analysis is not None:
+                front = [
+                    fidelity.FrontPoint(n, p.accuracy, p.size_bytes, p.latency_ms) for n in self._analysis.front for p in (self._analysis.point(n),)
+                ]
+            reason = self._pruner.decide(number, rung, front)
+        if reason is None:
+            return False
+        self._prune_reasons[number] = reason
+        log.info("trial %d: pruned %s", number, reason)
+        return True
 
     def _recheck_front(self, study: optuna.Study) -> None:
         """The front's test-split accuracies, on the deploy target's form, stored once: reports
@@ -271,7 +332,7 @@ class Driver:
 
     def _loop(self, study: optuna.Study, space: SearchSpace) -> None:
         cfg = self.config.search
-        in_flight: dict[int, optuna.Trial] = {}
+        in_flight = self._in_flight
         finished: optuna.Trial | None = None  # a result in hand, not yet told
         complete = self._count(TrialState.COMPLETE)
         failed_in_a_row = 0
@@ -304,7 +365,12 @@ class Driver:
                         # Hand the free worker its next trial first; book-keeping overlaps with it.
                         self._fill(study, space, in_flight)
                     told, finished = finished, None
-                    if self._tell(study, told, result):
+                    state = self._tell(study, told, result)
+                    if state == TrialState.PRUNED:
+                        failed_in_a_row = 0
+                        if not self.show_progress:
+                            self.say(f"trial {number}: pruned, {self._last_prune_reason}")
+                    elif state == TrialState.COMPLETE:
                         complete += 1
                         failed_in_a_row = 0
                         if not self.show_progress and self._analysis is not None:
@@ -324,7 +390,7 @@ class Driver:
                                 "fix the cause, or raise search.max_failures_in_a_row"
                             )
                     if self._analysis is not None:
-                        bar.update(complete, sum(self.failures.values()), len(self._analysis.front), self._analysis.hypervolume)
+                        bar.update(complete, sum(self.failures.values()), len(self._analysis.front), self._analysis.hypervolume, self.pruned)
             except BaseException as exc:
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"search stopped: {exc}"
                 ahead = self._ahead.close() if self._ahead is not None else None
@@ -394,30 +460,66 @@ class Driver:
                 return None
             return _optuna.ask(study, queue_empty=not counts[TrialState.WAITING])
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> bool:
-        """Store one result; True when the trial is COMPLETE."""
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> TrialState:
+        """Store one result; the state the trial ends in."""
         with self._timed("tell"):
-            return self._store(study, trial, result)
+            state = self._store(study, trial, result)
+        if self._pruner is not None:
+            reported = self._reported.pop(trial.number, {})
+            self._pruner.finished(trial.number, state, reported, result.accuracy if state == TrialState.COMPLETE else None)
+        self._prune_reasons.pop(trial.number, None)
+        return state
 
-    def _store(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> bool:
+    def _store_pruned(self, study: optuna.Study, trial: optuna.Trial, result: Result, attrs: dict[str, Any]) -> TrialState:
+        """A trial stopped at a rung: PRUNED, with what it reached (the rungs' accuracies as
+        intermediate values, size and latency when measured before fine-tuning, the reason)."""
+        reason = self._prune_reasons.get(trial.number, "stopped by the pruner")
+        self._last_prune_reason = reason
+        baseline = self._baseline or study.user_attrs.get("baseline", {})
+        attrs.update(pruned_at=result.pruned_at, prune_reason=reason, rungs=result.rungs, finetune_steps=result.finetune_steps)
+        drop = None
+        if baseline:
+            drop = 100.0 * (float(baseline["accuracy"]) - result.accuracy)
+            attrs["drop_points"] = round(drop, 3)  # at the rung it reached
+            if result.size_bytes:
+                attrs["size_bytes"] = result.size_bytes
+                attrs["compression_ratio"] = round(baseline["size_bytes"] / result.size_bytes, 2)
+            if math.isfinite(result.latency_ms):
+                attrs["latency_ms"] = float(baseline["latency_ms"]) * result.latency_ratio
+        # Never feasible (its model was never finished): TPE then ranks it among the infeasible
+        # trials by how far it missed, where it would rank pruned trials by their intermediate
+        # values through a single direction, which a three-objective study does not have.
+        missed = max(0.0, (drop or 0.0) - (self.config.pareto.max_accuracy_drop or 0.0))
+        system = _optuna.constraint_attrs("max_accuracy_drop", missed + PRUNED_VIOLATION)
+        _optuna.set_trial_attrs(trial, attrs, system)
+        study.tell(trial, state=TrialState.PRUNED)
+        self.pruned += 1
+        return TrialState.PRUNED
+
+    def _store(self, study: optuna.Study, trial: optuna.Trial, result: Result) -> TrialState:
         # The trial's attributes go in one transaction, before its state: a crash leaves the
         # trial RUNNING without them (the next driver fails and re-queues it), never half-described.
         attrs: dict[str, Any] = {"worker": result.worker}
         if result.worker.get("node_id"):
             attrs["node_id"] = result.worker["node_id"]
         plan = self._plans.pop(trial.number, {})
+        if result.error is None and result.pruned_at is not None:
+            return self._store_pruned(study, trial, result, attrs)
         if not result.ok:
             reason = result.error or "invalid measurement"
             self.failures[reason] += 1
             _optuna.set_trial_attrs(trial, {**attrs, "fail_reason": reason})
             study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", trial.number, reason)
-            return False
+            return TrialState.FAIL
         if not self._baseline:  # set once, before the first trial: read it once
             self._baseline = study.user_attrs.get("baseline", {})
         baseline = self._baseline
         metrics = trial_metrics(result, baseline)
         attrs.update(metrics=metrics, per_layer=result.per_layer, finetune_log=result.finetune_log, windows=result.windows)
+        attrs["finetune_steps"] = result.finetune_steps
+        if result.rungs:
+            attrs["rungs"] = result.rungs
         attrs["val_correct"] = result.val_correct
         if "accuracy_drop" in metrics:  # flat, so optuna-dashboard's trial table shows them as columns
             attrs["drop_points"] = round(metrics["accuracy_drop"], 3)
@@ -458,7 +560,7 @@ class Driver:
                 self._analysis = analysis = self._front.analysis()
             with self._timed("tables"):
                 tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, plan, analysis)
-        return True
+        return TrialState.COMPLETE
 
 
 def run_search(config: StudyConfig, progress: bool = True) -> optuna.Study:

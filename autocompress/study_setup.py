@@ -22,6 +22,7 @@ from autocompress import _faults, _optuna, pareto
 from autocompress.config import StudyConfig
 from autocompress.errors import AutocompressError, SearchError, StorageError
 from autocompress.evaluate import resolve_device
+from autocompress.fidelity import check_rungs
 from autocompress.space import SearchSpace, load_space
 from autocompress.storage import check_url, mask_url
 from autocompress.tasks import TaskSpec, model_skeleton
@@ -32,8 +33,16 @@ log = logging.getLogger(__name__)
 DEPLOY_IDENTITY = ("runtime", "precision", "device", "threads", "batch_size", "resource")
 
 # Uniform plans tried first (sparsity, bits, rank fraction, sparsity mode): known points at the
-# safe end, and with channel pruning in the space, two structured ones at the aggressive end.
-WARM_START = ((0.0, 8, 1.0, "unstructured"), (0.5, 6, 1.0, "unstructured"), (0.7, 4, 1.0, "unstructured"))
+# safe end, then the moderate region where an accuracy limit of about a point is usually met
+# (8 bits with light sparsity, 4 bits dense), and with channel pruning in the space, two
+# structured ones at the aggressive end.
+WARM_START = (
+    (0.0, 8, 1.0, "unstructured"),
+    (0.5, 6, 1.0, "unstructured"),
+    (0.7, 4, 1.0, "unstructured"),
+    (0.25, 8, 1.0, "unstructured"),
+    (0.0, 4, 1.0, "unstructured"),
+)
 WARM_START_CHANNEL = ((0.5, 4, 1.0, "channel"), (0.75, 4, 1.0, "channel"))
 
 
@@ -83,6 +92,7 @@ def prepare(config: StudyConfig) -> SearchSpace:
     """Validate the task and resolve the space against the model, before training or storage."""
     check_url(config.storage)
     search = config.search
+    check_rungs(search.pruner, search.rungs, config.finetune.steps, config.source)
     address = search.ray_address or os.environ.get("RAY_ADDRESS")
     if search.workers:
         check_ray_address(address, "--ray-address" if search.ray_address else "RAY_ADDRESS")

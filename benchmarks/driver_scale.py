@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from autocompress import compress
 from autocompress.artifact import pack
@@ -47,6 +48,7 @@ from autocompress.runners._base import Runner
 from autocompress.search import Driver
 from autocompress.stats import pack_correct
 from autocompress.tasks import Task
+from autocompress.tasks.training import Trainer, local_trainer
 
 COMPONENTS = ("ask", "sample", "attrs", "artifacts", "analysis", "tables", "heartbeat", "wait")
 
@@ -72,7 +74,18 @@ class SyntheticRunner(Runner):
     def runs_in_background(self) -> bool:
         return self._trial_seconds > 0
 
-    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto") -> None:
+    def trainer(self, device: str) -> Trainer:
+        return local_trainer(torch.device("cpu"))
+
+    def start(
+        self,
+        task: Task,
+        finetune: FinetuneConfig,
+        deploy: DeployConfig,
+        device: str = "auto",
+        rungs: tuple[int, ...] = (),
+        early_measure: bool = False,
+    ) -> None:
         model = task.build_model()
         layers = compress.compressible_layers(model)
         self._params = {name: m.weight.numel() for name, m in layers.items()}

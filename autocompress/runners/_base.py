@@ -5,9 +5,13 @@ from collections.abc import Callable
 
 from autocompress.config import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
+from autocompress.fidelity import Rung
 from autocompress.plan import CompressionPlan, Result
 from autocompress.registry import Registry
 from autocompress.tasks import Task
+from autocompress.tasks.training import Trainer
+
+Referee = Callable[[int, Rung], bool]  # (trial number, its report at a rung) -> stop it
 
 
 class Runner(ABC):
@@ -17,7 +21,13 @@ class Runner(ABC):
     trials are in flight and :meth:`next_result` to collect one, and :meth:`close` at the end
     (also after an error or Ctrl-C). A runner never touches the study storage, and an
     evaluation that fails comes back as a :class:`Result` with ``error`` set, not as an exception.
+
+    Multi-fidelity: with ``rungs`` given to :meth:`start` and a :attr:`referee` set, each trial's
+    reports at its rungs reach the referee in the driver's thread (from :meth:`submit` or
+    :meth:`next_result`); a trial it stops ends at its worker's next checkpoint.
     """
+
+    referee: Referee | None = None
 
     @property
     @abstractmethod
@@ -35,9 +45,23 @@ class Runner(ABC):
         the study storage is touched, so a mistake there writes nothing). Does nothing by default."""
 
     @abstractmethod
-    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto") -> None:
+    def start(
+        self,
+        task: Task,
+        finetune: FinetuneConfig,
+        deploy: DeployConfig,
+        device: str = "auto",
+        rungs: tuple[int, ...] = (),
+        early_measure: bool = False,
+    ) -> None:
         """Prepare workers that fine-tune on ``device`` (auto, cpu, cuda) and measure every model
-        on the ``deploy`` target."""
+        on the ``deploy`` target; trials report at ``rungs``, with size and latency measured
+        before fine-tuning when ``early_measure``."""
+
+    @abstractmethod
+    def trainer(self, device: str) -> Trainer:
+        """Trains a baseline where the trials run: on a worker, on ``device`` (auto, cpu, cuda).
+        Called after :meth:`connect`, before :meth:`start`."""
 
     @abstractmethod
     def baseline(self) -> Result:

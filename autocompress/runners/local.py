@@ -10,6 +10,7 @@ from autocompress.evaluate import Evaluator
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task
+from autocompress.tasks.training import Trainer, local_trainer
 
 
 @RUNNERS.register("local")
@@ -26,8 +27,21 @@ class LocalRunner(Runner):
     def runs_in_background(self) -> bool:
         return False  # submit evaluates on the spot
 
-    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto") -> None:
-        self._evaluator = Evaluator(task, finetune, deploy, device)
+    def start(
+        self,
+        task: Task,
+        finetune: FinetuneConfig,
+        deploy: DeployConfig,
+        device: str = "auto",
+        rungs: tuple[int, ...] = (),
+        early_measure: bool = False,
+    ) -> None:
+        self._evaluator = Evaluator(task, finetune, deploy, device, rungs=rungs, early_measure=early_measure)
+
+    def trainer(self, device: str) -> Trainer:
+        from autocompress.evaluate import resolve_device
+
+        return local_trainer(resolve_device(device))
 
     def baseline(self) -> Result:
         assert self._evaluator is not None, "start() first"
@@ -35,7 +49,10 @@ class LocalRunner(Runner):
 
     def submit(self, trial_number: int, plan: CompressionPlan) -> None:
         assert self._evaluator is not None, "start() first"
-        self._done.append((trial_number, self._evaluator.evaluate(plan)))
+        referee = self.referee
+        # In-process, the referee answers at once: a stop takes effect at the rung it judged.
+        report = None if referee is None else (lambda rung: rung is not None and referee(trial_number, rung))
+        self._done.append((trial_number, self._evaluator.evaluate(plan, report)))
 
     def next_result(self, timeout: float | None = None) -> tuple[int, Result] | None:
         return self._done.popleft() if self._done else None

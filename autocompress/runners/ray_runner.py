@@ -8,9 +8,11 @@ its actor killed and replaced and is reported failed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,20 +22,91 @@ from autocompress.errors import AutocompressError
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task, TaskSpec
+from autocompress.tasks.training import Trainer
 
 log = logging.getLogger(__name__)
+
+
+class _Mailbox:
+    """Between workers and the driver, for multi-fidelity trials (an async actor: one event loop,
+    every call cheap). A worker posts its report at a rung and waits, up to ``wait`` seconds, for
+    the driver's verdict; the driver's ``collect`` returns as soon as a report arrives. Workers
+    never reach the study storage: the driver writes what it collects."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.reports: list[tuple[int, dict[str, Any]]] = []
+        self.stopped: set[int] = set()
+        self._arrived = asyncio.Event()
+        self._verdicts: dict[tuple[int, int], Any] = {}  # (trial, step) -> asyncio.Event
+
+    async def report(self, number: int, rung: dict[str, Any] | None, wait: float = 0.0) -> bool:
+        """Post a report (None: only ask); whether the driver has stopped the trial."""
+        import asyncio
+
+        if rung is not None:
+            key = (number, int(rung["step"]))
+            judged = self._verdicts[key] = asyncio.Event()
+            self.reports.append((number, rung))
+            self._arrived.set()
+            try:
+                await asyncio.wait_for(judged.wait(), wait)
+            except asyncio.TimeoutError:
+                pass  # the driver is busy: the verdict reaches the next checkpoint
+            finally:
+                self._verdicts.pop(key, None)
+        return number in self.stopped
+
+    async def collect(self, wait: float = 0.0) -> list[tuple[int, dict[str, Any]]]:
+        """The reports posted since the last call, waiting up to ``wait`` seconds for one."""
+        import asyncio
+
+        if not self.reports and wait > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), wait)
+        self._arrived.clear()
+        reports, self.reports = self.reports, []
+        return reports
+
+    async def judged(self, number: int, step: int, stop: bool) -> None:
+        if stop:
+            self.stopped.add(number)
+        event = self._verdicts.get((number, step))
+        if event is not None:
+            event.set()
+
+    async def forget(self, number: int) -> None:
+        self.stopped.discard(number)
+
+
+# How long a worker waits for the verdict on its report: the driver answers in milliseconds
+# unless it is busy storing a result or sampling, and a late verdict still stops the trial at
+# its next checkpoint.
+VERDICT_WAIT_S = 2.0
 
 
 class _EvaluatorActor:
     """Holds one Evaluator; its task arrives once through the object store."""
 
-    def __init__(self, payload: dict[str, Any], finetune: FinetuneConfig, deploy: DeployConfig, device: str, timer: Any = None) -> None:
+    def __init__(
+        self,
+        payload: dict[str, Any],
+        finetune: FinetuneConfig,
+        deploy: DeployConfig,
+        device: str,
+        timer: Any = None,
+        rungs: tuple[int, ...] = (),
+        early_measure: bool = False,
+        mailbox: Any = None,
+    ) -> None:
         import torch
 
         from autocompress.evaluate import Evaluator
 
         torch.set_num_threads(deploy.threads)
-        self.evaluator = Evaluator(Task.from_payload(payload), finetune, deploy, device, timer=timer)
+        self.evaluator = Evaluator(Task.from_payload(payload), finetune, deploy, device, timer=timer, rungs=rungs, early_measure=early_measure)
+        self.mailbox = mailbox
 
     def _finish(self, result: Result) -> dict[str, Any]:
         import ray
@@ -47,8 +120,17 @@ class _EvaluatorActor:
     def baseline(self) -> dict[str, Any]:
         return self._finish(self.evaluator.baseline())
 
-    def evaluate(self, plan: dict[str, Any]) -> dict[str, Any]:
-        return self._finish(self.evaluator.evaluate(CompressionPlan.from_dict(plan)))
+    def evaluate(self, plan: dict[str, Any], number: int = -1) -> dict[str, Any]:
+        import ray
+
+        report = None
+        if self.mailbox is not None:
+            mailbox = self.mailbox
+
+            def report(rung: Any) -> bool:
+                return bool(ray.get(mailbox.report.remote(number, rung.to_dict() if rung is not None else None, VERDICT_WAIT_S)))
+
+        return self._finish(self.evaluator.evaluate(CompressionPlan.from_dict(plan), report))
 
 
 class _TimingActor:
@@ -116,6 +198,26 @@ class _TimingActor:
         return {**timing.to_dict(), "node": ray.get_runtime_context().get_node_id()}
 
 
+def _train_on_worker(payload: dict[str, Any], resume: dict[str, Any] | None, device: str, threads: int) -> Any:
+    """A Ray task (a streaming generator): the baseline trained on a worker, on ``device``;
+    yields where it runs, then each epoch's report (``tasks.training.train_epochs``)."""
+    import socket
+
+    import ray
+    import torch
+
+    from autocompress.evaluate import resolve_device
+    from autocompress.tasks.training import _make_model, train_epochs
+
+    torch.set_num_threads(threads)
+    task = Task.from_payload(payload)
+    where = resolve_device(device)
+    model = _make_model(task.spec, task.data)
+    model.load_state_dict(task.state_dict)
+    yield {"where": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(where), "node_id": ray.get_runtime_context().get_node_id()}}
+    yield from train_epochs(model, task.data, task.spec, where, resume)
+
+
 def _lost_worker_errors() -> tuple[type[Exception], ...]:
     """What Ray raises when the worker itself is gone (killed, out of memory, node lost)."""
     import ray
@@ -161,6 +263,8 @@ class RayRunner(Runner):
         self._pending: dict[Any, _Job] = {}  # ObjectRef -> the job it computes
         self.replaced = 0  # actors replaced after a death or a timeout (for reports and tests)
         self._timer: Any = None  # the timing actor on the deploy.resource node, if any
+        self._mailbox: Any = None  # reports at rungs and stops, when trials report
+        self._collecting: Any = None  # the mailbox's collect call in flight
 
     @property
     def capacity(self) -> int:
@@ -208,14 +312,48 @@ class RayRunner(Runner):
                     f"{', '.join(custom) or 'none'}): start the target node with ray start --resources '{{\"{name}\": 1}}'"
                 )
 
-    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto") -> None:
+    def start(
+        self,
+        task: Task,
+        finetune: FinetuneConfig,
+        deploy: DeployConfig,
+        device: str = "auto",
+        rungs: tuple[int, ...] = (),
+        early_measure: bool = False,
+    ) -> None:
         import ray
 
         self.connect(deploy)
         timer = self._timing_actor(task, deploy) if deploy.resource else None
+        if rungs and self.referee is not None:
+            self._mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()
         self._actor_cls = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)(_EvaluatorActor)
-        self._actor_args = (ray.put(task.payload()), finetune, deploy, device, timer)
+        self._actor_args = (ray.put(task.payload()), finetune, deploy, device, timer, rungs, early_measure, self._mailbox)
         self._idle = [self._new_actor() for _ in range(self.workers)]
+
+    def trainer(self, device: str) -> Trainer:
+        """Train on one worker's share of the cluster (its CPUs and GPUs), streaming its epochs
+        back; a stop here (Ctrl-C) cancels the Ray task."""
+        import ray
+
+        from autocompress.tasks.custom import IMPORT_PATHS
+
+        remote = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_retries=0)(_train_on_worker)
+        threads = max(1, int(self.cpus_per_worker))
+
+        def train(spec: TaskSpec, data: Any, state: dict[str, Any], resume: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+            from dataclasses import asdict
+
+            payload = {"spec": spec.to_dict(), "data": asdict(data), "state_dict": state, "import_paths": list(IMPORT_PATHS)}
+            stream: Any = remote.remote(payload, resume, device, threads)  # a generator of refs: Ray's stubs type it as one ref
+            try:
+                for ref in stream:
+                    yield ray.get(ref)
+            finally:
+                with contextlib.suppress(Exception):  # finished already, or Ray gone
+                    ray.cancel(stream, force=True)
+
+        return train
 
     def _timing_actor(self, task: Task, deploy: DeployConfig) -> Any:
         """The timing actor on a node with ``deploy.resource`` (``connect`` has checked one exists),
@@ -243,7 +381,7 @@ class RayRunner(Runner):
     def _launch(self, job: _Job) -> None:
         job.actor = self._idle.pop()
         job.started = time.monotonic()
-        self._pending[job.actor.evaluate.remote(job.plan)] = job
+        self._pending[job.actor.evaluate.remote(job.plan, job.trial_number)] = job
 
     def _replace(self, actor: Any) -> None:
         import ray
@@ -283,10 +421,12 @@ class RayRunner(Runner):
         if self.trial_timeout is not None:
             next_deadline = min(j.started for j in self._pending.values()) + self.trial_timeout - time.monotonic()
             wait = max(0.0, min(wait if wait is not None else next_deadline, next_deadline))
-        ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=wait)
+        ready = self._wait(wait)
         if not ready:
             return self._expired()
         job = self._pending.pop(ready[0])
+        if self._mailbox is not None:
+            self._mailbox.forget.remote(job.trial_number)
         try:
             result = Result.from_dict(ray.get(ready[0]))
         except _lost_worker_errors() as exc:
@@ -306,6 +446,39 @@ class RayRunner(Runner):
         result.worker["attempts"] = job.attempts
         return job.trial_number, result
 
+    def _wait(self, timeout: float | None) -> list[Any]:
+        """A finished evaluation, waiting up to ``timeout``; meanwhile each report at a rung goes
+        to the referee as it arrives, and its verdict back to the worker. Reports posted before
+        a result are relayed before it is returned."""
+        import ray
+
+        if self._mailbox is None:
+            ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+            return ready
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._collecting is None:
+                self._collecting = self._mailbox.collect.remote(5.0)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait([*self._pending, self._collecting], num_returns=1, timeout=left)
+            if self._collecting in ready:
+                reports, self._collecting = ray.get(self._collecting), None
+                self._relay(reports)
+                continue
+            if ready:
+                self._relay(ray.get(self._mailbox.collect.remote(0.0)))
+            if ready or (deadline is not None and time.monotonic() >= deadline):
+                return ready
+
+    def _relay(self, reports: list[tuple[int, dict[str, Any]]]) -> None:
+        from autocompress.fidelity import Rung
+
+        assert self.referee is not None
+        running = {job.trial_number for job in self._pending.values()}
+        for number, rung in reports:
+            stop = number in running and self.referee(number, Rung.from_dict(rung))
+            self._mailbox.judged.remote(number, int(rung["step"]), stop)
+
     def _expired(self) -> tuple[int, Result] | None:
         if self.trial_timeout is None:
             return None
@@ -322,9 +495,10 @@ class RayRunner(Runner):
     def close(self) -> None:
         import ray
 
-        for actor in self._idle + [job.actor for job in self._pending.values()] + ([self._timer] if self._timer else []):
+        extra = [a for a in (self._timer, self._mailbox) if a is not None]
+        for actor in self._idle + [job.actor for job in self._pending.values()] + extra:
             ray.kill(actor, no_restart=True)
-        self._timer = None
+        self._timer = self._mailbox = self._collecting = None
         self._idle, self._pending = [], {}
         if self._started_ray:
             ray.shutdown()

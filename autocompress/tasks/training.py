@@ -3,10 +3,12 @@ checkpoint, the model itself, the cache, or trained once; the :class:`Task` work
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ class Task:
     data: DataSplits
     state_dict: dict[str, torch.Tensor]
     baseline: dict[str, Any] = field(default_factory=dict)  # accuracy etc., filled by the driver
+    trained_by: dict[str, Any] = field(default_factory=dict)  # where the baseline was trained (host, device, Ray node)
 
     def build_model(self) -> nn.Module:
         """A fresh copy of the baseline model with its trained weights, in eval mode."""
@@ -76,29 +79,81 @@ class Task:
         )
 
 
-def _train(model: nn.Module, data: DataSplits, spec: TaskSpec, say: Callable[[str], None]) -> None:
+# A trainer runs ``train_epochs`` somewhere (in this process, or on a Ray worker) and passes on
+# what it yields: (spec, data, initial weights, checkpoint to resume from or None) -> reports.
+Trainer = Callable[[TaskSpec, DataSplits, dict[str, torch.Tensor], dict[str, Any] | None], Iterator[dict[str, Any]]]
+
+
+def train_epochs(
+    model: nn.Module, data: DataSplits, spec: TaskSpec, device: torch.device, resume: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Train the baseline on ``device``, yielding after each epoch its loss, validation accuracy,
+    seconds so far and a checkpoint (weights, optimizer, schedule, shuffling state; on the CPU).
+    From ``resume`` (such a checkpoint) it goes on where that one stopped, and ends where an
+    uninterrupted run would have."""
+    model.to(device)
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.Adam(model.parameters(), lr=spec.train_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.train_epochs)
+    first, seconds = 1, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["generator"])
+        first, seconds = int(resume["epoch"]) + 1, float(resume.get("seconds", 0.0))
     loss_fn = nn.CrossEntropyLoss()
-    n = len(data.x_train)
-    every = max(1, spec.train_epochs // 10)  # about ten progress lines, however long the training
-    start = time.monotonic()
-    for epoch in range(1, spec.train_epochs + 1):
+    n = len(x)
+    start = time.monotonic() - seconds
+    for epoch in range(first, spec.train_epochs + 1):
         model.train()
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).to(device)
         total = 0.0
         for i in range(0, n, spec.batch_size):
             idx = order[i : i + spec.batch_size]
             opt.zero_grad()
-            loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+            loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
         sched.step()
-        if epoch % every == 0 or epoch == spec.train_epochs:
-            say(f"  epoch {epoch}/{spec.train_epochs}: loss {total / n:.3f} ({time.monotonic() - start:.0f} s)")
+        with torch.no_grad():
+            val = accuracy(correct_of(model, x_val, y_val).cpu().numpy())
+        elapsed = time.monotonic() - start
+        checkpoint = {
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": _to_cpu(opt.state_dict()),
+            "scheduler": sched.state_dict(),
+            "generator": gen.get_state(),
+            "epoch": epoch,
+            "seconds": elapsed,
+        }
+        yield {"epoch": epoch, "epochs": spec.train_epochs, "loss": total / n, "val_accuracy": val, "seconds": elapsed, "checkpoint": checkpoint}
     model.eval()
+
+
+def _to_cpu(state: Any) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu().clone()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_to_cpu(v) for v in state]
+    return state
+
+
+def local_trainer(device: torch.device) -> Trainer:
+    """Train in this process on ``device``."""
+
+    def train(spec: TaskSpec, data: DataSplits, state: dict[str, torch.Tensor], resume: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+        model = _make_model(spec, data)
+        model.load_state_dict(state)
+        yield {"where": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(device)}}
+        yield from train_epochs(model, data, spec, device, resume)
+
+    return train
 
 
 def _make_model(spec: TaskSpec, data: DataSplits) -> nn.Module:
@@ -153,13 +208,17 @@ def untrained_model(spec: TaskSpec) -> nn.Module:
     return model_skeleton(spec)[0]
 
 
-def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines", say: Callable[[str], None] | None = None) -> Task:
+def build_task(
+    spec: TaskSpec, cache_dir: str | Path = "studies/baselines", say: Callable[[str], None] | None = None, trainer: Trainer | None = None
+) -> Task:
     """Load the data, then the baseline weights: a checkpoint, the model's own, the cache, or
-    train them (seconds for digits). ``say`` receives a line on where the weights come from
-    and, while training, on its progress."""
+    train them (seconds for digits) through ``trainer`` (the search's: on a worker, on its
+    device; by default here on the CPU). ``say`` receives a line on where the weights come from
+    and, while training, one per epoch."""
     say = say or (lambda _line: None)
     torch.manual_seed(spec.seed)
     spec, data, model = _checked_model(spec)
+    trained_by: dict[str, Any] = {}
     entry = model_entry(spec.model)
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{spec.model}-{spec.dataset}")
     cache = Path(cache_dir) / f"{safe_name}-{spec.key()}.pt"
@@ -171,14 +230,75 @@ def build_task(spec: TaskSpec, cache_dir: str | Path = "studies/baselines", say:
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
         say(f"baseline weights: trained before, cached at {cache}")
     else:
-        say(f"training the baseline {spec.model} on {spec.dataset} for {spec.train_epochs} epochs (cached at {cache} for next time)")
-        _train(model, data, spec, say)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(cache)  # a crash mid-write leaves no truncated cache behind
+        trained_by = _train_baseline(model, data, spec, cache, trainer or local_trainer(torch.device("cpu")), say)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Task(spec=spec, data=data, state_dict=state)
+    if cache.is_file() and not trained_by:
+        trained_by = _read_json(cache.with_suffix(".json")).get("trained_by", {})
+    return Task(spec=spec, data=data, state_dict=state, trained_by=trained_by)
+
+
+def _save(obj: Any, path: Path) -> None:
+    """Write-then-rename: a crash or Ctrl-C mid-write leaves the previous file, never a truncated one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# Seconds between saved checkpoints while the baseline trains: what a Ctrl-C can cost.
+CHECKPOINT_EVERY_S = 10.0
+
+
+def _train_baseline(model: nn.Module, data: DataSplits, spec: TaskSpec, cache: Path, trainer: Trainer, say: Callable[[str], None]) -> dict[str, Any]:
+    """Train through ``trainer``, one line per epoch, checkpointing next to the cache so that a
+    run stopped midway (Ctrl-C, a lost worker) resumes there; the finished weights become the
+    cache. Returns where it trained."""
+    partial = cache.with_name(f"{cache.stem}.partial.pt")
+    resume = None
+    if partial.is_file():
+        try:
+            resume = torch.load(partial, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001  (an unreadable checkpoint only costs the epochs it held)
+            say(f"  ignoring an unreadable checkpoint {partial}; training from the start")
+    begun = f", resuming after epoch {resume['epoch']}" if resume else ""
+    say(f"training the baseline {spec.model} on {spec.dataset} for {spec.train_epochs} epochs{begun} (cached at {cache} for next time)")
+    where: dict[str, Any] = {}
+    last = resume
+    saved_at = time.monotonic()
+    shown_at: float | None = None
+    for report in trainer(spec, data, model.state_dict(), resume):
+        if "where" in report:
+            where = report["where"]
+            node = f"Ray node {where['node_id'][:12]}, " if where.get("node_id") else ""
+            say(f"  training on {node}{where.get('host', '?')} ({where.get('device', '?')})")
+            continue
+        last = report["checkpoint"]
+        epoch, epochs = report["epoch"], report["epochs"]
+        now = time.monotonic()
+        if now - saved_at >= CHECKPOINT_EVERY_S and epoch < epochs:
+            _save(last, partial)
+            saved_at = now
+        if shown_at is None or now - shown_at >= 1.0 or epoch == epochs:  # every epoch, unless epochs take under a second
+            say(
+                f"  epoch {epoch}/{epochs}: loss {report['loss']:.3f}, validation accuracy {100 * report['val_accuracy']:.2f}% "
+                f"({report['seconds']:.0f} s)"
+            )
+            shown_at = now
+    assert last is not None, "the trainer yielded no epoch"
+    model.load_state_dict(last["model"])
+    model.eval()
+    _save(model.state_dict(), cache)
+    cache.with_suffix(".json").write_text(json.dumps({"trained_by": where, "epochs": spec.train_epochs}))
+    partial.unlink(missing_ok=True)
+    return where
 
 
 def _check_output(model: nn.Module, data: DataSplits, spec: TaskSpec) -> None:
