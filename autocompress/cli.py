@@ -60,6 +60,15 @@ EXAMPLES_INSPECT = """examples:
   autocompress inspect model.acz
   autocompress inspect model.acz --json"""
 
+EXAMPLES_SENSITIVITY = """examples:
+  autocompress sensitivity                                  # studies/default.yaml's task and space
+  autocompress sensitivity studies/fashion-lenet5.yaml --workers 0
+  autocompress sensitivity --json > sensitivity.json
+Each group's knob is set to one value at a time, the rest of the model left as it is, and the
+model measured without fine-tuning: validation accuracy drop (points), packed size, and latency
+where the knob changes the kernels that run. Cached per task, space and deploy target next to the
+baselines; a search measures it first by default and plans its warm start's ladder from it."""
+
 EXAMPLES_LAYERS = """examples:
   autocompress layers digits-cnn
   autocompress layers digits-mlp --space search_spaces/default.yaml
@@ -96,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="auto (default: the GPU when a worker has one), cpu or cuda")
     s.add_argument("--max-retries", type=int, help="re-runs of a trial whose worker died (default 1)")
     s.add_argument("--trial-timeout", type=float, help="seconds before a trial is failed and its worker replaced")
+    s.add_argument("--timeout", type=float, help="seconds for this run: no trial starts after it; run again to resume")
     s.add_argument("--new-study", action="store_true", default=None, help="never resume: if NAME is taken, start NAME-2 (NAME-3, ...)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (a line per trial instead)")
     s.add_argument("--quiet", action="store_true", help="print nothing but the final report (and errors)")
@@ -147,6 +157,17 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal)")
     rm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    sen = sub.add_parser(
+        "sensitivity",
+        help="each group's accuracy drop, size and latency with one knob at one value, before fine-tuning",
+        epilog=EXAMPLES_SENSITIVITY,
+        formatter_class=fmt,
+    )
+    sen.add_argument("config", nargs="?", help="study config YAML (default: studies/default.yaml, else built-in defaults)")
+    sen.add_argument("--workers", type=int, help="Ray workers measuring at once; 0 measures in this process")
+    sen.add_argument("--json", action="store_true", help="print the rows as JSON")
+    sen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     lay = sub.add_parser("layers", help="list a model's compressible layers and their knobs", epilog=EXAMPLES_LAYERS, formatter_class=fmt)
     lay.add_argument(
         "task", nargs="?", help="model name: registered, torchvision:NAME or module:function (default: the config's); or a study config file"
@@ -177,6 +198,7 @@ def _search(args: argparse.Namespace) -> int:
         "search.device": args.device,
         "search.max_retries": args.max_retries,
         "search.trial_timeout": args.trial_timeout,
+        "search.timeout": args.timeout,
     }
     config = load_config(args.config, overrides)
     say = None if args.quiet else lambda line: print(line, flush=True)
@@ -384,6 +406,40 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.table import Table
+
+    from autocompress import sensitivity
+    from autocompress.config import load_config
+    from autocompress.report import make_console
+    from autocompress.search import Driver
+
+    config = load_config(args.config, {"search.workers": args.workers})
+    driver = Driver(config, progress=False, say=None if args.json else lambda line: print(line, flush=True))
+    space, reference, rows = driver.measure_sensitivity()
+    if args.json:
+        print(json.dumps({"reference": reference, "rows": [r.to_dict() for r in rows]}, indent=2))
+        return 0
+    groups, labels, z = sensitivity.heat(rows)
+    table = Table(title=f"accuracy drop in points, one-shot (reference {100 * reference['accuracy']:.2f}%, {reference['size_bytes'] / 1024:.1f} KB)")
+    table.add_column("group")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for group, row in zip(groups, z, strict=True):
+        table.add_row(group, *("" if v is None else f"{v:.1f}" for v in row))
+    console = make_console()
+    console.print(table)
+    console.print("b = bits, s = unstructured sparsity, c = channels removed, r = rank fraction; blank: not in the space")
+    for plan in sensitivity.ladder(space, rows, int(reference["size_bytes"]), config.search.ladder):
+        chosen = ", ".join(f"{g} {plan.params.get(f'{g}.bits', '-')}b s{plan.params.get(f'{g}.sparsity', 0):g}" for g in space.groups)
+        console.print(
+            f"ladder {plan.target:g}x: {chosen} (summed one-shot drop {plan.estimated_drop:.1f} pts, about {plan.estimated_bytes / 1024:.1f} KB)"
+        )
+    return 0
+
+
 def _layers(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -448,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _export,
         "inspect": _inspect,
         "layers": _layers,
+        "sensitivity": _sensitivity,
         "delete": _delete,
     }[args.command]
     try:

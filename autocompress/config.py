@@ -43,6 +43,9 @@ class SearchConfig:
     warm_start: bool = True  # enqueue uniform plans first so the front starts from known points
     new_study: bool = False  # never resume: a taken name becomes NAME-2, NAME-3, ...
     max_failures_in_a_row: int = field(default=10, metadata={"min": 1})  # then stop the search
+    # Seconds from the start of this run: no trial starts after it (those in flight finish);
+    # a later run resumes toward ``trials``. None: run until ``trials`` are complete.
+    timeout: float | None = field(default=None, metadata={"min": 1.0})
     ray_address: str | None = None  # join this Ray cluster (else RAY_ADDRESS, else a local Ray)
     cpus_per_worker: float = field(default=1.0, metadata={"min": 0.0})  # Ray actor resources
     gpus_per_worker: float = field(default=0.0, metadata={"min": 0.0})
@@ -55,6 +58,11 @@ class SearchConfig:
     # median, hyperband: Optuna's pruners on the accuracy alone. PRUNED trials do not count
     # toward ``trials``.
     pruner: str = field(default="none", metadata={"choices": PRUNERS})
+    # Before the first trial, each group's knobs measured one value at a time without fine-tuning
+    # (cached per task, space and deploy target), and the warm start given plans that spend
+    # the least of that sensitivity at each of these sizes (times smaller than the baseline).
+    sensitivity: bool = True
+    ladder: tuple[float, ...] = field(default=(4.0, 8.0, 16.0, 32.0), metadata={"min": 1.0})
     rungs: tuple[int, ...] | None = field(default=None, metadata={"min": 0})  # None: 0, 1/4 and 1/2 of finetune.steps (hyperband: 1/27, 1/9, 1/3)
 
 

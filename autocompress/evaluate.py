@@ -287,6 +287,20 @@ class Evaluator:
         timing, node = self._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
         return len(packed.data), timing, node
 
+    def one_shot(self, plan: CompressionPlan, timed: bool) -> dict[str, Any]:
+        """A plan's model without fine-tuning: validation accuracy as it is (in torch), packed
+        size and, when ``timed``, latency paired with the baseline on the deploy target."""
+        model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
+        accuracy_now = self.rung_accuracy(model)
+        model = model.eval().cpu()
+        packed = pack(model, plan, self.task.artifact_task(), compress.structure(model))
+        ratio = None
+        if timed:
+            deployed = self.deploy(model, plan)
+            timing, _ = self._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
+            ratio = timing.ratio
+        return {"accuracy": accuracy_now, "size_bytes": len(packed.data), "latency_ratio": ratio}
+
     def rung_accuracy(self, model: nn.Module) -> float:
         """Validation accuracy of the model being fine-tuned, as it is (masks and quantizers on),
         one shared turn on the device."""

@@ -2,7 +2,8 @@
 
 Sections: summary and front table; the front in 2-D projections (accuracy-size,
 accuracy-latency) and in 3-D; hypervolume after each trial (optuna-dashboard has none);
-a per-layer heatmap of the front's plans (sparsity, bits, rank as a fraction of full rank).
+a per-layer heatmap of the front's plans (sparsity, bits, rank as a fraction of full rank); the
+sensitivity heatmap (each group's one-shot drop per knob value) when the search measured it.
 The baseline is marked in every scatter plot.
 """
 
@@ -188,6 +189,31 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
     return fig
 
 
+def _sensitivity_figure(study: optuna.Study) -> go.Figure | None:
+    """Each group's one-shot accuracy drop for each probed knob value (the study's
+    ``autocompress_sensitivity`` rows); None when the search measured none."""
+    from autocompress import sensitivity, tables
+
+    storage = _optuna.storage_of(study)
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    found = tables.sensitivity_rows(engine, study._study_id) if engine is not None else []
+    if not found:
+        return None
+    groups, labels, z = sensitivity.heat(sensitivity.Row(**r) for r in found)
+    text = [["" if v is None else f"{v:.1f}" for v in row] for row in z]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=labels, y=groups, text=text, texttemplate="%{text}", colorscale="Reds", zmin=0, colorbar={"title": "drop pts"}, hoverongaps=False
+        )
+    )
+    fig.update_layout(
+        height=160 + 28 * len(groups),
+        title="Sensitivity: accuracy drop in points with one group's knob at one value, before fine-tuning (b = bits, s = sparsity, c = channels, r = rank)",
+        yaxis={"autorange": "reversed"},
+    )
+    return fig
+
+
 def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Path:
     check_output(path, force, "--html")
     analysis = checked_analysis(study)
@@ -196,6 +222,9 @@ def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Pa
     figures = [_projection_figure(analysis, baseline), _figure_3d(analysis, baseline), _hypervolume_figure(study, analysis)]
     if rows:
         figures.append(_heatmap_figure(study, rows))
+    sensitive = _sensitivity_figure(study)
+    if sensitive is not None:
+        figures.append(sensitive)
     parts = []
     for i, fig in enumerate(figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False, div_id=f"plot-{i}"))

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 import optuna
 from optuna.trial import TrialState
 
-from autocompress import _faults, _optuna, fidelity, pareto, tables
+from autocompress import _faults, _optuna, fidelity, pareto, sensitivity, tables
 from autocompress.artifact_files import remove_partials, store_artifact, write_artifact
 from autocompress.baseline import trial_metrics
 from autocompress.config import StudyConfig
@@ -36,7 +36,7 @@ from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
 from autocompress.stats import accuracy, chance_accuracy, pack_correct
 from autocompress.storage import mask_url, open_storage, retry_creation, sqlite_path
-from autocompress.study_setup import WARM_START, WARM_START_CHANNEL, open_study, prepare, sampler_name
+from autocompress.study_setup import DEPLOY_IDENTITY, WARM_START, WARM_START_CHANNEL, open_study, prepare, sampler_name, warm_start_plans
 from autocompress.tasks import Task, build_task, correct_of
 from autocompress.tasks.data import CACHE, describe_data, load_data
 
@@ -48,6 +48,7 @@ ONNX_MIMETYPE = "application/onnx"
 # A pruned trial's constraint value is how many points its last rung missed the accuracy limit
 # by, plus this: it is never feasible.
 PRUNED_VIOLATION = 0.01
+LADDER_HEADROOM = 0.98  # a ladder plan packs, before fine-tuning, within this share of its size target
 ACZ_MIMETYPE = "application/x-autocompress"
 
 
@@ -260,6 +261,11 @@ class Driver:
                 if result.onnx:
                     baseline["onnx_artifact_id"] = store_artifact(study, result.onnx, self.artifact_dir, "baseline.onnx", ONNX_MIMETYPE)
                 study.set_user_attr("baseline", baseline)
+            # The ladder takes the trials the uniform warm start leaves; with none left, the
+            # sensitivity would steer nothing and is not measured.
+            slots = cfg.search.trials - len(warm_start_plans(space, cfg.search.trials))
+            if cfg.search.sensitivity and cfg.search.warm_start and slots > 0 and "ladder" not in study.user_attrs:
+                self._sensitivity_and_ladder(study, space, cfg.task.resolved().key(), cfg.search.ladder[:slots])
             if rungs:
                 self._start_pruner(study, rungs)
             self._loop(study, space)
@@ -267,6 +273,76 @@ class Driver:
         finally:
             self.lease.finish()
         return study
+
+    def _sensitivity_cache(self, space: SearchSpace, task_key: str) -> Path:
+        cfg = self.config
+        identity = {k: v for k, v in cfg.to_dict()["deploy"].items() if k in DEPLOY_IDENTITY}
+        return Path(cfg.cache_dir) / f"sensitivity-{sensitivity.cache_key(task_key, space, identity)}.json"
+
+    def measure_sensitivity(self) -> tuple[SearchSpace, dict[str, Any], list[sensitivity.Row]]:
+        """``autocompress sensitivity``: the space's sensitivity alone (cached or measured on the
+        workers), without a study."""
+        cfg = self.config
+        space = prepare(cfg)
+        self.say(f"  data: {describe_data(cfg.task, load_data(cfg.task), CACHE.read_seconds)}")
+        key = cfg.task.resolved().key()
+        cached = sensitivity.read_cache(self._sensitivity_cache(space, key))
+        if cached is not None:
+            self.say(f"sensitivity: cached at {self._sensitivity_cache(space, key)}")
+            return space, *cached
+        self.runner.connect(cfg.deploy)
+        try:
+            task = build_task(cfg.task, cfg.cache_dir, say=self.say, trainer=self.runner.trainer(cfg.search.device))
+            self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device)
+            return space, *self.sensitivity(space, key)
+        finally:
+            self.runner.close()
+
+    def sensitivity(self, space: SearchSpace, task_key: str) -> tuple[dict[str, Any], list[sensitivity.Row]]:
+        """The space's one-shot sensitivity: from the cache (same task, space and deploy target),
+        else measured on the workers and cached."""
+        path = self._sensitivity_cache(space, task_key)
+        cached = sensitivity.read_cache(path)
+        if cached is not None:
+            self.say(f"sensitivity: cached at {path}")
+            return cached
+        cfg = self.config
+        count, start = len(sensitivity.probes(space)), time.monotonic()
+        self.say(f"sensitivity: {count} one-shot probes of {len(space.groups)} groups on {self.runner.capacity} worker(s)")
+        reference, rows = sensitivity.measure(space, self.runner.one_shot, cfg.deploy.precision)
+        sensitivity.write_cache(path, reference, rows)
+        self.say(f"  done ({time.monotonic() - start:.1f} s), cached at {path}")
+        return reference, rows
+
+    def _sensitivity_and_ladder(self, study: optuna.Study, space: SearchSpace, task_key: str, targets: tuple[float, ...]) -> None:
+        """The sensitivity, recorded for the study, and the warm start's ladder: plans meeting each
+        size target (checked by packing them, before fine-tuning) queued after the uniform ones."""
+        _, rows = self.sensitivity(space, task_key)
+        tables.record_sensitivity(self._engine, self._study_id, [r.to_dict() for r in rows])
+        baseline_bytes = int(study.user_attrs["baseline"]["size_bytes"])
+        queued = []
+        for target in targets:
+            # 2% below the target: fine-tuned codes compress a little differently.
+            limit = baseline_bytes / target * LADDER_HEADROOM
+            shrink, plan = LADDER_HEADROOM, None
+            for _ in range(4):  # the sizes are estimates from knobs measured alone: check, tighten
+                found = sensitivity.ladder(space, rows, baseline_bytes, [target], shrink)
+                if not found:
+                    break
+                size = self.runner.one_shot([(space.plan_from_params(found[0].params), False)])[0]["size_bytes"]
+                if size <= limit:
+                    plan = {**found[0].to_dict(), "one_shot_bytes": size}
+                    break
+                shrink *= limit / size * LADDER_HEADROOM
+            if plan is None:
+                self.say(f"  ladder: no plan reaches {target:g}x smaller within the space")
+                continue
+            queued.append(plan)
+            study.enqueue_trial(plan["params"], user_attrs={"ladder_target": target}, skip_if_exists=True)
+        if queued:
+            summary = ", ".join(f"{p['target']:g}x (one-shot drop {p['estimated_drop']:.1f} pts)" for p in queued)
+            self.say(f"  warm start: ladder plans for {summary}")
+        study.set_user_attr("ladder", queued)
 
     def _fidelity(self) -> tuple[tuple[int, ...], bool]:
         """The rungs trials report at (none without a pruner) and whether they measure size and
@@ -349,6 +425,11 @@ class Driver:
                     if not in_flight:
                         complete = self._count(TrialState.COMPLETE)
                         if complete >= cfg.trials:
+                            break
+                        if self._out_of_time():
+                            self.say(
+                                f"search.timeout: {cfg.timeout:g} s reached with {complete} of {cfg.trials} trials complete; run again to resume"
+                            )
                             break
                         # Other drivers hold the remaining trials: wait for them, or for their
                         # leases to lapse, then take over what they leave behind.
@@ -443,6 +524,10 @@ class Driver:
         self._plans[number] = plan.to_dict()
         return {"driver_id": self.driver_id, "plan": self._plans[number]}
 
+    def _out_of_time(self) -> bool:
+        timeout = self.config.search.timeout
+        return timeout is not None and time.perf_counter() - self._started >= timeout
+
     def _claim(self, study: optuna.Study, target: int) -> optuna.Trial | None:
         """Ask for a trial if the study (all drivers together) still needs one.
 
@@ -454,6 +539,8 @@ class Driver:
         # re-queued copy keeps those and samples the rest.)
         # The owner is written with the parameters, a moment later: recovery leaves a trial
         # without one alone while it is younger than the lease timeout.
+        if self._out_of_time():
+            return None
         with self.lease.ask_lock():
             counts = _optuna.state_counts(study)
             if counts[TrialState.COMPLETE] + counts[TrialState.RUNNING] >= target:

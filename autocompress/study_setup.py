@@ -225,6 +225,10 @@ def describe(study: optuna.Study, cfg: StudyConfig, space: SearchSpace) -> None:
     study.set_user_attr("config", {**cfg.to_dict(), "storage": mask_url(cfg.storage)})
     study.set_user_attr("artifact_dir", str(Path(cfg.artifact_dir).resolve()))
     if cfg.search.warm_start:
-        plans = WARM_START + (WARM_START_CHANNEL if space.allows_channel else ())
-        for sparsity, bits, rank, mode in plans[: cfg.search.trials]:
+        for sparsity, bits, rank, mode in warm_start_plans(space, cfg.search.trials):
             study.enqueue_trial(space.uniform_params(sparsity, bits, rank, mode), skip_if_exists=True)
+
+
+def warm_start_plans(space: SearchSpace, trials: int) -> tuple[tuple[float, int, float, str], ...]:
+    """The uniform plans a new study queues first: at most one per trial."""
+    return (WARM_START + (WARM_START_CHANNEL if space.allows_channel else ()))[:trials]

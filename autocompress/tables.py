@@ -11,6 +11,9 @@ Schema (version 1), keyed by Optuna's ``studies.study_id`` and trial numbers:
 ``autocompress_front``       the front after each COMPLETE trial: ``study_id, snapshot
                              (= n_complete), trial_number, accuracy, accuracy_drop, size_bytes,
                              compression_ratio, latency_ms, speedup, feasible, knee``
+``autocompress_sensitivity`` one row per group, knob and probed value: ``study_id, grp, knob,
+                             value, accuracy, drop_points, size_bytes, size_delta,
+                             latency_ratio`` (one-shot, see ``sensitivity``)
 ``autocompress_drivers``     one lease per driver process: ``driver_id, study_id, host, pid,
                              started_at, heartbeat_at, finished`` (times: Unix seconds)
 
@@ -69,6 +72,20 @@ front = sa.Table(
     sa.Column("speedup", sa.Float),
     sa.Column("feasible", sa.Boolean),
     sa.Column("knee", sa.Boolean),
+)
+
+sensitivity = sa.Table(
+    "autocompress_sensitivity",
+    metadata,
+    sa.Column("study_id", sa.Integer, primary_key=True),
+    sa.Column("grp", sa.String(512), primary_key=True),
+    sa.Column("knob", sa.String(32), primary_key=True),
+    sa.Column("value", sa.Float, primary_key=True),
+    sa.Column("accuracy", sa.Float),
+    sa.Column("drop_points", sa.Float),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("size_delta", sa.BigInteger),
+    sa.Column("latency_ratio", sa.Float, nullable=True),
 )
 
 
@@ -146,6 +163,25 @@ def record_trial(engine: Engine, study_id: int, trial_number: int, per_layer: li
             conn.execute(front.insert(), front_rows)
 
 
+def record_sensitivity(engine: Engine, study_id: int, rows: list[dict[str, Any]]) -> None:
+    """A study's sensitivity rows (``sensitivity.Row`` as dicts), replacing any before, in one transaction."""
+    with engine.begin() as conn:
+        conn.execute(sa.delete(sensitivity).where(sensitivity.c.study_id == study_id))
+        if rows:
+            conn.execute(
+                sensitivity.insert(), [{"study_id": study_id, "grp": r["group"], **{k: v for k, v in r.items() if k != "group"}} for r in rows]
+            )
+
+
+def sensitivity_rows(engine: Engine, study_id: int) -> list[dict[str, Any]]:
+    """A study's sensitivity rows as dicts (``group`` for ``grp``); empty when none were recorded."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(sensitivity.name):
+            return []
+        rows = conn.execute(sa.select(sensitivity).where(sensitivity.c.study_id == study_id)).mappings().all()
+    return [{"group": r["grp"], **{k: r[k] for k in r if k not in ("grp", "study_id")}} for r in rows]
+
+
 def start_lease(engine: Engine, driver_id: str, study_id: int, host: str, pid: int, now: float) -> None:
     with engine.begin() as conn:
         conn.execute(
@@ -168,7 +204,7 @@ def delete_study_rows(engine: Engine, study_id: int) -> int:
     """Remove a study's rows from every table of the project's own, in one transaction; the count."""
     removed = 0
     with engine.begin() as conn:
-        for table in (layers, hypervolume, front, drivers):
+        for table in (layers, hypervolume, front, sensitivity, drivers):
             if sa.inspect(conn).has_table(table.name):
                 removed += conn.execute(table.delete().where(table.c.study_id == study_id)).rowcount or 0
     return removed

@@ -2,7 +2,7 @@
 
     python -m benchmarks all            # everything, full size (about 25 minutes on 2 cores)
     python -m benchmarks all --quick    # a smoke run of each (a few minutes)
-    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, driver, driver_pg, storage
+    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, driver, driver_pg, storage, fidelity
 
 Each run writes benchmarks/results/NAME.json (NAME-quick.json for smoke runs); RESULTS.md is
 rebuilt from the full runs' JSON, with the machine and the date of each run. Benchmarks are not tests: nothing here asserts a time.
@@ -21,7 +21,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-NAMES = ("quality", "overhead", "scaling", "latency", "deploy", "driver", "driver_pg", "storage")
+NAMES = ("quality", "overhead", "scaling", "latency", "deploy", "driver", "driver_pg", "storage", "fidelity")
 # driver_pg: the driver benchmark on the PostgreSQL database this environment variable names
 # (an empty one: the benchmark grows its study there); skipped when it is unset.
 POSTGRES_ENV = "AUTOCOMPRESS_BENCH_POSTGRES"
@@ -41,7 +41,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
-    from benchmarks import deploy, driver_scale, latency_fidelity, overhead, quality, scaling, storage_paths
+    from benchmarks import deploy, driver_scale, fidelity, latency_fidelity, overhead, quality, scaling, storage_paths
 
     module = {
         "quality": quality,
@@ -52,6 +52,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         "driver": driver_scale,
         "driver_pg": driver_scale,
         "storage": storage_paths,
+        "fidelity": fidelity,
     }[name]
     print(f"== {name}{' (quick)' if quick else ''}", flush=True)
     argv = ["--quick"] if quick else []
@@ -322,6 +323,42 @@ def _storage(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _fidelity(result: dict[str, Any]) -> list[str]:
+    out = [
+        f"Each search ran {result['budget_s']:g} s of wall clock (in-process, this machine), {result['seeds']} seeds; "
+        "plain: no pruner, uniform warm start; fidelity: `search.pruner: front` plus the sensitivity phase and its ladder "
+        "(measuring time included). Hypervolume as the report computes it (1-point limit); reach: the share of the budget the "
+        "fidelity arm took to pass the plain arm's final hypervolume.",
+        "",
+    ]
+    for task, summary in result["summary"].items():
+        out += [
+            f"**{task}**: mean hypervolume ratio {summary['mean_hv_ratio']}",
+            "",
+            "| seed | HV plain | HV fidelity | ratio | reach | complete/h plain | complete/h fidelity | pruned/h | best test ratio <= 0.5 / 1 pt, plain | fidelity |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in summary["per_seed"]:
+            reach = "not reached" if r["reach_share"] is None else f"{100 * r['reach_share']:.0f}%"
+            (pb, fb) = r["best_test_ratio"]
+            out.append(
+                f"| {r['seed']} | {r['hv_plain']:.4f} | {r['hv_fidelity']:.4f} | {r['hv_ratio']} | {reach} | "
+                f"{r['complete_per_hour'][0]} | {r['complete_per_hour'][1]} | {r['pruned_per_hour']} | "
+                f"{pb['0.5']} / {pb['1']} | {fb['0.5']} / {fb['1']} |"
+            )
+        if summary.get("recipes"):
+            out += [
+                "",
+                "Plain-PyTorch recipes on the same task (file bytes, test split):",
+                "",
+                "| recipe | ratio | test drop (pts) |",
+                "| --- | --- | --- |",
+            ]
+            out += [f"| {r['recipe']} | {r['ratio']}x | {r['test_drop']:+.2f} |" for r in summary["recipes"]]
+        out.append("")
+    return out
+
+
 SECTIONS = {
     "quality": ("Search quality on digits-mlp (quality.py)", _quality),
     "overhead": ("Orchestration overhead (overhead.py)", _overhead),
@@ -332,6 +369,7 @@ SECTIONS = {
     "driver": ("The driver's cost per trial as a study grows (driver_scale.py)", _driver),
     "driver_pg": ("The driver's cost per trial on PostgreSQL (driver_scale.py --storage)", _driver),
     "storage": ("A trial's writes by path: Optuna's calls, the driver's transactions, the gRPC proxy (storage_paths.py)", _storage),
+    "fidelity": ("Multi-fidelity search against the plain search, same wall clock (fidelity.py)", _fidelity),
 }
 
 

@@ -74,6 +74,9 @@ class SyntheticRunner(Runner):
     def runs_in_background(self) -> bool:
         return self._trial_seconds > 0
 
+    def one_shot(self, items: list[tuple[CompressionPlan, bool]]) -> list[dict[str, Any]]:
+        raise NotImplementedError("the synthetic runner has no sensitivity: run with search.sensitivity off")
+
     def trainer(self, device: str) -> Trainer:
         return local_trainer(torch.device("cpu"))
 
@@ -143,7 +146,7 @@ def study_file(folder: Path, storage: str, sampler: str, trials: int) -> Path:
     path.write_text(
         f"name: scale\nstorage: {storage}\ncache_dir: {folder / 'baselines'}\nartifact_dir: {folder / 'artifacts'}\n"
         f"task: {{model: digits-cnn, train_epochs: 5}}\n"
-        f"search: {{trials: {trials}, workers: 0, sampler: {sampler}, seed: 0, warm_start: true}}\n"
+        f"search: {{trials: {trials}, workers: 0, sampler: {sampler}, seed: 0, warm_start: true, sensitivity: false}}\n"
     )
     return path
 

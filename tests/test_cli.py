@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import run_cli
 
 
-@pytest.mark.parametrize("command", ["search", "report", "export", "inspect", "layers"])
+@pytest.mark.parametrize("command", ["search", "report", "export", "inspect", "layers", "sensitivity"])
 def test_every_command_has_help_with_examples(tmp_path: Path, command: str) -> None:
     proc = run_cli(command, "--help", cwd=tmp_path, timeout=60)
     assert proc.returncode == 0 and "examples:" in proc.stdout

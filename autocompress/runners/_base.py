@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 from autocompress.config import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
@@ -66,6 +67,11 @@ class Runner(ABC):
     @abstractmethod
     def baseline(self) -> Result:
         """Measure the uncompressed model on a worker, where the trials run (same device)."""
+
+    @abstractmethod
+    def one_shot(self, items: list[tuple[CompressionPlan, bool]]) -> list[dict[str, Any]]:
+        """Each plan's model measured without fine-tuning, on the workers (``Evaluator.one_shot``;
+        the bool: time it); in order. Called after :meth:`start`, between trials."""
 
     @abstractmethod
     def submit(self, trial_number: int, plan: CompressionPlan) -> None:

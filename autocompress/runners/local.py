@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from autocompress.config import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
@@ -46,6 +47,10 @@ class LocalRunner(Runner):
     def baseline(self) -> Result:
         assert self._evaluator is not None, "start() first"
         return self._evaluator.baseline()
+
+    def one_shot(self, items: list[tuple[CompressionPlan, bool]]) -> list[dict[str, Any]]:
+        assert self._evaluator is not None, "start() first"
+        return [self._evaluator.one_shot(plan, timed) for plan, timed in items]
 
     def submit(self, trial_number: int, plan: CompressionPlan) -> None:
         assert self._evaluator is not None, "start() first"

@@ -120,6 +120,9 @@ class _EvaluatorActor:
     def baseline(self) -> dict[str, Any]:
         return self._finish(self.evaluator.baseline())
 
+    def one_shot(self, plan: dict[str, Any], timed: bool) -> dict[str, Any]:
+        return self.evaluator.one_shot(CompressionPlan.from_dict(plan), timed)
+
     def evaluate(self, plan: dict[str, Any], number: int = -1) -> dict[str, Any]:
         import ray
 
@@ -405,6 +408,18 @@ class RayRunner(Runner):
                 reason = _lost_reason(exc)
                 logging.getLogger(__name__).warning("baseline: worker lost (%s); attempt %d", reason, attempt)
         return Result.failure(f"the worker measuring the baseline was lost {self.max_retries + 1} time(s): {reason}")
+
+    def one_shot(self, items: list[tuple[CompressionPlan, bool]]) -> list[dict[str, Any]]:
+        """Spread over the idle workers (each runs its share in turn); a worker lost midway fails
+        the whole measurement with the reason."""
+        import ray
+
+        actors = list(self._idle)
+        refs = [actors[i % len(actors)].one_shot.remote(plan.to_dict(), timed) for i, (plan, timed) in enumerate(items)]
+        try:
+            return list(ray.get(refs))
+        except _lost_worker_errors() as exc:
+            raise AutocompressError(f"a worker was lost while measuring the sensitivity: {_lost_reason(exc)}") from None
 
     def submit(self, trial_number: int, plan: CompressionPlan) -> None:
         self._launch(_Job(trial_number, plan.to_dict(), actor=None, started=0.0))
