@@ -28,7 +28,7 @@ from autocompress.deploy.runtimes import deployed_correct
 from autocompress.deploy.target import DeployConfig
 from autocompress.deploy.timing import DeviceLock, Timing, device_key, time_alone, time_paired
 from autocompress.errors import AutocompressError
-from autocompress.fidelity import Rung
+from autocompress.fidelity import NO_REPORTING, Reporting, Rung
 from autocompress.latency import count_macs
 from autocompress.plan import CompressionPlan, Result
 from autocompress.size import layer_rows
@@ -127,14 +127,13 @@ class Evaluator:
         deploy: DeployConfig | None = None,
         device: str = "cpu",
         timer: Any = None,
-        rungs: tuple[int, ...] = (),
-        early_measure: bool = False,
+        reporting: Reporting = NO_REPORTING,
     ) -> None:
-        """``rungs``: fine-tuning steps at which a trial with a ``report`` reports its accuracy;
-        ``early_measure``: size and latency measured before fine-tuning (the front rule needs them)."""
+        """``reporting``: the fine-tuning steps at which a trial with a ``report`` reports its
+        accuracy, and whether size and latency are measured before fine-tuning."""
         from autocompress.deploy.runtimes import runtime
 
-        self.rungs, self.early_measure = rungs, early_measure
+        self.rungs, self.early_measure = reporting.rungs, reporting.early_measure
         self.finetune_config = finetune
         self.deploy_config = deploy = deploy or DeployConfig()
         self.timer = timer

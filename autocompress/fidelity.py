@@ -54,6 +54,18 @@ class Rung:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class Reporting:
+    """What a search's workers report: at these fine-tuning steps (none: they do not), with size
+    and latency measured before fine-tuning when ``early_measure`` (the front rule needs them)."""
+
+    rungs: tuple[int, ...] = ()
+    early_measure: bool = False
+
+
+NO_REPORTING = Reporting()
+
+
 def rungs_of(rungs: tuple[int, ...] | None, steps: int, pruner: str = "front") -> tuple[int, ...]:
     """The rungs a search reports at: as configured; else 0, 1/4 and 1/2 of the fine-tuning steps,
     or for hyperband 1/27, 1/9 and 1/3 (its successive halving promotes at its smallest rung

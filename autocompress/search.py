@@ -246,8 +246,8 @@ class Driver:
         self.lease.start()
         try:
             self.lease.recover_stale_trials(study)
-            rungs, early = self._fidelity()
-            self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device, rungs=rungs, early_measure=early)
+            reporting = self._fidelity()
+            self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device, reporting)
             if "baseline" not in study.user_attrs:
                 start = time.monotonic()
                 self.say(f"measuring the baseline on the deploy target ({cfg.deploy.runtime} {cfg.deploy.precision})")
@@ -266,8 +266,8 @@ class Driver:
             slots = cfg.search.trials - len(warm_start_plans(space, cfg.search.trials))
             if cfg.search.sensitivity and cfg.search.warm_start and slots > 0 and "ladder" not in study.user_attrs:
                 self._sensitivity_and_ladder(study, space, cfg.task.resolved().key(), cfg.search.ladder[:slots])
-            if rungs:
-                self._start_pruner(study, rungs)
+            if reporting.rungs:
+                self._start_pruner(study, reporting.rungs)
             self._loop(study, space)
             self._recheck_front(study)
         finally:
@@ -344,16 +344,15 @@ class Driver:
             self.say(f"  warm start: ladder plans for {summary}")
         study.set_user_attr("ladder", queued)
 
-    def _fidelity(self) -> tuple[tuple[int, ...], bool]:
-        """The rungs trials report at (none without a pruner) and whether they measure size and
-        latency before fine-tuning; the runner's referee set when they report."""
+    def _fidelity(self) -> fidelity.Reporting:
+        """What trials report (nothing without a pruner); the runner's referee set when they do."""
         search, steps = self.config.search, self.config.finetune.steps
         if search.pruner == "none":
-            return (), False
+            return fidelity.NO_REPORTING
         rungs = fidelity.rungs_of(search.rungs, steps, search.pruner)
         self.runner.referee = self._rung
         probe = fidelity.make_pruner(search.pruner, {}, None, rungs, steps)
-        return rungs, probe.needs_size_and_latency
+        return fidelity.Reporting(rungs, probe.needs_size_and_latency)
 
     def _start_pruner(self, study: optuna.Study, rungs: tuple[int, ...]) -> None:
         """The pruner, taught by the study's finished trials (a resumed study's included)."""

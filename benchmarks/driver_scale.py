@@ -43,6 +43,7 @@ from autocompress import compress
 from autocompress.artifact import pack
 from autocompress.config import FinetuneConfig, load_config
 from autocompress.deploy.target import DeployConfig
+from autocompress.fidelity import NO_REPORTING, Reporting
 from autocompress.plan import CompressionPlan, LayerPlan, Result
 from autocompress.runners._base import Runner
 from autocompress.search import Driver
@@ -80,15 +81,7 @@ class SyntheticRunner(Runner):
     def trainer(self, device: str) -> Trainer:
         return local_trainer(torch.device("cpu"))
 
-    def start(
-        self,
-        task: Task,
-        finetune: FinetuneConfig,
-        deploy: DeployConfig,
-        device: str = "auto",
-        rungs: tuple[int, ...] = (),
-        early_measure: bool = False,
-    ) -> None:
+    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto", reporting: Reporting = NO_REPORTING) -> None:
         model = task.build_model()
         layers = compress.compressible_layers(model)
         self._params = {name: m.weight.numel() for name, m in layers.items()}

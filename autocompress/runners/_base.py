@@ -6,7 +6,7 @@ from typing import Any
 
 from autocompress.config import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
-from autocompress.fidelity import Rung
+from autocompress.fidelity import NO_REPORTING, Reporting, Rung
 from autocompress.plan import CompressionPlan, Result
 from autocompress.registry import Registry
 from autocompress.tasks import Task
@@ -23,7 +23,7 @@ class Runner(ABC):
     (also after an error or Ctrl-C). A runner never touches the study storage, and an
     evaluation that fails comes back as a :class:`Result` with ``error`` set, not as an exception.
 
-    Multi-fidelity: with ``rungs`` given to :meth:`start` and a :attr:`referee` set, each trial's
+    Multi-fidelity: with rungs in :meth:`start`'s ``reporting`` and a :attr:`referee` set, each trial's
     reports at its rungs reach the referee in the driver's thread (from :meth:`submit` or
     :meth:`next_result`); a trial it stops ends at its worker's next checkpoint.
     """
@@ -46,18 +46,9 @@ class Runner(ABC):
         the study storage is touched, so a mistake there writes nothing). Does nothing by default."""
 
     @abstractmethod
-    def start(
-        self,
-        task: Task,
-        finetune: FinetuneConfig,
-        deploy: DeployConfig,
-        device: str = "auto",
-        rungs: tuple[int, ...] = (),
-        early_measure: bool = False,
-    ) -> None:
+    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto", reporting: Reporting = NO_REPORTING) -> None:
         """Prepare workers that fine-tune on ``device`` (auto, cpu, cuda) and measure every model
-        on the ``deploy`` target; trials report at ``rungs``, with size and latency measured
-        before fine-tuning when ``early_measure``."""
+        on the ``deploy`` target; trials report as ``reporting`` says."""
 
     @abstractmethod
     def trainer(self, device: str) -> Trainer:

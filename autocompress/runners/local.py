@@ -8,6 +8,7 @@ from typing import Any
 from autocompress.config import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
 from autocompress.evaluate import Evaluator
+from autocompress.fidelity import NO_REPORTING, Reporting
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task
@@ -28,16 +29,8 @@ class LocalRunner(Runner):
     def runs_in_background(self) -> bool:
         return False  # submit evaluates on the spot
 
-    def start(
-        self,
-        task: Task,
-        finetune: FinetuneConfig,
-        deploy: DeployConfig,
-        device: str = "auto",
-        rungs: tuple[int, ...] = (),
-        early_measure: bool = False,
-    ) -> None:
-        self._evaluator = Evaluator(task, finetune, deploy, device, rungs=rungs, early_measure=early_measure)
+    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto", reporting: Reporting = NO_REPORTING) -> None:
+        self._evaluator = Evaluator(task, finetune, deploy, device, reporting=reporting)
 
     def trainer(self, device: str) -> Trainer:
         from autocompress.evaluate import resolve_device

@@ -19,6 +19,7 @@ from typing import Any
 from autocompress.config import FinetuneConfig
 from autocompress.deploy.target import DeployConfig
 from autocompress.errors import AutocompressError
+from autocompress.fidelity import NO_REPORTING, Reporting
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.tasks import Task, TaskSpec
@@ -96,8 +97,7 @@ class _EvaluatorActor:
         deploy: DeployConfig,
         device: str,
         timer: Any = None,
-        rungs: tuple[int, ...] = (),
-        early_measure: bool = False,
+        reporting: Reporting = NO_REPORTING,
         mailbox: Any = None,
     ) -> None:
         import torch
@@ -105,7 +105,7 @@ class _EvaluatorActor:
         from autocompress.evaluate import Evaluator
 
         torch.set_num_threads(deploy.threads)
-        self.evaluator = Evaluator(Task.from_payload(payload), finetune, deploy, device, timer=timer, rungs=rungs, early_measure=early_measure)
+        self.evaluator = Evaluator(Task.from_payload(payload), finetune, deploy, device, timer=timer, reporting=reporting)
         self.mailbox = mailbox
 
     def _finish(self, result: Result) -> dict[str, Any]:
@@ -315,23 +315,15 @@ class RayRunner(Runner):
                     f"{', '.join(custom) or 'none'}): start the target node with ray start --resources '{{\"{name}\": 1}}'"
                 )
 
-    def start(
-        self,
-        task: Task,
-        finetune: FinetuneConfig,
-        deploy: DeployConfig,
-        device: str = "auto",
-        rungs: tuple[int, ...] = (),
-        early_measure: bool = False,
-    ) -> None:
+    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto", reporting: Reporting = NO_REPORTING) -> None:
         import ray
 
         self.connect(deploy)
         timer = self._timing_actor(task, deploy) if deploy.resource else None
-        if rungs and self.referee is not None:
+        if reporting.rungs and self.referee is not None:
             self._mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()
         self._actor_cls = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)(_EvaluatorActor)
-        self._actor_args = (ray.put(task.payload()), finetune, deploy, device, timer, rungs, early_measure, self._mailbox)
+        self._actor_args = (ray.put(task.payload()), finetune, deploy, device, timer, reporting, self._mailbox)
         self._idle = [self._new_actor() for _ in range(self.workers)]
 
     def trainer(self, device: str) -> Trainer:
