@@ -78,7 +78,7 @@ def test_a_search_on_ray_trains_its_baseline_on_a_worker_and_stores_pruned_trial
     config = write_study_config(
         tmp_path,
         tmp_path / "baselines",
-        {"trials": 8, "workers": 2, "seed": 3, "pruner": "front", "rungs": [0, 6], "sampler": "random"},
+        {"trials": 8, "workers": 2, "seed": 3, "pruner": "front", "rungs": [0, 6], "sampler": "random", "sensitivity": False},
         storage=f"sqlite:///{tmp_path / 's.db'}",
         artifact_dir=str(tmp_path / "artifacts"),
         task={"model": "digits-mlp", "train_epochs": 8},

@@ -358,7 +358,7 @@ class _FailingRunner(LocalRunner):
 
 
 def test_repeated_failures_stop_the_search_and_keep_reasons(tmp_path: Path, cache_dir: Path) -> None:
-    config = load_config(_write_config(tmp_path, cache_dir, trials=10, workers=0, max_failures_in_a_row=3))
+    config = load_config(_write_config(tmp_path, cache_dir, trials=10, workers=0, max_failures_in_a_row=3, sensitivity=False))
     with pytest.raises(SearchError, match=r"3 trials in a row failed.*kernel exploded"):
         Driver(config, runner=_FailingRunner(), progress=False).run()
     study = optuna.load_study(study_name="e2e", storage=config.storage)
