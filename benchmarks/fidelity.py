@@ -19,7 +19,7 @@ weight-only round to nearest on the Linear layers, and 50% / 80% global magnitud
 fine-tuning, then 8-bit weights. Each is packed by the same packer (file bytes) and scored on
 the test split; the searches' best ratios within 0.5 and 1 point of test drop are set beside them.
 
-Usage: python -m benchmarks.fidelity [--budget 240] [--seeds 3] [--tasks digits-cnn,lenet5] [--quick]
+Usage: python -m benchmarks.fidelity [--budget SECONDS] [--seeds 3] [--tasks digits-cnn,lenet5] [--quick]
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ from autocompress.tasks import build_task, correct_of
 REPO = Path(__file__).resolve().parents[1]
 TASKS: dict[str, dict[str, Any]] = {
     # The default study's task, with its fine-tuning.
-    "digits-cnn": {"task": {"model": "digits-cnn", "seed": 0}, "finetune": {"steps": 150, "lr": 0.0005}},
+    "digits-cnn": {"task": {"model": "digits-cnn", "seed": 0}, "finetune": {"steps": 150, "lr": 0.0005}, "budget": 180.0},
     # studies/fashion-lenet5.yaml: real Fashion-MNIST from /usr/share/datasets/fashion-mnist.
     "lenet5": {
         "task": {"model": "lenet5", "dataset": "fashion-mnist", "train_epochs": 5, "batch_size": 128, "max_eval_samples": 2000},
         "finetune": {"steps": 200, "batch_size": 128},
+        "budget": 300.0,  # a trial takes several times a digits one
     },
 }
 ARMS = {"plain": {"pruner": "none", "sensitivity": False}, "fidelity": {"pruner": "front", "sensitivity": True}}
@@ -174,7 +175,7 @@ def recipes(folder: Path, task: str, baselines: Path, steps: int | None) -> list
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", type=float, default=240.0, help="seconds per search (default 240)")
+    parser.add_argument("--budget", type=float, help="seconds per search (default: 180 for digits-cnn, 300 for lenet5)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tasks", default="digits-cnn,lenet5")
     parser.add_argument("--quick", action="store_true", help="a smoke run: digits-cnn, one seed, 40 s, 40 fine-tuning steps")
@@ -194,17 +195,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for seed in range(args.seeds):
                 order = list(ARMS) if seed % 2 == 0 else list(reversed(ARMS))
                 for arm in order:
-                    run = run_arm(folder, task, arm, seed, args.budget, baselines, steps)
+                    run = run_arm(folder, task, arm, seed, args.budget or TASKS[task]["budget"], baselines, steps)
                     runs.append(run)
                     print(
                         f"{task} seed {seed} {arm}: HV {run['hypervolume']:.4f}, {run['complete']} complete, {run['pruned']} pruned "
                         f"in {run['seconds']:.0f} s; best test ratio within 0.5 / 1 pt: {run['best_test_ratio']}",
                         flush=True,
                     )
-            summary[task] = _summarise([r for r in runs if r["task"] == task], args.budget)
+            summary[task] = _summarise([r for r in runs if r["task"] == task], args.budget or TASKS[task]["budget"])
+            summary[task]["budget_s"] = args.budget or TASKS[task]["budget"]
             if task == "lenet5":
                 summary[task]["recipes"] = recipes(folder, task, baselines, steps)
-    return {"budget_s": args.budget, "seeds": args.seeds, "runs": runs, "summary": summary}
+    return {"seeds": args.seeds, "runs": runs, "summary": summary}
 
 
 def _summarise(runs: list[dict[str, Any]], budget: float) -> dict[str, Any]:
