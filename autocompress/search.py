@@ -202,8 +202,7 @@ class Driver:
         cfg, start = self.config, time.monotonic()
         self._started = time.perf_counter()
         self.say(f"checking {cfg.source}: task {cfg.task.model}, reading its data and matching the space to its layers")
-        space = prepare(cfg)  # every user mistake surfaces here, before storage or Ray
-        self.say(f"  data: {describe_data(cfg.task, load_data(cfg.task), CACHE.read_seconds)}")
+        space = self._prepare()
         self.say(f"  {len(space.layers)} layers, {space.dimensions} searched knobs ({time.monotonic() - start:.1f} s)")
         start = time.monotonic()
         where = cfg.search.ray_address or os.environ.get("RAY_ADDRESS")
@@ -262,9 +261,11 @@ class Driver:
                     baseline["onnx_artifact_id"] = store_artifact(study, result.onnx, self.artifact_dir, "baseline.onnx", ONNX_MIMETYPE)
                 study.set_user_attr("baseline", baseline)
             # The ladder takes the trials the uniform warm start leaves; with none left, the
-            # sensitivity would steer nothing and is not measured.
+            # sensitivity would steer nothing and is not measured. A study that has run trials
+            # already (made before there was a ladder) is left as it is.
             slots = cfg.search.trials - len(warm_start_plans(space, cfg.search.trials))
-            if cfg.search.sensitivity and cfg.search.warm_start and slots > 0 and "ladder" not in study.user_attrs:
+            fresh = "ladder" not in study.user_attrs and not _optuna.count_trials(study, (TrialState.COMPLETE, TrialState.PRUNED))
+            if cfg.search.sensitivity and cfg.search.warm_start and slots > 0 and fresh:
                 self._sensitivity_and_ladder(study, space, cfg.task.resolved().key(), cfg.search.ladder[:slots])
             if reporting.rungs:
                 self._start_pruner(study, reporting.rungs)
@@ -273,6 +274,12 @@ class Driver:
         finally:
             self.lease.finish()
         return study
+
+    def _prepare(self) -> SearchSpace:
+        """Every user mistake surfaces here, before storage or Ray; then what data was read."""
+        space = prepare(self.config)
+        self.say(f"  data: {describe_data(self.config.task, load_data(self.config.task), CACHE.read_seconds)}")
+        return space
 
     def _sensitivity_cache(self, space: SearchSpace, task_key: str) -> Path:
         cfg = self.config
@@ -283,8 +290,7 @@ class Driver:
         """``autocompress sensitivity``: the space's sensitivity alone (cached or measured on the
         workers), without a study."""
         cfg = self.config
-        space = prepare(cfg)
-        self.say(f"  data: {describe_data(cfg.task, load_data(cfg.task), CACHE.read_seconds)}")
+        space = self._prepare()
         key = cfg.task.resolved().key()
         cached = sensitivity.read_cache(self._sensitivity_cache(space, key))
         if cached is not None:
