@@ -274,31 +274,27 @@ class Evaluator:
         reference that trials' paired ratios scale."""
         return self._timed(lambda: self.measure(self._model(), CompressionPlan(), alone=True))
 
-    def early(self, plan: CompressionPlan) -> tuple[int, Timing, str]:
-        """Packed size and paired latency of the plan's model before fine-tuning. Fine-tuning
-        keeps the structure (masks, ranks, bit-widths, removed channels), so the deployed form's
-        latency is the finished model's; the size moves by the codes' compressibility alone.
-        A model of its own (``apply`` is deterministic): packing bakes in place, and a deep copy
-        of a parametrized module would share its parametrization."""
-        model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2]).eval().cpu()
-        packed = pack(model, plan, self.task.artifact_task(), compress.structure(model))
-        deployed = self.deploy(model, plan)
-        timing, node = self._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
-        return len(packed.data), timing, node
-
-    def one_shot(self, plan: CompressionPlan, timed: bool) -> dict[str, Any]:
-        """A plan's model without fine-tuning: validation accuracy as it is (in torch), packed
-        size and, when ``timed``, latency paired with the baseline on the deploy target."""
+    def shot(self, plan: CompressionPlan, timed: bool, scored: bool = True) -> tuple[float | None, int, tuple[Timing, str] | None]:
+        """The plan's model as compression leaves it, before any fine-tuning: validation accuracy
+        as it is (in torch; when ``scored``), packed size, and when ``timed`` the paired latency
+        of its deployed form (with the node that timed it). Fine-tuning keeps the structure
+        (masks, ranks, bit-widths, removed channels), so that latency is also the finished
+        model's. A model of its own (``apply`` is deterministic): packing bakes in place, and a
+        deep copy of a parametrized module would share its parametrization."""
         model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
-        accuracy_now = self.rung_accuracy(model)
+        score = self.rung_accuracy(model) if scored else None
         model = model.eval().cpu()
         packed = pack(model, plan, self.task.artifact_task(), compress.structure(model))
-        ratio = None
+        timing = None
         if timed:
             deployed = self.deploy(model, plan)
-            timing, _ = self._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
-            ratio = timing.ratio
-        return {"accuracy": accuracy_now, "size_bytes": len(packed.data), "latency_ratio": ratio}
+            timing = self._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
+        return score, len(packed.data), timing
+
+    def one_shot(self, plan: CompressionPlan, timed: bool) -> dict[str, Any]:
+        """``shot`` as plain data: accuracy, size_bytes, latency_ratio (None when not timed)."""
+        score, size, timing = self.shot(plan, timed)
+        return {"accuracy": score, "size_bytes": size, "latency_ratio": timing[0].ratio if timing else None}
 
     def rung_accuracy(self, model: nn.Module) -> float:
         """Validation accuracy of the model being fine-tuned, as it is (masks and quantizers on),
@@ -321,8 +317,7 @@ class Evaluator:
             timed: tuple[Timing, str] | None = None
             size = 0
             if report is not None and self.early_measure:
-                size, timing, node = self.early(plan)
-                timed = (timing, node)
+                _, size, timed = self.shot(plan, timed=True, scored=False)
             model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
             if self.finetune_config.distill and self._teacher is None:
                 self._teacher = self._model().eval()

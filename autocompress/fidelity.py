@@ -8,7 +8,7 @@ stored PRUNED with what it reached. Pruners live in ``PRUNERS``, one per ``searc
 
 ``front`` is the rule a multi-objective search needs: it learns, from the trials that finished,
 how much accuracy fine-tuning still added after each rung, and stops a trial whose accuracy at
-its rung plus the most any finished trial gained from there would still be dominated by the
+its rung plus the most any finished trial as low there gained would still be dominated by the
 current front at the trial's size and latency, or would still break the accuracy constraint.
 ``median`` and ``hyperband`` are Optuna's own pruners, judging the accuracy alone.
 """
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # Finished trials with a rung reported before the front rule judges anyone at that rung: the
 # gain it allows is the largest of theirs, which needs a few to mean anything.
 MIN_HISTORY = 5
+# Of those, how many must have been no better at the rung than the trial judged, within this
+# much accuracy: the rule never extrapolates a recovery it has not seen.
+MIN_COMPARABLE = 2
+COMPARABLE_TOLERANCE = 0.005
 
 
 @dataclass(frozen=True)
@@ -135,20 +139,30 @@ class FrontRule(Pruner):
 
     def __init__(self, baseline: dict[str, Any], max_drop: float | None) -> None:
         super().__init__(baseline, max_drop)
-        self.gains: defaultdict[int, list[float]] = defaultdict(list)  # rung step -> final - accuracy there
+        # rung step -> (accuracy there, final accuracy) of each finished trial
+        self.history: defaultdict[int, list[tuple[float, float]]] = defaultdict(list)
 
     def finished(self, number: int, state: TrialState, values: dict[int, float], final: float | None) -> None:
         if state == TrialState.COMPLETE and final is not None:
             for step, value in values.items():
-                self.gains[step].append(final - value)
+                self.history[step].append((value, final))
+
+    def gain(self, rung: Rung) -> float | None:
+        """The most a finished trial gained from this rung to its end, among those that were no
+        better here than this one (a trial that starts low may recover more than one that starts
+        high: only trials that started as low say how much); None while fewer than
+        ``MIN_HISTORY`` finished trials reported this rung, or fewer than ``MIN_COMPARABLE``
+        of them were as low. Trials the rule lets through on that ground teach it."""
+        seen = self.history.get(rung.step, [])
+        if len(seen) < MIN_HISTORY:
+            return None
+        comparable = [final - at for at, final in seen if at <= rung.accuracy + COMPARABLE_TOLERANCE]
+        return max(comparable) if len(comparable) >= MIN_COMPARABLE else None
 
     def bound(self, rung: Rung) -> float | None:
-        """The most this trial may still reach: its accuracy plus the largest gain any finished
-        trial made from this rung; None while too few finished trials reported it."""
-        gains = self.gains.get(rung.step, [])
-        if len(gains) < MIN_HISTORY:
-            return None
-        return rung.accuracy + max(gains)
+        """The most this trial may still reach, or None when the rule cannot tell."""
+        gain = self.gain(rung)
+        return None if gain is None else rung.accuracy + gain
 
     def decide(self, number: int, rung: Rung, front: list[FrontPoint]) -> str | None:
         bound = self.bound(rung)
@@ -158,7 +172,7 @@ class FrontRule(Pruner):
         if self.max_drop is not None and 100.0 * (base_accuracy - bound) > self.max_drop:
             return (
                 f"at step {rung.step} its accuracy {100 * rung.accuracy:.2f}% could reach at most {100 * bound:.2f}% "
-                f"(+{100 * max(self.gains[rung.step]):.2f} points, the most a finished trial gained from there): "
+                f"(+{100 * (bound - rung.accuracy):.2f} points, the most a finished trial as low there gained): "
                 f"a drop over the {self.max_drop:g}-point limit"
             )
         if rung.latency_ratio is None or not rung.size_bytes:
