@@ -1,6 +1,6 @@
 """Run the benchmarks and regenerate benchmarks/RESULTS.md.
 
-    python -m benchmarks all            # everything, full size (about 25 minutes on 2 cores)
+    python -m benchmarks all            # everything, full size (about 80 minutes on 2 cores; fidelity alone 55)
     python -m benchmarks all --quick    # a smoke run of each (a few minutes)
     python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, driver, driver_pg, storage, fidelity
 
