@@ -79,6 +79,10 @@ class Task:
         )
 
 
+# Seconds between checkpoints while the baseline trains (what a Ctrl-C can cost; a worker ships
+# one to the driver no more often).
+CHECKPOINT_EVERY_S = 10.0
+
 # A trainer runs ``train_epochs`` somewhere (in this process, or on a Ray worker) and passes on
 # what it yields: (spec, data, initial weights, checkpoint to resume from or None) -> reports.
 Trainer = Callable[[TaskSpec, DataSplits, dict[str, torch.Tensor], dict[str, Any] | None], Iterator[dict[str, Any]]]
@@ -88,9 +92,10 @@ def train_epochs(
     model: nn.Module, data: DataSplits, spec: TaskSpec, device: torch.device, resume: dict[str, Any] | None = None
 ) -> Iterator[dict[str, Any]]:
     """Train the baseline on ``device``, yielding after each epoch its loss, validation accuracy,
-    seconds so far and a checkpoint (weights, optimizer, schedule, shuffling state; on the CPU).
-    From ``resume`` (such a checkpoint) it goes on where that one stopped, and ends where an
-    uninterrupted run would have."""
+    seconds so far and, every ``CHECKPOINT_EVERY_S`` seconds and after the last epoch, a
+    checkpoint (weights, optimizer, schedule, shuffling state; on the CPU; else None: a large
+    model's state is not shipped every epoch). From ``resume`` (such a checkpoint) it goes on
+    where that one stopped, and ends where an uninterrupted run would have."""
     model.to(device)
     x, y = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
@@ -107,6 +112,7 @@ def train_epochs(
     loss_fn = nn.CrossEntropyLoss()
     n = len(x)
     start = time.monotonic() - seconds
+    shipped = time.monotonic()
     for epoch in range(first, spec.train_epochs + 1):
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
@@ -122,14 +128,17 @@ def train_epochs(
         with torch.no_grad():
             val = accuracy(correct_of(model, x_val, y_val).cpu().numpy())
         elapsed = time.monotonic() - start
-        checkpoint = {
-            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "optimizer": _to_cpu(opt.state_dict()),
-            "scheduler": sched.state_dict(),
-            "generator": gen.get_state(),
-            "epoch": epoch,
-            "seconds": elapsed,
-        }
+        checkpoint = None
+        if epoch == spec.train_epochs or time.monotonic() - shipped >= CHECKPOINT_EVERY_S:
+            shipped = time.monotonic()
+            checkpoint = {
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "optimizer": _to_cpu(opt.state_dict()),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "epoch": epoch,
+                "seconds": elapsed,
+            }
         yield {"epoch": epoch, "epochs": spec.train_epochs, "loss": total / n, "val_accuracy": val, "seconds": elapsed, "checkpoint": checkpoint}
     model.eval()
 
@@ -253,10 +262,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# Seconds between saved checkpoints while the baseline trains: what a Ctrl-C can cost.
-CHECKPOINT_EVERY_S = 10.0
-
-
 def _train_baseline(model: nn.Module, data: DataSplits, spec: TaskSpec, cache: Path, trainer: Trainer, say: Callable[[str], None]) -> dict[str, Any]:
     """Train through ``trainer``, one line per epoch, checkpointing next to the cache so that a
     run stopped midway (Ctrl-C, a lost worker) resumes there; the finished weights become the
@@ -272,7 +277,6 @@ def _train_baseline(model: nn.Module, data: DataSplits, spec: TaskSpec, cache: P
     say(f"training the baseline {spec.model} on {spec.dataset} for {spec.train_epochs} epochs{begun} (cached at {cache} for next time)")
     where: dict[str, Any] = {}
     last = resume
-    saved_at = time.monotonic()
     shown_at: float | None = None
     for report in trainer(spec, data, model.state_dict(), resume):
         if "where" in report:
@@ -280,12 +284,12 @@ def _train_baseline(model: nn.Module, data: DataSplits, spec: TaskSpec, cache: P
             node = f"Ray node {where['node_id'][:12]}, " if where.get("node_id") else ""
             say(f"  training on {node}{where.get('host', '?')} ({where.get('device', '?')})")
             continue
-        last = report["checkpoint"]
         epoch, epochs = report["epoch"], report["epochs"]
+        if report["checkpoint"] is not None:  # every CHECKPOINT_EVERY_S, and the last epoch's
+            last = report["checkpoint"]
+            if epoch < epochs:
+                _save(last, partial)
         now = time.monotonic()
-        if now - saved_at >= CHECKPOINT_EVERY_S and epoch < epochs:
-            _save(last, partial)
-            saved_at = now
         if shown_at is None or now - shown_at >= 1.0 or epoch == epochs:  # every epoch, unless epochs take under a second
             say(
                 f"  epoch {epoch}/{epochs}: loss {report['loss']:.3f}, validation accuracy {100 * report['val_accuracy']:.2f}% "
