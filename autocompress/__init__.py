@@ -5,21 +5,37 @@ weight bit-width and a low-rank rank; workers build, fine-tune and measure each 
 the Pareto front of accuracy / size / latency lands in a SQL database optuna-dashboard reads.
 """
 
-from autocompress.artifact import load
-from autocompress.config import StudyConfig, load_config
-from autocompress.errors import AutocompressError
-from autocompress.plan import CompressionPlan, LayerPlan, Result
-from autocompress.search import run_search
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AutocompressError",
-    "CompressionPlan",
-    "LayerPlan",
-    "Result",
-    "StudyConfig",
-    "load",
-    "load_config",
-    "run_search",
-]
+# Imported on first use: `autocompress --help` and a config mistake answer without loading
+# torch, Optuna and Ray (seconds).
+_EXPORTS = {
+    "AutocompressError": "autocompress.errors",
+    "CompressionPlan": "autocompress.plan",
+    "LayerPlan": "autocompress.plan",
+    "Result": "autocompress.plan",
+    "StudyConfig": "autocompress.config",
+    "load": "autocompress.artifact",
+    "load_config": "autocompress.config",
+    "run_search": "autocompress.search",
+}
+
+__all__ = ["AutocompressError", "CompressionPlan", "LayerPlan", "Result", "StudyConfig", "load", "load_config", "run_search"]
+
+if TYPE_CHECKING:
+    from autocompress.artifact import load
+    from autocompress.config import StudyConfig, load_config
+    from autocompress.errors import AutocompressError
+    from autocompress.plan import CompressionPlan, LayerPlan, Result
+    from autocompress.search import run_search
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'autocompress' has no attribute {name!r}")
