@@ -22,7 +22,7 @@ def trial_artifact(study: optuna.Study, number: int) -> bytes:
         last = max((t.number for t in _optuna.trial_rows(study)), default=None)
         raise StorageError(f"study '{study.study_name}' has no trial {number} (trials are 0..{last}): pick one from 'autocompress report'")
     if trial.state != TrialState.COMPLETE:
-        reason = trial.user_attrs.get("fail_reason", "")
+        reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason") or ""
         raise StorageError(
             f"trial {number} of study '{study.study_name}' is {trial.state.name}{': ' + reason if reason else ''}; "
             "only COMPLETE trials have a model to export"
