@@ -344,12 +344,13 @@ def _fidelity(result: dict[str, Any]) -> list[str]:
             out.append(
                 f"| {r['seed']} | {r['hv_plain']:.4f} | {r['hv_fidelity']:.4f} | {r['hv_ratio']} | {reach} | "
                 f"{r['complete_per_hour'][0]} | {r['complete_per_hour'][1]} | {r['pruned_per_hour']} | "
-                f"{pb['0.5']} / {pb['1']} | {fb['0.5']} / {fb['1']} |"
+                f"{pb['0.5'] or '-'} / {pb['1'] or '-'} | {fb['0.5'] or '-'} / {fb['1'] or '-'} |"
             )
         if summary.get("recipes"):
             out += [
                 "",
-                "Plain-PyTorch recipes on the same task (file bytes, test split):",
+                "Plain-PyTorch recipes on the same task, the same fine-tuning where they fine-tune (file bytes, test split; "
+                "'-' above: no re-checked front trial within that drop):",
                 "",
                 "| recipe | ratio | test drop (pts) |",
                 "| --- | --- | --- |",
