@@ -205,13 +205,15 @@ def _search(args: argparse.Namespace) -> int:
     driver = Driver(config, progress=not args.no_progress and not args.quiet and sys.stderr.isatty(), say=say)
     # SIGTERM (a scheduler, `kill`, a container stopping) ends the search as Ctrl-C does: the
     # trials in flight are failed with a reason and the report printed, never a native dump.
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         study = driver.run()
     except KeyboardInterrupt:
         if driver.study is not None and driver.study.user_attrs.get("baseline"):
             print_report(driver.study)  # what was found so far is worth seeing
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called from Python leaves the caller's handler
     print_report(study)
     return 0
 

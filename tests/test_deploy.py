@@ -188,7 +188,7 @@ def _search(
 
 
 def test_onnxruntime_int8_search_stores_the_accuracy_of_the_file_it_exports(tmp_path: Path, cache_dir: Path, cnn_task) -> None:
-    study, _ = _search(tmp_path, cache_dir, {"runtime": "onnxruntime", "precision": "int8", "max_seconds": 0.2})
+    study, _ = _search(tmp_path, cache_dir, {"runtime": "onnxruntime", "precision": "int8", "max_seconds": 0.2}, trials=2)
     baseline = study.user_attrs["baseline"]
     assert baseline["latency_backend"].startswith("onnxruntime") and baseline["deploy"].startswith("onnxruntime int8 cpu")
     trial = next(t for t in study.get_trials(states=(TrialState.COMPLETE,)) if any(lp["bits"] <= 8 for lp in t.user_attrs["plan"].values()))

@@ -402,7 +402,8 @@ def test_a_failing_plan_becomes_a_failed_result_not_an_exception(cnn_task) -> No
 def test_delete_removes_the_study_its_rows_and_its_artifacts(tmp_path: Path, cache_dir: Path) -> None:
     import sqlite3
 
-    from tests.helpers import run_cli, write_study_config
+    from autocompress.cli import main
+    from tests.helpers import write_study_config
 
     db = tmp_path / "del.db"
     config = write_study_config(
@@ -414,18 +415,18 @@ def test_delete_removes_the_study_its_rows_and_its_artifacts(tmp_path: Path, cac
         finetune={"steps": 5},
         deploy={"max_seconds": 0.05},
     )
-    assert run_cli("search", str(config), "--no-progress", cwd=tmp_path).returncode == 0
+    # In this process, as the CLI runs them: the commands, not the interpreter's start, are tested.
+    assert main(["search", str(config), "--no-progress"]) == 0
     files = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
     assert len(files) == 3  # baseline + 2 trials
-    proc = run_cli("delete", "autocompress", "--yes", "--storage", f"sqlite:///{db}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["delete", "autocompress", "--yes", "--storage", f"sqlite:///{db}"]) == 0
     assert not [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0] == 0
         for table in ("autocompress_layers", "autocompress_hypervolume", "autocompress_front", "autocompress_drivers"):
             assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
     # A new study of the same name starts clean: its rows are its own.
-    assert run_cli("search", str(config), "--no-progress", cwd=tmp_path).returncode == 0
+    assert main(["search", str(config), "--no-progress"]) == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM autocompress_hypervolume").fetchone()[0] == 2
 
