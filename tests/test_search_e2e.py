@@ -19,6 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from autocompress.cli import main
 from autocompress.config import load_config
 from autocompress.errors import SearchError
 from autocompress.pareto import dominates, study_analysis
@@ -309,7 +310,9 @@ def test_sql_tables_hold_layers_hypervolume_and_fronts(cli_study: Path) -> None:
     assert history[-1] == pytest.approx(analysis.hypervolume)
 
 
-def test_new_study_never_resumes_a_taken_name(cli_study: Path, tmp_path: Path) -> None:
+def test_new_study_never_resumes_a_taken_name(
+    cli_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A study of that name with another space is refused; --new-study starts NAME-2 instead."""
     with sqlite3.connect(cli_study / "e2e.db") as src, sqlite3.connect(tmp_path / "copy.db") as dst:
         src.backup(dst)  # leave the shared study as it is (a file copy would miss the write-ahead log)
@@ -319,11 +322,12 @@ def test_new_study_never_resumes_a_taken_name(cli_study: Path, tmp_path: Path) -
     text = text.replace(str(REPO / "search_spaces/default.yaml"), "other-space.yaml")
     (tmp_path / "other.yaml").write_text(text)
     args = ["search", str(tmp_path / "other.yaml"), "--workers", "0", "--trials", "1"]
-    proc = run_cli(*args, cwd=tmp_path)
-    assert proc.returncode == 2 and "another search space" in proc.stderr and "--new-study" in proc.stderr
-    proc = run_cli(*args, "--new-study", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "study e2e-2: 1 complete" in proc.stdout
+    monkeypatch.chdir(tmp_path)  # in this process, as the CLI runs it
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "another search space" in err and "--new-study" in err
+    assert main([*args, "--new-study"]) == 0
+    assert "study e2e-2: 1 complete" in capsys.readouterr().out
     studies = {s.study_name: s for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'copy.db'}")}
     original = {s.study_name: s for s in optuna.get_all_study_summaries(f"sqlite:///{cli_study / 'e2e.db'}")}
     assert studies["e2e-2"].n_trials == 1 and studies["e2e"].n_trials == original["e2e"].n_trials  # untouched
@@ -431,10 +435,11 @@ def test_delete_removes_the_study_its_rows_and_its_artifacts(tmp_path: Path, cac
         assert conn.execute("SELECT COUNT(*) FROM autocompress_hypervolume").fetchone()[0] == 2
 
 
-def test_a_half_created_study_is_completed_and_artifacts_follow_the_study(tmp_path: Path, cache_dir: Path) -> None:
+def test_a_half_created_study_is_completed_and_artifacts_follow_the_study(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A study created but never described (its driver killed in between) is completed by the
     next run; a run resumed from another folder writes artifacts where the study records them."""
-    from tests.helpers import run_cli, write_study_config
+    from autocompress.cli import main
+    from tests.helpers import write_study_config
 
     db = tmp_path / "h.db"
     optuna.create_study(study_name="autocompress", storage=f"sqlite:///{db}", directions=["maximize", "minimize", "minimize"])
@@ -447,13 +452,14 @@ def test_a_half_created_study_is_completed_and_artifacts_follow_the_study(tmp_pa
         finetune={"steps": 5},
         deploy={"max_seconds": 0.05},
     )
-    proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    # In this process, as the CLI runs them, from one folder and then another.
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", str(config), "--no-progress"]) == 0
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = run_cli("search", str(config), "--no-progress", "--trials", "2", cwd=elsewhere)
-    assert proc.returncode == 0, proc.stderr
+    monkeypatch.chdir(elsewhere)
+    assert main(["search", str(config), "--no-progress", "--trials", "2"]) == 0
     study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{db}")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2 and study.metric_names == ["accuracy", "size_bytes", "latency_ms"]
     assert not (elsewhere / "arts").exists() and len([p for p in (tmp_path / "arts").rglob("*") if p.is_file()]) == 3
-    assert run_cli("export", "autocompress", "--trial", "1", "--storage", f"sqlite:///{db}", cwd=elsewhere).returncode == 0
+    assert main(["export", "autocompress", "--trial", "1", "--storage", f"sqlite:///{db}"]) == 0
