@@ -194,9 +194,8 @@ def _sensitivity_figure(study: optuna.Study) -> go.Figure | None:
     ``autocompress_sensitivity`` rows); None when the search measured none."""
     from autocompress import sensitivity, tables
 
-    storage = _optuna.storage_of(study)
-    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
-    found = tables.sensitivity_rows(engine, study._study_id) if engine is not None else []
+    backend = _optuna._rdb(study)
+    found = tables.sensitivity_rows(backend.engine, study._study_id) if backend is not None else []
     if not found:
         return None
     groups, labels, z = sensitivity.heat(sensitivity.Row(**r) for r in found)

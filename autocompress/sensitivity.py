@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from autocompress.outputs import write_atomic
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan
 from autocompress.space import SearchSpace
 from autocompress.space_file import allows_channel
@@ -129,9 +130,7 @@ def read_cache(path: Path) -> tuple[dict[str, Any], list[Row]] | None:
 
 def write_cache(path: Path, reference: dict[str, Any], rows: list[Row]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"reference": reference, "rows": [r.to_dict() for r in rows]}))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"reference": reference, "rows": [r.to_dict() for r in rows]}).encode())
 
 
 def measure(

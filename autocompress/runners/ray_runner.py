@@ -202,23 +202,21 @@ class _TimingActor:
 
 
 def _train_on_worker(payload: dict[str, Any], resume: dict[str, Any] | None, device: str, threads: int) -> Any:
-    """A Ray task (a streaming generator): the baseline trained on a worker, on ``device``;
-    yields where it runs, then each epoch's report (``tasks.training.train_epochs``)."""
-    import socket
-
+    """A Ray task (a streaming generator): the baseline trained on a worker, on ``device``, by
+    ``tasks.training.local_trainer`` there; its reports pass through, where it runs with this
+    node's id."""
     import ray
     import torch
 
     from autocompress.evaluate import resolve_device
-    from autocompress.tasks.training import _make_model, train_epochs
+    from autocompress.tasks.training import local_trainer
 
     torch.set_num_threads(threads)
     task = Task.from_payload(payload)
-    where = resolve_device(device)
-    model = _make_model(task.spec, task.data)
-    model.load_state_dict(task.state_dict)
-    yield {"where": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(where), "node_id": ray.get_runtime_context().get_node_id()}}
-    yield from train_epochs(model, task.data, task.spec, where, resume)
+    for report in local_trainer(resolve_device(device))(task.spec, task.data, task.state_dict, resume):
+        if "where" in report:
+            report["where"]["node_id"] = ray.get_runtime_context().get_node_id()
+        yield report
 
 
 def _lost_worker_errors() -> tuple[type[Exception], ...]:
@@ -331,15 +329,11 @@ class RayRunner(Runner):
         back; a stop here (Ctrl-C) cancels the Ray task."""
         import ray
 
-        from autocompress.tasks.custom import IMPORT_PATHS
-
         remote = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_retries=0)(_train_on_worker)
         threads = max(1, int(self.cpus_per_worker))
 
         def train(spec: TaskSpec, data: Any, state: dict[str, Any], resume: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-            from dataclasses import asdict
-
-            payload = {"spec": spec.to_dict(), "data": asdict(data), "state_dict": state, "import_paths": list(IMPORT_PATHS)}
+            payload = Task(spec=spec, data=data, state_dict=state).payload()
             stream: Any = remote.remote(payload, resume, device, threads)  # a generator of refs: Ray's stubs type it as one ref
             try:
                 for ref in stream:

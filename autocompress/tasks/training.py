@@ -3,6 +3,7 @@ checkpoint, the model itself, the cache, or trained once; the :class:`Task` work
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TaskError
+from autocompress.outputs import write_atomic
 from autocompress.stats import accuracy
 from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build
 from autocompress.tasks.data import load_data
@@ -247,11 +249,12 @@ def build_task(
 
 
 def _save(obj: Any, path: Path) -> None:
-    """Write-then-rename: a crash or Ctrl-C mid-write leaves the previous file, never a truncated one."""
+    """Through ``outputs.write_atomic``: a crash or Ctrl-C mid-write leaves the previous file,
+    never a truncated one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -300,7 +303,7 @@ def _train_baseline(model: nn.Module, data: DataSplits, spec: TaskSpec, cache: P
     model.load_state_dict(last["model"])
     model.eval()
     _save(model.state_dict(), cache)
-    cache.with_suffix(".json").write_text(json.dumps({"trained_by": where, "epochs": spec.train_epochs}))
+    write_atomic(cache.with_suffix(".json"), json.dumps({"trained_by": where, "epochs": spec.train_epochs}).encode())
     partial.unlink(missing_ok=True)
     return where
 
