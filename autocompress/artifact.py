@@ -1,18 +1,30 @@
 """The packed artifact: the compressed model as it ships, and the size objective's bytes.
 
-Layout (format 1)::
+Layout (format 2)::
 
-    b"ACZ1" | zlib( u32 header length | header JSON | payload )
+    b"ACZ2" | codec byte | codec( u32 header length | header JSON | payload )
+
+The codec is zlib (0) or LZMA2 (1), whichever makes this file smaller: both are in Python's
+standard library, and LZMA's adaptive range coder is the entropy coder for the code and index
+streams (``benchmarks/coding.py`` measures them against zstd, an order-0 ANS coder and the
+Huffman bound on real artifacts). Format 1 (``b"ACZ1" | zlib(...)``, bit-packed streams) is
+still read.
 
 The header holds the task spec (model name, classes, input shape), the plan, the structure
 needed to rebuild the module (factorization ranks come from the plan; removed channels are
 listed) and a table of tensors. Each tensor is stored as:
 
-* ``codes``: integer codes of a quantized weight, offset to unsigned and bit-packed at ``bits``
-  bits, in the cheapest of the dense / bitmask / relative-index encodings (see ``size.py``),
-  plus one float16 scale per output channel;
+* ``codes``: integer codes of a uniformly quantized weight, offset to unsigned, in the cheapest
+  of the dense / bitmask / relative-index encodings (see ``size.py``), plus one float16 scale per
+  output channel;
+* ``shared``: codebook indices of a weight-shared (k-means) weight in the same encodings, plus
+  the float16 codebook (index i > 0 is ``codebook[i - 1]``; 0 is zero);
 * ``sparse``: an unquantized weight's float32 nonzeros in the cheapest encoding;
 * ``raw``: any other tensor (biases, norms, buffers) as little-endian bytes of its dtype.
+
+Code and relative-index streams hold one symbol per byte (two, little-endian, past 8 bits):
+byte-aligned symbols are what an entropy coder models well; bit-packed ones (format 1) hide
+their statistics from it.
 
 Loading never unpickles anything: the header is JSON, tensors are rebuilt from raw bytes, and
 every offset and length is checked against the payload.
@@ -23,6 +35,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import lzma
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -36,19 +49,27 @@ from torch import nn
 
 from autocompress import compress
 from autocompress.errors import ArtifactError
-from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan
+from autocompress.plan import FULL_PRECISION_BITS, LOWRANK_MODES, QUANT_MODES, CompressionPlan, LayerPlan
 from autocompress.size import WeightCodes, encoded_bits, weight_codes
 
-MAGIC = b"ACZ1"
-FORMAT_VERSION = 1
+MAGIC = b"ACZ2"
+MAGIC_V1 = b"ACZ1"  # format 1: zlib, bit-packed streams; still read
+FORMAT_VERSION = 2
+READ_FORMATS = (1, 2)
+CODECS = ("zlib", "lzma")  # the codec byte is the index
+# Raw LZMA2 without literal context bits: the streams are symbols, not text.
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 0, "lp": 0, "pb": 0}]
 MAX_UNPACKED_BYTES = 4 << 30  # refuse decompression bombs
 MAX_HEADER_BYTES = 64 << 20  # a ResNet-152's header is under 1 MB
 MAX_HEADER_DEPTH = 8  # the deepest real header nests 5 levels
 MAX_TENSORS = 100_000
 MAX_TENSOR_VALUES = 1 << 34
 ZLIB_MAX_RATIO = 1100  # deflate expands a byte to at most ~1032: more declared is a lie
+LZMA_MAX_RATIO = 1 << 16  # LZMA2 expands runs far further; max_length still bounds each read
 MAX_FILE_BYTES = 4 << 30  # what load() reads of a file at most
 ENCODINGS = ("dense", "empty", "bitmask")
+KINDS = ("raw", "codes", "shared", "sparse", "float")
+PLAN_KEYS = set(LayerPlan.__dataclass_fields__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bfloat16": torch.bfloat16}
 
 
@@ -82,6 +103,21 @@ def unpack_uint(data: bytes, bits: int, count: int) -> np.ndarray:
     return (planes << np.arange(bits, dtype=np.int64)).sum(axis=1)
 
 
+def pack_symbols(values: np.ndarray, bits: int) -> bytes:
+    """Unsigned integers < 2**bits, one byte each (two, little-endian, past 8 bits)."""
+    return values.astype("<u2" if bits > 8 else np.uint8).tobytes()
+
+
+def unpack_symbols(data: bytes, bits: int, count: int) -> np.ndarray:
+    width = 2 if bits > 8 else 1
+    if len(data) < count * width:
+        raise ArtifactError("artifact is truncated: a tensor's symbols end early; re-export it")
+    values = np.frombuffer(data[: count * width], dtype="<u2" if width == 2 else np.uint8).astype(np.int64)
+    if values.size and int(values.max()) >> bits:
+        raise ArtifactError(f"artifact is corrupt: a symbol is wider than its {bits} bits; re-export it")
+    return values
+
+
 def _encode_positions(flat_nonzero: np.ndarray, encoding: str) -> tuple[bytes, np.ndarray]:
     """Sparse index bytes and the positions of the entries to store (fillers included)."""
     positions = np.flatnonzero(flat_nonzero)
@@ -95,15 +131,15 @@ def _encode_positions(flat_nonzero: np.ndarray, encoding: str) -> tuple[bytes, n
     skips = np.full(int(group_end[-1]) + 1 if group_end.size else 0, cap, dtype=np.int64)
     skips[group_end] = gaps - fillers * (cap + 1)
     entries = np.cumsum(skips + 1) - 1
-    return pack_uint(skips, index_bits), entries
+    return pack_symbols(skips, index_bits), entries
 
 
-def _decode_positions(index: bytes, encoding: str, numel: int, entries: int) -> np.ndarray:
+def _decode_positions(index: bytes, encoding: str, numel: int, entries: int, symbols: bool = True) -> np.ndarray:
     if encoding == "bitmask":
         mask = np.unpackbits(np.frombuffer(index, dtype=np.uint8), bitorder="little")[:numel]
         return np.flatnonzero(mask)
     index_bits = int(encoding.rsplit("-", 1)[1])
-    skips = unpack_uint(index, index_bits, entries)
+    skips = (unpack_symbols if symbols else unpack_uint)(index, index_bits, entries)
     positions = np.cumsum(skips + 1) - 1
     if positions.size and positions[-1] >= numel:
         raise ArtifactError("artifact is corrupt: a sparse index points past its tensor; re-export it")
@@ -123,7 +159,9 @@ class _Payload:
         return [offset, len(data)]
 
 
-def _pack_weight(values: torch.Tensor, bits: int, scale: torch.Tensor | None, payload: _Payload) -> dict[str, Any]:
+def _pack_weight(
+    values: torch.Tensor, bits: int, scale: torch.Tensor | None, payload: _Payload, codebook: torch.Tensor | None = None
+) -> dict[str, Any]:
     flat = values.detach().reshape(-1).cpu()
     _, encoding = encoded_bits(flat, bits)
     entry: dict[str, Any] = {"enc": encoding, "bits": bits}
@@ -136,10 +174,14 @@ def _pack_weight(values: torch.Tensor, bits: int, scale: torch.Tensor | None, pa
         entry["index"] = payload.add(index)
         entry["n"] = int(positions.size)
         stored = flat.numpy()[positions]
-    if scale is not None:
+    if codebook is not None:
+        entry["kind"] = "shared"
+        entry["values"] = payload.add(pack_symbols(stored.astype(np.int64), bits))
+        entry["codebook"] = payload.add(codebook.detach().cpu().numpy().astype("<f2").tobytes())
+    elif scale is not None:
         qmax = 2 ** (bits - 1) - 1
         entry["kind"] = "codes"
-        entry["values"] = payload.add(pack_uint(stored.astype(np.int64) + qmax, bits))
+        entry["values"] = payload.add(pack_symbols(stored.astype(np.int64) + qmax, bits))
         entry["scale"] = payload.add(scale.numpy().astype("<f2").tobytes())
     else:
         entry["kind"] = "sparse" if positions is not None else "float"
@@ -176,7 +218,7 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
         if module is not None:
             found = codes.get(id(module))
             if found is not None and found.bits < FULL_PRECISION_BITS:
-                entry = _pack_weight(found.values, found.bits, found.scale, payload)
+                entry = _pack_weight(found.values, found.bits, found.scale, payload, found.codebook)
             else:
                 entry = _pack_weight(tensor, FULL_PRECISION_BITS, None, payload)
         else:
@@ -200,7 +242,58 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
     }
     head = json.dumps(header, separators=(",", ":")).encode()
     body = struct.pack("<I", len(head)) + head + payload.buf.getvalue()
-    return Packed(MAGIC + zlib.compress(body, 9), per_layer)
+    return Packed(min((seal(body, codec) for codec in CODECS), key=len), per_layer)
+
+
+def seal(body: bytes, codec: str = "zlib") -> bytes:
+    """The file around an uncompressed body: magic, codec byte, the body through the codec."""
+    squeezed = zlib.compress(body, 9) if codec == "zlib" else lzma.compress(body, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    return MAGIC + bytes([CODECS.index(codec)]) + squeezed
+
+
+def codec_of(data: bytes) -> str:
+    """The codec a file was sealed with (format 1 files are zlib)."""
+    return CODECS[data[len(MAGIC)]] if data.startswith(MAGIC) else "zlib"
+
+
+class _Inflater:
+    """Bounded reads from a zlib or LZMA2 stream: ``read(n)`` never inflates more than n bytes,
+    so a bomb costs what its header declares, not what it expands to."""
+
+    def __init__(self, codec: str, data: bytes) -> None:
+        self.codec = codec
+        self.pending = data
+        self.z = zlib.decompressobj() if codec == "zlib" else None
+        self.x = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS) if codec == "lzma" else None
+
+    def read(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            if self.z is not None:
+                chunk = self.z.decompress(self.pending, n - len(out))
+                self.pending = self.z.unconsumed_tail
+            else:
+                assert self.x is not None
+                if self.x.eof:
+                    break
+                src, self.pending = (self.pending, b"") if self.x.needs_input else (b"", self.pending)
+                chunk = self.x.decompress(src, n - len(out))
+            out += chunk
+            if not chunk and (not self.pending or self.eof):
+                break
+        return out
+
+    @property
+    def eof(self) -> bool:
+        return self.z.eof if self.z is not None else bool(self.x and self.x.eof)
+
+    @property
+    def more(self) -> bool:
+        """Whether input remains that could inflate to more output."""
+        if self.z is not None:
+            return bool(self.pending) or bool(self.z.unused_data)
+        assert self.x is not None
+        return bool(self.pending) or not self.x.needs_input or bool(self.x.unused_data)
 
 
 def _raw_bytes(tensor: torch.Tensor) -> bytes:
@@ -230,56 +323,55 @@ def read_header(data: bytes, source: str = "artifact") -> tuple[dict[str, Any], 
 
     Decompression is bounded twice: the header comes first (at most MAX_HEADER_BYTES), and the
     payload is then inflated only up to the size the header's own tensor table declares, which
-    may not exceed what zlib can expand this file to. A bomb is refused after reading its
+    may not exceed what the codec can expand this file to. A bomb is refused after reading its
     header, not after inflating gigabytes.
     """
-    if not data.startswith(MAGIC):
-        raise ArtifactError(f"{source} is not an autocompress artifact (no ACZ1 signature): export one with 'autocompress export'")
-    inflater = zlib.decompressobj()
-    stream = data[len(MAGIC) :]
+    if data.startswith(MAGIC) and len(data) > len(MAGIC) and data[len(MAGIC)] < len(CODECS):
+        codec, stream, version = CODECS[data[len(MAGIC)]], data[len(MAGIC) + 1 :], 2
+    elif data.startswith(MAGIC_V1):
+        codec, stream, version = "zlib", data[len(MAGIC_V1) :], 1
+    else:
+        raise ArtifactError(f"{source} is not an autocompress artifact (no ACZ signature): export one with 'autocompress export'")
+    corrupt = (zlib.error, lzma.LZMAError, EOFError)
+    inflater = _Inflater(codec, stream)
+    ends_early = ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
     try:
-        head = inflater.decompress(stream, 4 + MAX_HEADER_BYTES)
+        head = inflater.read(4)
         if len(head) < 4:
-            raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
-        (head_len,) = struct.unpack("<I", head[:4])
+            raise ends_early
+        (head_len,) = struct.unpack("<I", head)
         if head_len > MAX_HEADER_BYTES:
             raise ArtifactError(
                 f"{source} declares a {head_len}-byte header, over the {MAX_HEADER_BYTES} this version reads: it is not a real artifact"
             )
-        while len(head) < 4 + head_len and inflater.unconsumed_tail:
-            head += inflater.decompress(inflater.unconsumed_tail, 4 + head_len - len(head))
-    except zlib.error:
+        text = inflater.read(head_len)
+    except corrupt:
         raise ArtifactError(f"{source} is corrupt (bad compressed data): re-export it") from None
-    if len(head) < 4 + head_len:
-        raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
+    if len(text) < head_len:
+        raise ends_early
     try:
-        header = json.loads(head[4 : 4 + head_len])
+        header = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(f"{source} has a corrupt header: re-export it") from None
     check_header(header, source)
-    declared = max((span[0] + span[1] for t in header["tensors"] for k in ("values", "index", "scale") if (span := t.get(k))), default=0)
-    if declared > min(MAX_UNPACKED_BYTES, ZLIB_MAX_RATIO * len(data)):
+    if header["format"] != version:
+        raise ArtifactError(f"{source} has a corrupt header (format {header['format']} in a format {version} file): re-export it")
+    spans = ("values", "index", "scale", "codebook")
+    declared = max((span[0] + span[1] for t in header["tensors"] for k in spans if (span := t.get(k))), default=0)
+    ratio = ZLIB_MAX_RATIO if codec == "zlib" else LZMA_MAX_RATIO
+    if declared > min(MAX_UNPACKED_BYTES, ratio * len(data)):
         raise ArtifactError(
             f"{source} declares {declared} bytes of tensors, more than its {len(data)} compressed bytes can hold: it is not a real artifact"
         )
-    body = head[4 + head_len :]
     try:
-        want = declared - len(body)
-        rest = inflater.unconsumed_tail
-        while want > 0 and rest:
-            chunk = inflater.decompress(rest, want)
-            body += chunk
-            want -= len(chunk)
-            rest = inflater.unconsumed_tail
+        body = inflater.read(declared)
         # A real file ends where its header says: one more byte of output means it does not.
-        if rest and inflater.decompress(rest, 1):
+        if inflater.more and inflater.read(1):
             raise ArtifactError(f"{source} holds more data than its header declares: it is not a real artifact; re-export it")
-    except zlib.error:
+    except corrupt:
         raise ArtifactError(f"{source} is corrupt (bad compressed data): re-export it") from None
-    if not inflater.eof:
+    if len(body) < declared or not inflater.eof:
         raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
-    if len(body) < declared:
-        raise ArtifactError(f"{source} is truncated: its tensors end past the data; re-export it")
     try:
         removed = header["channels_removed"]
         header["channels_removed"] = {k: mask_indices(v) if isinstance(v, str) else v for k, v in removed.items()}
@@ -309,8 +401,8 @@ def check_header(header: Any, source: str = "artifact") -> None:
 
     if not isinstance(header, dict):
         raise bad("not a mapping")
-    if header.get("format") != FORMAT_VERSION:
-        raise ArtifactError(f"{source} has format {header.get('format')!r}; this version reads format {FORMAT_VERSION}")
+    if header.get("format") not in READ_FORMATS:
+        raise ArtifactError(f"{source} has format {header.get('format')!r}; this version reads formats {', '.join(map(str, READ_FORMATS))}")
     if _json_depth(header) > MAX_HEADER_DEPTH:
         raise bad("nested too deeply")
     task = header.get("task")
@@ -325,7 +417,11 @@ def check_header(header: Any, source: str = "artifact") -> None:
     if not isinstance(plan, dict) or len(plan) > MAX_TENSORS:
         raise bad("plan")
     for name, lp in plan.items():
-        if not isinstance(lp, dict) or set(lp) - {"sparsity", "structured", "bits", "rank"}:
+        if not isinstance(lp, dict) or set(lp) - PLAN_KEYS:
+            raise bad(f"plan.{name}")
+        if lp.get("quant_mode", "uniform") not in QUANT_MODES or lp.get("lowrank_mode", "svd") not in LOWRANK_MODES:
+            raise bad(f"plan.{name}")
+        if not isinstance(lp.get("importance", "l1"), str) or (lp.get("rank_in") is not None and not _is_int(lp["rank_in"], 1, 1 << 20)):
             raise bad(f"plan.{name}")
         if not (isinstance(lp.get("sparsity", 0.0), (int, float)) and 0 <= lp.get("sparsity", 0.0) < 1):
             raise bad(f"plan.{name}.sparsity")
@@ -357,9 +453,9 @@ def check_header(header: Any, source: str = "artifact") -> None:
         if numel > MAX_TENSOR_VALUES:
             raise bad(f"tensor '{name}' shape")
         kind = t.get("kind")
-        if kind not in ("raw", "codes", "sparse", "float"):
+        if kind not in KINDS:
             raise bad(f"tensor '{name}' kind")
-        for span_key in ("values", "index", "scale"):
+        for span_key in ("values", "index", "scale", "codebook"):
             span = t.get(span_key)
             if span is not None and not (isinstance(span, list) and len(span) == 2 and all(_is_int(v) for v in span)):
                 raise bad(f"tensor '{name}' {span_key}")
@@ -371,12 +467,14 @@ def check_header(header: Any, source: str = "artifact") -> None:
             continue
         if t.get("enc") not in ENCODINGS and not str(t.get("enc", "")).startswith("relative-index-"):
             raise bad(f"tensor '{name}' encoding")
-        if not _is_int(t.get("bits"), 1, FULL_PRECISION_BITS) or (kind == "codes" and not _is_int(t["bits"], 2, 16)):
+        if not _is_int(t.get("bits"), 1, FULL_PRECISION_BITS) or (kind in ("codes", "shared") and not _is_int(t["bits"], 2, 16)):
             raise bad(f"tensor '{name}' bits")
         if t["enc"] not in ("dense", "empty") and not (_is_int(t.get("n"), 0, numel) and "index" in t):
             raise bad(f"tensor '{name}' index")
         if kind == "codes" and ("scale" not in t or not dims):
             raise bad(f"tensor '{name}' scale")
+        if kind == "shared" and "codebook" not in t:
+            raise bad(f"tensor '{name}' codebook")
 
 
 def index_mask(indices: list[int]) -> str:
@@ -402,6 +500,8 @@ def _segment(payload: bytes, span: Any, name: str) -> bytes:
 
 
 def decode_tensors(header: dict[str, Any], payload: bytes) -> Iterator[tuple[str, torch.Tensor]]:
+    symbols = header["format"] >= 2  # format 1 bit-packed its streams
+    unpack = unpack_symbols if symbols else unpack_uint
     for entry in header["tensors"]:
         name, shape = entry["name"], tuple(entry["shape"])
         numel = int(np.prod(shape)) if shape else 1
@@ -422,7 +522,14 @@ def decode_tensors(header: dict[str, Any], payload: bytes) -> Iterator[tuple[str
         count = numel if enc == "dense" else (0 if enc == "empty" else int(entry["n"]))
         if entry["kind"] == "codes":
             qmax = 2 ** (bits - 1) - 1
-            stored = torch.from_numpy(unpack_uint(values, bits, count) - qmax).float()
+            stored = torch.from_numpy(unpack(values, bits, count) - qmax).float()
+        elif entry["kind"] == "shared":
+            book = np.frombuffer(_segment(payload, entry["codebook"], name), dtype="<f2").astype(np.float32)
+            table = torch.from_numpy(np.concatenate([np.zeros(1, np.float32), book]))
+            codes = torch.from_numpy(unpack_symbols(values, bits, count))
+            if codes.numel() and int(codes.max()) >= table.numel():
+                raise ArtifactError(f"artifact is corrupt: tensor '{name}' has a code past its {book.size}-entry codebook")
+            stored = table[codes]
         else:
             arr = np.frombuffer(values, dtype="<f4")
             if arr.size != count:
@@ -432,7 +539,7 @@ def decode_tensors(header: dict[str, Any], payload: bytes) -> Iterator[tuple[str
         if enc == "dense":
             flat = stored
         elif enc != "empty":
-            positions = _decode_positions(_segment(payload, entry["index"], name), enc, numel, count)
+            positions = _decode_positions(_segment(payload, entry["index"], name), enc, numel, count, symbols)
             if positions.size != count:
                 raise ArtifactError(f"artifact is corrupt: tensor '{name}' index and values disagree")
             flat[torch.from_numpy(positions)] = stored

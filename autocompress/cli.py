@@ -391,7 +391,7 @@ def _inspect(args: argparse.Namespace) -> int:
     console = make_console()
     task = info["task"]
     console.print(
-        f"{info['file']}: {info['size_bytes']} bytes ({info['unpacked_bytes']} before zlib), "
+        f"{info['file']}: {info['size_bytes']} bytes ({info['unpacked_bytes']} before {info['codec']}, format {info['format']}), "
         f"model {task['model']} ({task['num_classes']} classes, input {task['input_shape']}), {info['params']} parameters"
     )
     console.print(f"plan: {plan_summary(info['plan'])}")

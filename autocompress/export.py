@@ -79,7 +79,7 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str |
     precision = precision or (deploy["precision"] if deploy["runtime"] != "torch" else "fp32")
     header, _ = artifact.read_header(packed, f"trial {number}'s artifact")
     plan = CompressionPlan.from_dict(header["plan"])
-    if precision == "int8" and not any(lp.bits <= 8 for lp in plan.layers.values()):
+    if precision == "int8" and not any(lp.integer_codes for lp in plan.layers.values()):
         raise ArtifactError(
             f"trial {number} has no layer at 8 bits or fewer, so nothing in it runs as int8 (--precision int8): "
             "export it with --precision fp32, or pick a trial with quantized layers"
@@ -109,7 +109,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     # Described from the header alone: inspecting a file builds no model and runs no code.
     tensors = []
     for t in header["tensors"]:
-        stored = sum(t[k][1] for k in ("values", "index", "scale") if k in t)
+        stored = sum(t[k][1] for k in ("values", "index", "scale", "codebook") if k in t)
         tensors.append(
             {"name": t["name"], "shape": t["shape"], "kind": t["kind"], "encoding": t.get("enc", "raw"), "bits": t.get("bits"), "bytes": stored}
         )
@@ -117,6 +117,8 @@ def describe(path: str | Path) -> dict[str, Any]:
         "file": str(path),
         "size_bytes": len(data),
         "unpacked_bytes": len(payload),
+        "codec": artifact.codec_of(data),
+        "format": header["format"],
         "task": header["task"],
         "plan": header["plan"],
         "channels_removed": header.get("channels_removed", {}),

@@ -21,7 +21,7 @@ from autocompress.plan import CompressionPlan
 def int8_model(model: nn.Module, plan: CompressionPlan) -> tuple[nn.Module, list[str]]:
     """A copy whose Linears in layers planned at <= 8 bits run PyTorch's int8 dynamic kernels."""
     layers = layer_map(model)
-    chosen = [name for name, lp in plan.layers.items() if lp.bits <= 8 and name in layers]
+    chosen = [name for name, lp in plan.layers.items() if lp.integer_codes and name in layers]
     names = {
         qualified
         for qualified, module in model.named_modules()

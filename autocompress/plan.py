@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FULL_PRECISION_BITS = 32  # "not quantized": weights stay float32
+QUANT_MODES = ("uniform", "kmeans")  # integer codes times a scale; a per-layer codebook
+LOWRANK_MODES = ("svd", "tucker")  # two factors; Tucker-2 of a conv (1x1, kxk, 1x1)
+INT8_KERNEL_BITS = 8  # uniform codes this narrow run integer kernels on int8 deploy targets
 
 
 @dataclass(frozen=True)
@@ -22,13 +25,38 @@ class LayerPlan:
         sparsity: share of the layer's weights set to zero (0 keeps all).
         structured: remove whole output channels instead of single weights.
         bits: weight bit-width; 32 means not quantized.
-        rank: rank of the low-rank factorization; None means not factorized.
+        rank: rank of the low-rank factorization; None means not factorized. For Tucker-2 it
+            is the output-side rank; ``rank_in`` is the input side's.
+        quant_mode: ``uniform`` (integer codes times a per-channel scale) or ``kmeans`` (codes
+            index a per-layer codebook of 2^bits - 1 shared values plus an exact zero).
+        lowrank_mode: ``svd`` (two factors) or ``tucker`` (Tucker-2 of a conv: 1x1, kxk, 1x1).
+        importance: what ranks the weights or channels that pruning removes (``l1``, ``l2``,
+            ``taylor``, ``fpgm``; see ``compress.importance``).
+        rank_in: Tucker-2's input-side rank; None otherwise.
     """
 
     sparsity: float = 0.0
     structured: bool = False
     bits: int = FULL_PRECISION_BITS
     rank: int | None = None
+    quant_mode: str = "uniform"
+    lowrank_mode: str = "svd"
+    importance: str = "l1"
+    rank_in: int | None = None
+
+    @property
+    def integer_codes(self) -> bool:
+        """Uniform codes an int8 runtime runs as integers (a codebook's values are not on a grid)."""
+        return self.bits <= INT8_KERNEL_BITS and self.quant_mode == "uniform"
+
+
+# Fields added after plans were first stored: left out of a plan's dict at their default, so
+# plans, trial attributes and artifact headers written before them read and compare the same.
+_OPTIONAL_FIELDS = {"quant_mode": "uniform", "lowrank_mode": "svd", "importance": "l1", "rank_in": None}
+
+
+def layer_dict(lp: LayerPlan) -> dict[str, Any]:
+    return {k: v for k, v in asdict(lp).items() if k not in _OPTIONAL_FIELDS or v != _OPTIONAL_FIELDS[k]}
 
 
 @dataclass
@@ -38,7 +66,7 @@ class CompressionPlan:
     layers: dict[str, LayerPlan] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: asdict(lp) for name, lp in self.layers.items()}
+        return {name: layer_dict(lp) for name, lp in self.layers.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, dict[str, Any]]) -> CompressionPlan:

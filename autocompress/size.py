@@ -8,7 +8,8 @@ Per weight tensor the cheapest of three encodings is chosen:
   a longer run of zeros inserts a filler zero entry (Han, Mao, Dally, "Deep Compression",
   ICLR 2016, section 2); ``i`` in 1..8 is chosen per tensor.
 
-Quantized tensors store integer codes plus one float16 scale per output channel; unquantized
+Quantized tensors store integer codes plus one float16 scale per output channel (uniform) or
+codebook indices plus the float16 codebook (weight sharing); unquantized
 ones store float32 values. Biases, normalisation parameters and buffers count at their dtype's
 width. ``artifact.pack`` writes exactly these encodings; the size objective is the byte length
 of its output.
@@ -24,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress import compress
-from autocompress.compress import Factorized, FakeQuant, leaf_layers
+from autocompress.compress import Factorized, FakeQuant, SharedWeights, leaf_layers
 from autocompress.plan import FULL_PRECISION_BITS
 
 MAX_INDEX_BITS = 8
@@ -38,6 +39,7 @@ class WeightCodes:
     bits: int  # width of one stored value
     channels_with_scale: int  # output channels carrying a float16 scale (0 when unquantized)
     scale: torch.Tensor | None = None  # float16 per-channel scales, when quantized
+    codebook: torch.Tensor | None = None  # float16 shared values (code i > 0 is codebook[i - 1]), when shared
 
 
 def weight_codes(leaf: nn.Linear | nn.Conv2d) -> WeightCodes:
@@ -52,6 +54,9 @@ def weight_codes(leaf: nn.Linear | nn.Conv2d) -> WeightCodes:
                 x = step_input(leaf, step)
                 scale = step.scale(x)
                 return WeightCodes(step.codes(x, scale), step.bits, weight.shape[0], scale.reshape(-1).half())
+        if isinstance(step, SharedWeights):
+            with torch.no_grad():
+                return WeightCodes(step.assign.clone(), step.bits, 0, codebook=step.table()[1:].half())
     return WeightCodes(leaf.weight.detach(), FULL_PRECISION_BITS, 0)
 
 

@@ -25,6 +25,9 @@ TECHNIQUE_PLANS = {
     "channel": lambda layers: {n: LayerPlan(sparsity=0.5, structured=True) for n in layers[:-1]},
     "prune": lambda layers: {n: LayerPlan(sparsity=0.8) for n in layers},
     "quantize": lambda layers: {n: LayerPlan(bits=b) for n, b in zip(layers, [2, 3, 5, 8], strict=False)},
+    "kmeans": lambda layers: {
+        n: LayerPlan(sparsity=s, bits=b, quant_mode="kmeans") for n, s, b in zip(layers, [0.0, 0.6, 0.9], [3, 4, 2], strict=False)
+    },
     ALL: lambda layers: {
         n: LayerPlan(sparsity=s, structured=(i == 1), bits=b, rank=r)
         for i, (n, s, b, r) in enumerate(zip(layers, [0.3, 0.5, 0.9, 0.2], [6, 4, 3, 8], [None, 6, 8, None], strict=False))
@@ -113,6 +116,9 @@ def test_torch_runtime_names_the_kernels_that_run(tasks) -> None:
         (b"PK\x03\x04not ours", "not an autocompress artifact"),
         (b"ACZ1" + b"\x78\x9c\x01\x02", "truncated or corrupt"),
         (b"ACZ1garbage-not-zlib", "corrupt"),
+        (b"ACZ2\x00" + b"\x78\x9c\x01\x02", "truncated or corrupt"),
+        (b"ACZ2\x01garbage-not-lzma", "corrupt"),
+        (b"ACZ2\x07", "not an autocompress artifact"),
     ],
 )
 def test_foreign_or_damaged_files_are_refused(data: bytes, needle: str) -> None:
@@ -164,7 +170,6 @@ def test_a_file_naming_user_code_never_imports_it(tmp_path: Path, tasks) -> None
     load and inspect; the module is never imported (its marker file never appears)."""
     import json
     import struct
-    import zlib
 
     from tests.helpers import run_cli
 
@@ -174,7 +179,7 @@ def test_a_file_naming_user_code_never_imports_it(tmp_path: Path, tasks) -> None
     header["task"]["model"] = "planted:make"
     head = json.dumps(header).encode()
     crafted = tmp_path / "crafted.acz"
-    crafted.write_bytes(artifact.MAGIC + zlib.compress(struct.pack("<I", len(head)) + head + payload))
+    crafted.write_bytes(artifact.seal(struct.pack("<I", len(head)) + head + payload))
     marker = tmp_path / "ran.txt"
     (tmp_path / "planted.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\ndef make(**kw):\n    raise SystemExit(3)\n")
     proc = run_cli("inspect", str(crafted), cwd=tmp_path)
@@ -191,10 +196,9 @@ def test_a_file_naming_user_code_never_imports_it(tmp_path: Path, tasks) -> None
 def _craft(header: dict, payload: bytes = b"", tail: bytes = b"") -> bytes:
     import json
     import struct
-    import zlib
 
     head = json.dumps(header).encode()
-    return artifact.MAGIC + zlib.compress(struct.pack("<I", len(head)) + head + payload + tail)
+    return artifact.seal(struct.pack("<I", len(head)) + head + payload + tail)
 
 
 MALFORMED = {
@@ -253,7 +257,7 @@ def test_a_decompression_bomb_is_refused_without_inflating_it(tasks, tmp_path: P
     header["channels_removed"] = {}
     head = json.dumps(header).encode()
     z = zlib.compressobj(9)
-    parts = [artifact.MAGIC, z.compress(struct.pack("<I", len(head)) + head + payload)]
+    parts = [artifact.MAGIC, b"\x00", z.compress(struct.pack("<I", len(head)) + head + payload)]
     zeros = bytes(64 << 20)
     parts += [z.compress(zeros) for _ in range(32)]
     parts.append(z.flush())

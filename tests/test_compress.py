@@ -117,6 +117,7 @@ PLAN_FOR_TECHNIQUE = {
     "channel": lambda full: LayerPlan(sparsity=0.5, structured=True),
     "prune": lambda full: LayerPlan(sparsity=0.7),
     "quantize": lambda full: LayerPlan(bits=4),
+    "kmeans": lambda full: LayerPlan(bits=3, quant_mode="kmeans"),
     "fold_bn": lambda full: LayerPlan(bits=8),
 }
 

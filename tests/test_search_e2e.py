@@ -19,6 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from autocompress import artifact
 from autocompress.cli import main
 from autocompress.config import load_config
 from autocompress.errors import SearchError
@@ -251,7 +252,7 @@ def test_dashboard_shows_objectives_constraints_and_artifacts(dashboard: str, cl
     url = f"{dashboard}/artifacts/{summary['study_id']}/{t['trial_id']}/{t['artifacts'][0]['artifact_id']}"
     with urllib.request.urlopen(url, timeout=10) as resp:
         data = resp.read()
-    assert data.startswith(b"ACZ1") and len(data) == t["values"][1]  # the artifact, served whole
+    assert data.startswith(artifact.MAGIC) and len(data) == t["values"][1]  # the artifact, served whole
 
 
 def test_dashboard_page_renders_the_pareto_plot_in_chromium(dashboard: str, cli_study: Path) -> None:

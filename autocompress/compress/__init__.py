@@ -11,12 +11,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.compress import channel, fold, lowrank, prune, quantize  # noqa: F401  (register techniques)
+from autocompress.compress import channel, fold, lowrank, prune, quantize, share  # noqa: F401  (register techniques)
 from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique, leaf_layers, set_submodule
 from autocompress.compress.channel import remove_channels
 from autocompress.compress.lowrank import Factorized, factorize, full_rank
 from autocompress.compress.prune import Mask
 from autocompress.compress.quantize import FakeQuant
+from autocompress.compress.share import SharedWeights
 from autocompress.errors import SpaceError
 from autocompress.plan import CompressionPlan
 
@@ -27,6 +28,7 @@ __all__ = [
     "Factorized",
     "FakeQuant",
     "Mask",
+    "SharedWeights",
     "Technique",
     "apply",
     "apply_structure",

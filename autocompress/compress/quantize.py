@@ -50,7 +50,7 @@ class Quantize(Technique):
     order = 30
 
     def applies(self, plan: LayerPlan) -> bool:
-        return plan.bits < FULL_PRECISION_BITS
+        return plan.bits < FULL_PRECISION_BITS and plan.quant_mode == "uniform"
 
     def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
         for leaf in leaf_layers(layer):

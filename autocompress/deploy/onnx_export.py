@@ -55,7 +55,7 @@ def quantized_weights(model: nn.Module, plan: CompressionPlan) -> dict[str, tupl
     names = {id(m): n for n, m in model.named_modules()}
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for layer, lp in plan.layers.items():
-        if lp.bits > 8 or layer not in layers:
+        if not lp.integer_codes or layer not in layers:
             continue
         quantizer = FakeQuant(lp.bits)
         for leaf in leaf_layers(layers[layer]):

@@ -50,7 +50,7 @@ def int8_activations(model: nn.Module, plan: CompressionPlan) -> Iterator[int]:
     handles = [
         leaf.register_forward_pre_hook(_InputFakeQuant())
         for name, lp in plan.layers.items()
-        if lp.bits <= 8 and name in layers
+        if lp.integer_codes and name in layers
         for leaf in leaf_layers(layers[name])
     ]
     try:
