@@ -448,6 +448,7 @@ def _layers(args: argparse.Namespace) -> int:
     from autocompress.config import load_config
     from autocompress.report import make_console
     from autocompress.space import load_space
+    from autocompress.space_file import OPTIONAL_KNOBS
     from autocompress.tasks import TaskSpec, layer_skeleton
 
     if args.task is not None and args.task.endswith((".yaml", ".yml")) and args.config is None:
@@ -457,6 +458,7 @@ def _layers(args: argparse.Namespace) -> int:
     space = load_space(args.space or config.space).resolve(*layer_skeleton(spec))
     groups = f", {len(space.groups)} groups" if space.grouped else ""
     table = Table(title=f"{spec.model}: {len(space.layers)} layers{groups}, {space.dimensions} searched knobs ({space.source})")
+    shown = {k: any(not ls.knobs[k].off for ls in space.layers.values()) for k in OPTIONAL_KNOBS}  # columns only for knobs in use
     for col in (
         "layer",
         *(("group",) if space.grouped else ()),
@@ -468,6 +470,7 @@ def _layers(args: argparse.Namespace) -> int:
         "mode",
         "bits",
         "rank fraction",
+        *(k.replace("_", " ") for k in OPTIONAL_KNOBS if shown[k]),
         *(("notes",) if any(ls.notes for ls in space.layers.values()) else ()),
     ):
         table.add_column(col)
@@ -485,6 +488,7 @@ def _layers(args: argparse.Namespace) -> int:
             *(ls.knobs[k].describe() for k in ("sparsity",)),
             ls.knobs["sparsity_mode"].describe() if not ls.knobs["sparsity_mode"].fixed or ls.knobs["sparsity_mode"].value else "unstructured",
             *(ls.knobs[k].describe() for k in ("bits", "rank")),
+            *(ls.knobs[k].describe() for k in OPTIONAL_KNOBS if shown[k]),
             *(("; ".join(ls.notes),) if any(x.notes for x in space.layers.values()) else ()),
         )
     make_console().print(table)

@@ -36,6 +36,7 @@ from autocompress.stats import accuracy, pack_correct
 from autocompress.tasks import DataSplits, Task, correct_of
 
 DEVICES = ("auto", "cpu", "cuda")
+CALIBRATION_SAMPLES = 256  # labelled training images whose loss gradients rank weights for taylor importance
 
 
 def resolve_device(name: str, flag: str = "--device") -> torch.device:
@@ -274,6 +275,13 @@ class Evaluator:
         reference that trials' paired ratios scale."""
         return self._timed(lambda: self.measure(self._model(), CompressionPlan(), alone=True))
 
+    def _compressed(self, plan: CompressionPlan) -> nn.Module:
+        """A fresh copy of the model compressed by ``plan`` (``apply`` is deterministic)."""
+        data = self.task.data
+        gen = torch.Generator().manual_seed(0)  # the same labelled batch for every trial
+        idx = torch.randperm(len(data.x_train), generator=gen)[:CALIBRATION_SAMPLES].to(data.x_train.device)
+        return compress.apply(self._model(), plan, example=data.x_val[:2], calibration=(data.x_train[idx], data.y_train[idx]))
+
     def shot(self, plan: CompressionPlan, timed: bool, scored: bool = True) -> tuple[float | None, int, tuple[Timing, str] | None]:
         """The plan's model as compression leaves it, before any fine-tuning: validation accuracy
         as it is (in torch; when ``scored``), packed size, and when ``timed`` the paired latency
@@ -281,7 +289,7 @@ class Evaluator:
         (masks, ranks, bit-widths, removed channels), so that latency is also the finished
         model's. A model of its own (``apply`` is deterministic): packing bakes in place, and a
         deep copy of a parametrized module would share its parametrization."""
-        model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
+        model = self._compressed(plan)
         score = self.rung_accuracy(model) if scored else None
         model = model.eval().cpu()
         packed = pack(model, plan, self.task.artifact_task(), compress.structure(model))
@@ -318,7 +326,7 @@ class Evaluator:
             size = 0
             if report is not None and self.early_measure:
                 _, size, timed = self.shot(plan, timed=True, scored=False)
-            model = compress.apply(self._model(), plan, example=self.task.data.x_val[:2])
+            model = self._compressed(plan)
             if self.finetune_config.distill and self._teacher is None:
                 self._teacher = self._model().eval()
             rungs: list[Rung] = []

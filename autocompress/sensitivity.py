@@ -73,7 +73,15 @@ class Row:
         return asdict(self)
 
 
-IDENTITY = {"sparsity": 0.0, "sparsity_mode": "unstructured", "bits": FULL_PRECISION_BITS, "rank": 1.0}
+IDENTITY = {
+    "sparsity": 0.0,
+    "sparsity_mode": "unstructured",
+    "bits": FULL_PRECISION_BITS,
+    "rank": 1.0,
+    "quant_mode": "uniform",
+    "lowrank_mode": "svd",
+    "importance": "l1",
+}
 
 
 def probes(space: SearchSpace) -> list[Probe]:

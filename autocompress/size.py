@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress import compress
-from autocompress.compress import Factorized, FakeQuant, SharedWeights, leaf_layers
+from autocompress.compress import Factorized, FakeQuant, SharedWeights, Tucker2, leaf_layers
 from autocompress.plan import FULL_PRECISION_BITS
 
 MAX_INDEX_BITS = 8
@@ -115,7 +115,8 @@ def layer_rows(model: nn.Module) -> list[dict[str, Any]]:
                 "layer": name,
                 "type": "Linear" if isinstance(leaves[0], nn.Linear) else "Conv2d",
                 "weight_shape": list(leaves[-1].weight.shape),
-                "rank": layer.first.weight.shape[0] if isinstance(layer, Factorized) else None,
+                "rank": layer.second.weight.shape[1] if isinstance(layer, Factorized) else None,
+                "rank_in": layer.first.weight.shape[0] if isinstance(layer, Tucker2) else None,
                 "bits": bits,
                 "params": params,
                 "nonzeros": nonzeros,

@@ -35,10 +35,14 @@ from torch import nn
 from autocompress import space_file
 from autocompress.compress import compressible_layers, full_rank
 from autocompress.compress.channel import channel_prunable, output_layers
+from autocompress.compress.lowrank import tucker_applies, tucker_limits
 from autocompress.errors import SpaceError, did_you_mean
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
-from autocompress.space_file import DEFAULT_KNOBS, GROUP_BY, KNOBS, SELECTORS, Knob, SpaceFile
+from autocompress.space_file import DEFAULT_KNOBS, GROUP_BY, KNOBS, OPTIONAL_KNOBS, SELECTORS, Knob, SpaceFile, knob_values
 from autocompress.space_file import allows_channel as _allows_channel
+
+WORD_DEFAULTS = {"quant_mode": "uniform", "lowrank_mode": "svd", "importance": "l1"}  # what a plan does without them
+UNSTRUCTURED_IMPORTANCE = ("l1", "taylor")  # criteria that rank single weights (importance.py)
 
 __all__ = ["DEFAULT_KNOBS", "GROUP_BY", "KNOBS", "Knob", "LayerSpace", "SearchSpace", "SpaceSpec", "load_space", "parse_space"]
 
@@ -52,11 +56,37 @@ class LayerSpace:
     knobs: dict[str, Knob]  # this layer's own view: knobs that do not apply to it are off
     group: str = ""  # whose Optuna parameters it takes; its own name when not grouped
     notes: tuple[str, ...] = ()  # why a knob the space asks for is off here (shown by `layers`)
+    tucker_limits: tuple[int, int] | None = None  # largest (output, input) Tucker-2 ranks; None: no Tucker
 
     def rank_from_fraction(self, fraction: float | None) -> int | None:
         if fraction is None or self.full_rank is None or fraction >= 1.0:
             return None
         return max(1, min(self.full_rank, round(fraction * self.full_rank)))
+
+    def layer_plan(self, v: dict[str, Any]) -> LayerPlan:
+        """This layer's plan from its knob values (off knobs absent)."""
+        structured = v.get("sparsity_mode") == "channel"
+        importance = str(v.get("importance") or "l1")
+        if not structured and importance not in UNSTRUCTURED_IMPORTANCE:
+            importance = "l1"  # l2 and fpgm rank channels: single weights go by magnitude
+        fraction = v.get("rank")
+        rank, rank_in, lowrank_mode = self.rank_from_fraction(fraction), None, "svd"
+        if rank is not None and fraction is not None and v.get("lowrank_mode") == "tucker" and self.tucker_limits is not None:
+            out_ch, in_ch = self.weight_shape[0], self.weight_shape[1]
+            lowrank_mode = "tucker"
+            rank = max(1, min(self.tucker_limits[0], round(fraction * out_ch)))
+            rank_in = max(1, min(self.tucker_limits[1], round(fraction * in_ch)))
+        bits = int(v.get("bits") or FULL_PRECISION_BITS)
+        return LayerPlan(
+            sparsity=round(float(v.get("sparsity") or 0.0), 6),  # 0.15, not 0.15000000000000002
+            structured=structured,
+            bits=bits,
+            rank=rank,
+            quant_mode=str(v.get("quant_mode") or "uniform") if bits < FULL_PRECISION_BITS else "uniform",
+            lowrank_mode=lowrank_mode,
+            importance=importance if float(v.get("sparsity") or 0.0) > 0 else "l1",
+            rank_in=rank_in,
+        )
 
 
 @dataclass
@@ -89,20 +119,11 @@ class SearchSpace:
         return {name: {k: v for k, v in group_values[ls.group].items() if not ls.knobs[k].off} for name, ls in self.layers.items()}
 
     def plan_from_values(self, values: dict[str, dict[str, Any]]) -> CompressionPlan:
-        plans = {}
-        for name, ls in self.layers.items():
-            v = values[name]
-            plans[name] = LayerPlan(
-                sparsity=round(float(v.get("sparsity") or 0.0), 6),  # 0.15, not 0.15000000000000002
-                structured=v.get("sparsity_mode") == "channel",
-                bits=int(v.get("bits") or FULL_PRECISION_BITS),
-                rank=ls.rank_from_fraction(v.get("rank")),
-            )
-        return CompressionPlan(plans)
+        return CompressionPlan({name: ls.layer_plan(values[name]) for name, ls in self.layers.items()})
 
     def uniform_params(self, sparsity: float, bits: int, rank: float = 1.0, mode: str = "unstructured") -> dict[str, Any]:
         """Optuna params for one setting applied to every layer, snapped to each layer's knobs."""
-        target = {"sparsity": sparsity, "sparsity_mode": mode, "bits": bits, "rank": rank}
+        target = {"sparsity": sparsity, "sparsity_mode": mode, "bits": bits, "rank": rank, **WORD_DEFAULTS}
         return {f"{group}.{k}": knob.snap(target[k]) for group, knobs in self.groups.items() for k, knob in knobs.items() if not knob.fixed}
 
     @property
@@ -119,7 +140,9 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped (lists, not tuples): compares equal to the copy stored on the study."""
-        data: dict[str, Any] = {name: {k: knob.to_dict() for k, knob in ls.knobs.items()} for name, ls in self.layers.items()}
+        data: dict[str, Any] = {
+            name: {k: knob.to_dict() for k, knob in ls.knobs.items() if not (k in OPTIONAL_KNOBS and knob.off)} for name, ls in self.layers.items()
+        }
         if self.grouped:
             data["_groups"] = {name: ls.group for name, ls in self.layers.items()}
         return json.loads(json.dumps(data))
@@ -164,10 +187,20 @@ class SpaceSpec(SpaceFile):
                 if not knobs["rank"].off:
                     notes.append("rank off: a depthwise or grouped conv")
                 knobs["rank"] = Knob()
+            if "tucker" in knob_values(knobs["lowrank_mode"]) and not tucker_applies(module) and not knobs["rank"].off:
+                notes.append("tucker: convs only, svd here")
+            if "taylor" in knob_values(knobs["importance"]) and not module.weight.requires_grad:
+                raise SpaceError(
+                    f"layer '{name}' has importance taylor, but its weights are frozen (requires_grad False), so no gradient ranks them "
+                    f"({self.source}): use importance l1 for it (an override), or unfreeze it"
+                )
             if module in outputs and _allows_channel(knobs["sparsity_mode"]):
                 notes.append("channels kept: the model's output (one per class)")
                 knobs["sparsity_mode"] = Knob()
-            result[name] = LayerSpace(name, type(module).__name__, tuple(module.weight.shape), rank_limit, knobs, notes=tuple(notes))
+            tucker = tucker_limits(module) if isinstance(module, nn.Conv2d) and tucker_applies(module) else None
+            result[name] = LayerSpace(
+                name, type(module).__name__, tuple(module.weight.shape), rank_limit, knobs, notes=tuple(notes), tucker_limits=tucker
+            )
         if example is not None and any(_allows_channel(ls.knobs["sparsity_mode"]) for ls in result.values()):
             prunable = _channel_prunable(model, example, self.source)
             for name, ls in result.items():

@@ -10,6 +10,9 @@ A space file says which layers to compress (globs on module names) and the knobs
       sparsity_mode: unstructured         # or channel (removes output channels), or a list of both
       bits: [2, 3, 4, 5, 6, 8, 32]        # 32 = not quantized
       rank: {low: 0.1, high: 1.0, step: 0.1}   # fraction of full rank; 1.0 = not factorized
+      quant_mode: [uniform, kmeans]       # integer grid, or a k-means codebook (weight sharing)
+      lowrank_mode: [svd, tucker]         # two factors, or Tucker-2 of a conv (1x1, kxk, 1x1)
+      importance: [l1, taylor]            # what ranks pruned weights/channels (l2, fpgm: channels)
     overrides:                    # later entries win; each names layers by glob
       - layers: ["fc2"]
         bits: [4, 6, 8, 32]
@@ -32,10 +35,13 @@ import optuna
 
 from autocompress._schema import read_yaml
 from autocompress.errors import SpaceError, did_you_mean
-from autocompress.plan import FULL_PRECISION_BITS
+from autocompress.plan import FULL_PRECISION_BITS, LOWRANK_MODES, QUANT_MODES
 
-KNOBS = ("sparsity", "sparsity_mode", "bits", "rank")
+KNOBS = ("sparsity", "sparsity_mode", "bits", "rank", "quant_mode", "lowrank_mode", "importance")
 SPARSITY_MODES = ("unstructured", "channel")
+# Knobs added after the first studies: switched off unless a space names them, and then left out
+# of the space's stored form, so studies made before them resume.
+OPTIONAL_KNOBS = ("quant_mode", "lowrank_mode", "importance")
 SUPPORTED_BITS = (*range(2, 17), FULL_PRECISION_BITS)
 MAX_SPARSITY = 0.99
 _TOP_KEYS = ("layers", "exclude", "knobs", "overrides", "group_by", "groups")
@@ -106,6 +112,25 @@ DEFAULT_KNOBS = {
 }
 
 
+WORD_KNOBS = ("sparsity_mode", "quant_mode", "lowrank_mode", "importance")
+
+
+def word_values(name: str) -> tuple[str, ...]:
+    """The values a word knob takes (importance: the criteria registry)."""
+    if name == "importance":
+        from autocompress.compress.importance import IMPORTANCE
+
+        return tuple(IMPORTANCE.names())
+    return {"sparsity_mode": SPARSITY_MODES, "quant_mode": QUANT_MODES, "lowrank_mode": LOWRANK_MODES}[name]
+
+
+def knob_values(knob: Knob) -> tuple[Any, ...]:
+    """Every value a knob can take (one for a fixed knob, none when off)."""
+    if knob.choices is not None:
+        return knob.choices
+    return () if knob.value is None else (knob.value,)
+
+
 def allows_channel(knob: Knob) -> bool:
     return knob.value == "channel" or "channel" in (knob.choices or ())
 
@@ -129,14 +154,16 @@ S = TypeVar("S", bound=SpaceFile)
 def _parse_knob(name: str, raw: Any, where: str, key: str) -> Knob:
     if raw is None:
         return Knob()
-    if name == "sparsity_mode":
+    if name in WORD_KNOBS:
+        allowed = word_values(name)
         values = raw if isinstance(raw, list) else [raw]
-        bad = [v for v in values if v not in SPARSITY_MODES]
+        bad = [v for v in values if v not in allowed]
         if bad or not values:
             shown = bad[0] if bad else "[]"
-            raise SpaceError(
-                f"'{key}' has {shown!r}{did_you_mean(str(shown), SPARSITY_MODES)} ({where}): use unstructured, channel or a list of both"
-            )
+            both = "unstructured, channel or a list of both" if name == "sparsity_mode" else f"one of {', '.join(allowed)} or a list of them"
+            raise SpaceError(f"'{key}' has {shown!r}{did_you_mean(str(shown), allowed)} ({where}): use {both}")
+        if len(set(values)) != len(values):
+            raise SpaceError(f"'{key}' lists a value twice ({where}): remove the duplicate")
         return Knob(choices=tuple(values)) if isinstance(raw, list) else Knob(value=raw)
     if isinstance(raw, dict):
         unknown = set(raw) - {"low", "high", "step", "log"}
@@ -153,7 +180,7 @@ def _parse_knob(name: str, raw: Any, where: str, key: str) -> Knob:
                 raise SpaceError(f"'{key}.{part}' must be a finite number, got {value!r} ({where}): fix the value")
         if not isinstance(raw.get("log", False), bool):
             raise SpaceError(f"'{key}.log' must be true or false, got {raw['log']!r} ({where}): fix the value")
-        if name in ("bits", "sparsity_mode"):
+        if name == "bits" or name in WORD_KNOBS:
             raise SpaceError(f"'{key}' must be a list, not a range ({where}): e.g. [2, 4, 8, 32]")
         knob = Knob(low=float(raw["low"]), high=float(raw["high"]), step=raw.get("step"), log=raw.get("log", False))
         assert knob.low is not None and knob.high is not None
@@ -198,7 +225,18 @@ def _parse_knobs(raw: Any, where: str, key: str) -> dict[str, Knob]:
         if name not in KNOBS:
             raise SpaceError(f"unknown knob '{key}.{name}'{did_you_mean(str(name), KNOBS)} ({where}): knobs are {', '.join(KNOBS)}")
         knobs[name] = _parse_knob(name, value, where, f"{key}.{name}")
+    _check_kmeans_bits(knobs, where, key)
     return knobs
+
+
+def _check_kmeans_bits(knobs: dict[str, Knob], where: str, key: str) -> None:
+    """Weight sharing with every bit-width at 32 shares nothing: a space that can only ask for
+    that is a mistake, not a search."""
+    modes, bits = knob_values(knobs.get("quant_mode", Knob())), knob_values(knobs.get("bits", Knob()))
+    if modes and set(modes) == {"kmeans"} and bits and all(b == FULL_PRECISION_BITS for b in bits):
+        raise SpaceError(
+            f"'{key}' has quant_mode kmeans with bits 32 only ({where}): a codebook needs bits below 32, e.g. bits: [3, 4, 5]; or use quant_mode uniform"
+        )
 
 
 def _globs(raw: Any, where: str, key: str) -> list[str]:

@@ -13,6 +13,7 @@ from autocompress import compress
 from autocompress.artifact import loads, pack
 from autocompress.compress import TECHNIQUES, FakeQuant, factorize, full_rank
 from autocompress.compress.channel import output_layers
+from autocompress.compress.lowrank import tucker_applies
 from autocompress.compress.prune import magnitude_mask
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.tasks import MODELS
@@ -118,6 +119,7 @@ PLAN_FOR_TECHNIQUE = {
     "prune": lambda full: LayerPlan(sparsity=0.7),
     "quantize": lambda full: LayerPlan(bits=4),
     "kmeans": lambda full: LayerPlan(bits=3, quant_mode="kmeans"),
+    "tucker": lambda full: LayerPlan(rank=2, rank_in=1, lowrank_mode="tucker"),  # convs only (below)
     "fold_bn": lambda full: LayerPlan(bits=8),
 }
 
@@ -142,8 +144,11 @@ def test_technique_contract(model_name: str, technique: str) -> None:
             for n, m in layers.items()
             if (technique != "channel" or m not in outputs)  # classes stay
             and (technique != "lowrank" or full_rank(m) is not None)  # depthwise convs have no rank
+            and (technique != "tucker" or tucker_applies(m))
         }
     )
+    if technique == "tucker" and not plan.layers:
+        pytest.skip(f"{model_name} has no convolution for Tucker-2")
     assert plan.layers and all(TECHNIQUES.get(technique)().applies(lp) for lp in plan.layers.values())
     compress.apply(model, plan, example=x)
     out = model(x)

@@ -14,12 +14,12 @@ from torch.nn.utils import parametrize
 from autocompress.compress import channel, fold, lowrank, prune, quantize, share  # noqa: F401  (register techniques)
 from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique, leaf_layers, set_submodule
 from autocompress.compress.channel import remove_channels
-from autocompress.compress.lowrank import Factorized, factorize, full_rank
+from autocompress.compress.lowrank import Factorized, Tucker2, factorize, full_rank
 from autocompress.compress.prune import Mask
 from autocompress.compress.quantize import FakeQuant
 from autocompress.compress.share import SharedWeights
-from autocompress.errors import SpaceError
-from autocompress.plan import CompressionPlan
+from autocompress.errors import SpaceError, did_you_mean
+from autocompress.plan import LOWRANK_MODES, QUANT_MODES, CompressionPlan, LayerPlan
 
 __all__ = [
     "COMPRESSIBLE_TYPES",
@@ -30,6 +30,7 @@ __all__ = [
     "Mask",
     "SharedWeights",
     "Technique",
+    "Tucker2",
     "apply",
     "apply_structure",
     "bake",
@@ -60,24 +61,46 @@ def layer_map(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def apply(model: nn.Module, plan: CompressionPlan, example: torch.Tensor | None = None) -> nn.Module:
+def apply(
+    model: nn.Module,
+    plan: CompressionPlan,
+    example: torch.Tensor | None = None,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> nn.Module:
     """Compress ``model`` in place following ``plan`` and return it.
 
     Args:
         example: a small input batch; needed when the plan removes channels (to trace the model).
+        calibration: a labelled batch (inputs, labels); needed by gradient-based importance.
     """
     available = compressible_layers(model)
     for name in plan.layers:
         if name not in available:
             raise SpaceError(f"plan names layer '{name}', which is not a Linear or Conv2d of the model")
-    ctx = ApplyContext(model=model, example=example)
+    for name, lp in plan.layers.items():
+        check_modes(name, lp)
+    ctx = ApplyContext(model=model, example=example, calibration=calibration)
     for technique in sorted((TECHNIQUES.get(n)() for n in TECHNIQUES), key=lambda t: t.order):
         layers = layer_map(model)
         for name, layer_plan in plan.layers.items():
             if technique.applies(layer_plan):
                 set_submodule(model, name, technique.apply(layers[name], layer_plan, name, ctx))
     setattr(model, _STRUCTURE_ATTR, {"channels_removed": ctx.channels_removed, "bn_folded": ctx.bn_folded})
+    model.zero_grad(set_to_none=True)  # importance's gradients are not the fine-tuning's
     return model
+
+
+def check_modes(name: str, lp: LayerPlan) -> None:
+    """A plan's mode names, checked before any technique runs: a typo fails, never no-ops."""
+    from autocompress.compress.importance import IMPORTANCE
+
+    for key, value, known in (("quant_mode", lp.quant_mode, QUANT_MODES), ("lowrank_mode", lp.lowrank_mode, LOWRANK_MODES)):
+        if value not in known:
+            raise SpaceError(f"layer '{name}': {key} '{value}' is unknown{did_you_mean(value, known)}: use {' or '.join(known)}")
+    if lp.importance not in IMPORTANCE:
+        raise SpaceError(
+            f"layer '{name}': importance '{lp.importance}' is unknown{did_you_mean(lp.importance, IMPORTANCE.names())}: use {', '.join(IMPORTANCE.names())}"
+        )
 
 
 def structure(model: nn.Module) -> dict[str, dict]:
@@ -92,7 +115,7 @@ def apply_structure(model: nn.Module, plan: CompressionPlan, changes: dict[str, 
     channels), weights aside, in the order ``apply`` made them."""
     for name, layer_plan in plan.layers.items():
         if layer_plan.rank is not None:
-            set_submodule(model, name, factorize(model.get_submodule(name), layer_plan.rank, name))
+            set_submodule(model, name, factorize(model.get_submodule(name), layer_plan.rank, name, layer_plan.lowrank_mode, layer_plan.rank_in))
     layers = layer_map(model)
     for bn_name, name in changes.get("bn_folded", {}).items():
         fold.replay(model, channel.out_layer(layers[name]), bn_name)

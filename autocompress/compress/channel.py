@@ -1,7 +1,8 @@
 """Structured (channel) pruning: removes output channels for real.
 
-The least important output channels of a layer (smallest L1 norm of their weights) are removed
-with Torch-Pruning's dependency graph, which shrinks every layer that consumes them (the next
+The least important output channels of a layer (by the plan's ``importance``: the L1 norm of
+their weights unless it says otherwise, see ``importance.py``) are removed with Torch-Pruning's
+dependency graph, which shrinks every layer that consumes them (the next
 conv's or linear's inputs, BatchNorm, residual adds, concatenations) so the network stays
 consistent. The removed indices are recorded so a packed artifact can replay the same surgery.
 """
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique
+from autocompress.compress.importance import channel_scores
 from autocompress.compress.lowrank import Factorized
 from autocompress.errors import SpaceError
 from autocompress.plan import LayerPlan
@@ -94,8 +96,8 @@ class ChannelPrune(Technique):
         n_remove = min(n_out - 1, round(plan.sparsity * n_out))
         if n_remove <= 0:
             return layer
-        importance = target.weight.detach().abs().flatten(1).sum(dim=1)
-        idxs = sorted(torch.argsort(importance)[:n_remove].tolist())
+        scores = channel_scores(ctx, target, plan.importance, name)
+        idxs = sorted(torch.argsort(scores, stable=True)[:n_remove].tolist())
         remove_channels(ctx.model, target, idxs, ctx.example)
         ctx.channels_removed[name] = idxs
         return layer

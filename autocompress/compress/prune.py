@@ -1,8 +1,8 @@
-"""Unstructured magnitude pruning, kept during fine-tuning as a weight parametrization.
+"""Unstructured pruning, kept during fine-tuning as a weight parametrization.
 
-The mask is computed once by ``torch.nn.utils.prune.L1Unstructured`` (the smallest-magnitude
-weights of each weight tensor) and applied on every forward pass, so fine-tuning never revives a
-pruned weight.
+The mask is computed once by ``torch.nn.utils.prune.L1Unstructured`` over the plan's importance
+scores (the weights' magnitudes unless it says ``taylor``: see ``importance.py``) and applied on
+every forward pass, so fine-tuning never revives a pruned weight.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique, leaf_layers
+from autocompress.compress.importance import weight_scores
 from autocompress.plan import LayerPlan
 
 
@@ -30,7 +31,8 @@ class Mask(nn.Module):
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """0/1 mask that zeroes ``round(sparsity * numel)`` smallest-magnitude entries."""
+    """0/1 mask that zeroes ``round(sparsity * numel)`` smallest-magnitude entries (of a weight,
+    or of any score of the same shape)."""
     method = torch_prune.L1Unstructured(amount=float(sparsity))
     return method.compute_mask(weight.detach(), default_mask=torch.ones_like(weight))
 
@@ -44,6 +46,6 @@ class MagnitudePrune(Technique):
 
     def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
         for leaf in leaf_layers(layer):
-            mask = magnitude_mask(leaf.weight, plan.sparsity)
+            mask = magnitude_mask(weight_scores(ctx, leaf, plan.importance, name), plan.sparsity)
             parametrize.register_parametrization(leaf, "weight", Mask(mask))
         return layer

@@ -1,0 +1,124 @@
+"""What ranks the weights and channels that pruning removes (``LayerPlan.importance``).
+
+* ``l1``: magnitude (the layer's own weights; the default, and what plans before this knob used);
+* ``l2``: channels by the L2 norm of every weight in their dependency group (Torch-Pruning's
+  ``MagnitudeImportance(p=2)``: the consumers' input weights count too);
+* ``taylor``: first-order Taylor estimate of the loss change, |w * dL/dw| (Molchanov et al.,
+  CVPR 2019), from a few labelled training batches; Torch-Pruning's ``TaylorImportance`` for
+  channels;
+* ``fpgm``: channels nearest the geometric median of their layer's filters are the most
+  replaceable (He et al., CVPR 2019; Torch-Pruning's ``FPGMImportance``); channels only.
+
+Scores are higher for what to keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from autocompress.compress._base import ApplyContext
+from autocompress.errors import SpaceError
+from autocompress.registry import Registry
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One importance criterion.
+
+    Args:
+        torch_pruning: the Torch-Pruning importance that scores a channel group; None scores a
+            channel by the L1 norm of the layer's own weights.
+        unstructured: whether it also ranks single weights.
+        gradients: whether it needs the loss's gradients on the weights (labelled batches).
+    """
+
+    torch_pruning: Callable[[], Any] | None
+    unstructured: bool
+    gradients: bool
+
+
+def _tp(name: str, **kwargs: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        import torch_pruning as tp
+
+        return getattr(tp.importance, name)(**kwargs)
+
+    return make
+
+
+IMPORTANCE: Registry[Criterion] = Registry("importance criterion")
+IMPORTANCE.register("l1")(Criterion(None, unstructured=True, gradients=False))
+IMPORTANCE.register("l2")(Criterion(_tp("MagnitudeImportance", p=2), unstructured=False, gradients=False))
+IMPORTANCE.register("taylor")(Criterion(_tp("TaylorImportance"), unstructured=True, gradients=True))
+IMPORTANCE.register("fpgm")(Criterion(_tp("FPGMImportance", p=2), unstructured=False, gradients=False))
+
+
+def criterion(name: str, layer: str, structured: bool) -> Criterion:
+    """The registered criterion, refused where it cannot rank what the plan removes."""
+    found = IMPORTANCE.get(name)
+    if not structured and not found.unstructured:
+        usable = ", ".join(n for n in IMPORTANCE.names() if IMPORTANCE.get(n).unstructured)
+        raise SpaceError(f"layer '{layer}': importance '{name}' ranks whole channels only; for single weights use {usable}")
+    return found
+
+
+def compute_gradients(ctx: ApplyContext, layer: str) -> None:
+    """Leave the loss's gradients on the model's weights, from the context's labelled batches."""
+    if ctx.calibration is None:
+        raise SpaceError(f"layer '{layer}': importance 'taylor' needs labelled batches to take gradients from; use importance l1 here")
+    model = ctx.model
+    was_training = model.training
+    model.eval()  # BatchNorm statistics stay as trained
+    model.zero_grad(set_to_none=True)
+    x, y = ctx.calibration
+    with torch.enable_grad():
+        nn.functional.cross_entropy(model(x), y).backward()
+    model.train(was_training)
+
+
+def weight_gradient(leaf: nn.Linear | nn.Conv2d, layer: str) -> torch.Tensor:
+    """The gradient of the leaf's stored weight (the original under a parametrization)."""
+    from torch.nn.utils import parametrize
+
+    param: Any = cast(Any, leaf).parametrizations.weight.original if parametrize.is_parametrized(leaf, "weight") else leaf.weight
+    if param.grad is None:
+        raise SpaceError(
+            f"layer '{layer}': importance 'taylor' found no gradient on its weights (frozen, or not on the loss's path); use importance l1 for it"
+        )
+    return param.grad.detach()
+
+
+def channel_scores(ctx: ApplyContext, target: nn.Linear | nn.Conv2d, name: str, layer: str) -> torch.Tensor:
+    """One score per output channel of ``target`` under criterion ``name``."""
+    found = criterion(name, layer, structured=True)
+    if found.torch_pruning is None:
+        return target.weight.detach().abs().flatten(1).sum(dim=1)
+    import torch_pruning as tp
+
+    if found.gradients:
+        compute_gradients(ctx, layer)
+        weight_gradient(target, layer)
+    graph = tp.DependencyGraph().build_dependency(ctx.model, example_inputs=ctx.example, verbose=False)
+    fn = tp.prune_conv_out_channels if isinstance(target, nn.Conv2d) else tp.prune_linear_out_channels
+    group = graph.get_pruning_group(target, fn, idxs=list(range(target.weight.shape[0])))
+    scores = found.torch_pruning()(group)
+    if scores is None:  # Torch-Pruning found nothing to score in the group
+        raise SpaceError(f"layer '{layer}': importance '{name}' cannot score its channels; use importance l1 for it")
+    return scores.detach().to(target.weight.device)
+
+
+def weight_scores(ctx: ApplyContext, leaf: nn.Linear | nn.Conv2d, name: str, layer: str) -> torch.Tensor:
+    """One score per weight of ``leaf`` under criterion ``name`` (unstructured pruning)."""
+    found = criterion(name, layer, structured=False)
+    weight = leaf.weight.detach()
+    if not found.gradients:
+        return weight.abs()
+    if ctx.gradients_ready is not True:
+        compute_gradients(ctx, layer)
+        ctx.gradients_ready = True
+    return (weight * weight_gradient(leaf, layer)).abs()
