@@ -2,7 +2,8 @@
 
 Sections: summary and front table; the front in 2-D projections (accuracy-size,
 accuracy-latency) and in 3-D; hypervolume after each trial (optuna-dashboard has none);
-a per-layer heatmap of the front's plans (sparsity, bits, rank as a fraction of full rank); the
+a per-layer heatmap of the front's plans (sparsity and its criterion, bits and codebooks, rank as a
+fraction of full rank and Tucker-2 ranks); the
 sensitivity heatmap (each group's one-shot drop per knob value) when the search measured it.
 The baseline is marked in every scatter plot.
 """
@@ -158,7 +159,8 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
     group_of = study.user_attrs.get("space", {}).get("_groups", {})  # grouped spaces share parameters
     layers = list(rows[0]["plan"])
     labels = [f"trial {r['trial']}" for r in rows]
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, subplot_titles=["sparsity (c = channels)", "bits (32 = float)", "rank / full rank"])
+    titles = ["sparsity (c = channels; criterion when not l1)", "bits (32 = float; k = k-means codebook)", "rank / full rank (t = Tucker-2 out x in)"]
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, subplot_titles=titles)
     for col, knob in enumerate(("sparsity", "bits", "rank"), start=1):
         z, text = [], []
         for r in rows:
@@ -167,15 +169,17 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
                 lp = r["plan"][layer]
                 if knob == "sparsity":
                     zr.append(lp["sparsity"])
-                    tr.append(f"{lp['sparsity']:.2f}{'c' if lp.get('structured') else ''}")
+                    criterion = f" {lp['importance']}" if lp.get("importance", "l1") != "l1" and lp["sparsity"] else ""
+                    tr.append(f"{lp['sparsity']:.2f}{'c' if lp.get('structured') else ''}{criterion}")
                 elif knob == "bits":
                     zr.append(lp["bits"] if lp["bits"] < 32 else 16)
-                    tr.append(str(lp["bits"]))
+                    tr.append(f"{lp['bits']}{'k' if lp.get('quant_mode') == 'kmeans' else ''}")
                 else:
                     rank = lp.get("rank")
                     # the sampled parameter is the fraction of full rank (absent: not searched)
                     zr.append(params[r["trial"]].get(f"{group_of.get(layer, layer)}.rank", 1.0) if rank is not None else 1.0)
-                    tr.append("full" if rank is None else str(rank))
+                    tucker = lp.get("lowrank_mode") == "tucker"
+                    tr.append("full" if rank is None else f"t{rank}x{lp.get('rank_in')}" if tucker else str(rank))
             z.append(zr)
             text.append(tr)
         fig.add_trace(

@@ -33,13 +33,17 @@ def check_study(study: optuna.Study) -> None:
 
 
 def plan_summary(plan: dict[str, dict[str, Any]]) -> str:
-    """A compact per-layer summary: ``fc1 s0.80/4b/r16``."""
+    """A compact per-layer summary: ``fc1 s0.80/4b/r16``; ``4k`` a 4-bit k-means codebook,
+    ``t8x4`` Tucker-2 ranks (output x input), ``:taylor`` the pruning criterion when not l1."""
     parts = []
     for name, lp in plan.items():
-        bits = "fp32" if lp["bits"] >= 32 else f"{lp['bits']}b"
-        rank = f"/r{lp['rank']}" if lp.get("rank") else ""
+        bits = "fp32" if lp["bits"] >= 32 else f"{lp['bits']}{'k' if lp.get('quant_mode') == 'kmeans' else 'b'}"
+        rank = ""
+        if lp.get("rank"):
+            rank = f"/t{lp['rank']}x{lp.get('rank_in')}" if lp.get("lowrank_mode") == "tucker" else f"/r{lp['rank']}"
         mode = "c" if lp.get("structured") else "s"  # c: channels removed, s: single weights
-        parts.append(f"{name} {mode}{lp['sparsity']:.2f}/{bits}{rank}")
+        criterion = f":{lp['importance']}" if lp.get("importance", "l1") != "l1" and lp["sparsity"] else ""
+        parts.append(f"{name} {mode}{lp['sparsity']:.2f}{criterion}/{bits}{rank}")
     return " ".join(parts)
 
 
@@ -156,7 +160,7 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
         )
     if any(r.get("latency_unstable") for r in rows):
         console.print("~ latency CV stayed above the threshold until the time cap (a busy machine): raise deploy.max_seconds")
-    console.print("plans (layer s=sparsity or c=channel share / bits / r=rank):")
+    console.print("plans (layer s=sparsity or c=channel share[:criterion] / bits (k = k-means codebook) / r=rank or t=Tucker ranks):")
     for r in rows:
         console.print(f"  trial {r['trial']}: {plan_summary(r['plan'])}", highlight=False, soft_wrap=True)
 

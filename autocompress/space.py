@@ -121,9 +121,11 @@ class SearchSpace:
     def plan_from_values(self, values: dict[str, dict[str, Any]]) -> CompressionPlan:
         return CompressionPlan({name: ls.layer_plan(values[name]) for name, ls in self.layers.items()})
 
-    def uniform_params(self, sparsity: float, bits: int, rank: float = 1.0, mode: str = "unstructured") -> dict[str, Any]:
+    def uniform_params(
+        self, sparsity: float, bits: int, rank: float = 1.0, mode: str = "unstructured", quant_mode: str = "uniform"
+    ) -> dict[str, Any]:
         """Optuna params for one setting applied to every layer, snapped to each layer's knobs."""
-        target = {"sparsity": sparsity, "sparsity_mode": mode, "bits": bits, "rank": rank, **WORD_DEFAULTS}
+        target = {"sparsity": sparsity, "sparsity_mode": mode, "bits": bits, "rank": rank, **WORD_DEFAULTS, "quant_mode": quant_mode}
         return {f"{group}.{k}": knob.snap(target[k]) for group, knobs in self.groups.items() for k, knob in knobs.items() if not knob.fixed}
 
     @property
@@ -133,6 +135,10 @@ class SearchSpace:
     @property
     def allows_channel(self) -> bool:
         return any(_allows_channel(knobs["sparsity_mode"]) for knobs in self.groups.values())
+
+    @property
+    def allows_sharing(self) -> bool:
+        return any("kmeans" in knob_values(knobs["quant_mode"]) for knobs in self.groups.values())
 
     @property
     def grouped(self) -> bool:
@@ -187,8 +193,10 @@ class SpaceSpec(SpaceFile):
                 if not knobs["rank"].off:
                     notes.append("rank off: a depthwise or grouped conv")
                 knobs["rank"] = Knob()
-            if "tucker" in knob_values(knobs["lowrank_mode"]) and not tucker_applies(module) and not knobs["rank"].off:
-                notes.append("tucker: convs only, svd here")
+            if "tucker" in knob_values(knobs["lowrank_mode"]) and not tucker_applies(module):
+                if not knobs["rank"].off:
+                    notes.append("tucker: convs only, svd here")
+                knobs["lowrank_mode"] = Knob()
             if "taylor" in knob_values(knobs["importance"]) and not module.weight.requires_grad:
                 raise SpaceError(
                     f"layer '{name}' has importance taylor, but its weights are frozen (requires_grad False), so no gradient ranks them "

@@ -44,6 +44,9 @@ WARM_START = (
     (0.0, 4, 1.0, "unstructured"),
 )
 WARM_START_CHANNEL = ((0.5, 4, 1.0, "channel"), (0.75, 4, 1.0, "channel"))
+# Deep Compression's recipe where the space shares weights: most weights pruned, the rest on a
+# 4- or 5-bit k-means codebook (LeNet-300-100: 8% of the weights kept, Han et al. 2016, Table 1).
+WARM_START_SHARED = ((0.9, 4, 1.0, "unstructured"), (0.8, 5, 1.0, "unstructured"))
 
 
 # Optuna's own guidance: TPE for studies of 100 to 1,000 trials, NSGA-II for 100 to 10,000
@@ -225,10 +228,12 @@ def describe(study: optuna.Study, cfg: StudyConfig, space: SearchSpace) -> None:
     study.set_user_attr("config", {**cfg.to_dict(), "storage": mask_url(cfg.storage)})
     study.set_user_attr("artifact_dir", str(Path(cfg.artifact_dir).resolve()))
     if cfg.search.warm_start:
-        for sparsity, bits, rank, mode in warm_start_plans(space, cfg.search.trials):
-            study.enqueue_trial(space.uniform_params(sparsity, bits, rank, mode), skip_if_exists=True)
+        for sparsity, bits, rank, mode, quant_mode in warm_start_plans(space, cfg.search.trials):
+            study.enqueue_trial(space.uniform_params(sparsity, bits, rank, mode, quant_mode), skip_if_exists=True)
 
 
-def warm_start_plans(space: SearchSpace, trials: int) -> tuple[tuple[float, int, float, str], ...]:
+def warm_start_plans(space: SearchSpace, trials: int) -> tuple[tuple[float, int, float, str, str], ...]:
     """The uniform plans a new study queues first: at most one per trial."""
-    return (WARM_START + (WARM_START_CHANNEL if space.allows_channel else ()))[:trials]
+    plans = [(*p, "uniform") for p in WARM_START + (WARM_START_CHANNEL if space.allows_channel else ())]
+    plans += [(*p, "kmeans") for p in (WARM_START_SHARED if space.allows_sharing else ())]
+    return tuple(plans[:trials])

@@ -212,6 +212,8 @@ MALFORMED = {
     "plan bits a string": lambda h: {**h, "plan": {"fc1": {"bits": "8"}}},
     "plan sparsity 5": lambda h: {**h, "plan": {"fc1": {"sparsity": 5}}},
     "plan unknown key": lambda h: {**h, "plan": {"fc1": {"evil": 1}}},
+    "plan unknown quant_mode": lambda h: {**h, "plan": {"fc1": {"bits": 4, "quant_mode": "pickle"}}},
+    "shared without codebook": lambda h: {**h, "tensors": [{**h["tensors"][0], "kind": "shared", "bits": 4}]},
     "tensors not a list": lambda h: {**h, "tensors": {}},
     "tensor kind unknown": lambda h: {**h, "tensors": [{**h["tensors"][0], "kind": "pickle"}]},
     "tensor negative shape": lambda h: {**h, "tensors": [{**h["tensors"][0], "shape": [-3, 4]}]},

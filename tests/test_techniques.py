@@ -1,0 +1,194 @@
+"""Weight sharing, Tucker-2, pruning criteria and the format-2 artifact: what each promises."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from autocompress import artifact, compress
+from autocompress.compress import SharedWeights, Tucker2
+from autocompress.compress._base import ApplyContext
+from autocompress.compress.importance import IMPORTANCE, channel_scores, weight_scores
+from autocompress.compress.lowrank import tucker2
+from autocompress.errors import SpaceError
+from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.report import plan_summary
+from autocompress.space import parse_space
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24 * 8 * 8, 5)
+    )
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5])
+def test_kmeans_gives_at_most_2_pow_bits_values_zero_kept(bits: int) -> None:
+    model = _mlp()
+    plan = CompressionPlan({"0": LayerPlan(sparsity=0.6, bits=bits, quant_mode="kmeans")})
+    compress.apply(model, plan)
+    weight = model[0].weight.detach()
+    values = torch.unique(weight)
+    assert len(values) <= 2**bits  # 2^bits - 1 shared values and an exact zero
+    assert int((weight == 0).sum()) >= round(0.6 * weight.numel())  # pruned weights stay pruned
+    assert torch.equal(values, values.half().float())  # float16, as the artifact stores them
+
+
+def test_kmeans_centroids_learn_by_their_members_summed_gradients() -> None:
+    weight = torch.tensor([[0.0, 1.0, 1.1, -2.0], [2.1, -1.9, 0.0, 1.05]])
+    share = SharedWeights(weight, bits=2)  # 3 centroids: about -1.95, 1.05, 2.1
+    out = share(weight)
+    upstream = torch.arange(8.0).reshape(2, 4)
+    (out * upstream).sum().backward()
+    assert share.centroids.grad is not None
+    for k in range(3):
+        members = share.assign == k + 1
+        assert share.centroids.grad[k].item() == pytest.approx(upstream[members].sum().item())
+
+
+def test_tucker2_reconstructs_a_conv_better_as_ranks_rise() -> None:
+    conv = _cnn()[2]
+    x = torch.randn(2, 16, 8, 8)
+    ref = conv(x)
+    errors = [(tucker2(conv, r, r_in)(x) - ref).norm().item() for r, r_in in ((4, 4), (12, 8), (24, 16))]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 1e-3 * ref.norm().item()  # full ranks: the same conv
+    layer = tucker2(conv, 12, 8)
+    assert isinstance(layer, Tucker2) and [m.kernel_size for m in layer.children()] == [(1, 1), (3, 3), (1, 1)]
+
+
+def test_tucker2_refuses_ranks_out_of_range_and_linears() -> None:
+    model = _cnn()
+    with pytest.raises(SpaceError, match="layer '2': Tucker input rank 17 is outside 1..16"):
+        tucker2(model[2], 4, 17, "2")
+    with pytest.raises(SpaceError, match="lowrank_mode svd"):
+        tucker2(model[5], 4, 4, "5")
+
+
+def test_every_importance_criterion_ranks_channels_and_gradients_come_from_labels() -> None:
+    model = _cnn().eval()
+    x = torch.randn(8, 3, 8, 8)
+    ctx = ApplyContext(model=model, example=x[:2], calibration=(x, torch.randint(0, 5, (8,))))
+    for name in IMPORTANCE.names():
+        scores = channel_scores(ctx, model[0], name, "0")
+        assert scores.shape == (16,) and torch.isfinite(scores).all(), name
+        if IMPORTANCE.get(name).unstructured:
+            assert weight_scores(ctx, model[2], name, "2").shape == model[2].weight.shape
+    ctx.calibration = None
+    with pytest.raises(SpaceError, match="'taylor' needs labelled batches"):
+        channel_scores(ctx, model[0], "taylor", "0")
+
+
+def test_criteria_choose_different_channels_and_fpgm_refuses_single_weights() -> None:
+    x = torch.randn(8, 3, 8, 8)
+    removed = {}
+    for name in ("l1", "fpgm", "taylor"):
+        model = _cnn()
+        plan = CompressionPlan({"0": LayerPlan(sparsity=0.5, structured=True, importance=name)})
+        compress.apply(model, plan, example=x[:2], calibration=(x, torch.arange(8) % 5))
+        removed[name] = compress.structure(model)["channels_removed"]["0"]
+        assert len(removed[name]) == 8
+    assert len({tuple(v) for v in removed.values()}) > 1
+    with pytest.raises(SpaceError, match="'fpgm' ranks whole channels only"):
+        compress.apply(_cnn(), CompressionPlan({"0": LayerPlan(sparsity=0.5, importance="fpgm")}), example=x[:2])
+
+
+def test_a_frozen_layer_cannot_take_taylor_importance() -> None:
+    model = _mlp()
+    model[2].weight.requires_grad_(False)
+    spec = parse_space({"knobs": {"sparsity": 0.5, "importance": ["l1", "taylor"]}}, "space.yaml")
+    with pytest.raises(SpaceError, match="layer '2' has importance taylor, but its weights are frozen"):
+        spec.resolve(model)
+
+
+def test_unknown_modes_in_a_plan_fail_before_compressing() -> None:
+    with pytest.raises(SpaceError, match=r"layer '0': quant_mode 'kmean' is unknown \(did you mean 'kmeans'\?\)"):
+        compress.apply(_mlp(), CompressionPlan({"0": LayerPlan(bits=4, quant_mode="kmean")}))
+
+
+def test_space_maps_word_knobs_onto_each_layer() -> None:
+    spec = parse_space(
+        {"knobs": {"sparsity": 0.5, "bits": 4, "rank": 0.5, "quant_mode": "kmeans", "lowrank_mode": "tucker", "importance": "fpgm"}}, "s.yaml"
+    )
+    space = spec.resolve(_cnn(), torch.randn(2, 3, 8, 8))
+    plan = space.plan_from_params({})
+    conv, linear = plan.layers["2"], plan.layers["5"]
+    assert (conv.lowrank_mode, conv.rank, conv.rank_in, conv.quant_mode) == ("tucker", 12, 8, "kmeans")
+    assert (linear.lowrank_mode == "svd" and "lowrank_mode" not in space.groups["5"]) or space.groups["5"]["lowrank_mode"].off
+    assert conv.importance == "l1"  # unstructured: fpgm ranks only channels
+    assert "t12x8" in plan_summary(plan.to_dict()) and "/4k" in plan_summary(plan.to_dict())
+    # Spaces that do not name the new knobs store exactly what they stored before them.
+    old = parse_space({"knobs": {"bits": [4, 8]}}, "s.yaml").resolve(_mlp())
+    assert all(set(v) == {"sparsity", "sparsity_mode", "bits", "rank"} for v in old.to_dict().values())
+    assert "quant_mode" not in CompressionPlan({"a": LayerPlan(bits=4)}).to_dict()["a"]
+
+
+@pytest.mark.parametrize(
+    "knobs, needle",
+    [
+        ({"quant_mode": "kmeens"}, "'knobs.quant_mode' has 'kmeens' (did you mean 'kmeans'?)"),
+        ({"lowrank_mode": ["svd", "cp"]}, "'knobs.lowrank_mode' has 'cp'"),
+        ({"importance": "hessian"}, "'knobs.importance' has 'hessian'"),
+        ({"quant_mode": "kmeans", "bits": 32}, "quant_mode kmeans with bits 32 only"),
+        ({"quant_mode": {"low": 0, "high": 1}}, "use one of uniform, kmeans or a list of them"),
+    ],
+)
+def test_bad_word_knobs_name_the_key_and_the_fix(knobs: dict, needle: str) -> None:
+    with pytest.raises(SpaceError, match=re.escape(needle)):
+        parse_space({"knobs": knobs}, "space.yaml")
+
+
+def test_format_1_artifacts_still_load(tmp_path: Path) -> None:
+    """A format-1 file (bit-packed streams, zlib) made from a format-2 one reloads the same."""
+    model = _mlp()
+    plan = CompressionPlan({"0": LayerPlan(sparsity=0.9, bits=4), "2": LayerPlan(bits=3), "4": LayerPlan(sparsity=0.5)})
+    compress.apply(model, plan)
+    data = artifact.pack(model, plan, {"model": "x", "input_shape": [20]}).data
+    header, payload = artifact.read_header(data)
+    old = artifact._Payload()
+    for t in header["tensors"]:
+        for key in ("values", "index", "scale"):
+            if key not in t:
+                continue
+            chunk = payload[t[key][0] : sum(t[key])]
+            width = {"values": t.get("bits"), "index": int(t["enc"].rsplit("-", 1)[1]) if "relative" in t.get("enc", "") else None}.get(key)
+            if t["kind"] == "codes" and width and key != "scale":
+                chunk = artifact.pack_uint(np.frombuffer(chunk, np.uint8).astype(np.int64), width)
+            t[key] = old.add(chunk)
+    header["format"] = 1
+    header["channels_removed"] = {}
+    head = json.dumps(header).encode()
+    v1 = artifact.MAGIC_V1 + zlib.compress(struct.pack("<I", len(head)) + head + old.buf.getvalue())
+    x = torch.randn(4, 20)
+    assert torch.equal(artifact.loads(v1, build=_mlp)(x), artifact.loads(data, build=_mlp)(x))
+    assert len(v1) > len(data)  # the byte-aligned symbols entropy-code smaller
+
+
+def test_the_smaller_codec_is_kept_and_both_read() -> None:
+    model = _mlp()
+    plan = CompressionPlan({n: LayerPlan(sparsity=0.9, bits=4, quant_mode="kmeans") for n in ("0", "2", "4")})
+    compress.apply(model, plan)
+    packed = artifact.pack(model, plan, {"model": "x", "input_shape": [20]}).data
+    header, payload = artifact.read_header(packed)
+    head = json.dumps({**header, "channels_removed": {}}, separators=(",", ":")).encode()
+    body = struct.pack("<I", len(head)) + head + payload
+    sealed = {codec: artifact.seal(body, codec) for codec in artifact.CODECS}
+    assert len(packed) <= min(len(v) for v in sealed.values())
+    x = torch.randn(3, 20)
+    for codec, data in sealed.items():
+        assert artifact.codec_of(data) == codec
+        assert torch.equal(artifact.loads(data, build=_mlp)(x), model(x))
