@@ -20,7 +20,8 @@ listed) and a table of tensors. Each tensor is stored as:
 * ``shared``: codebook indices of a weight-shared (k-means) weight in the same encodings, plus
   the float16 codebook (index i > 0 is ``codebook[i - 1]``; 0 is zero);
 * ``sparse``: an unquantized weight's float32 nonzeros in the cheapest encoding;
-* ``raw``: any other tensor (biases, norms, buffers) as little-endian bytes of its dtype.
+* ``raw``: any other tensor (biases, norms, buffers) as little-endian bytes of its dtype; a
+  quantized layer's bias is float16, the precision its model was evaluated at.
 
 Code and relative-index streams hold one symbol per byte (two, little-endian, past 8 bits):
 byte-aligned symbols are what an entropy coder models well; bit-packed ones (format 1) hide
@@ -46,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from autocompress import compress
 from autocompress.errors import ArtifactError
@@ -203,11 +205,15 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
     for layer in compress.compressible_layers(model).values():
         wc = weight_codes(layer)
         codes[id(layer)] = wc
+    half_bias = {id(m) for m in model.modules() if parametrize.is_parametrized(m, "bias")}  # quantized layers' biases
     compress.bake(model)
     owner = {}
+    half = set()
     for name, module in model.named_modules():
         if isinstance(module, compress.COMPRESSIBLE_TYPES):
             owner[f"{name}.weight" if name else "weight"] = module
+            if id(module) in half_bias:
+                half.add(f"{name}.bias" if name else "bias")
     layer_of = _layer_names(model, plan)
     payload = _Payload()
     tensors: list[dict[str, Any]] = []
@@ -222,6 +228,8 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
             else:
                 entry = _pack_weight(tensor, FULL_PRECISION_BITS, None, payload)
         else:
+            if key in half:
+                tensor = tensor.half()  # exactly what the evaluated model used (compress.quantize.HalfBias)
             dtype = str(tensor.dtype).removeprefix("torch.")
             if dtype not in _DTYPES:
                 raise ArtifactError(f"tensor '{key}' has dtype {dtype}, which the artifact format does not store")

@@ -220,7 +220,7 @@ def ladder(space: SearchSpace, rows: Iterable[Row], baseline_bytes: int, targets
         picked = {g: options[g][i] for g, i in zip(groups, choice, strict=True)}
         params: dict[str, Any] = {}
         for g, (b, s, _, _) in picked.items():
-            target_values = {"bits": b, "sparsity": s, "sparsity_mode": "unstructured", "rank": 1.0}
+            target_values = {**IDENTITY, "bits": b, "sparsity": s}
             for k, knob in space.groups[g].items():
                 if not knob.fixed:
                     params[f"{g}.{k}"] = knob.snap(target_values[k])

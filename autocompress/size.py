@@ -10,8 +10,8 @@ Per weight tensor the cheapest of three encodings is chosen:
 
 Quantized tensors store integer codes plus one float16 scale per output channel (uniform) or
 codebook indices plus the float16 codebook (weight sharing); unquantized
-ones store float32 values. Biases, normalisation parameters and buffers count at their dtype's
-width. ``artifact.pack`` writes exactly these encodings; the size objective is the byte length
+ones store float32 values. A quantized layer's bias is stored in float16 (the evaluated model
+rounds it too); other biases, normalisation parameters and buffers count at their dtype's width. ``artifact.pack`` writes exactly these encodings; the size objective is the byte length
 of its output.
 """
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks all            # everything, full size (about 80 minutes on 2 cores; fidelity alone 55)
     python -m benchmarks all --quick    # a smoke run of each (a few minutes)
-    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, driver, driver_pg, storage, fidelity
+    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, driver, driver_pg, storage, fidelity, techniques
 
 Each run writes benchmarks/results/NAME.json (NAME-quick.json for smoke runs); RESULTS.md is
 rebuilt from the full runs' JSON, with the machine and the date of each run. Benchmarks are not tests: nothing here asserts a time.
@@ -21,7 +21,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-NAMES = ("quality", "overhead", "scaling", "latency", "deploy", "driver", "driver_pg", "storage", "fidelity")
+NAMES = ("quality", "overhead", "scaling", "latency", "deploy", "driver", "driver_pg", "storage", "fidelity", "techniques")
 # driver_pg: the driver benchmark on the PostgreSQL database this environment variable names
 # (an empty one: the benchmark grows its study there); skipped when it is unset.
 POSTGRES_ENV = "AUTOCOMPRESS_BENCH_POSTGRES"
@@ -41,7 +41,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
-    from benchmarks import deploy, driver_scale, fidelity, latency_fidelity, overhead, quality, scaling, storage_paths
+    from benchmarks import deploy, driver_scale, fidelity, latency_fidelity, overhead, quality, scaling, storage_paths, techniques
 
     module = {
         "quality": quality,
@@ -53,6 +53,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         "driver_pg": driver_scale,
         "storage": storage_paths,
         "fidelity": fidelity,
+        "techniques": techniques,
     }[name]
     print(f"== {name}{' (quick)' if quick else ''}", flush=True)
     argv = ["--quick"] if quick else []

@@ -25,6 +25,7 @@ TECHNIQUE_PLANS = {
     "channel": lambda layers: {n: LayerPlan(sparsity=0.5, structured=True) for n in layers[:-1]},
     "prune": lambda layers: {n: LayerPlan(sparsity=0.8) for n in layers},
     "quantize": lambda layers: {n: LayerPlan(bits=b) for n, b in zip(layers, [2, 3, 5, 8], strict=False)},
+    "tucker": lambda layers: {n: LayerPlan(rank=4, rank_in=1, lowrank_mode="tucker", bits=6) for n in layers if n.startswith("conv")},
     "kmeans": lambda layers: {
         n: LayerPlan(sparsity=s, bits=b, quant_mode="kmeans") for n, s, b in zip(layers, [0.0, 0.6, 0.9], [3, 4, 2], strict=False)
     },

@@ -37,6 +37,10 @@ RESNET_PLANS = {
     "channel": {"stem": LayerPlan(sparsity=0.5, structured=True)},
     "prune": {n: LayerPlan(sparsity=0.8) for n in ("stem", "a", "dw", "b", "head")},
     "quantize": {n: LayerPlan(bits=b) for n, b in zip(("stem", "a", "dw", "b", "head"), (2, 3, 4, 5, 8), strict=False)},
+    "kmeans": {
+        n: LayerPlan(sparsity=0.5, bits=b, quant_mode="kmeans") for n, b in zip(("stem", "a", "dw", "b", "head"), (2, 3, 4, 5, 8), strict=False)
+    },
+    "tucker": {"a": LayerPlan(rank=6, rank_in=4, lowrank_mode="tucker", bits=8), "b": LayerPlan(rank=4, rank_in=8, lowrank_mode="tucker")},
     "all": {
         "stem": LayerPlan(sparsity=0.25, structured=True, bits=6),
         "a": LayerPlan(sparsity=0.5, bits=4, rank=6),

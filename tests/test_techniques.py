@@ -192,3 +192,28 @@ def test_the_smaller_codec_is_kept_and_both_read() -> None:
     for codec, data in sealed.items():
         assert artifact.codec_of(data) == codec
         assert torch.equal(artifact.loads(data, build=_mlp)(x), model(x))
+
+
+def test_int8_targets_run_only_uniform_codes_as_integers() -> None:
+    """A codebook's values are not on an integer grid: its layer stays float on an int8 target."""
+    from autocompress.deploy.runtimes import runtime
+
+    model = _mlp()
+    plan = CompressionPlan({"0": LayerPlan(bits=4), "2": LayerPlan(bits=4, quant_mode="kmeans"), "4": LayerPlan(bits=8)})
+    compress.apply(model, plan)
+    deployed = runtime("torch").deploy(compress.bake(model), plan, torch.randn(4, 20), "int8", "cpu")
+    assert deployed.backend == "torch int8-dynamic[0,4]+fp32 cpu"
+
+
+def test_quantized_layers_ship_float16_biases_as_evaluated() -> None:
+    model = _mlp()
+    plan = CompressionPlan({"0": LayerPlan(bits=4, quant_mode="kmeans"), "2": LayerPlan(bits=6)})
+    compress.apply(model, plan)
+    model.eval()
+    x = torch.randn(5, 20)
+    expected = model(x)
+    data = artifact.pack(model, plan, {"model": "x", "input_shape": [20]}).data
+    header, _ = artifact.read_header(data)
+    dtypes = {t["name"]: t.get("dtype") for t in header["tensors"] if t["name"].endswith("bias")}
+    assert dtypes == {"0.bias": "float16", "2.bias": "float16", "4.bias": "float32"}  # layer 4 is not quantized
+    assert torch.equal(artifact.loads(data, build=_mlp)(x), expected)

@@ -7,6 +7,8 @@ factors and quantization sees the folded, masked weights.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -131,6 +133,7 @@ def bake(model: nn.Module) -> nn.Module:
     removing the parametrization from the copy would strip the original's weight property.
     """
     # Collect first: removing a parametrization changes the module tree being walked.
-    for module in [m for m in model.modules() if parametrize.is_parametrized(m, "weight")]:
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    for module in [m for m in model.modules() if parametrize.is_parametrized(m)]:
+        for tensor in list(cast(Any, module).parametrizations):
+            parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
     return model.eval()

@@ -45,6 +45,23 @@ class FakeQuant(nn.Module):
         return weight + (quantized - weight).detach()
 
 
+class HalfBias(nn.Module):
+    """Parametrization ``b -> float16(b)``: a quantized layer's bias ships in float16 (half the
+    bytes of float32, next to codes of a few bits it is a large share of a small file), so the
+    evaluated model rounds it too; gradients pass straight through."""
+
+    def forward(self, bias: torch.Tensor) -> torch.Tensor:
+        rounded = bias.detach().half().float()
+        return rounded if not self.training else bias + (rounded - bias.detach())
+
+
+def round_biases(layer: nn.Module) -> None:
+    """Attach ``HalfBias`` to every bias of a quantized layer's leaves."""
+    for leaf in leaf_layers(layer):
+        if leaf.bias is not None and not parametrize.is_parametrized(leaf, "bias"):
+            parametrize.register_parametrization(leaf, "bias", HalfBias())
+
+
 @TECHNIQUES.register("quantize")
 class Quantize(Technique):
     order = 30
@@ -55,4 +72,5 @@ class Quantize(Technique):
     def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
         for leaf in leaf_layers(layer):
             parametrize.register_parametrization(leaf, "weight", FakeQuant(plan.bits))
+        round_biases(layer)
         return layer

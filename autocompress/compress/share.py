@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique, leaf_layers
+from autocompress.compress.quantize import round_biases
 from autocompress.plan import FULL_PRECISION_BITS, LayerPlan
 
 
@@ -78,4 +79,5 @@ class WeightSharing(Technique):
     def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
         for leaf in leaf_layers(layer):
             parametrize.register_parametrization(leaf, "weight", SharedWeights(leaf.weight, plan.bits))
+        round_biases(layer)
         return layer
