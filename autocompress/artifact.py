@@ -4,10 +4,9 @@ Layout (format 2)::
 
     b"ACZ2" | codec byte | codec( u32 header length | header JSON | payload )
 
-The codec is zlib (0) or LZMA2 (1), whichever makes this file smaller: both are in Python's
-standard library, and LZMA's adaptive range coder is the entropy coder for the code and index
-streams (``benchmarks/coding.py`` measures them against zstd, an order-0 ANS coder and the
-Huffman bound on real artifacts). Format 1 (``b"ACZ1" | zlib(...)``, bit-packed streams) is
+The codec is zlib (0) or LZMA2 (1): both are in Python's standard library, and LZMA's adaptive
+range coder is the entropy coder for the code and index streams (``benchmarks/techniques.py``
+measures them against zstd and an order-0 ANS coder on real artifacts). Format 1 (``b"ACZ1" | zlib(...)``, bit-packed streams) is
 still read.
 
 The header holds the task spec (model name, classes, input shape), the plan, the structure
@@ -23,9 +22,11 @@ listed) and a table of tensors. Each tensor is stored as:
 * ``raw``: any other tensor (biases, norms, buffers) as little-endian bytes of its dtype; a
   quantized layer's bias is float16, the precision its model was evaluated at.
 
-Code and relative-index streams hold one symbol per byte (two, little-endian, past 8 bits):
-byte-aligned symbols are what an entropy coder models well; bit-packed ones (format 1) hide
-their statistics from it.
+Code and relative-index streams are laid out as the header's ``packing`` says: ``bytes``, one
+symbol per byte (two, little-endian, past 8 bits), which an entropy coder models well, or
+``bits``, packed at their width as in format 1, which starts smaller. ``pack`` writes both
+layouts under both codecs and keeps the smallest file (``benchmarks/techniques.py`` measures
+what each choice wins).
 
 Loading never unpickles anything: the header is JSON, tensors are rebuilt from raw bytes, and
 every offset and length is checked against the payload.
@@ -60,7 +61,8 @@ FORMAT_VERSION = 2
 READ_FORMATS = (1, 2)
 CODECS = ("zlib", "lzma")  # the codec byte is the index
 # Raw LZMA2 without literal context bits: the streams are symbols, not text.
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 0, "lp": 0, "pb": 0}]
+# A 16 MiB dictionary: what the decoder allocates, whatever the file's size.
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 16 << 20, "lc": 0, "lp": 0, "pb": 0}]
 MAX_UNPACKED_BYTES = 4 << 30  # refuse decompression bombs
 MAX_HEADER_BYTES = 64 << 20  # a ResNet-152's header is under 1 MB
 MAX_HEADER_DEPTH = 8  # the deepest real header nests 5 levels
@@ -120,7 +122,14 @@ def unpack_symbols(data: bytes, bits: int, count: int) -> np.ndarray:
     return values
 
 
-def _encode_positions(flat_nonzero: np.ndarray, encoding: str) -> tuple[bytes, np.ndarray]:
+PACKINGS = ("bytes", "bits")  # a symbol per byte (format 2's default), or bit-packed at its width
+
+
+def _packer(packing: str):
+    return pack_symbols if packing == "bytes" else pack_uint
+
+
+def _encode_positions(flat_nonzero: np.ndarray, encoding: str, packing: str = "bytes") -> tuple[bytes, np.ndarray]:
     """Sparse index bytes and the positions of the entries to store (fillers included)."""
     positions = np.flatnonzero(flat_nonzero)
     if encoding == "bitmask":
@@ -133,7 +142,7 @@ def _encode_positions(flat_nonzero: np.ndarray, encoding: str) -> tuple[bytes, n
     skips = np.full(int(group_end[-1]) + 1 if group_end.size else 0, cap, dtype=np.int64)
     skips[group_end] = gaps - fillers * (cap + 1)
     entries = np.cumsum(skips + 1) - 1
-    return pack_symbols(skips, index_bits), entries
+    return _packer(packing)(skips, index_bits), entries
 
 
 def _decode_positions(index: bytes, encoding: str, numel: int, entries: int, symbols: bool = True) -> np.ndarray:
@@ -162,7 +171,7 @@ class _Payload:
 
 
 def _pack_weight(
-    values: torch.Tensor, bits: int, scale: torch.Tensor | None, payload: _Payload, codebook: torch.Tensor | None = None
+    values: torch.Tensor, bits: int, scale: torch.Tensor | None, payload: _Payload, codebook: torch.Tensor | None = None, packing: str = "bytes"
 ) -> dict[str, Any]:
     flat = values.detach().reshape(-1).cpu()
     _, encoding = encoded_bits(flat, bits)
@@ -172,18 +181,18 @@ def _pack_weight(
         stored = flat.numpy() if encoding == "dense" else np.zeros(0)
         positions = None
     else:
-        index, positions = _encode_positions(nonzero, encoding)
+        index, positions = _encode_positions(nonzero, encoding, packing)
         entry["index"] = payload.add(index)
         entry["n"] = int(positions.size)
         stored = flat.numpy()[positions]
     if codebook is not None:
         entry["kind"] = "shared"
-        entry["values"] = payload.add(pack_symbols(stored.astype(np.int64), bits))
+        entry["values"] = payload.add(_packer(packing)(stored.astype(np.int64), bits))
         entry["codebook"] = payload.add(codebook.detach().cpu().numpy().astype("<f2").tobytes())
     elif scale is not None:
         qmax = 2 ** (bits - 1) - 1
         entry["kind"] = "codes"
-        entry["values"] = payload.add(pack_symbols(stored.astype(np.int64) + qmax, bits))
+        entry["values"] = payload.add(_packer(packing)(stored.astype(np.int64) + qmax, bits))
         entry["scale"] = payload.add(scale.numpy().astype("<f2").tobytes())
     else:
         entry["kind"] = "sparse" if positions is not None else "float"
@@ -215,42 +224,49 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
             if id(module) in half_bias:
                 half.add(f"{name}.bias" if name else "bias")
     layer_of = _layer_names(model, plan)
-    payload = _Payload()
-    tensors: list[dict[str, Any]] = []
-    per_layer: dict[str, int] = {}
-    for key, tensor in model.state_dict().items():
-        start = payload.buf.tell()
-        module = owner.get(key)
-        if module is not None:
-            found = codes.get(id(module))
-            if found is not None and found.bits < FULL_PRECISION_BITS:
-                entry = _pack_weight(found.values, found.bits, found.scale, payload, found.codebook)
+    state = model.state_dict()
+    candidates = []
+    # Which layout entropy-codes smaller depends on the tensors (bytes expose the symbols to the
+    # coder's statistics; bits start smaller): every layout under every codec, the smallest kept.
+    for packing in PACKINGS:
+        payload = _Payload()
+        tensors: list[dict[str, Any]] = []
+        per_layer: dict[str, int] = {}
+        for key, tensor in state.items():
+            start = payload.buf.tell()
+            module = owner.get(key)
+            if module is not None:
+                found = codes.get(id(module))
+                if found is not None and found.bits < FULL_PRECISION_BITS:
+                    entry = _pack_weight(found.values, found.bits, found.scale, payload, found.codebook, packing)
+                else:
+                    entry = _pack_weight(tensor, FULL_PRECISION_BITS, None, payload, packing=packing)
             else:
-                entry = _pack_weight(tensor, FULL_PRECISION_BITS, None, payload)
-        else:
-            if key in half:
-                tensor = tensor.half()  # exactly what the evaluated model used (compress.quantize.HalfBias)
-            dtype = str(tensor.dtype).removeprefix("torch.")
-            if dtype not in _DTYPES:
-                raise ArtifactError(f"tensor '{key}' has dtype {dtype}, which the artifact format does not store")
-            entry = {"kind": "raw", "dtype": dtype, "values": payload.add(_raw_bytes(tensor))}
-        entry["name"] = key
-        entry["shape"] = list(tensor.shape)
-        tensors.append(entry)
-        layer = layer_of(key)
-        if layer is not None:
-            per_layer[layer] = per_layer.get(layer, 0) + payload.buf.tell() - start
-    header = {
-        "format": FORMAT_VERSION,
-        "task": task,
-        "plan": plan.to_dict(),
-        "channels_removed": {k: index_mask(v) for k, v in (structure or {}).get("channels_removed", {}).items()},
-        "bn_folded": (structure or {}).get("bn_folded", {}),
-        "tensors": tensors,
-    }
-    head = json.dumps(header, separators=(",", ":")).encode()
-    body = struct.pack("<I", len(head)) + head + payload.buf.getvalue()
-    return Packed(min((seal(body, codec) for codec in CODECS), key=len), per_layer)
+                if key in half:
+                    tensor = tensor.half()  # exactly what the evaluated model used (compress.quantize.HalfBias)
+                dtype = str(tensor.dtype).removeprefix("torch.")
+                if dtype not in _DTYPES:
+                    raise ArtifactError(f"tensor '{key}' has dtype {dtype}, which the artifact format does not store")
+                entry = {"kind": "raw", "dtype": dtype, "values": payload.add(_raw_bytes(tensor))}
+            entry["name"] = key
+            entry["shape"] = list(tensor.shape)
+            tensors.append(entry)
+            layer = layer_of(key)
+            if layer is not None:
+                per_layer[layer] = per_layer.get(layer, 0) + payload.buf.tell() - start
+        header = {
+            "format": FORMAT_VERSION,
+            "packing": packing,
+            "task": task,
+            "plan": plan.to_dict(),
+            "channels_removed": {k: index_mask(v) for k, v in (structure or {}).get("channels_removed", {}).items()},
+            "bn_folded": (structure or {}).get("bn_folded", {}),
+            "tensors": tensors,
+        }
+        head = json.dumps(header, separators=(",", ":")).encode()
+        body = struct.pack("<I", len(head)) + head + payload.buf.getvalue()
+        candidates += [Packed(seal(body, codec), per_layer) for codec in CODECS]
+    return min(candidates, key=lambda p: len(p.data))
 
 
 def seal(body: bytes, codec: str = "zlib") -> bytes:
@@ -413,6 +429,8 @@ def check_header(header: Any, source: str = "artifact") -> None:
         raise ArtifactError(f"{source} has format {header.get('format')!r}; this version reads formats {', '.join(map(str, READ_FORMATS))}")
     if _json_depth(header) > MAX_HEADER_DEPTH:
         raise bad("nested too deeply")
+    if header.get("packing", "bytes") not in PACKINGS:
+        raise bad("packing")
     task = header.get("task")
     if not isinstance(task, dict) or not isinstance(task.get("model", ""), str):
         raise bad("task")
@@ -508,7 +526,7 @@ def _segment(payload: bytes, span: Any, name: str) -> bytes:
 
 
 def decode_tensors(header: dict[str, Any], payload: bytes) -> Iterator[tuple[str, torch.Tensor]]:
-    symbols = header["format"] >= 2  # format 1 bit-packed its streams
+    symbols = header.get("packing", "bytes" if header["format"] >= 2 else "bits") == "bytes"  # format 1 bit-packed its streams
     unpack = unpack_symbols if symbols else unpack_uint
     for entry in header["tensors"]:
         name, shape = entry["name"], tuple(entry["shape"])
@@ -534,7 +552,7 @@ def decode_tensors(header: dict[str, Any], payload: bytes) -> Iterator[tuple[str
         elif entry["kind"] == "shared":
             book = np.frombuffer(_segment(payload, entry["codebook"], name), dtype="<f2").astype(np.float32)
             table = torch.from_numpy(np.concatenate([np.zeros(1, np.float32), book]))
-            codes = torch.from_numpy(unpack_symbols(values, bits, count))
+            codes = torch.from_numpy(unpack(values, bits, count))
             if codes.numel() and int(codes.max()) >= table.numel():
                 raise ArtifactError(f"artifact is corrupt: tensor '{name}' has a code past its {book.size}-entry codebook")
             stored = table[codes]

@@ -173,7 +173,7 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
                     tr.append(f"{lp['sparsity']:.2f}{'c' if lp.get('structured') else ''}{criterion}")
                 elif knob == "bits":
                     zr.append(lp["bits"] if lp["bits"] < 32 else 16)
-                    tr.append(f"{lp['bits']}{'k' if lp.get('quant_mode') == 'kmeans' else ''}")
+                    tr.append("tern" if lp.get("quant_mode") == "ternary" else f"{lp['bits']}{'k' if lp.get('quant_mode') == 'kmeans' else ''}")
                 else:
                     rank = lp.get("rank")
                     # the sampled parameter is the fraction of full rank (absent: not searched)

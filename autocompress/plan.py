@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FULL_PRECISION_BITS = 32  # "not quantized": weights stay float32
-QUANT_MODES = ("uniform", "kmeans")  # integer codes times a scale; a per-layer codebook
+QUANT_MODES = ("uniform", "kmeans", "ternary")  # integer codes x a scale; a per-layer codebook; two learned values and zero
 LOWRANK_MODES = ("svd", "tucker")  # two factors; Tucker-2 of a conv (1x1, kxk, 1x1)
+TERNARY_BITS = 2  # a ternary weight's code width (three symbols: zero, negative, positive)
 INT8_KERNEL_BITS = 8  # uniform codes this narrow run integer kernels on int8 deploy targets
 
 
@@ -27,8 +28,9 @@ class LayerPlan:
         bits: weight bit-width; 32 means not quantized.
         rank: rank of the low-rank factorization; None means not factorized. For Tucker-2 it
             is the output-side rank; ``rank_in`` is the input side's.
-        quant_mode: ``uniform`` (integer codes times a per-channel scale) or ``kmeans`` (codes
-            index a per-layer codebook of 2^bits - 1 shared values plus an exact zero).
+        quant_mode: ``uniform`` (integer codes times a per-channel scale), ``kmeans`` (codes
+            index a per-layer codebook of 2^bits - 1 shared values plus an exact zero) or
+            ``ternary`` (a learned negative and positive value plus zero, at ``bits`` 2).
         lowrank_mode: ``svd`` (two factors) or ``tucker`` (Tucker-2 of a conv: 1x1, kxk, 1x1).
         importance: what ranks the weights or channels that pruning removes (``l1``, ``l2``,
             ``taylor``, ``fpgm``; see ``compress.importance``).

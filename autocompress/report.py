@@ -34,10 +34,16 @@ def check_study(study: optuna.Study) -> None:
 
 def plan_summary(plan: dict[str, dict[str, Any]]) -> str:
     """A compact per-layer summary: ``fc1 s0.80/4b/r16``; ``4k`` a 4-bit k-means codebook,
-    ``t8x4`` Tucker-2 ranks (output x input), ``:taylor`` the pruning criterion when not l1."""
+    ``tern`` ternary, ``t8x4`` Tucker-2 ranks (output x input), ``:taylor`` the pruning criterion when not l1."""
     parts = []
     for name, lp in plan.items():
-        bits = "fp32" if lp["bits"] >= 32 else f"{lp['bits']}{'k' if lp.get('quant_mode') == 'kmeans' else 'b'}"
+        bits = (
+            "fp32"
+            if lp["bits"] >= 32
+            else "tern"
+            if lp.get("quant_mode") == "ternary"
+            else f"{lp['bits']}{'k' if lp.get('quant_mode') == 'kmeans' else 'b'}"
+        )
         rank = ""
         if lp.get("rank"):
             rank = f"/t{lp['rank']}x{lp.get('rank_in')}" if lp.get("lowrank_mode") == "tucker" else f"/r{lp['rank']}"

@@ -37,7 +37,7 @@ from autocompress.compress import compressible_layers, full_rank
 from autocompress.compress.channel import channel_prunable, output_layers
 from autocompress.compress.lowrank import tucker_applies, tucker_limits
 from autocompress.errors import SpaceError, did_you_mean
-from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
+from autocompress.plan import FULL_PRECISION_BITS, TERNARY_BITS, CompressionPlan, LayerPlan
 from autocompress.space_file import DEFAULT_KNOBS, GROUP_BY, KNOBS, OPTIONAL_KNOBS, SELECTORS, Knob, SpaceFile, knob_values
 from autocompress.space_file import allows_channel as _allows_channel
 
@@ -77,6 +77,8 @@ class LayerSpace:
             rank = max(1, min(self.tucker_limits[0], round(fraction * out_ch)))
             rank_in = max(1, min(self.tucker_limits[1], round(fraction * in_ch)))
         bits = int(v.get("bits") or FULL_PRECISION_BITS)
+        if v.get("quant_mode") == "ternary":
+            bits = TERNARY_BITS  # its own width, whatever the bits knob drew
         return LayerPlan(
             sparsity=round(float(v.get("sparsity") or 0.0), 6),  # 0.15, not 0.15000000000000002
             structured=structured,

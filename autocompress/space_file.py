@@ -10,7 +10,7 @@ A space file says which layers to compress (globs on module names) and the knobs
       sparsity_mode: unstructured         # or channel (removes output channels), or a list of both
       bits: [2, 3, 4, 5, 6, 8, 32]        # 32 = not quantized
       rank: {low: 0.1, high: 1.0, step: 0.1}   # fraction of full rank; 1.0 = not factorized
-      quant_mode: [uniform, kmeans]       # integer grid, or a k-means codebook (weight sharing)
+      quant_mode: [uniform, kmeans]       # integer grid, a k-means codebook (weight sharing), or ternary
       lowrank_mode: [svd, tucker]         # two factors, or Tucker-2 of a conv (1x1, kxk, 1x1)
       importance: [l1, taylor]            # what ranks pruned weights/channels (l2, fpgm: channels)
     overrides:                    # later entries win; each names layers by glob

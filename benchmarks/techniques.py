@@ -8,10 +8,11 @@
 2. Which techniques each front uses: the share of front trials with a k-means layer, a Tucker
    layer, and each pruning criterion.
 3. Coding: the same models (every model in the registry, trained; fixed plans, and the
-   digits-mlp fronts' artifacts), in bytes: format 1 (bit-packed streams, zlib), format 2 with
-   zlib, with LZMA2 (``pack`` keeps the smaller), zstd at level 19 on the same body, and an
-   order-0 ANS coder (constriction) on the code and index streams with its frequency table,
-   the rest zlib. Decode time of the two codecs ``pack`` chooses from.
+   digits-mlp fronts' artifacts), in bytes: format 1 (bit-packed streams, zlib), format 2's
+   two layouts (a symbol per byte, bit-packed) under zlib and LZMA2 (``pack`` keeps the
+   smallest of the four), zstd at level 19 on the byte layout, and an order-0 ANS coder
+   (constriction) on the code and index streams with its frequency table, the rest zlib.
+   Decode time of the two codecs.
 4. LeNet-5 on the real Fashion-MNIST, the same wall clock per space: the front's best ratio
    within 0.5 and 1 test points, against Deep Compression's LeNet-5 (39x on MNIST, another
    dataset: Fashion-MNIST is harder to classify and to compress).
@@ -87,6 +88,7 @@ def technique_shares(study: optuna.Study) -> dict[str, float]:
 
     out = {
         "kmeans": share(lambda lp: lp.get("quant_mode") == "kmeans" and lp.get("bits", 32) < 32),
+        "ternary": share(lambda lp: lp.get("quant_mode") == "ternary"),
         "uniform codes": share(lambda lp: lp.get("quant_mode", "uniform") == "uniform" and lp.get("bits", 32) < 32),
         "tucker": share(lambda lp: lp.get("lowrank_mode") == "tucker"),
         "svd": share(lambda lp: lp.get("rank") and lp.get("lowrank_mode", "svd") == "svd"),
@@ -105,41 +107,49 @@ def _body(header: dict[str, Any], payload: bytes) -> bytes:
     return struct.pack("<I", len(head)) + head + payload
 
 
-def as_format1(header: dict[str, Any], payload: bytes) -> bytes:
-    """The same tensors in format 1's layout: code and relative-index streams bit-packed, zlib."""
-    old = artifact._Payload()
-    out = []
+def _count(t: dict[str, Any]) -> int:
+    return int(np.prod(t["shape"])) if t["enc"] == "dense" else int(t.get("n", 0))
+
+
+def _width(t: dict[str, Any], key: str) -> int:
+    return int(t["bits"]) if key == "values" else int(t["enc"].rsplit("-", 1)[1])
+
+
+def _is_stream(t: dict[str, Any], key: str) -> bool:
+    if key == "values":
+        return t["kind"] in ("codes", "shared")
+    return key == "index" and t["enc"].startswith("relative-index-")
+
+
+def relayout(header: dict[str, Any], payload: bytes, packing: str) -> tuple[dict[str, Any], bytes, list[np.ndarray], bytes]:
+    """The same tensors with their code and index streams laid out as ``packing`` says; also
+    the streams as symbols and every other payload byte."""
+    unpack = artifact.unpack_symbols if header.get("packing", "bytes") == "bytes" else artifact.unpack_uint
+    repack = artifact.pack_symbols if packing == "bytes" else artifact.pack_uint
+    out, streams, rest = artifact._Payload(), [], bytearray()
+    tensors = []
     for t in header["tensors"]:
         t = dict(t)
         for key in ("values", "index", "scale", "codebook"):
             if key not in t:
                 continue
             chunk = payload[t[key][0] : sum(t[key])]
-            if key == "values" and t["kind"] in ("codes", "shared"):
-                chunk = artifact.pack_uint(artifact.unpack_symbols(chunk, t["bits"], len(chunk) // (2 if t["bits"] > 8 else 1)), t["bits"])
-            elif key == "index" and t["enc"].startswith("relative-index-"):
-                width = int(t["enc"].rsplit("-", 1)[1])
-                chunk = artifact.pack_uint(artifact.unpack_symbols(chunk, width, len(chunk)), width)
-            t[key] = old.add(chunk)
-        out.append(t)
-    return artifact.MAGIC_V1 + zlib.compress(_body({**header, "format": 1, "tensors": out}, old.buf.getvalue()), 9)
-
-
-def _streams(header: dict[str, Any], payload: bytes) -> tuple[list[np.ndarray], bytes]:
-    """The code and relative-index symbol streams, and every other byte of the payload."""
-    streams, rest = [], bytearray()
-    for t in header["tensors"]:
-        for key in ("values", "index", "scale", "codebook"):
-            if key not in t:
-                continue
-            chunk = payload[t[key][0] : sum(t[key])]
-            if key == "values" and t["kind"] in ("codes", "shared"):
-                streams.append(artifact.unpack_symbols(chunk, t["bits"], len(chunk) // (2 if t["bits"] > 8 else 1)))
-            elif key == "index" and t["enc"].startswith("relative-index-"):
-                streams.append(artifact.unpack_symbols(chunk, 8, len(chunk)))
+            if _is_stream(t, key):
+                symbols = unpack(chunk, _width(t, key), _count(t))
+                streams.append(symbols)
+                chunk = repack(symbols, _width(t, key))
             else:
                 rest += chunk
-    return streams, bytes(rest)
+            t[key] = out.add(chunk)
+        tensors.append(t)
+    return {**header, "packing": packing, "tensors": tensors}, out.buf.getvalue(), streams, bytes(rest)
+
+
+def as_format1(header: dict[str, Any], payload: bytes) -> bytes:
+    """The same tensors in format 1's layout: code and relative-index streams bit-packed, zlib."""
+    old, body, _, _ = relayout(header, payload, "bits")
+    old = {k: v for k, v in old.items() if k != "packing"}
+    return artifact.MAGIC_V1 + zlib.compress(_body({**old, "format": 1}, body), 9)
 
 
 def ans_bytes(header: dict[str, Any], payload: bytes) -> int:
@@ -147,7 +157,7 @@ def ans_bytes(header: dict[str, Any], payload: bytes) -> int:
     the header and the other bytes through zlib."""
     import constriction
 
-    streams, rest = _streams(header, payload)
+    _, _, streams, rest = relayout(header, payload, "bytes")
     total = 5 + len(zlib.compress(_body({**header, "tensors": []}, rest), 9))
     for s in streams:
         if not s.size:
@@ -176,18 +186,22 @@ def coding_row(label: str, data: bytes) -> dict[str, Any]:
 
     header, payload = artifact.read_header(data)
     header["channels_removed"] = {k: artifact.index_mask(v) for k, v in header["channels_removed"].items()}
-    body = _body(header, payload)
-    sealed = {codec: artifact.seal(body, codec) for codec in artifact.CODECS}
+    sealed = {}
+    for packing in artifact.PACKINGS:
+        h, p, _, _ = relayout(header, payload, packing)
+        for codec in artifact.CODECS:
+            sealed[packing, codec] = artifact.seal(_body(h, p), codec)
+    h, p, _, _ = relayout(header, payload, "bytes")
     return {
         "plan": label,
         "format1_zlib": len(as_format1(header, payload)),
-        "format2_zlib": len(sealed["zlib"]),
-        "format2_lzma": len(sealed["lzma"]),
-        "zstd19": 5 + len(zstandard.ZstdCompressor(level=19).compress(body)),
+        **{f"{packing}_{codec}": len(v) for (packing, codec), v in sealed.items()},
+        "zstd19": 5 + len(zstandard.ZstdCompressor(level=19).compress(_body(h, p))),
         "ans_order0": ans_bytes(header, payload),
         "packed": len(data),
-        "decode_ms_zlib": _decode_ms(sealed["zlib"]),
-        "decode_ms_lzma": _decode_ms(sealed["lzma"]),
+        "kept": f"{header.get('packing')} {artifact.codec_of(data)}",
+        "decode_ms_zlib": _decode_ms(sealed["bytes", "zlib"]),
+        "decode_ms_lzma": _decode_ms(sealed["bytes", "lzma"]),
     }
 
 

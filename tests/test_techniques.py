@@ -144,7 +144,7 @@ def test_space_maps_word_knobs_onto_each_layer() -> None:
         ({"lowrank_mode": ["svd", "cp"]}, "'knobs.lowrank_mode' has 'cp'"),
         ({"importance": "hessian"}, "'knobs.importance' has 'hessian'"),
         ({"quant_mode": "kmeans", "bits": 32}, "quant_mode kmeans with bits 32 only"),
-        ({"quant_mode": {"low": 0, "high": 1}}, "use one of uniform, kmeans or a list of them"),
+        ({"quant_mode": {"low": 0, "high": 1}}, "use one of uniform, kmeans, ternary or a list of them"),
     ],
 )
 def test_bad_word_knobs_name_the_key_and_the_fix(knobs: dict, needle: str) -> None:
@@ -153,7 +153,7 @@ def test_bad_word_knobs_name_the_key_and_the_fix(knobs: dict, needle: str) -> No
 
 
 def test_format_1_artifacts_still_load(tmp_path: Path) -> None:
-    """A format-1 file (bit-packed streams, zlib) made from a format-2 one reloads the same."""
+    """A format-1 file (bit-packed streams, zlib, no packing key) made from a format-2 one reloads the same."""
     model = _mlp()
     plan = CompressionPlan({"0": LayerPlan(sparsity=0.9, bits=4), "2": LayerPlan(bits=3), "4": LayerPlan(sparsity=0.5)})
     compress.apply(model, plan)
@@ -166,16 +166,16 @@ def test_format_1_artifacts_still_load(tmp_path: Path) -> None:
                 continue
             chunk = payload[t[key][0] : sum(t[key])]
             width = {"values": t.get("bits"), "index": int(t["enc"].rsplit("-", 1)[1]) if "relative" in t.get("enc", "") else None}.get(key)
-            if t["kind"] == "codes" and width and key != "scale":
+            if t["kind"] == "codes" and width and key != "scale" and header["packing"] == "bytes":
                 chunk = artifact.pack_uint(np.frombuffer(chunk, np.uint8).astype(np.int64), width)
             t[key] = old.add(chunk)
     header["format"] = 1
+    del header["packing"]
     header["channels_removed"] = {}
     head = json.dumps(header).encode()
     v1 = artifact.MAGIC_V1 + zlib.compress(struct.pack("<I", len(head)) + head + old.buf.getvalue())
     x = torch.randn(4, 20)
     assert torch.equal(artifact.loads(v1, build=_mlp)(x), artifact.loads(data, build=_mlp)(x))
-    assert len(v1) > len(data)  # the byte-aligned symbols entropy-code smaller
 
 
 def test_the_smaller_codec_is_kept_and_both_read() -> None:
@@ -217,3 +217,24 @@ def test_quantized_layers_ship_float16_biases_as_evaluated() -> None:
     dtypes = {t["name"]: t.get("dtype") for t in header["tensors"] if t["name"].endswith("bias")}
     assert dtypes == {"0.bias": "float16", "2.bias": "float16", "4.bias": "float32"}  # layer 4 is not quantized
     assert torch.equal(artifact.loads(data, build=_mlp)(x), expected)
+
+
+def test_ternary_weights_take_two_learned_values_and_zero() -> None:
+    model = _mlp()
+    plan = CompressionPlan({"0": LayerPlan(sparsity=0.3, bits=2, quant_mode="ternary")})
+    compress.apply(model, plan)
+    share = model[0].parametrizations.weight[1]
+    assert isinstance(share, SharedWeights) and share.centroids.shape == (2,)
+    assert share.centroids[0] < 0 < share.centroids[1]
+    values = torch.unique(model[0].weight.detach())
+    assert len(values) == 3 and 0.0 in values
+    model.eval()
+    x = torch.randn(4, 20)
+    expected = model(x)
+    data = artifact.pack(model, plan, {"model": "x", "input_shape": [20]}).data
+    assert torch.equal(artifact.loads(data, build=_mlp)(x), expected)
+    with pytest.raises(SpaceError, match="quant_mode ternary stores 2-bit codes, not 4-bit"):
+        compress.apply(_mlp(), CompressionPlan({"0": LayerPlan(bits=4, quant_mode="ternary")}))
+    space = parse_space({"knobs": {"bits": [4, 8], "quant_mode": "ternary"}}, "s.yaml").resolve(_mlp())
+    assert {lp.bits for lp in space.plan_from_params({"0.bits": 8}).layers.values()} == {2}
+    assert "/tern" in plan_summary(space.plan_from_params({}).to_dict())

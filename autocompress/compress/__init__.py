@@ -21,7 +21,7 @@ from autocompress.compress.prune import Mask
 from autocompress.compress.quantize import FakeQuant
 from autocompress.compress.share import SharedWeights
 from autocompress.errors import SpaceError, did_you_mean
-from autocompress.plan import LOWRANK_MODES, QUANT_MODES, CompressionPlan, LayerPlan
+from autocompress.plan import LOWRANK_MODES, QUANT_MODES, TERNARY_BITS, CompressionPlan, LayerPlan
 
 __all__ = [
     "COMPRESSIBLE_TYPES",
@@ -99,6 +99,8 @@ def check_modes(name: str, lp: LayerPlan) -> None:
     for key, value, known in (("quant_mode", lp.quant_mode, QUANT_MODES), ("lowrank_mode", lp.lowrank_mode, LOWRANK_MODES)):
         if value not in known:
             raise SpaceError(f"layer '{name}': {key} '{value}' is unknown{did_you_mean(value, known)}: use {' or '.join(known)}")
+    if lp.quant_mode == "ternary" and lp.bits != TERNARY_BITS:
+        raise SpaceError(f"layer '{name}': quant_mode ternary stores 2-bit codes, not {lp.bits}-bit: set bits 2 for it")
     if lp.importance not in IMPORTANCE:
         raise SpaceError(
             f"layer '{name}': importance '{lp.importance}' is unknown{did_you_mean(lp.importance, IMPORTANCE.names())}: use {', '.join(IMPORTANCE.names())}"
