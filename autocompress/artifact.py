@@ -52,7 +52,7 @@ from torch.nn.utils import parametrize
 
 from autocompress import compress
 from autocompress.errors import ArtifactError
-from autocompress.plan import FULL_PRECISION_BITS, LOWRANK_MODES, QUANT_MODES, CompressionPlan, LayerPlan
+from autocompress.plan import ACT_BITS, FULL_PRECISION_BITS, LOWRANK_MODES, QUANT_MODES, CompressionPlan, LayerPlan
 from autocompress.size import WeightCodes, encoded_bits, weight_codes
 
 MAGIC = b"ACZ2"
@@ -449,6 +449,8 @@ def check_header(header: Any, source: str = "artifact") -> None:
             raise bad(f"plan.{name}")
         if not isinstance(lp.get("importance", "l1"), str) or (lp.get("rank_in") is not None and not _is_int(lp["rank_in"], 1, 1 << 20)):
             raise bad(f"plan.{name}")
+        if lp.get("act_bits") is not None and lp["act_bits"] not in ACT_BITS:
+            raise bad(f"plan.{name}.act_bits")
         if not (isinstance(lp.get("sparsity", 0.0), (int, float)) and 0 <= lp.get("sparsity", 0.0) < 1):
             raise bad(f"plan.{name}.sparsity")
         if not _is_int(lp.get("bits", FULL_PRECISION_BITS), 2, FULL_PRECISION_BITS) or not isinstance(lp.get("structured", False), bool):

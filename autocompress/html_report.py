@@ -159,7 +159,11 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
     group_of = study.user_attrs.get("space", {}).get("_groups", {})  # grouped spaces share parameters
     layers = list(rows[0]["plan"])
     labels = [f"trial {r['trial']}" for r in rows]
-    titles = ["sparsity (c = channels; criterion when not l1)", "bits (32 = float; k = k-means codebook)", "rank / full rank (t = Tucker-2 out x in)"]
+    titles = [
+        "sparsity (c = channels; criterion when not l1)",
+        "bits (32 = float; k = k-means codebook; a = activation bits)",
+        "rank / full rank (t = Tucker-2 out x in)",
+    ]
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, subplot_titles=titles)
     for col, knob in enumerate(("sparsity", "bits", "rank"), start=1):
         z, text = [], []
@@ -173,7 +177,8 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
                     tr.append(f"{lp['sparsity']:.2f}{'c' if lp.get('structured') else ''}{criterion}")
                 elif knob == "bits":
                     zr.append(lp["bits"] if lp["bits"] < 32 else 16)
-                    tr.append("tern" if lp.get("quant_mode") == "ternary" else f"{lp['bits']}{'k' if lp.get('quant_mode') == 'kmeans' else ''}")
+                    shown = "tern" if lp.get("quant_mode") == "ternary" else f"{lp['bits']}{'k' if lp.get('quant_mode') == 'kmeans' else ''}"
+                    tr.append(shown + (f" a{lp['act_bits']}" if lp.get("act_bits") is not None else ""))
                 else:
                     rank = lp.get("rank")
                     # the sampled parameter is the fraction of full rank (absent: not searched)

@@ -15,7 +15,12 @@ FULL_PRECISION_BITS = 32  # "not quantized": weights stay float32
 QUANT_MODES = ("uniform", "kmeans", "ternary")  # integer codes x a scale; a per-layer codebook; two learned values and zero
 LOWRANK_MODES = ("svd", "tucker")  # two factors; Tucker-2 of a conv (1x1, kxk, 1x1)
 TERNARY_BITS = 2  # a ternary weight's code width (three symbols: zero, negative, positive)
-INT8_KERNEL_BITS = 8  # uniform codes this narrow run integer kernels on int8 deploy targets
+INT8_KERNEL_BITS = 8
+ACT_BITS = (
+    8,
+    16,
+    32,
+)  # activation widths a space may name; which run depends on the deploy target  # uniform codes this narrow run integer kernels on int8 deploy targets
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,9 @@ class LayerPlan:
         importance: what ranks the weights or channels that pruning removes (``l1``, ``l2``,
             ``taylor``, ``fpgm``; see ``compress.importance``).
         rank_in: Tucker-2's input-side rank; None otherwise.
+        act_bits: activation width: 8 runs the layer's integer kernels on an int8 deploy target
+            (its activations simulated at 8 bits in fine-tuning), 32 keeps it float there; None:
+            as the target runs it (int8 targets: 8 for uniform codes of at most 8 bits).
     """
 
     sparsity: float = 0.0
@@ -45,16 +53,18 @@ class LayerPlan:
     lowrank_mode: str = "svd"
     importance: str = "l1"
     rank_in: int | None = None
+    act_bits: int | None = None
 
     @property
     def integer_codes(self) -> bool:
-        """Uniform codes an int8 runtime runs as integers (a codebook's values are not on a grid)."""
-        return self.bits <= INT8_KERNEL_BITS and self.quant_mode == "uniform"
+        """Whether an int8 runtime runs this layer's integer kernels: uniform codes (a codebook's
+        values are not on a grid) of at most 8 bits, activations not kept float."""
+        return self.bits <= INT8_KERNEL_BITS and self.quant_mode == "uniform" and self.act_bits != 32
 
 
 # Fields added after plans were first stored: left out of a plan's dict at their default, so
 # plans, trial attributes and artifact headers written before them read and compare the same.
-_OPTIONAL_FIELDS = {"quant_mode": "uniform", "lowrank_mode": "svd", "importance": "l1", "rank_in": None}
+_OPTIONAL_FIELDS = {"quant_mode": "uniform", "lowrank_mode": "svd", "importance": "l1", "rank_in": None, "act_bits": None}
 
 
 def layer_dict(lp: LayerPlan) -> dict[str, Any]:

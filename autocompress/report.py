@@ -34,7 +34,7 @@ def check_study(study: optuna.Study) -> None:
 
 def plan_summary(plan: dict[str, dict[str, Any]]) -> str:
     """A compact per-layer summary: ``fc1 s0.80/4b/r16``; ``4k`` a 4-bit k-means codebook,
-    ``tern`` ternary, ``t8x4`` Tucker-2 ranks (output x input), ``:taylor`` the pruning criterion when not l1."""
+    ``tern`` ternary, ``t8x4`` Tucker-2 ranks, ``a32`` activation bits (output x input), ``:taylor`` the pruning criterion when not l1."""
     parts = []
     for name, lp in plan.items():
         bits = (
@@ -49,7 +49,8 @@ def plan_summary(plan: dict[str, dict[str, Any]]) -> str:
             rank = f"/t{lp['rank']}x{lp.get('rank_in')}" if lp.get("lowrank_mode") == "tucker" else f"/r{lp['rank']}"
         mode = "c" if lp.get("structured") else "s"  # c: channels removed, s: single weights
         criterion = f":{lp['importance']}" if lp.get("importance", "l1") != "l1" and lp["sparsity"] else ""
-        parts.append(f"{name} {mode}{lp['sparsity']:.2f}{criterion}/{bits}{rank}")
+        act = f"/a{lp['act_bits']}" if lp.get("act_bits") is not None else ""
+        parts.append(f"{name} {mode}{lp['sparsity']:.2f}{criterion}/{bits}{rank}{act}")
     return " ".join(parts)
 
 

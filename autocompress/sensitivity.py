@@ -81,6 +81,7 @@ IDENTITY = {
     "quant_mode": "uniform",
     "lowrank_mode": "svd",
     "importance": "l1",
+    "act_bits": 8,
 }
 
 

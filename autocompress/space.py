@@ -41,7 +41,7 @@ from autocompress.plan import FULL_PRECISION_BITS, TERNARY_BITS, CompressionPlan
 from autocompress.space_file import DEFAULT_KNOBS, GROUP_BY, KNOBS, OPTIONAL_KNOBS, SELECTORS, Knob, SpaceFile, knob_values
 from autocompress.space_file import allows_channel as _allows_channel
 
-WORD_DEFAULTS = {"quant_mode": "uniform", "lowrank_mode": "svd", "importance": "l1"}  # what a plan does without them
+WORD_DEFAULTS = {"quant_mode": "uniform", "lowrank_mode": "svd", "importance": "l1", "act_bits": 8}  # what a plan does without them
 UNSTRUCTURED_IMPORTANCE = ("l1", "taylor")  # criteria that rank single weights (importance.py)
 
 __all__ = ["DEFAULT_KNOBS", "GROUP_BY", "KNOBS", "Knob", "LayerSpace", "SearchSpace", "SpaceSpec", "load_space", "parse_space"]
@@ -79,15 +79,20 @@ class LayerSpace:
         bits = int(v.get("bits") or FULL_PRECISION_BITS)
         if v.get("quant_mode") == "ternary":
             bits = TERNARY_BITS  # its own width, whatever the bits knob drew
+        quant_mode = str(v.get("quant_mode") or "uniform") if bits < FULL_PRECISION_BITS else "uniform"
+        act_bits = v.get("act_bits")
+        if act_bits is not None and not LayerPlan(bits=bits, quant_mode=quant_mode).integer_codes:
+            act_bits = None  # float weights (or a codebook's) run float kernels: nothing to choose
         return LayerPlan(
             sparsity=round(float(v.get("sparsity") or 0.0), 6),  # 0.15, not 0.15000000000000002
             structured=structured,
             bits=bits,
             rank=rank,
-            quant_mode=str(v.get("quant_mode") or "uniform") if bits < FULL_PRECISION_BITS else "uniform",
+            quant_mode=quant_mode,
             lowrank_mode=lowrank_mode,
             importance=importance if float(v.get("sparsity") or 0.0) > 0 else "l1",
             rank_in=rank_in,
+            act_bits=None if act_bits is None else int(act_bits),
         )
 
 
@@ -137,6 +142,21 @@ class SearchSpace:
     @property
     def allows_channel(self) -> bool:
         return any(_allows_channel(knobs["sparsity_mode"]) for knobs in self.groups.values())
+
+    def check_act_bits(self, precision: str, runtime: str, source: str) -> None:
+        """Refuse activation widths the deploy target cannot run, naming the first layer."""
+        for name, ls in self.layers.items():
+            for bits in knob_values(ls.knobs["act_bits"]):
+                if bits == 16:
+                    raise SpaceError(
+                        f"layer '{name}' has act_bits 16 ({source}): no deploy runtime here runs 16-bit activation kernels "
+                        f"({runtime} int8 runs 8-bit or float activations): use 8 or 32"
+                    )
+                if bits == 8 and precision != "int8":
+                    raise SpaceError(
+                        f"layer '{name}' has act_bits 8 ({source}), but the deploy target runs {precision} kernels, so nothing "
+                        "would run 8-bit activations: set deploy.precision: int8, or drop act_bits"
+                    )
 
     @property
     def allows_sharing(self) -> bool:

@@ -13,6 +13,7 @@ A space file says which layers to compress (globs on module names) and the knobs
       quant_mode: [uniform, kmeans]       # integer grid, a k-means codebook (weight sharing), or ternary
       lowrank_mode: [svd, tucker]         # two factors, or Tucker-2 of a conv (1x1, kxk, 1x1)
       importance: [l1, taylor]            # what ranks pruned weights/channels (l2, fpgm: channels)
+      act_bits: [8, 32]                   # int8 targets: integer kernels, or float activations
     overrides:                    # later entries win; each names layers by glob
       - layers: ["fc2"]
         bits: [4, 6, 8, 32]
@@ -35,13 +36,13 @@ import optuna
 
 from autocompress._schema import read_yaml
 from autocompress.errors import SpaceError, did_you_mean
-from autocompress.plan import FULL_PRECISION_BITS, LOWRANK_MODES, QUANT_MODES
+from autocompress.plan import ACT_BITS, FULL_PRECISION_BITS, LOWRANK_MODES, QUANT_MODES
 
-KNOBS = ("sparsity", "sparsity_mode", "bits", "rank", "quant_mode", "lowrank_mode", "importance")
+KNOBS = ("sparsity", "sparsity_mode", "bits", "rank", "quant_mode", "lowrank_mode", "importance", "act_bits")
 SPARSITY_MODES = ("unstructured", "channel")
 # Knobs added after the first studies: switched off unless a space names them, and then left out
 # of the space's stored form, so studies made before them resume.
-OPTIONAL_KNOBS = ("quant_mode", "lowrank_mode", "importance")
+OPTIONAL_KNOBS = ("quant_mode", "lowrank_mode", "importance", "act_bits")
 SUPPORTED_BITS = (*range(2, 17), FULL_PRECISION_BITS)
 MAX_SPARSITY = 0.99
 _TOP_KEYS = ("layers", "exclude", "knobs", "overrides", "group_by", "groups")
@@ -180,7 +181,7 @@ def _parse_knob(name: str, raw: Any, where: str, key: str) -> Knob:
                 raise SpaceError(f"'{key}.{part}' must be a finite number, got {value!r} ({where}): fix the value")
         if not isinstance(raw.get("log", False), bool):
             raise SpaceError(f"'{key}.log' must be true or false, got {raw['log']!r} ({where}): fix the value")
-        if name == "bits" or name in WORD_KNOBS:
+        if name in ("bits", "act_bits") or name in WORD_KNOBS:
             raise SpaceError(f"'{key}' must be a list, not a range ({where}): e.g. [2, 4, 8, 32]")
         knob = Knob(low=float(raw["low"]), high=float(raw["high"]), step=raw.get("step"), log=raw.get("log", False))
         assert knob.low is not None and knob.high is not None
@@ -213,6 +214,8 @@ def _check_values(name: str, values: list[Any], where: str, key: str) -> None:
             raise SpaceError(f"'{key}' has sparsity {v}, outside [0, {MAX_SPARSITY}] ({where}): use a share of weights to remove, e.g. 0.5")
         if name == "bits" and (not float(v).is_integer() or int(v) not in SUPPORTED_BITS):
             raise SpaceError(f"'{key}' has {v} bits ({where}): supported bit-widths are 2 to 16, or 32 for not quantized")
+        if name == "act_bits" and v not in ACT_BITS:
+            raise SpaceError(f"'{key}' has {v} activation bits ({where}): use {', '.join(map(str, ACT_BITS))}")
         if name == "rank" and not (0.0 < v <= 1.0 and math.isfinite(v)):
             raise SpaceError(f"'{key}' has rank {v} ({where}): a rank is a fraction of full rank in (0, 1]; 1.0 means not factorized")
 

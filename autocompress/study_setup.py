@@ -105,7 +105,9 @@ def prepare(config: StudyConfig) -> SearchSpace:
         if not (search.workers and address):  # the workers run on this machine: it needs the GPU
             resolve_device("cuda")
     check_deploy(config, local=not (search.workers and address))
-    return load_space(config.space).resolve(*model_skeleton(config.task))
+    space = load_space(config.space).resolve(*model_skeleton(config.task))
+    space.check_act_bits(config.deploy.precision, config.deploy.runtime, space.source)
+    return space
 
 
 def check_deploy(config: StudyConfig, local: bool) -> None:

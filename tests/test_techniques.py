@@ -238,3 +238,22 @@ def test_ternary_weights_take_two_learned_values_and_zero() -> None:
     space = parse_space({"knobs": {"bits": [4, 8], "quant_mode": "ternary"}}, "s.yaml").resolve(_mlp())
     assert {lp.bits for lp in space.plan_from_params({"0.bits": 8}).layers.values()} == {2}
     assert "/tern" in plan_summary(space.plan_from_params({}).to_dict())
+
+
+def test_act_bits_decide_which_layers_run_integer_kernels() -> None:
+    from autocompress.deploy.runtimes import runtime
+
+    spec = parse_space({"knobs": {"bits": [4, 32], "quant_mode": ["uniform", "kmeans"], "act_bits": [8, 32]}}, "s.yaml")
+    space = spec.resolve(_mlp())
+    plan = space.plan_from_params(
+        {"0.bits": 4, "0.act_bits": 32, "2.bits": 4, "2.act_bits": 8, "4.bits": 4, "4.quant_mode": "kmeans", "4.act_bits": 8}
+    )
+    assert [plan.layers[n].act_bits for n in ("0", "2", "4")] == [32, 8, None]  # a codebook runs float anyway
+    model = _mlp()
+    compress.apply(model, plan)
+    deployed = runtime("torch").deploy(compress.bake(model), plan, torch.randn(4, 20), "int8", "cpu")
+    assert deployed.backend == "torch int8-dynamic[2]+fp32 cpu"
+    space.check_act_bits("int8", "torch", "s.yaml")
+    with pytest.raises(SpaceError, match=re.escape("layer '0' has act_bits 8 (s.yaml), but the deploy target runs fp32")):
+        space.check_act_bits("fp32", "torch", "s.yaml")
+    assert "/a32" in plan_summary(plan.to_dict())
