@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autocompress import _faults, _optuna, pareto
+from autocompress.artifact import FORMAT_VERSION
 from autocompress.config import StudyConfig
 from autocompress.errors import AutocompressError, SearchError, StorageError
 from autocompress.evaluate import resolve_device
@@ -135,6 +136,13 @@ def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace,
             f"({[d.name.lower() for d in study.directions]}): choose another --name or pass --new-study"
         )
     attrs = study.user_attrs
+    packed_with = attrs.get("artifact_format", 1)  # studies before the attribute were packed in format 1
+    if packed_with != FORMAT_VERSION and _optuna.count_trials(study, (TrialState.COMPLETE,)):
+        raise StorageError(
+            f"study '{study.study_name}' sized its trials with artifact format {packed_with}; this version packs format "
+            f"{FORMAT_VERSION}, whose files are smaller, so new sizes would not compare with its front: pass --new-study, "
+            "or continue it with the version that made it"
+        )
     task = config.task.resolved().to_dict()
     stored = None if attrs.get("task") is None else TaskSpec.from_dict(attrs["task"]).to_dict()
     # How the architecture is rebuilt (a build hook added later) does not make another task.
@@ -223,6 +231,7 @@ def describe(study: optuna.Study, cfg: StudyConfig, space: SearchSpace) -> None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(pareto.OBJECTIVES))
     study.set_user_attr("task", cfg.task.resolved().to_dict())
+    study.set_user_attr("artifact_format", FORMAT_VERSION)  # sizes compare only within one packer
     _faults.checkpoint("study-described")
     study.set_user_attr("space", space.to_dict())
     # Stored to reproduce the run; the storage URL without its password (the database and

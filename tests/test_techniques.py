@@ -257,3 +257,16 @@ def test_act_bits_decide_which_layers_run_integer_kernels() -> None:
     with pytest.raises(SpaceError, match=re.escape("layer '0' has act_bits 8 (s.yaml), but the deploy target runs fp32")):
         space.check_act_bits("fp32", "torch", "s.yaml")
     assert "/a32" in plan_summary(plan.to_dict())
+
+
+def test_a_study_sized_by_the_older_packer_is_not_continued_with_this_one() -> None:
+    import optuna
+    from optuna.trial import create_trial
+
+    from autocompress.errors import StorageError
+    from autocompress.study_setup import check_existing
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.add_trial(create_trial(values=[0.9, 5000.0, 1.0]))  # made before the attribute: format 1
+    with pytest.raises(StorageError, match="sized its trials with artifact format 1; this version packs format 2"):
+        check_existing(study, None, None, "sqlite:///x.db")  # type: ignore[arg-type]
