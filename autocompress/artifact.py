@@ -171,10 +171,16 @@ class _Payload:
 
 
 def _pack_weight(
-    values: torch.Tensor, bits: int, scale: torch.Tensor | None, payload: _Payload, codebook: torch.Tensor | None = None, packing: str = "bytes"
+    values: torch.Tensor,
+    bits: int,
+    scale: torch.Tensor | None,
+    payload: _Payload,
+    codebook: torch.Tensor | None = None,
+    packing: str = "bytes",
+    encoding: str | None = None,
 ) -> dict[str, Any]:
     flat = values.detach().reshape(-1).cpu()
-    _, encoding = encoded_bits(flat, bits)
+    encoding = encoding or encoded_bits(flat, bits)[1]
     entry: dict[str, Any] = {"enc": encoding, "bits": bits}
     nonzero = (flat != 0).numpy()
     if encoding in ("dense", "empty"):
@@ -225,6 +231,7 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
                 half.add(f"{name}.bias" if name else "bias")
     layer_of = _layer_names(model, plan)
     state = model.state_dict()
+    encodings: dict[str, str] = {}  # chosen once: the same in every layout
     candidates = []
     # Which layout entropy-codes smaller depends on the tensors (bytes expose the symbols to the
     # coder's statistics; bits start smaller): every layout under every codec, the smallest kept.
@@ -237,10 +244,14 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
             module = owner.get(key)
             if module is not None:
                 found = codes.get(id(module))
-                if found is not None and found.bits < FULL_PRECISION_BITS:
-                    entry = _pack_weight(found.values, found.bits, found.scale, payload, found.codebook, packing)
+                quantized = found is not None and found.bits < FULL_PRECISION_BITS
+                values, bits = (found.values, found.bits) if quantized and found is not None else (tensor, FULL_PRECISION_BITS)
+                if key not in encodings:
+                    encodings[key] = encoded_bits(values.detach().reshape(-1).cpu(), bits)[1]
+                if quantized and found is not None:
+                    entry = _pack_weight(found.values, found.bits, found.scale, payload, found.codebook, packing, encodings[key])
                 else:
-                    entry = _pack_weight(tensor, FULL_PRECISION_BITS, None, payload, packing=packing)
+                    entry = _pack_weight(tensor, FULL_PRECISION_BITS, None, payload, packing=packing, encoding=encodings[key])
             else:
                 if key in half:
                     tensor = tensor.half()  # exactly what the evaluated model used (compress.quantize.HalfBias)

@@ -77,6 +77,8 @@ def encoded_bits(values: torch.Tensor, value_bits: int) -> tuple[int, str]:
     n = flat.numel()
     positions = torch.nonzero(flat, as_tuple=False).reshape(-1)
     nnz = positions.numel()
+    if nnz == n and n:
+        return n * value_bits, "dense"  # no zero to skip: every other encoding adds index bits
     best = (n * value_bits, "dense")
     best = min(best, (n + nnz * value_bits, "bitmask"))
     if nnz:
