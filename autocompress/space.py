@@ -35,6 +35,7 @@ from torch import nn
 from autocompress import space_file
 from autocompress.compress import compressible_layers, full_rank
 from autocompress.compress.channel import channel_prunable, output_layers
+from autocompress.compress.importance import IMPORTANCE
 from autocompress.compress.lowrank import tucker_applies, tucker_limits
 from autocompress.errors import SpaceError, did_you_mean
 from autocompress.plan import FULL_PRECISION_BITS, TERNARY_BITS, CompressionPlan, LayerPlan
@@ -42,7 +43,6 @@ from autocompress.space_file import DEFAULT_KNOBS, GROUP_BY, KNOBS, OPTIONAL_KNO
 from autocompress.space_file import allows_channel as _allows_channel
 
 WORD_DEFAULTS = {"quant_mode": "uniform", "lowrank_mode": "svd", "importance": "l1", "act_bits": 8}  # what a plan does without them
-UNSTRUCTURED_IMPORTANCE = ("l1", "taylor")  # criteria that rank single weights (importance.py)
 
 __all__ = ["DEFAULT_KNOBS", "GROUP_BY", "KNOBS", "Knob", "LayerSpace", "SearchSpace", "SpaceSpec", "load_space", "parse_space"]
 
@@ -67,7 +67,7 @@ class LayerSpace:
         """This layer's plan from its knob values (off knobs absent)."""
         structured = v.get("sparsity_mode") == "channel"
         importance = str(v.get("importance") or "l1")
-        if not structured and importance not in UNSTRUCTURED_IMPORTANCE:
+        if not structured and importance in IMPORTANCE and not IMPORTANCE.get(importance).unstructured:
             importance = "l1"  # l2 and fpgm rank channels: single weights go by magnitude
         fraction = v.get("rank")
         rank, rank_in, lowrank_mode = self.rank_from_fraction(fraction), None, "svd"
