@@ -24,7 +24,7 @@ class ApplyContext:
     bn_folded: dict[str, str] = field(default_factory=dict)  # BatchNorm name -> layer it was folded into
     batchnorms: dict[nn.Conv2d, str] | None = None  # conv -> the BatchNorm after it (traced once)
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None  # labelled batch: gradient-based importance
-    gradients_ready: bool = False  # the loss's gradients are on the weights (unstructured taylor)
+    gradients_ready: bool = False  # the loss's gradients are on the weights (taylor importance)
 
 
 class Technique(ABC):

@@ -101,7 +101,7 @@ def channel_scores(ctx: ApplyContext, target: nn.Linear | nn.Conv2d, name: str, 
     import torch_pruning as tp
 
     if found.gradients:
-        compute_gradients(ctx, layer)
+        ensure_gradients(ctx, layer)  # once per apply: Torch-Pruning prunes the gradients with their weights
         weight_gradient(target, layer)
     graph = tp.DependencyGraph().build_dependency(ctx.model, example_inputs=ctx.example, verbose=False)
     fn = tp.prune_conv_out_channels if isinstance(target, nn.Conv2d) else tp.prune_linear_out_channels
@@ -118,7 +118,13 @@ def weight_scores(ctx: ApplyContext, leaf: nn.Linear | nn.Conv2d, name: str, lay
     weight = leaf.weight.detach()
     if not found.gradients:
         return weight.abs()
-    if ctx.gradients_ready is not True:
+    ensure_gradients(ctx, layer)
+    return (weight * weight_gradient(leaf, layer)).abs()
+
+
+def ensure_gradients(ctx: ApplyContext, layer: str) -> None:
+    """The loss's gradients on the weights, taken once per ``compress.apply`` (one forward and
+    backward pass over the labelled batch, however many layers ask)."""
+    if not ctx.gradients_ready:
         compute_gradients(ctx, layer)
         ctx.gradients_ready = True
-    return (weight * weight_gradient(leaf, layer)).abs()
