@@ -88,7 +88,7 @@ def test_every_importance_criterion_ranks_channels_and_gradients_come_from_label
         assert scores.shape == (16,) and torch.isfinite(scores).all(), name
         if IMPORTANCE.get(name).unstructured:
             assert weight_scores(ctx, model[2], name, "2").shape == model[2].weight.shape
-    ctx.calibration = None
+    ctx = ApplyContext(model=model, example=x[:2])  # no labelled batch
     with pytest.raises(SpaceError, match="'taylor' needs labelled batches"):
         channel_scores(ctx, model[0], "taylor", "0")
 
