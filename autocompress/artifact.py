@@ -656,7 +656,7 @@ def read_file(path: str | Path) -> bytes:
     try:
         with open(path, "rb") as f:
             magic = f.read(len(MAGIC))  # a foreign file or device is refused before reading on
-            if magic != MAGIC:
+            if magic not in (MAGIC, MAGIC_V1):
                 return magic
             data = magic + f.read(MAX_FILE_BYTES)
     except OSError as exc:

@@ -175,7 +175,9 @@ def test_format_1_artifacts_still_load(tmp_path: Path) -> None:
     head = json.dumps(header).encode()
     v1 = artifact.MAGIC_V1 + zlib.compress(struct.pack("<I", len(head)) + head + old.buf.getvalue())
     x = torch.randn(4, 20)
-    assert torch.equal(artifact.loads(v1, build=_mlp)(x), artifact.loads(data, build=_mlp)(x))
+    old_file = tmp_path / "old.acz"
+    old_file.write_bytes(v1)  # read from disk: the file reader knows both signatures
+    assert torch.equal(artifact.load(old_file, build=_mlp)(x), artifact.loads(data, build=_mlp)(x))
 
 
 def test_the_smaller_codec_is_kept_and_both_read() -> None:
@@ -270,3 +272,14 @@ def test_a_study_sized_by_the_older_packer_is_not_continued_with_this_one() -> N
     study.add_trial(create_trial(values=[0.9, 5000.0, 1.0]))  # made before the attribute: format 1
     with pytest.raises(StorageError, match="sized its trials with artifact format 1; this version packs format 2"):
         check_existing(study, None, None, "sqlite:///x.db")  # type: ignore[arg-type]
+
+
+def test_an_lzma_stream_longer_than_its_header_declares_is_refused() -> None:
+    model = _mlp()
+    data = artifact.pack(model, CompressionPlan(), {"model": "x", "input_shape": [20]}).data
+    header, payload = artifact.read_header(data)
+    head = json.dumps({**header, "channels_removed": {}}).encode()
+    bomb = artifact.seal(struct.pack("<I", len(head)) + head + payload + bytes(8 << 20), "lzma")
+    assert len(bomb) < len(data) + (64 << 10)  # 8 MiB of zeros cost a few KB
+    with pytest.raises(artifact.ArtifactError, match="more data than its header declares"):
+        artifact.loads(bomb, build=_mlp)
