@@ -83,6 +83,21 @@ def _split(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]
     return first, second
 
 
+def _spatial_like(layer: nn.Conv2d, in_ch: int, out_ch: int) -> nn.Conv2d:
+    """A bias-free conv with ``layer``'s kernel, stride, padding and dilation: the factor that
+    keeps the output's spatial shape."""
+    return nn.Conv2d(
+        in_ch,
+        out_ch,
+        cast(tuple[int, int], layer.kernel_size),
+        cast(tuple[int, int], layer.stride),
+        cast("str | tuple[int, int]", layer.padding),
+        cast(tuple[int, int], layer.dilation),
+        bias=False,
+        padding_mode=layer.padding_mode,
+    )
+
+
 def factorize(layer: nn.Module, rank: int, name: str = "", mode: str = "svd", rank_in: int | None = None) -> Factorized:
     """Split a Linear or Conv2d into two factors of the given rank (``mode`` svd), or a conv
     into Tucker-2's three (``mode`` tucker: ``rank`` output-side, ``rank_in`` input-side)."""
@@ -106,16 +121,7 @@ def factorize(layer: nn.Module, rank: int, name: str = "", mode: str = "svd", ra
         a, b = _split(layer.weight.reshape(out_ch, -1), rank)
         a = a.reshape(rank, in_ch, kh, kw)
         b = b.reshape(out_ch, rank, 1, 1)
-        first = nn.Conv2d(
-            in_ch,
-            rank,
-            cast(tuple[int, int], layer.kernel_size),
-            cast(tuple[int, int], layer.stride),
-            cast("str | tuple[int, int]", layer.padding),
-            cast(tuple[int, int], layer.dilation),
-            bias=False,
-            padding_mode=layer.padding_mode,
-        )
+        first = _spatial_like(layer, in_ch, rank)
         second = nn.Conv2d(rank, out_ch, 1, bias=bias)
     with torch.no_grad():
         first.weight.copy_(a)
@@ -142,16 +148,7 @@ def tucker2(layer: nn.Module, rank_out: int, rank_in: int | None, name: str = ""
     weight = layer.weight.detach().double().cpu().numpy()
     (core, (u_out, u_in)), _ = partial_tucker(weight, rank=[rank_out, rank_in], modes=[0, 1], init="svd", n_iter_max=50, random_state=0)
     first = nn.Conv2d(in_ch, rank_in, 1, bias=False)
-    core_conv = nn.Conv2d(
-        rank_in,
-        rank_out,
-        cast(tuple[int, int], layer.kernel_size),
-        cast(tuple[int, int], layer.stride),
-        cast("str | tuple[int, int]", layer.padding),
-        cast(tuple[int, int], layer.dilation),
-        bias=False,
-        padding_mode=layer.padding_mode,
-    )
+    core_conv = _spatial_like(layer, rank_in, rank_out)
     second = nn.Conv2d(rank_out, out_ch, 1, bias=layer.bias is not None)
     with torch.no_grad():
         first.weight.copy_(torch.from_numpy(u_in.T.copy()).float().reshape(rank_in, in_ch, 1, 1))
