@@ -1,6 +1,6 @@
 """Run the benchmarks and regenerate benchmarks/RESULTS.md.
 
-    python -m benchmarks all            # everything, full size (about 80 minutes on 2 cores; fidelity alone 55)
+    python -m benchmarks all            # everything, full size (about 130 minutes on 2 cores; fidelity 55, techniques 47)
     python -m benchmarks all --quick    # a smoke run of each (a few minutes)
     python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, driver, driver_pg, storage, fidelity, techniques
 
@@ -371,8 +371,8 @@ def _techniques(result: dict[str, Any]) -> list[str]:
         "baseline's artifact, front trials within 0.5 test points (360 test images: 0.28 points is one image). Deep Compression's "
         "LeNet-300-100: 40x (Han et al., ICLR 2016, Table 1); target >= 60x in every seed, stretch 80x.",
         "",
-        "| seed | default space | techniques space | trial | val drop | test drop | front: k-means | uniform codes | channels | taylor |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| seed | default space | techniques space | trial | val drop | test drop | front: k-means | ternary | uniform codes | channels | taylor | fpgm |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for seed in range(s["seeds"]):
         by = {r["space"]: r for r in result["runs"] if r["seed"] == seed}
@@ -380,9 +380,13 @@ def _techniques(result: dict[str, Any]) -> list[str]:
         sh = by["techniques"]["shares"]
         out.append(
             f"| {seed} | {d.get('ratio', '-')}x | {t.get('ratio', '-')}x | {t.get('trial', '-')} | {t.get('val_drop_points', '-')} | "
-            f"{t.get('test_drop_points', '-')} | {sh.get('kmeans', 0):.0%} | {sh.get('uniform codes', 0):.0%} | {sh.get('channels', 0):.0%} | "
-            f"{sh.get('importance taylor', 0):.0%} |"
+            f"{t.get('test_drop_points', '-')} | {sh.get('kmeans', 0):.0%} | {sh.get('ternary', 0):.0%} | {sh.get('uniform codes', 0):.0%} | "
+            f"{sh.get('channels', 0):.0%} | {sh.get('importance taylor', 0):.0%} | {sh.get('importance fpgm', 0):.0%} |"
         )
+    out.append(
+        "\nShares: the front trials (all of them, not only the best) whose plan uses the technique on at least one layer; "
+        "`trial`, the drops and the shares are the techniques space's. digits-mlp has no convolution, so no Tucker-2."
+    )
     met = sum(s["target_met_per_seed"])
     out += ["", f"- Target (>= 60x within 0.5 test points): met in {met} of {s['seeds']} seeds; stretch (80x): {sum(s['stretch_met_per_seed'])}."]
     if result.get("lenet"):
