@@ -26,7 +26,7 @@ Code and relative-index streams are laid out as the header's ``packing`` says: `
 symbol per byte (two, little-endian, past 8 bits), which an entropy coder models well, or
 ``bits``, packed at their width as in format 1, which starts smaller. ``pack`` writes both
 layouts under both codecs and keeps the smallest file (``benchmarks/techniques.py`` measures
-what each choice wins).
+what each choice wins); a body over 8 MiB is sealed with zlib alone (LZMA2 is slow there).
 
 Loading never unpickles anything: the header is JSON, tensors are rebuilt from raw bytes, and
 every offset and length is checked against the payload.
@@ -69,6 +69,9 @@ MAX_HEADER_DEPTH = 8  # the deepest real header nests 5 levels
 MAX_TENSORS = 100_000
 MAX_TENSOR_VALUES = 1 << 34
 ZLIB_MAX_RATIO = 1100  # deflate expands a byte to at most ~1032: more declared is a lie
+# LZMA2 runs at about 1 MB/s here: past this body size (a float ResNet's 45 MB took 48 s) zlib
+# alone seals the file; LZMA2's gain on such bodies, mostly float32, is about 1%.
+LZMA_MAX_BODY = 8 << 20
 LZMA_MAX_RATIO = 1 << 16  # LZMA2 expands runs far further; max_length still bounds each read
 MAX_FILE_BYTES = 4 << 30  # what load() reads of a file at most
 ENCODINGS = ("dense", "empty", "bitmask")
@@ -276,7 +279,10 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
         }
         head = json.dumps(header, separators=(",", ":")).encode()
         body = struct.pack("<I", len(head)) + head + payload.buf.getvalue()
-        candidates += [Packed(seal(body, codec), per_layer) for codec in CODECS]
+        codecs = CODECS if len(body) <= LZMA_MAX_BODY else ("zlib",)
+        candidates += [Packed(seal(body, codec), per_layer) for codec in codecs]
+        if not any(t["kind"] in ("codes", "shared") or str(t.get("enc", "")).startswith("relative-index-") for t in tensors):
+            break  # no code or index stream: every layout is the same file
     return min(candidates, key=lambda p: len(p.data))
 
 

@@ -283,3 +283,13 @@ def test_an_lzma_stream_longer_than_its_header_declares_is_refused() -> None:
     assert len(bomb) < len(data) + (64 << 10)  # 8 MiB of zeros cost a few KB
     with pytest.raises(artifact.ArtifactError, match="more data than its header declares"):
         artifact.loads(bomb, build=_mlp)
+
+
+def test_a_large_body_is_sealed_with_zlib_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _mlp()
+    plan = CompressionPlan({"0": LayerPlan(sparsity=0.9, bits=4)})
+    compress.apply(model, plan)
+    monkeypatch.setattr(artifact, "LZMA_MAX_BODY", 100)  # every body is "large"
+    data = artifact.pack(model, plan, {"model": "x", "input_shape": [20]}).data
+    assert artifact.codec_of(data) == "zlib"
+    assert torch.equal(artifact.loads(data, build=_mlp)(torch.ones(2, 20)), model(torch.ones(2, 20)))
