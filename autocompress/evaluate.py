@@ -7,6 +7,7 @@ study storage: it receives a plan and returns a plain :class:`~autocompress.plan
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -275,12 +276,16 @@ class Evaluator:
         reference that trials' paired ratios scale."""
         return self._timed(lambda: self.measure(self._model(), CompressionPlan(), alone=True))
 
+    @functools.cached_property
+    def _labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labelled batch gradient-based importance ranks with: the same for every trial."""
+        data = self.task.data
+        idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(0))[:CALIBRATION_SAMPLES].to(data.x_train.device)
+        return data.x_train[idx], data.y_train[idx]
+
     def _compressed(self, plan: CompressionPlan) -> nn.Module:
         """A fresh copy of the model compressed by ``plan`` (``apply`` is deterministic)."""
-        data = self.task.data
-        gen = torch.Generator().manual_seed(0)  # the same labelled batch for every trial
-        idx = torch.randperm(len(data.x_train), generator=gen)[:CALIBRATION_SAMPLES].to(data.x_train.device)
-        return compress.apply(self._model(), plan, example=data.x_val[:2], calibration=(data.x_train[idx], data.y_train[idx]))
+        return compress.apply(self._model(), plan, example=self.task.data.x_val[:2], calibration=self._labelled_batch)
 
     def shot(self, plan: CompressionPlan, timed: bool, scored: bool = True) -> tuple[float | None, int, tuple[Timing, str] | None]:
         """The plan's model as compression leaves it, before any fine-tuning: validation accuracy

@@ -29,7 +29,7 @@ import numpy as np
 
 from autocompress.outputs import write_atomic
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan
-from autocompress.space import SearchSpace
+from autocompress.space import WORD_DEFAULTS, SearchSpace
 from autocompress.space_file import allows_channel
 
 # Probed values besides every bit-width the space offers (snapped into each knob's range).
@@ -73,16 +73,7 @@ class Row:
         return asdict(self)
 
 
-IDENTITY = {
-    "sparsity": 0.0,
-    "sparsity_mode": "unstructured",
-    "bits": FULL_PRECISION_BITS,
-    "rank": 1.0,
-    "quant_mode": "uniform",
-    "lowrank_mode": "svd",
-    "importance": "l1",
-    "act_bits": 8,
-}
+IDENTITY = {"sparsity": 0.0, "sparsity_mode": "unstructured", "bits": FULL_PRECISION_BITS, "rank": 1.0, **WORD_DEFAULTS}
 
 
 def probes(space: SearchSpace) -> list[Probe]:

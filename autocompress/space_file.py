@@ -133,7 +133,7 @@ def knob_values(knob: Knob) -> tuple[Any, ...]:
 
 
 def allows_channel(knob: Knob) -> bool:
-    return knob.value == "channel" or "channel" in (knob.choices or ())
+    return "channel" in knob_values(knob)
 
 
 @dataclass

@@ -84,8 +84,9 @@ def test_every_importance_criterion_ranks_channels_and_gradients_come_from_label
     x = torch.randn(8, 3, 8, 8)
     ctx = ApplyContext(model=model, example=x[:2], calibration=(x, torch.randint(0, 5, (8,))))
     for name in IMPORTANCE.names():
-        scores = channel_scores(ctx, model[0], name, "0")
+        scores, graph = channel_scores(ctx, model[0], name, "0")
         assert scores.shape == (16,) and torch.isfinite(scores).all(), name
+        assert (graph is None) == (name == "l1")  # a traced graph comes back for removing the channels
         if IMPORTANCE.get(name).unstructured:
             assert weight_scores(ctx, model[2], name, "2").shape == model[2].weight.shape
     ctx = ApplyContext(model=model, example=x[:2])  # no labelled batch

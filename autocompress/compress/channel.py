@@ -9,11 +9,12 @@ consistent. The removed indices are recorded so a packed artifact can replay the
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique
-from autocompress.compress.importance import channel_scores
 from autocompress.compress.lowrank import Factorized
 from autocompress.errors import SpaceError
 from autocompress.plan import LayerPlan
@@ -27,13 +28,25 @@ def out_layer(layer: nn.Module) -> nn.Linear | nn.Conv2d:
     return layer
 
 
-def remove_channels(model: nn.Module, target: nn.Module, idxs: list[int], example: torch.Tensor) -> None:
-    """Remove output channels ``idxs`` of ``target`` and everything that depends on them."""
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
+    """Torch-Pruning's dependency graph of ``model`` (one traced forward pass)."""
     import torch_pruning as tp
 
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+
+
+def pruning_group(graph: Any, target: nn.Module, idxs: list[int]) -> Any:
+    """The group that removing output channels ``idxs`` of ``target`` drags along."""
+    import torch_pruning as tp
+
     fn = tp.prune_conv_out_channels if isinstance(target, nn.Conv2d) else tp.prune_linear_out_channels
-    graph.get_pruning_group(target, fn, idxs=idxs).prune()
+    return graph.get_pruning_group(target, fn, idxs=idxs)
+
+
+def remove_channels(model: nn.Module, target: nn.Module, idxs: list[int], example: torch.Tensor, graph: Any = None) -> None:
+    """Remove output channels ``idxs`` of ``target`` and everything that depends on them
+    (``graph``: the model's dependency graph when the caller traced it already)."""
+    pruning_group(graph if graph is not None else dependency_graph(model, example), target, idxs).prune()
 
 
 def channel_prunable(model: nn.Module, example: torch.Tensor) -> set[str]:
@@ -43,15 +56,12 @@ def channel_prunable(model: nn.Module, example: torch.Tensor) -> set[str]:
     when removing its channels would cut into a grouped (not depthwise) conv: arbitrary channel
     indices would break the groups.
     """
-    import torch_pruning as tp
-
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    graph = dependency_graph(model, example)
     ok = set()
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
-        fn = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
-        group = graph.get_pruning_group(module, fn, idxs=[0])
+        group = pruning_group(graph, module, [0])
         if not any(_grouped(dep.target.module) for dep, _ in group):
             ok.add(name)
     return ok
@@ -96,8 +106,10 @@ class ChannelPrune(Technique):
         n_remove = min(n_out - 1, round(plan.sparsity * n_out))
         if n_remove <= 0:
             return layer
-        scores = channel_scores(ctx, target, plan.importance, name)
+        from autocompress.compress.importance import channel_scores  # it ranks through this module's graph
+
+        scores, graph = channel_scores(ctx, target, plan.importance, name)
         idxs = sorted(torch.argsort(scores, stable=True)[:n_remove].tolist())
-        remove_channels(ctx.model, target, idxs, ctx.example)
+        remove_channels(ctx.model, target, idxs, ctx.example, graph)  # scoring traced the model already, or not
         ctx.channels_removed[name] = idxs
         return layer

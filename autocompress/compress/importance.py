@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from autocompress.compress._base import ApplyContext
+from autocompress.compress.channel import dependency_graph, pruning_group
 from autocompress.errors import SpaceError
 from autocompress.registry import Registry
 
@@ -93,23 +94,22 @@ def weight_gradient(leaf: nn.Linear | nn.Conv2d, layer: str) -> torch.Tensor:
     return param.grad.detach()
 
 
-def channel_scores(ctx: ApplyContext, target: nn.Linear | nn.Conv2d, name: str, layer: str) -> torch.Tensor:
-    """One score per output channel of ``target`` under criterion ``name``."""
+def channel_scores(ctx: ApplyContext, target: nn.Linear | nn.Conv2d, name: str, layer: str) -> tuple[torch.Tensor, Any]:
+    """One score per output channel of ``target`` under criterion ``name``, and the dependency
+    graph traced to score them (None when the layer's own weights did): removing the channels
+    reuses it."""
     found = criterion(name, layer, structured=True)
     if found.torch_pruning is None:
-        return target.weight.detach().abs().flatten(1).sum(dim=1)
-    import torch_pruning as tp
-
+        return target.weight.detach().abs().flatten(1).sum(dim=1), None
     if found.gradients:
         ensure_gradients(ctx, layer)  # once per apply: Torch-Pruning prunes the gradients with their weights
         weight_gradient(target, layer)
-    graph = tp.DependencyGraph().build_dependency(ctx.model, example_inputs=ctx.example, verbose=False)
-    fn = tp.prune_conv_out_channels if isinstance(target, nn.Conv2d) else tp.prune_linear_out_channels
-    group = graph.get_pruning_group(target, fn, idxs=list(range(target.weight.shape[0])))
-    scores = found.torch_pruning()(group)
+    assert ctx.example is not None  # channel pruning refuses a context without one first
+    graph = dependency_graph(ctx.model, ctx.example)
+    scores = found.torch_pruning()(pruning_group(graph, target, list(range(target.weight.shape[0]))))
     if scores is None:  # Torch-Pruning found nothing to score in the group
         raise SpaceError(f"layer '{layer}': importance '{name}' cannot score its channels; use importance l1 for it")
-    return scores.detach().to(target.weight.device)
+    return scores.detach().to(target.weight.device), graph
 
 
 def weight_scores(ctx: ApplyContext, leaf: nn.Linear | nn.Conv2d, name: str, layer: str) -> torch.Tensor:

@@ -139,7 +139,7 @@ def tucker2(layer: nn.Module, rank_out: int, rank_in: int | None, name: str = ""
         raise SpaceError(f"layer '{name}': Tucker-2 needs an ungrouped Conv2d, not {type(layer).__name__}: use lowrank_mode svd for it")
     assert isinstance(layer, nn.Conv2d)
     out_ch, in_ch = layer.weight.shape[:2]
-    for side, r, limit in (("output", rank_out, tucker_limits(layer)[0]), ("input", rank_in, tucker_limits(layer)[1])):
+    for side, r, limit in zip(("output", "input"), (rank_out, rank_in), tucker_limits(layer), strict=True):
         if r is None or not 1 <= r <= limit:
             raise SpaceError(
                 f"layer '{name}': Tucker {side} rank {r} is outside 1..{limit} (the rank of its {side} unfolding); use a rank fraction in (0, 1]"
