@@ -7,6 +7,7 @@ declares its defaults and their bounds in one place.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -31,8 +32,14 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key, where)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # e.g. str | float: the first type the value is
+            for option in inner:
+                with contextlib.suppress(ConfigError):
+                    return _coerce(value, option, key, where)
+            names = " or ".join(_type_name(a) for a in inner)
+            raise ConfigError(f"key '{key}' must be {names}, got {value!r} ({where}): fix the value")
+        return _coerce(value, inner[0], key, where)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, where, prefix=f"{key}.")
     if origin is tuple:  # tuple[X, ...]: a YAML list of X

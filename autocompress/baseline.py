@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autocompress.plan import Result
+from autocompress.errors import ConfigError
+from autocompress.plan import TOP1, MetricInfo, Result
 from autocompress.stats import above_chance
 
 
@@ -21,20 +22,21 @@ from autocompress.stats import above_chance
 class Relative:
     """A trial's numbers against the baseline."""
 
-    accuracy_drop: float  # points of accuracy lost (negative: gained)
+    accuracy_drop: float  # how much worse, in the metric's direction and units (accuracy: points; negative: better)
     compression_ratio: float  # baseline bytes / trial bytes
     speedup: float  # baseline latency / trial latency
 
 
 @dataclass(frozen=True)
 class Baseline:
-    accuracy: float  # validation accuracy of the deployed form, a fraction
+    accuracy: float  # the metric on the validation split of the deployed form (top-1: a fraction)
     size_bytes: int  # the fp32 artifact from the same packer as the trials'
     latency_ms: float  # on the deploy target
     test_accuracy: float | None = None
     deploy: str | None = None  # what the latency was measured on, in words
     chance_accuracy: float | None = None  # the most common validation class's share
     val_count: int | None = None  # validation images
+    metric: MetricInfo = TOP1  # what ``accuracy`` measures, its direction and a drop's units
     attrs: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the stored mapping, whole
 
     @classmethod
@@ -51,16 +53,25 @@ class Baseline:
             deploy=baseline.get("deploy"),
             chance_accuracy=baseline.get("chance_accuracy"),
             val_count=baseline.get("val_count"),
+            metric=MetricInfo.of(baseline.get("metric")),
             attrs=dict(baseline),
         )
 
     def accuracy_drop(self, accuracy: float) -> float:
-        """Points lost against the baseline's validation accuracy."""
-        return 100.0 * (self.accuracy - accuracy)
+        """How much worse than the baseline's validation score, in the metric's direction and
+        units (top-1: points lost)."""
+        return self.metric.drop(self.accuracy, accuracy)
 
     def test_accuracy_drop(self, test_accuracy: float) -> float | None:
-        """Points lost against the baseline's test accuracy; None when it was never measured."""
-        return None if self.test_accuracy is None else 100.0 * (self.test_accuracy - test_accuracy)
+        """The same against the baseline's test score; None when it was never measured."""
+        return None if self.test_accuracy is None else self.metric.drop(self.test_accuracy, test_accuracy)
+
+    @property
+    def max_drop(self) -> float | None:
+        """The feasibility limit stored with the baseline (metric units), when it was resolved
+        there (``pareto.max_drop``); None when not stored (see :func:`resolve_max_drop`)."""
+        value = self.attrs.get("max_drop")
+        return float(value) if isinstance(value, (int, float)) else None
 
     def at_chance(self, accuracy: float) -> bool:
         """Whether a validation accuracy is no better than always answering the most common
@@ -108,3 +119,23 @@ def trial_metrics(result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
         metrics["compression_ratio"] = relative.compression_ratio
         metrics["speedup"] = relative.speedup
     return metrics
+
+
+def resolve_max_drop(max_drop: str | float | None, max_accuracy_drop: float | None, metric: MetricInfo, baseline_value: float) -> float | None:
+    """The feasibility limit in the metric's units: ``pareto.max_drop`` (a number in those units,
+    or ``"2%"``, a share of the baseline's score), else for point metrics (top-1, top-k)
+    ``pareto.max_accuracy_drop``, its classification spelling; else 1% of the baseline's score."""
+    if max_drop is None:
+        if metric.scale == 100.0:
+            return max_accuracy_drop
+        max_drop = "1%"
+    if isinstance(max_drop, str):
+        text = max_drop.strip()
+        try:
+            share = float(text[:-1]) / 100.0 if text.endswith("%") else float("nan")
+        except ValueError:
+            share = float("nan")
+        if not share >= 0.0:
+            raise ConfigError(f"pareto.max_drop is {max_drop!r}: give a number in the metric's units or a share of the baseline such as '2%'")
+        return share * abs(baseline_value) * metric.scale
+    return float(max_drop)

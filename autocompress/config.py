@@ -71,6 +71,18 @@ class ParetoConfig:
     # Trials losing more accuracy than this (points, vs the baseline) are infeasible; None = off.
     # One point by default: a front reaching down to useless models hides the trials users ship.
     max_accuracy_drop: float | None = field(default=1.0, metadata={"min": 0.0, "max": 100.0})
+    # The same limit for any metric, in its direction: a number in the metric's units (points for
+    # top-1/top-k) or a share of the baseline's score ("2%"). None: max_accuracy_drop for point
+    # metrics, 1% of the baseline's score for every other metric.
+    max_drop: str | float | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here, before a search starts (a share is resolved against the baseline later).
+        value = self.max_drop
+        if (isinstance(value, str) and not re.fullmatch(r"\s*\d+(\.\d+)?\s*%\s*", value)) or (isinstance(value, float) and value < 0):
+            raise ConfigError(
+                f"key 'pareto.max_drop' is {value!r}: give a drop of 0 or more in the metric's units, or a share of the baseline such as '2%'"
+            )
 
 
 @dataclass(frozen=True)

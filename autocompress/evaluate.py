@@ -28,15 +28,16 @@ from autocompress.config import FinetuneConfig
 from autocompress.deploy.runtimes import deployed_correct
 from autocompress.deploy.target import DeployConfig
 from autocompress.deploy.timing import DeviceLock, Timing, device_key, time_alone, time_paired
-from autocompress.errors import AutocompressError
+from autocompress.errors import AutocompressError, TaskError
 from autocompress.fidelity import NO_REPORTING, Reporting, Rung
 from autocompress.latency import count_macs
 from autocompress.plan import CompressionPlan, Result
 from autocompress.size import layer_rows
-from autocompress.stats import accuracy, pack_correct
+from autocompress.stats import accuracy, pack_correct, pack_rows
 from autocompress.tasks import DataSplits, Task, correct_of
+from autocompress.tasks.metrics import score_rows
+from autocompress.tasks.protocol import TaskProtocol, tensor_leaves, to_device
 
-DEVICES = ("auto", "cpu", "cuda")
 CALIBRATION_SAMPLES = 256  # labelled training images whose loss gradients rank weights for taylor importance
 
 
@@ -74,8 +75,11 @@ def finetune(
     """
     if config.steps <= 0:
         return [], 0, False
+    if task.protocol is not None:
+        return _finetune_protocol(model, task, config, teacher, lock, rungs, at_rung)
     distill = config.distill if teacher is not None else 0.0
     temp = config.temperature
+    assert task.data is not None, "an in-memory task (protocol tasks fine-tune in _finetune_protocol)"
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
@@ -111,6 +115,118 @@ def finetune(
     model.eval()
     stopped = at_rung is not None and at_rung(None)  # a stop decided after the last rung
     return log, config.steps, stopped
+
+
+def _finetune_protocol(
+    model: nn.Module,
+    task: Task,
+    config: FinetuneConfig,
+    teacher: nn.Module | None,
+    lock: DeviceLock | None,
+    rungs: tuple[int, ...],
+    at_rung: Callable[[int | None], bool] | None,
+) -> tuple[list[float], int, bool]:
+    """:func:`finetune` for a protocol task: the task's own loss on its ``train`` batches, taken
+    in order (re-opened when they run out). Distillation matches every floating-point tensor of
+    the model's output to the teacher's by mean squared error (logit matching, Ba & Caruana
+    2014), whatever the output's structure; the teacher sees the very arguments the student saw."""
+    protocol = task.protocol
+    assert protocol is not None
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    distill = config.distill if teacher is not None else 0.0
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
+    seen: dict[str, Any] = {}
+
+    def capture(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        seen.update(args=args, kwargs=kwargs, output=output)
+
+    handle = model.register_forward_hook(capture, with_kwargs=True) if distill else None
+    batches = protocol.training_batches(device)
+    log: list[float] = []
+    model.train()
+    try:
+        for step in range(config.steps):
+            if at_rung is not None and step in rungs and at_rung(step):
+                model.eval()
+                return log, step, True
+            batch = next(batches)
+            with lock.shared() if lock is not None else contextlib.nullcontext():
+                opt.zero_grad(set_to_none=True)
+                seen.clear()
+                loss = task_loss(protocol, model, batch)
+                if distill:
+                    if "output" not in seen:
+                        raise TaskError(
+                            f"finetune.distill needs the task's loss to call the model itself ({protocol.source}): set finetune.distill to 0"
+                        )
+                    with torch.no_grad():
+                        target = teacher(*seen["args"], **seen["kwargs"])  # type: ignore[misc]
+                    pairs = [(s_, t_) for s_, t_ in zip(tensor_leaves(seen["output"]), tensor_leaves(target), strict=False) if s_.is_floating_point()]
+                    if not pairs:
+                        raise TaskError(f"finetune.distill found no floating-point output to match ({protocol.source}): set finetune.distill to 0")
+                    match = sum(nn.functional.mse_loss(s_.float(), t_.float()) for s_, t_ in pairs) / len(pairs)
+                    loss = (1.0 - distill) * loss + distill * match
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"fine-tuning diverged at step {step} (loss {loss.item()})")
+                loss.backward()
+                opt.step()
+                sched.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            if step % config.log_every == 0 or step == config.steps - 1:
+                log.append(round(loss.item(), 5))
+    finally:
+        if handle is not None:
+            handle.remove()
+    model.eval()
+    stopped = at_rung is not None and at_rung(None)
+    return log, config.steps, stopped
+
+
+def task_loss(protocol: TaskProtocol, model: nn.Module, batch: Any) -> torch.Tensor:
+    """The task's loss on one batch, checked to be a finite-able scalar tensor."""
+    try:
+        loss = protocol.loss(model, batch)
+    except AutocompressError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (the user's loss can fail in any way)
+        text = str(exc).strip().splitlines()
+        raise TaskError(
+            f"the loss of {protocol.source} failed on a training batch ({type(exc).__name__}: {text[-1] if text else ''}): fix the loss or the batches"
+        ) from None
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TaskError(
+            f"the loss of {protocol.source} returned {type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}: return one scalar tensor"
+        )
+    return loss.reshape(())
+
+
+def protocol_scores(
+    protocol: TaskProtocol, model: Any, split: str, device: torch.device, turn: Callable[[], Any] = contextlib.nullcontext
+) -> np.ndarray:
+    """The metric's rows over a whole split (its batches in their fixed order), one ``turn`` a batch."""
+    rows: list[np.ndarray] = []
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
+    for i, batch in enumerate(protocol.batches(split, device)):
+        with turn(), torch.no_grad():
+            try:
+                rows.append(score_rows(protocol.metric, model, batch, f"batch {i} of split '{split}'"))
+            except AutocompressError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                text = str(exc).strip().splitlines()
+                raise TaskError(
+                    f"metric '{protocol.metric.name}' failed on batch {i} of split '{split}' ({type(exc).__name__}: {text[-1] if text else ''}): fix the metric or the batches"
+                ) from None
+    if isinstance(model, nn.Module):
+        model.train(was_training)
+    if not rows:
+        raise TaskError(f"split '{split}' of {protocol.source} gave no batch: it must give at least one")
+    return np.concatenate(rows)
 
 
 class Evaluator:
@@ -149,11 +265,20 @@ class Evaluator:
             self.runtime.check(deploy.precision, self.target.type)
         except AutocompressError as exc:
             self.device, self.device_error = None, str(exc)
-        if self.device is not None and self.device.type != "cpu":
+        if task.protocol is not None and deploy.runtime != "torch" and not self.device_error:
+            self.device, self.device_error = (
+                None,
+                (
+                    f"deploy.runtime {deploy.runtime} cannot run a protocol task yet (its exporter takes one tensor of float inputs and "
+                    f"gives logits; {task.protocol.source} brings its own batches and metric): use deploy.runtime torch"
+                ),
+            )
+        if self.device is not None and self.device.type != "cpu" and task.data is not None:
             moved: dict[str, Any] = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in asdict(task.data).items()}
             task = replace(task, data=DataSplits(**moved))
         self.task = task
-        self.example = task.data.x_val[: deploy.batch_size]
+        self.protocol = task.protocol
+        self.example: Any = task.protocol.example_input if task.protocol is not None else task.data.x_val[: deploy.batch_size]  # type: ignore[union-attr]
         self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device), "target": self.target.type}
         self._locks: dict[str, DeviceLock] = {}
         self._teacher: nn.Module | None = None  # the baseline, for distillation: built once
@@ -177,7 +302,7 @@ class Evaluator:
         from autocompress.deploy.onnx_export import calibration_batches
 
         cfg = self.deploy_config
-        if cfg.precision != "int8":
+        if cfg.precision != "int8" or self.task.data is None:
             return []
         return calibration_batches(self.task.data.x_train, self.task.spec.seed, cfg.calibration_batches, cfg.batch_size)
 
@@ -186,7 +311,7 @@ class Evaluator:
         cfg = self.deploy_config
         if cfg.runtime == "torch":
             model = model.to(self.target)
-        example = self.example.to(self.target)
+        example = to_device(self.example, self.target)
         with self.lock(torch.device("cpu")).shared():
             return self.runtime.deploy(model, plan, example, cfg.precision, self.target.type, cfg.threads, self._calibration())
 
@@ -233,27 +358,25 @@ class Evaluator:
         gives accuracy (validation split) and latency (paired with the baseline unless ``alone``;
         ``timed``: already timed before fine-tuning, on the deployed form of the same structure).
         """
-        data = self.task.data
         model.eval()
         model.cpu()  # the packer and the exporter read host memory
         rows = layer_rows(model)
         packed = pack(model, plan, self.task.artifact_task(), compress.structure(model))
         for row in rows:
             row["bytes"] = packed.per_layer.get(row["layer"], 0)
-        macs = count_macs(model, self.example[:1].cpu())
+        macs = count_macs(model, to_device(self.example, torch.device("cpu")))
         weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
         params = sum(p.numel() for p in model.parameters())
         nonzeros = sum(int(torch.count_nonzero(w)) for w in weights)
         deployed = self.deploy(model, plan)
-        correct = self.correct(deployed, data.x_val, data.y_val)
+        scored = self._score_deployed(deployed)
         blob = deployed.onnx if deployed.onnx is not None else packed.data
         if alone:
             self._baseline = (deployed, blob)
         timing, node = timed or self._time(deployed, blob, alone)
         busy = {key: lock.take_busy() for key, lock in self._locks.items()}
         return Result(
-            accuracy=accuracy(correct),
-            val_correct=pack_correct(correct),  # paired against the baseline's: a drop's interval
+            **scored,
             size_bytes=len(packed.data),
             latency_ms=timing.latency_ms,
             latency_ratio=timing.ratio,
@@ -276,16 +399,57 @@ class Evaluator:
         reference that trials' paired ratios scale."""
         return self._timed(lambda: self.measure(self._model(), CompressionPlan(), alone=True))
 
+    def _score_deployed(self, deployed: Any) -> dict[str, Any]:
+        """The deployed form's metric on the validation split (and, for a protocol task, on the
+        test split: it is opened only where the work runs, so its held-out score is taken here
+        and read by the re-check of the front), as Result fields."""
+        if self.protocol is None:
+            data = self.task.data
+            assert data is not None
+            correct = self.correct(deployed, data.x_val, data.y_val)
+            return {"accuracy": accuracy(correct), "val_correct": pack_correct(correct)}  # paired against the baseline's: a drop's interval
+        protocol, model = self.protocol, deployed.model
+        turn = self.lock(self.target).shared
+        val = protocol_scores(protocol, model, "val", self.target, turn)
+        test = protocol_scores(protocol, model, "test", self.target, turn)
+        return {
+            "accuracy": self._value(val, "val"),
+            "val_scores": pack_rows(val),
+            "test_score": self._value(test, "test"),
+            "test_scores": pack_rows(test),
+        }
+
+    def _value(self, rows: np.ndarray, split: str) -> float:
+        """The metric over a split's rows; a non-finite corpus value is the task's mistake."""
+        assert self.protocol is not None
+        value = self.protocol.metric.value(rows)
+        if not math.isfinite(value):
+            raise TaskError(
+                f"metric '{self.protocol.metric.name}' gave {value} on split '{split}': it must give a finite number (check metric_reduce)"
+            )
+        return value
+
     @functools.cached_property
-    def _labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The labelled batch gradient-based importance ranks with: the same for every trial."""
+    def _labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor] | Callable[[nn.Module], torch.Tensor]:
+        """The labelled batch gradient-based importance ranks with: the same for every trial
+        (a protocol task: its loss over its first calibration batches)."""
+        if self.protocol is not None:
+            protocol = self.protocol
+            batches = protocol.calibration_batches(4, self.device or torch.device("cpu"))
+
+            def loss(model: nn.Module) -> torch.Tensor:
+                return sum((task_loss(protocol, model, b) for b in batches), torch.zeros(())) / max(1, len(batches))
+
+            return loss
         data = self.task.data
+        assert data is not None
         idx = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(0))[:CALIBRATION_SAMPLES].to(data.x_train.device)
         return data.x_train[idx], data.y_train[idx]
 
     def _compressed(self, plan: CompressionPlan) -> nn.Module:
         """A fresh copy of the model compressed by ``plan`` (``apply`` is deterministic)."""
-        return compress.apply(self._model(), plan, example=self.task.data.x_val[:2], calibration=self._labelled_batch)
+        example = self.example if self.protocol is not None else self.task.data.x_val[:2]  # type: ignore[union-attr]
+        return compress.apply(self._model(), plan, example=example, calibration=self._labelled_batch)
 
     def shot(self, plan: CompressionPlan, timed: bool, scored: bool = True) -> tuple[float | None, int, tuple[Timing, str] | None]:
         """The plan's model as compression leaves it, before any fine-tuning: validation accuracy
@@ -312,8 +476,12 @@ class Evaluator:
     def rung_accuracy(self, model: nn.Module) -> float:
         """Validation accuracy of the model being fine-tuned, as it is (masks and quantizers on),
         one shared turn on the device."""
+        device = self.device or torch.device("cpu")
+        if self.protocol is not None:
+            return self._value(protocol_scores(self.protocol, model, "val", device, self.lock(device).shared), "val")
         data = self.task.data
-        with self.lock(self.device or torch.device("cpu")).shared(), torch.no_grad():
+        assert data is not None
+        with self.lock(device).shared(), torch.no_grad():
             return accuracy(correct_of(model, data.x_val, data.y_val).cpu().numpy())
 
     def evaluate(self, plan: CompressionPlan, report: Callable[[Rung | None], bool] | None = None) -> Result:

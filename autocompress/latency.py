@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
 
 from autocompress.compress import COMPRESSIBLE_TYPES, layer_map, leaf_layers
 from autocompress.plan import CompressionPlan
+from autocompress.tasks.metrics import call_model
 
 
 def int8_model(model: nn.Module, plan: CompressionPlan) -> tuple[nn.Module, list[str]]:
@@ -37,8 +39,10 @@ def int8_model(model: nn.Module, plan: CompressionPlan) -> tuple[nn.Module, list
     return quantized, linear_layers
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one sample through every Linear/Conv2d (dense count)."""
+def count_macs(model: nn.Module, example: Any) -> int:
+    """Multiply-accumulates of one sample through every Linear/Conv2d (dense count); ``example``
+    is a batch tensor, or a protocol task's example input (a tuple or mapping: one sample's
+    share of its outputs is counted)."""
     total = 0
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -53,7 +57,10 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, COMPRESSIBLE_TYPES)]
     try:
         with torch.inference_mode():
-            model(example[:1])
+            if isinstance(example, torch.Tensor):
+                model(example[:1])
+            else:
+                call_model(model, example)
     finally:
         for h in handles:
             h.remove()

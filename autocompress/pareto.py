@@ -1,8 +1,11 @@
-"""Pareto analysis over the study's objectives (accuracy up, size and latency down).
+"""Pareto analysis over the study's objectives (the task's metric in its direction, size and
+latency down). The first objective is top-1 accuracy unless the task names another metric;
+"accuracy" below stands for that metric, and a drop is measured in its direction and units.
 
 Everything is computed in a baseline-relative minimization space, so the units compare:
 
-    loss      = baseline accuracy - accuracy       (fraction; 0.01 is one point)
+    loss      = drop / scale                        (top-1: fraction, 0.01 is one point;
+                                                     other metrics: their own units)
     size      = size_bytes / baseline size_bytes   (1.0 is no compression)
     latency   = latency_ms / baseline latency_ms   (1.0 is no speedup)
 
@@ -33,11 +36,26 @@ from optuna.trial import TrialState
 from autocompress import _optuna
 from autocompress._optuna import compute_hypervolume
 from autocompress.baseline import Baseline
-from autocompress.stats import PairedDrop, paired_drop, unpack_correct
+from autocompress.plan import MetricInfo
+from autocompress.stats import PairedDrop, bootstrap_drop, is_binary, paired_drop, unpack_correct, unpack_rows
 
 OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
 DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
+
+
+def objectives(metric: MetricInfo) -> list[str]:
+    """The study's metric names: the task's metric, then size and latency."""
+    return [metric.name, *OBJECTIVES[1:]]
+
+
+def directions(metric: MetricInfo) -> list[optuna.study.StudyDirection]:
+    """The study's directions: the metric's own, then size and latency down."""
+    first = optuna.study.StudyDirection.MAXIMIZE if metric.higher_is_better else optuna.study.StudyDirection.MINIMIZE
+    return [first, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
+
+
 DEFAULT_REFERENCE_DROP = 10.0  # points of accuracy, when no constraint is set
+DEFAULT_REFERENCE_SHARE = 0.1  # other metrics: a tenth of the baseline's score, when no constraint is set
 DEFAULT_REFERENCE_LATENCY = 2.0  # times the baseline latency
 
 
@@ -117,15 +135,16 @@ class Point:
     accuracy: float
     size_bytes: int
     latency_ms: float
-    accuracy_drop: float  # points
+    accuracy_drop: float  # in the metric's direction and units (top-1: points)
     compression_ratio: float
     speedup: float
     feasible: bool
     at_chance: bool = False  # no better than the most common class: never feasible
+    scale: float = 100.0  # the metric's: drop / scale is the loss coordinate
 
     @property
     def loss(self) -> list[float]:
-        return [self.accuracy_drop / 100.0, 1.0 / self.compression_ratio, 1.0 / self.speedup]
+        return [self.accuracy_drop / self.scale, 1.0 / self.compression_ratio, 1.0 / self.speedup]
 
 
 @dataclass
@@ -166,6 +185,7 @@ def to_point(number: int, values: list[float], base: Baseline, max_accuracy_drop
         speedup=relative.speedup,
         feasible=not at_chance and (max_accuracy_drop is None or relative.accuracy_drop <= max_accuracy_drop + 1e-9),
         at_chance=at_chance,
+        scale=base.metric.scale,
     )
 
 
@@ -174,15 +194,22 @@ def to_points(trials: Iterable[Scored], baseline: Baseline | Mapping[str, Any], 
     return [to_point(t.number, t.values, base, max_accuracy_drop) for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
 
 
-def reference_point(max_accuracy_drop: float | None) -> np.ndarray:
-    drop = DEFAULT_REFERENCE_DROP if max_accuracy_drop is None else max(max_accuracy_drop, 1e-6)
-    return np.array([drop / 100.0, 1.0, DEFAULT_REFERENCE_LATENCY])
+def reference_point(max_accuracy_drop: float | None, baseline: Baseline | Mapping[str, Any] | None = None) -> np.ndarray:
+    base = Baseline.of(baseline) if baseline else None
+    metric = base.metric if base is not None else MetricInfo()
+    if max_accuracy_drop is not None:
+        drop = max(max_accuracy_drop, 1e-6)
+    elif metric.scale == 100.0 or base is None:
+        drop = DEFAULT_REFERENCE_DROP
+    else:
+        drop = max(DEFAULT_REFERENCE_SHARE * abs(base.accuracy) * metric.scale, 1e-6)
+    return np.array([drop / metric.scale, 1.0, DEFAULT_REFERENCE_LATENCY])
 
 
 def analyse(trials: Iterable[Scored], baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None) -> Analysis:
     """The front, its hypervolume and knee, projections, and feasibility of every trial."""
     points = to_points(trials, baseline, max_accuracy_drop)
-    reference = reference_point(max_accuracy_drop)
+    reference = reference_point(max_accuracy_drop, baseline)
     analysis = Analysis(points=points, reference=reference.tolist(), max_accuracy_drop=max_accuracy_drop)
     feasible = [p for p in points if p.feasible]
     if not feasible:
@@ -192,7 +219,7 @@ def analyse(trials: Iterable[Scored], baseline: Baseline | Mapping[str, Any], ma
     mask = non_dominated(losses)
     front = [p for p, keep in zip(feasible, mask, strict=True) if keep]
     front_losses = losses[mask]
-    analysis.front = [p.trial for p in sorted(front, key=lambda p: (p.size_bytes, -p.accuracy, p.trial))]
+    analysis.front = [p.trial for p in sorted(front, key=lambda p: (p.size_bytes, p.accuracy_drop, p.trial))]
     knee = knee_index(front_losses)
     analysis.knee = front[knee].trial if knee is not None else None
     analysis.hypervolume = hypervolume(losses, reference)
@@ -233,7 +260,7 @@ class FrontState:
     def __init__(self, baseline: Baseline | Mapping[str, Any], max_accuracy_drop: float | None = None) -> None:
         self.baseline = Baseline.of(baseline)
         self.max_accuracy_drop = max_accuracy_drop
-        self.reference = reference_point(max_accuracy_drop)
+        self.reference = reference_point(max_accuracy_drop, self.baseline)
         self.points: dict[int, Point] = {}
         self.front: dict[int, Point] = {}  # trial -> point, feasible and non-dominated
         self.feasible_count = 0
@@ -284,7 +311,7 @@ class FrontState:
             points=points,
             reference=self.reference.tolist(),
             max_accuracy_drop=self.max_accuracy_drop,
-            front=[p.trial for p in sorted(self.front.values(), key=lambda p: (p.size_bytes, -p.accuracy, p.trial))],
+            front=[p.trial for p in sorted(self.front.values(), key=lambda p: (p.size_bytes, p.accuracy_drop, p.trial))],
             knee=self.knee,
             hypervolume=self.hypervolume,
         )
@@ -294,7 +321,12 @@ class FrontState:
 
 
 def study_constraint(study: optuna.Study) -> float | None:
-    """The accuracy constraint recorded with the study (its config when it was created)."""
+    """The drop limit recorded with the study: resolved in the metric's units with its baseline
+    (``pareto.max_drop``), else its config's ``max_accuracy_drop`` (studies from before)."""
+    baseline = study.user_attrs.get("baseline")
+    if isinstance(baseline, dict) and "max_drop" in baseline:
+        value = baseline["max_drop"]
+        return None if value is None else float(value)
     value = (study.user_attrs.get("config", {}).get("pareto") or {}).get("max_accuracy_drop")
     return None if value is None else float(value)
 
@@ -307,6 +339,7 @@ def study_analysis(study: optuna.Study) -> Analysis:
 def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int, float] | None = None) -> list[dict[str, Any]]:
     """One row per trial to show: the front (smallest first), or the closest when none is feasible."""
     baseline = study.user_attrs.get("baseline", {})
+    metric = Baseline.of(baseline).metric if baseline else MetricInfo()
     shown = analysis.front or analysis.closest
     trials = _optuna.trials_by_number(study, shown)
     rows = []
@@ -315,8 +348,11 @@ def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int,
         t = trials[number]
         row: dict[str, Any] = {
             "trial": number,
-            "accuracy": p.accuracy,
-            "accuracy_drop": round(p.accuracy_drop, 3),
+            # The metric by name, in its direction: positive drops are worse, in its units.
+            "metric": metric.name,
+            "higher_is_better": metric.higher_is_better,
+            "score": p.accuracy,
+            "score_drop": round(p.accuracy_drop, 6),
             "size_bytes": p.size_bytes,
             "compression_ratio": p.compression_ratio,
             "latency_ms": p.latency_ms,
@@ -331,31 +367,68 @@ def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int,
             "nonzeros": t.user_attrs.get("metrics", {}).get("nonzeros"),
             "plan": t.user_attrs.get("plan", {}),
         }
-        paired = _paired(baseline.get("val_correct"), t.user_attrs.get("val_correct"))
-        if paired is not None:
-            row["accuracy_drop_interval"] = [round(paired.low, 3), round(paired.high, 3)]
-            row["accuracy_drop_p"] = round(paired.p_value, 4)
-            row["accuracy_drop_within_noise"] = paired.within_noise
+        _put_interval(row, "score_drop", paired_interval(metric, baseline, t.user_attrs, "val"))
         if test_accuracy is not None and number in test_accuracy:
-            row["test_accuracy"] = test_accuracy[number]
+            row["test_score"] = test_accuracy[number]
             drop = Baseline.of(baseline).test_accuracy_drop(test_accuracy[number]) if baseline else None
             if drop is not None:
-                row["test_accuracy_drop"] = round(drop, 3)
-            paired = _paired(baseline.get("test_correct"), study.user_attrs.get("test_correct", {}).get(str(number)))
-            if paired is not None:
-                row["test_accuracy_drop_interval"] = [round(paired.low, 3), round(paired.high, 3)]
-                row["test_accuracy_drop_p"] = round(paired.p_value, 4)
-                row["test_accuracy_drop_within_noise"] = paired.within_noise
+                row["test_score_drop"] = round(drop, 6)
+            stored = study.user_attrs.get("test_correct", {}).get(str(number)) or t.user_attrs.get("test_scores")
+            _put_interval(row, "test_score_drop", paired_interval(metric, baseline, {"test": stored}, "test"))
+        if metric.is_accuracy:  # the classification spelling, as before metrics were named
+            for key in [k for k in row if "score" in k]:
+                row[key.replace("score", "accuracy")] = row[key]
         rows.append(row)
     return rows
 
 
-def _paired(baseline: str | None, trial: str | None) -> PairedDrop | None:
-    """The paired drop of two stored correctness vectors; None when either is missing or they
-    cover different images (a study from before they were stored)."""
-    if not baseline or not trial:
+def _put_interval(row: dict[str, Any], key: str, paired: PairedDrop | None) -> None:
+    if paired is None:
+        return
+    digits = 3 if paired.method == "mcnemar" else 6
+    row[f"{key}_interval"] = [round(paired.low, digits), round(paired.high, digits)]
+    row[f"{key}_p"] = round(paired.p_value, 4)
+    row[f"{key}_within_noise"] = paired.within_noise
+    row[f"{key}_method"] = paired.method
+
+
+def paired_interval(metric: MetricInfo, baseline: Mapping[str, Any], trial_attrs: Mapping[str, Any], split: str) -> PairedDrop | None:
+    """A trial's drop against the baseline on the same samples, with its 95% interval: McNemar's
+    exact interval for 0/1 scores (top-1's per-image correctness), a paired bootstrap otherwise
+    (recomputing a corpus-level metric on each resample). None when either side's scores were
+    never stored (a study from before they were)."""
+    if split == "val":
+        base_text, trial_text = (
+            baseline.get("val_correct") or baseline.get("val_scores"),
+            trial_attrs.get("val_correct") or trial_attrs.get("val_scores"),
+        )
+    else:
+        base_text, trial_text = baseline.get("test_correct") or baseline.get("test_scores"), trial_attrs.get("test")
+    if not base_text or not trial_text:
         return None
-    base, other = unpack_correct(baseline), unpack_correct(trial)
-    if base is None or other is None or len(base) != len(other) or len(base) == 0:
+    if str(base_text).startswith("f4:"):
+        base, other = unpack_rows(base_text), unpack_rows(trial_text)
+    else:
+        base, other = unpack_correct(base_text), unpack_correct(trial_text)
+    if base is None or other is None or base.shape != other.shape or len(base) == 0:
         return None
-    return paired_drop(base, other)
+    if is_binary(base, other) and metric.scale == 100.0:
+        return paired_drop(base.astype(bool), other.astype(bool))
+    reduce = _reducer(metric, baseline)
+    if reduce is None:
+        return None
+    return bootstrap_drop(base, other, reduce, metric.drop)
+
+
+def _reducer(metric: MetricInfo, baseline: Mapping[str, Any]) -> Any:
+    """What turns stored rows into the metric: their mean, or a corpus-level built-in's reduce
+    (a user's corpus-level reduce lives in their code, which the analyser never imports: its
+    interval is computed on the worker and stored with the trial)."""
+    if not metric.corpus:
+        return lambda rows: float(np.mean(rows))
+    from autocompress.tasks.metrics import builtin_metric
+
+    try:
+        return builtin_metric(metric.name, {"num_classes": baseline.get("num_classes")}).reduce
+    except Exception:  # noqa: BLE001  (not a built-in name: no interval from stored rows)
+        return None

@@ -97,7 +97,8 @@ class Result:
     """What evaluating one plan measured.
 
     Args:
-        accuracy: top-1 accuracy on the validation split, in [0, 1].
+        accuracy: the task metric's value on the validation split (top-1 accuracy, a fraction,
+            unless the task names another metric; its direction is the task's).
         size_bytes: bytes of the packed representation (codes, sparse index, scales, the rest).
         latency_ms: median forward time of one batch on the deploy target, in milliseconds, as
             measured in this trial's timing slot (the driver's objective scales the stored
@@ -118,6 +119,11 @@ class Result:
         onnx_bytes: length of the ONNX file deployed (ONNX-based runtimes), else None.
         windows: wall-clock windows of the timing slot and of this worker's shared turns.
         val_correct: which validation images it got right (``stats.pack_correct``).
+        val_scores: a protocol task's per-sample metric rows on the validation split
+            (``stats.pack_rows``): paired against the baseline's for a drop's interval.
+        test_score: a protocol task's metric on the test split (taken on the worker, where its
+            data opens), read by the re-check of the front; None for in-memory tasks.
+        test_scores: its rows, as ``val_scores``.
         finetune_steps: fine-tuning steps taken.
         rungs: validation accuracy at each rung reached (multi-fidelity trials).
         pruned_at: the rung where the driver stopped the trial; its accuracy is that rung's,
@@ -140,6 +146,9 @@ class Result:
     latency_capped: bool = False
     latency_backend: str = "torch fp32 cpu"
     val_correct: str = ""
+    val_scores: str = ""
+    test_score: float | None = None
+    test_scores: str = ""
     latency_node: str = ""
     onnx_bytes: int | None = None
     windows: dict[str, Any] = field(default_factory=dict)
@@ -172,3 +181,51 @@ class Result:
     @classmethod
     def failure(cls, error: str, **kwargs: Any) -> Result:
         return cls(error=error, **kwargs)
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A stored metric's description without its functions (what the reports need)."""
+
+    name: str = "accuracy"
+    higher_is_better: bool = True
+    scale: float = 100.0
+    unit: str = "points"
+    corpus: bool = False
+
+    @classmethod
+    def of(cls, data: Any) -> MetricInfo:
+        """From a study's stored ``metric`` mapping; a study stored before metrics were named
+        scored top-1 accuracy."""
+        if not isinstance(data, dict):
+            return cls()
+        return cls(
+            name=str(data.get("name", "accuracy")),
+            higher_is_better=bool(data.get("higher_is_better", True)),
+            scale=float(data.get("scale", 1.0)),
+            unit=str(data.get("unit", "")),
+            corpus=bool(data.get("corpus", False)),
+        )
+
+    def drop(self, baseline: float, value: float) -> float:
+        sign = 1.0 if self.higher_is_better else -1.0
+        return self.scale * sign * (baseline - value)
+
+    @property
+    def is_accuracy(self) -> bool:
+        """Top-1 accuracy, the classification spelling (``accuracy``, ``accuracy_drop`` columns)."""
+        return self.name == "accuracy"
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.higher_is_better else "minimize"
+
+    def format(self, value: float) -> str:
+        """A value as people read it: a fraction in percent for point metrics."""
+        return f"{100 * value:.2f}%" if self.scale == 100.0 else f"{value:.4g}"
+
+    def drop_unit(self) -> str:
+        return "points" if self.scale == 100.0 else (self.unit or f"{self.name} units")
+
+
+TOP1 = MetricInfo()  # what a study stored before metrics were named: top-1 accuracy, in points

@@ -15,7 +15,8 @@ from autocompress import _optuna
 from autocompress.baseline import Baseline
 from autocompress.errors import StorageError
 from autocompress.pareto import OBJECTIVES, Analysis, front_rows, study_analysis
-from autocompress.stats import unpack_correct
+from autocompress.plan import MetricInfo
+from autocompress.stats import BOOTSTRAP_RESAMPLES, unpack_correct, unpack_rows
 
 
 def make_console() -> Console:
@@ -25,7 +26,8 @@ def make_console() -> Console:
 
 def check_study(study: optuna.Study) -> None:
     """Refuse studies that are not autocompress searches (other tools share the same storage)."""
-    if list(study.metric_names or []) != list(OBJECTIVES) or len(study.directions) != len(OBJECTIVES):
+    names = list(study.metric_names or [])
+    if len(names) != len(OBJECTIVES) or names[1:] != list(OBJECTIVES[1:]) or len(study.directions) != len(OBJECTIVES):
         raise StorageError(
             f"study '{study.study_name}' is not an autocompress search (objectives {study.metric_names}): "
             "pass the name of a study made by 'autocompress search'"
@@ -106,34 +108,39 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     if states[TrialState.PRUNED]:
         counts += " (pruned: stopped at a fine-tuning rung, never on the front)"
     console.print(f"study [bold]{study.study_name}[/bold]: {counts or 'no trials'}; Pareto front: {len(analysis.front)} trials")
+    metric = Baseline.of(stored).metric if stored else MetricInfo()
+    unit = metric.drop_unit()
     if stored:
         baseline = Baseline.of(stored)
-        test = "nan" if baseline.test_accuracy is None else f"{100 * baseline.test_accuracy:.2f}"
+        test = "nan" if baseline.test_accuracy is None else metric.format(baseline.test_accuracy)
+        console.print(f"metric: {metric.name}, {'higher' if metric.higher_is_better else 'lower'} is better; a drop is how much worse, in {unit}")
         console.print(
-            f"baseline: accuracy {100 * baseline.accuracy:.2f}% (test {test}%), {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms"
+            f"baseline: {metric.name} {metric.format(baseline.accuracy)} (test {test}), {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms"
         )
-        console.print(f"deploy target: {deploy_target(study)}; latency and accuracy measured on it, speedups paired with the baseline there")
+        console.print(f"deploy target: {deploy_target(study)}; latency and {metric.name} measured on it, speedups paired with the baseline there")
     if analysis.max_accuracy_drop is not None:
         console.print(
-            f"constraint: accuracy drop <= {analysis.max_accuracy_drop:g} points; {analysis.feasible_count} of {len(analysis.points)} trials feasible"
+            f"constraint: {metric.name} drop <= {analysis.max_accuracy_drop:.4g} {unit}; {analysis.feasible_count} of {len(analysis.points)} trials feasible"
         )
     if not analysis.points:
         console.print("no complete trials yet: run 'autocompress search' with this study name")
         return
     if not analysis.front:
-        console.print("[bold]no trial meets the constraint[/bold]; the closest trials (least accuracy lost):")
+        console.print(f"[bold]no trial meets the constraint[/bold]; the closest trials (least {metric.name} lost):")
     else:
         ref = analysis.reference
         knee = f"; knee: trial {analysis.knee}" if analysis.knee is not None else ""
         console.print(
-            f"hypervolume {analysis.hypervolume:.4f} (reference: {100 * ref[0]:g} points lost, baseline size, {ref[2]:g}x baseline latency){knee}"
+            f"hypervolume {analysis.hypervolume:.4f} (reference: {metric.scale * ref[0]:.4g} {unit} lost, baseline size, {ref[2]:g}x baseline latency){knee}"
         )
+    points = metric.scale == 100.0
+    short = "acc" if metric.is_accuracy else metric.name
     table = Table(show_lines=False)
     for col, justify in (
         ("trial", "right"),
-        ("val acc %", "right"),
-        ("drop pts", "right"),
-        ("test acc %", "right"),
+        (f"val {short}{' %' if points else ''}", "right"),
+        ("drop pts" if points else "drop", "right"),
+        (f"test {short}{' %' if points else ''}", "right"),
         ("test drop", "right"),
         ("size KB", "right"),
         ("ratio", "right"),
@@ -145,22 +152,25 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
         mark = " (knee)" if r["knee"] else ("" if r["feasible"] else " (infeasible)")
         table.add_row(
             f"{r['trial']}{mark}",
-            f"{100 * r['accuracy']:.2f}",
-            drop_text(r, "accuracy_drop"),
-            f"{100 * r['test_accuracy']:.2f}" if "test_accuracy" in r else "",
-            drop_text(r, "test_accuracy_drop"),
+            _value(r["score"], points),
+            drop_text(r, "score_drop", points),
+            _value(r["test_score"], points) if "test_score" in r else "",
+            drop_text(r, "test_score_drop", points),
             f"{r['size_bytes'] / 1024:.2f}",
             f"{r['compression_ratio']:.1f}x",
             f"{r['latency_ms']:.3f}{' ~' if r.get('latency_unstable') else ''}",
             f"{r['speedup']:.2f}x",
         )
     console.print(table)
-    if any(f"{k}_interval" in r for r in rows for k in ("accuracy_drop", "test_accuracy_drop")):
-        n_val, n_test = (_count((stored or {}).get(f"{split}_correct")) for split in ("val", "test"))
-        console.print(
-            f"[..] 95% interval of a drop, paired on the same {n_val} validation / {n_test} test images; ≈ within noise (McNemar's exact test)"
+    if any(f"{k}_interval" in r for r in rows for k in ("score_drop", "test_score_drop")):
+        n_val, n_test = (_count((stored or {}).get(f"{split}_correct") or (stored or {}).get(f"{split}_scores")) for split in ("val", "test"))
+        how = (
+            "McNemar's exact test"
+            if any(r.get("score_drop_method") == "mcnemar" for r in rows)
+            else f"paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples, seeded"
         )
-    unchecked = [str(r["trial"]) for r in rows if "test_accuracy" not in r]
+        console.print(f"[..] 95% interval of a drop, paired on the same {n_val} validation / {n_test} test samples; ≈ within noise ({how})")
+    unchecked = [str(r["trial"]) for r in rows if "test_score" not in r]
     if unchecked:
         console.print(
             f"test split not re-checked for trial {', '.join(unchecked)} (the search stopped early): autocompress report {study.study_name} --recheck"
@@ -173,18 +183,25 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
 
 
 def _count(packed: str | None) -> int:
-    vector = unpack_correct(packed) if packed else None
+    if not packed:
+        return 0
+    vector = unpack_rows(packed) if str(packed).startswith("f4:") else unpack_correct(packed)
     return 0 if vector is None else len(vector)
 
 
-def drop_text(row: dict[str, Any], key: str) -> str:
+def _value(value: float, points: bool) -> str:
+    return f"{100 * value:.2f}" if points else f"{value:.4g}"
+
+
+def drop_text(row: dict[str, Any], key: str, points: bool = True) -> str:
     """``+0.56 [-0.28,+1.39] ≈``: the drop, its paired 95% interval, and ≈ when within noise."""
     if key not in row:
         return ""
-    text = f"{row[key]:+.2f}"
+    text = f"{row[key]:+.2f}" if points else f"{row[key]:+.3g}"
     if f"{key}_interval" in row:
         low, high = row[f"{key}_interval"]
-        text += f" [{low:+.1f},{high:+.1f}]{' ≈' if row[f'{key}_within_noise'] else ''}"
+        inner = f"{low:+.1f},{high:+.1f}" if points else f"{low:+.3g},{high:+.3g}"
+        text += f" [{inner}]{' ≈' if row[f'{key}_within_noise'] else ''}"
     return text
 
 

@@ -25,20 +25,22 @@ from optuna.trial import TrialState
 
 from autocompress import _faults, _optuna, fidelity, pareto, sensitivity, tables
 from autocompress.artifact_files import remove_partials, store_artifact, write_artifact
-from autocompress.baseline import trial_metrics
-from autocompress.config import StudyConfig
+from autocompress.baseline import Baseline, resolve_max_drop, trial_metrics
+from autocompress.config import ParetoConfig, StudyConfig
 from autocompress.deploy.target import DeployConfig
 from autocompress.errors import SearchError, StorageError
 from autocompress.leases import Lease
-from autocompress.plan import CompressionPlan, Result
+from autocompress.plan import CompressionPlan, MetricInfo, Result
 from autocompress.progress import ProgressBar
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
-from autocompress.stats import accuracy, chance_accuracy, pack_correct
+from autocompress.stats import accuracy, bootstrap_drop, chance_accuracy, pack_correct, unpack_rows
 from autocompress.storage import mask_url, open_storage, retry_creation, sqlite_path
 from autocompress.study_setup import DEPLOY_IDENTITY, WARM_START, WARM_START_CHANNEL, open_study, prepare, sampler_name, warm_start_plans
 from autocompress.tasks import Task, build_task, correct_of
+from autocompress.tasks.custom import task_protocol
 from autocompress.tasks.data import CACHE, describe_data, load_data
+from autocompress.tasks.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +54,44 @@ LADDER_HEADROOM = 0.98  # a ladder plan packs, before fine-tuning, within this s
 ACZ_MIMETYPE = "application/x-autocompress"
 
 
-def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[dict[str, Any], Result]:
+def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig, pareto_config: ParetoConfig | None = None) -> tuple[dict[str, Any], Result]:
     """The uncompressed model's numbers (its fp32 artifact from the same packer, its deployed
-    form on the deploy target) and the result, measured by a worker: on the target the trials use."""
+    form on the deploy target) and the result, measured by a worker: on the target the trials use.
+    A protocol task's test split is scored there too (its data opens only on the workers)."""
     result = runner.baseline()
     if result.error:
         raise SearchError(f"the baseline model cannot be measured: {result.error}")
-    test_correct = correct_of(task.build_model(), task.data.x_test, task.data.y_test).numpy()
+    metric = task.metric_info
+    scores: dict[str, Any]
+    if task.data is None:
+        scores = {
+            "accuracy": result.accuracy,
+            "test_accuracy": result.test_score,
+            # Per-sample metric rows, to pair each trial's drop with them (a paired bootstrap).
+            # No chance level: a user's metric has no constant prediction known here.
+            "val_scores": result.val_scores,
+            "test_scores": result.test_scores,
+            "val_count": int(result.val_scores.split(":")[1]) if result.val_scores else None,
+            "num_classes": task.num_classes,
+        }
+    else:
+        test_correct = correct_of(task.build_model(), task.data.x_test, task.data.y_test).numpy()
+        scores = {
+            "accuracy": result.accuracy,
+            "test_accuracy": accuracy(test_correct),
+            # Per-image correctness, to pair each trial's drop with it (stats.paired_drop), and the
+            # most common class's share: a trial no better than it is never on the front.
+            "val_correct": result.val_correct,
+            "test_correct": pack_correct(test_correct),
+            "val_count": len(task.data.y_val),
+            "chance_accuracy": chance_accuracy(task.data.y_val.numpy()),
+        }
+    pareto_config = pareto_config or ParetoConfig()
     numbers = {
-        "accuracy": result.accuracy,
-        "test_accuracy": accuracy(test_correct),
-        # Per-image correctness, to pair each trial's drop with it (stats.paired_drop), and the
-        # most common class's share: a trial no better than it is never on the front.
-        "val_correct": result.val_correct,
-        "test_correct": pack_correct(test_correct),
-        "val_count": len(task.data.y_val),
-        "chance_accuracy": chance_accuracy(task.data.y_val.numpy()),
+        **scores,
+        "metric": _metric_dict(metric),
+        # The feasibility limit in the metric's units, resolved once against this baseline.
+        "max_drop": resolve_max_drop(pareto_config.max_drop, pareto_config.max_accuracy_drop, metric, result.accuracy),
         "size_bytes": result.size_bytes,
         "latency_ms": result.latency_ms,
         "latency_cv": result.latency_cv,
@@ -82,6 +106,10 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig) -> tuple[
     if task.trained_by:  # trained by this search or an earlier one: where (host, device, Ray node)
         numbers["trained_by"] = task.trained_by
     return numbers, result
+
+
+def _metric_dict(metric: MetricInfo) -> dict[str, Any]:
+    return {"name": metric.name, "higher_is_better": metric.higher_is_better, "scale": metric.scale, "unit": metric.unit, "corpus": metric.corpus}
 
 
 T = TypeVar("T")
@@ -183,6 +211,7 @@ class Driver:
         self.handoffs: list[float] = []
         self._result_at: float | None = None
         self._baseline: dict[str, Any] | None = None
+        self._task: Task | None = None  # the task this driver searches (its protocol's metric, for intervals)
         self._in_flight: dict[int, optuna.Trial] = {}  # trial number -> its trial, handed to a worker
         self._pruner: fidelity.Pruner | None = None  # judges reports at rungs (search.pruner)
         self._reported: collections.defaultdict[int, dict[int, float]] = collections.defaultdict(dict)  # in flight: step -> accuracy
@@ -232,6 +261,7 @@ class Driver:
             + (f"{done} of {cfg.search.trials} trials complete" if done else "starting")
         )
         task = build_task(cfg.task, cfg.cache_dir, say=self.say, trainer=self.runner.trainer(cfg.search.device))
+        self._task = task
         self.study = study
         # One absolute folder, recorded with the study: a run resumed from another folder keeps
         # writing where export and report read.
@@ -250,10 +280,13 @@ class Driver:
             if "baseline" not in study.user_attrs:
                 start = time.monotonic()
                 self.say(f"measuring the baseline on the deploy target ({cfg.deploy.runtime} {cfg.deploy.precision})")
-                baseline, result = measure_baseline(task, self.runner, cfg.deploy)
+                baseline, result = measure_baseline(task, self.runner, cfg.deploy, cfg.pareto)
+                metric = task.metric_info
+                limit = baseline["max_drop"]
                 self.say(
-                    f"  accuracy {100 * baseline['accuracy']:.2f}%, {baseline['size_bytes'] / 1024:.1f} KB, "
-                    f"{baseline['latency_ms']:.3f} ms ({time.monotonic() - start:.1f} s)"
+                    f"  {metric.name} {metric.format(baseline['accuracy'])} ({'higher' if metric.higher_is_better else 'lower'} is better), "
+                    f"{baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms ({time.monotonic() - start:.1f} s); "
+                    + (f"feasible: a drop of at most {limit:.4g} {metric.drop_unit()}" if limit is not None else "no drop limit")
                 )
                 _faults.checkpoint("baseline-measured")
                 baseline["artifact_id"] = store_artifact(study, result.artifact, self.artifact_dir, "baseline.acz", ACZ_MIMETYPE)
@@ -278,7 +311,16 @@ class Driver:
     def _prepare(self) -> SearchSpace:
         """Every user mistake surfaces here, before storage or Ray; then what data was read."""
         space = prepare(self.config)
-        self.say(f"  data: {describe_data(self.config.task, load_data(self.config.task), CACHE.read_seconds)}")
+        protocol = task_protocol(self.config.task)
+        if protocol is not None:
+            metric = protocol.metric
+            self.say(
+                f"  data: {', '.join(protocol.splits)} opened on the workers, never here; metric {metric.name} "
+                f"({'higher' if metric.higher_is_better else 'lower'} is better{', corpus-level' if metric.corpus else ''}); "
+                f"loss {'cross-entropy (the default)' if protocol.loss_is_default else 'the task' + chr(39) + 's own'}"
+            )
+        else:
+            self.say(f"  data: {describe_data(self.config.task, load_data(self.config.task), CACHE.read_seconds)}")
         return space
 
     def _sensitivity_cache(self, space: SearchSpace, task_key: str) -> Path:
@@ -364,7 +406,7 @@ class Driver:
         """The pruner, taught by the study's finished trials (a resumed study's included)."""
         cfg = self.config
         baseline = study.user_attrs.get("baseline", {})
-        self._pruner = fidelity.make_pruner(cfg.search.pruner, baseline, cfg.pareto.max_accuracy_drop, rungs, cfg.finetune.steps)
+        self._pruner = fidelity.make_pruner(cfg.search.pruner, baseline, pareto.study_constraint(study), rungs, cfg.finetune.steps)
         states = (TrialState.COMPLETE, TrialState.PRUNED)
         values = _optuna.intermediate_values(study, states)
         rows = _optuna.trial_rows(study, states)
@@ -461,7 +503,7 @@ class Driver:
                         failed_in_a_row = 0
                         if not self.show_progress and self._analysis is not None:
                             self.say(
-                                f"trial {number}: accuracy {100 * result.accuracy:.2f}%, {result.size_bytes / 1024:.1f} KB, "
+                                f"trial {number}: {self._metric.name} {self._metric.format(result.accuracy)}, {result.size_bytes / 1024:.1f} KB, "
                                 f"{self._analysis.point(number).latency_ms:.3f} ms [{complete}/{cfg.trials} complete, "
                                 f"front {len(self._analysis.front)}]"
                             )
@@ -571,7 +613,7 @@ class Driver:
         attrs.update(pruned_at=result.pruned_at, prune_reason=reason, rungs=result.rungs, finetune_steps=result.finetune_steps)
         drop = None
         if baseline:
-            drop = 100.0 * (float(baseline["accuracy"]) - result.accuracy)
+            drop = Baseline.of(baseline).accuracy_drop(result.accuracy)
             attrs["drop_points"] = round(drop, 3)  # at the rung it reached
             if result.size_bytes:
                 attrs["size_bytes"] = result.size_bytes
@@ -581,7 +623,7 @@ class Driver:
         # Never feasible (its model was never finished): TPE then ranks it among the infeasible
         # trials by how far it missed, where it would rank pruned trials by their intermediate
         # values through a single direction, which a three-objective study does not have.
-        missed = max(0.0, (drop or 0.0) - (self.config.pareto.max_accuracy_drop or 0.0))
+        missed = max(0.0, (drop or 0.0) - (pareto.study_constraint(study) or 0.0))
         system = _optuna.constraint_attrs("max_accuracy_drop", missed + PRUNED_VIOLATION)
         _optuna.set_trial_attrs(trial, attrs, system)
         study.tell(trial, state=TrialState.PRUNED)
@@ -612,9 +654,16 @@ class Driver:
         attrs["finetune_steps"] = result.finetune_steps
         if result.rungs:
             attrs["rungs"] = result.rungs
-        attrs["val_correct"] = result.val_correct
+        if result.val_scores:  # a protocol task: per-sample rows on both splits, and the test score
+            attrs.update(val_scores=result.val_scores, test_scores=result.test_scores, test_score=result.test_score)
+            attrs.update(self._worker_intervals(result, baseline))
+        else:
+            attrs["val_correct"] = result.val_correct
         if "accuracy_drop" in metrics:  # flat, so optuna-dashboard's trial table shows them as columns
-            attrs["drop_points"] = round(metrics["accuracy_drop"], 3)
+            if self._metric.scale == 100.0:
+                attrs["drop_points"] = round(metrics["accuracy_drop"], 3)
+            else:  # in the metric's units and direction (positive: worse)
+                attrs[f"{self._metric.name}_drop"] = round(metrics["accuracy_drop"], 6)
             attrs["compression_ratio"] = round(metrics["compression_ratio"], 2)
             attrs["speedup"] = round(metrics["speedup"], 3)
         if baseline.get("deploy"):  # optuna-dashboard's trial table shows what each latency came from
@@ -635,7 +684,7 @@ class Driver:
             _optuna.set_trial_attrs(trial, {**attrs, "fail_reason": f"artifact not stored: {exc}"}, system)
             study.tell(trial, state=TrialState.FAIL)
             raise
-        max_drop = self.config.pareto.max_accuracy_drop
+        max_drop = pareto.study_constraint(study)
         if max_drop is not None and baseline:
             system.update(_optuna.constraint_attrs("max_accuracy_drop", metrics["accuracy_drop"] - max_drop))
         values = [result.accuracy, float(result.size_bytes), metrics["latency_ms"]]
@@ -653,6 +702,27 @@ class Driver:
             with self._timed("tables"):
                 tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, plan, analysis)
         return TrialState.COMPLETE
+
+    @property
+    def _metric(self) -> MetricInfo:
+        """What the first objective measures (from the stored baseline, else the task)."""
+        if self._baseline:
+            return Baseline.of(self._baseline).metric
+        return self._task.metric_info if self._task is not None else MetricInfo()
+
+    def _worker_intervals(self, result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
+        """A corpus-level metric of the user's own: its reduce lives in the user's code, which the
+        driver holds (it called the task function) but the analyser never imports, so the
+        drop's paired bootstrap is computed here and stored with the trial."""
+        protocol = self._task.protocol if self._task is not None else None
+        if protocol is None or not protocol.metric.corpus or protocol.metric.name in METRICS:
+            return {}
+        out: dict[str, Any] = {}
+        for split in ("val", "test"):
+            base, other = unpack_rows(baseline.get(f"{split}_scores")), unpack_rows(getattr(result, f"{split}_scores"))
+            if base is not None and other is not None and base.shape == other.shape and len(base):
+                out[f"{split}_interval"] = bootstrap_drop(base, other, protocol.metric.value, protocol.metric.drop).to_dict()
+        return out
 
 
 def run_search(config: StudyConfig, progress: bool = True) -> optuna.Study:

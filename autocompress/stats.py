@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,15 +56,16 @@ class PairedDrop:
     low: float  # the 95% interval of the drop
     high: float
     p_value: float  # McNemar's exact test: do lost and gained images differ more than by chance?
-    lost: int  # images the baseline got right and the trial wrong
+    lost: int  # images the baseline got right and the trial wrong (bootstrap: samples scored worse)
     gained: int  # the reverse
     n: int
+    method: str = "mcnemar"  # or "bootstrap" (paired, seeded, BOOTSTRAP_RESAMPLES resamples)
 
     @property
     def within_noise(self) -> bool:
         return self.p_value >= 1.0 - LEVEL
 
-    def to_dict(self) -> dict[str, float | int | bool]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "drop": round(self.drop, 3),
             "low": round(self.low, 3),
@@ -72,6 +75,7 @@ class PairedDrop:
             "gained": self.gained,
             "n": self.n,
             "within_noise": self.within_noise,
+            "method": self.method,
         }
 
 
@@ -111,3 +115,79 @@ def above_chance(accuracy: float, n: int, chance: float) -> bool:
 @functools.lru_cache(maxsize=4096)  # the analyser asks for every trial after each one
 def _above_chance(right: int, n: int, chance: float) -> bool:
     return bool(binomtest(right, n, chance, alternative="greater").pvalue < 1.0 - LEVEL)
+
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0  # the same resamples for every trial: intervals are comparable and repeatable
+MAX_ROWS = 1 << 22  # numbers stored per score vector: 16 MiB of float32, a bound on what is read back
+
+
+def pack_rows(rows: np.ndarray) -> str:
+    """``"f4:N:K:BASE64"``: per-sample scores (K = 0 for a vector) or statistics rows (N x K) as
+    float32, zlib-compressed, small enough to store with a trial."""
+    rows = np.asarray(rows, dtype=np.float32)
+    k = 0 if rows.ndim == 1 else rows.shape[1]
+    return f"f4:{rows.shape[0]}:{k}:{base64.b64encode(zlib.compress(rows.tobytes(), 6)).decode('ascii')}"
+
+
+def unpack_rows(packed: Any) -> np.ndarray | None:
+    """The array of :func:`pack_rows`; None when ``packed`` is not one (or claims more numbers
+    than :data:`MAX_ROWS`, or than it holds)."""
+    try:
+        tag, n_text, k_text, data = str(packed).split(":", 3)
+        n, k = int(n_text), int(k_text)
+        if tag != "f4" or n < 0 or k < 0 or n * max(k, 1) > MAX_ROWS:
+            return None
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(base64.b64decode(data, validate=True), 4 * n * max(k, 1) + 1)
+        values = np.frombuffer(raw, dtype=np.float32).astype(np.float64)
+    except (ValueError, TypeError, zlib.error):
+        return None
+    if len(values) != n * max(k, 1):
+        return None
+    return values.reshape(n, k) if k else values
+
+
+def bootstrap_drop(
+    baseline: np.ndarray,
+    trial: np.ndarray,
+    value: Callable[[np.ndarray], float],
+    drop: Callable[[float, float], float],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> PairedDrop:
+    """A paired bootstrap of a drop: the same samples are drawn for the baseline and the trial,
+    the metric recomputed on each (``value``: a split's rows -> the metric, so a corpus-level
+    metric is recomputed whole), and ``drop(baseline_value, trial_value)`` taken; the 95%
+    interval is the percentile interval, the p-value the two-sided share of resamples on the
+    other side of zero."""
+    base, other = np.asarray(baseline, dtype=np.float64), np.asarray(trial, dtype=np.float64)
+    if base.shape != other.shape or base.ndim not in (1, 2) or len(base) == 0:
+        raise ValueError(f"paired rows must be one sample each, alike: got {base.shape} and {other.shape}")
+    n = len(base)
+    point = drop(value(base), value(other))
+    rng = np.random.default_rng(seed)
+    if base.ndim == 1:  # a mean: all resamples at once
+        idx = rng.integers(0, n, size=(resamples, n))
+        drops = np.array([drop(float(b), float(t)) for b, t in zip(base[idx].mean(axis=1), other[idx].mean(axis=1), strict=True)])
+        worse = int(np.sum(drop(0.0, 1.0) * (other - base) > 0))  # samples scored worse, in the metric's direction
+        better = int(np.sum(drop(0.0, 1.0) * (other - base) < 0))
+    else:
+        drops = np.empty(resamples)
+        for i in range(resamples):
+            idx = rng.integers(0, n, size=n)
+            drops[i] = drop(value(base[idx]), value(other[idx]))
+        worse = better = 0
+    finite = drops[np.isfinite(drops)]
+    if len(finite) == 0:
+        return PairedDrop(point, float("nan"), float("nan"), 1.0, worse, better, n, "bootstrap")
+    low, high = np.percentile(finite, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
+    p_value = min(1.0, 2.0 * min(float(np.mean(finite <= 0)), float(np.mean(finite >= 0))))
+    if np.all(finite == 0):
+        p_value = 1.0
+    return PairedDrop(point, float(low), float(high), p_value, worse, better, n, "bootstrap")
+
+
+def is_binary(*rows: np.ndarray) -> bool:
+    """Whether every vector holds only 0 and 1 (then McNemar's exact test applies)."""
+    return all(r.ndim == 1 and bool(np.isin(r, (0.0, 1.0)).all()) for r in rows)

@@ -24,9 +24,11 @@ from autocompress.config import StudyConfig
 from autocompress.errors import AutocompressError, SearchError, StorageError
 from autocompress.evaluate import resolve_device
 from autocompress.fidelity import check_rungs
+from autocompress.plan import TOP1, MetricInfo
 from autocompress.space import SearchSpace, load_space
 from autocompress.storage import check_url, mask_url
 from autocompress.tasks import TaskSpec, model_skeleton
+from autocompress.tasks.custom import task_protocol
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +108,28 @@ def prepare(config: StudyConfig) -> SearchSpace:
         if not (search.workers and address):  # the workers run on this machine: it needs the GPU
             resolve_device("cuda")
     check_deploy(config, local=not (search.workers and address))
+    check_protocol(config)
     space = load_space(config.space).resolve(*model_skeleton(config.task))
     space.check_act_bits(config.deploy.precision, config.deploy.runtime, space.source)
     return space
+
+
+def check_protocol(config: StudyConfig) -> None:
+    """What a protocol task (its own data, loss and metric) cannot be searched with yet, named
+    with the reason before anything starts."""
+    protocol = task_protocol(config.task)
+    if protocol is None:
+        return
+    if config.deploy.runtime != "torch":
+        raise SearchError(
+            f"deploy.runtime {config.deploy.runtime}: the ONNX export takes one float tensor in and scores logits, while "
+            f"{protocol.source} brings its own batches and metric; use deploy.runtime torch for this task"
+        )
+    if config.search.pruner != "none" and not protocol.metric.higher_is_better:
+        raise SearchError(
+            f"search.pruner {config.search.pruner} judges rungs by a score that rises; metric '{protocol.metric.name}' is lower-is-better: "
+            "use search.pruner none for this task"
+        )
 
 
 def check_deploy(config: StudyConfig, local: bool) -> None:
@@ -127,9 +148,16 @@ def check_deploy(config: StudyConfig, local: bool) -> None:
     runtime(deploy.runtime).check(deploy.precision, device)
 
 
+def task_metric(config: StudyConfig) -> MetricInfo:
+    """What the task's first objective measures: a protocol task's metric, else top-1 accuracy.
+    Known before any data is opened (the task function returns it)."""
+    protocol = task_protocol(config.task)
+    return MetricInfo.of(protocol.metric.info()) if protocol is not None else TOP1
+
+
 def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:
     """Refuse to mix trials of a different task or space into one study."""
-    expected = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    expected = pareto.directions(task_metric(config))
     if list(study.directions) != expected:
         raise StorageError(
             f"study '{study.study_name}' in {mask_url(url)} has other objectives "
@@ -181,13 +209,13 @@ def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace,
 DESCRIBING_ATTRS = ("task", "space", "config", "artifact_dir")
 
 
-def half_created(study: optuna.Study) -> bool:
+def half_created(study: optuna.Study, metric: MetricInfo = TOP1) -> bool:
     """Created with our directions and not fully described: no trial run yet, and the metric
     names or one of the describing attributes missing. A driver killed in between leaves one;
     so does a user who creates the study and enqueues plans of their own before searching."""
     started = _optuna.count_trials(study, (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED))
     return (
-        list(study.directions) == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
+        list(study.directions) == pareto.directions(metric)
         and not started
         and (not study.metric_names or any(k not in study.user_attrs for k in DESCRIBING_ATTRS))
     )
@@ -206,11 +234,11 @@ def open_study(storage: optuna.storages.BaseStorage, config: StudyConfig, space:
             log.warning("study '%s' exists; starting a new study '%s'", cfg.name, name)
         cfg = replace(cfg, name=name)
     try:
-        study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=list(pareto.DIRECTIONS))
+        study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, directions=pareto.directions(task_metric(cfg)))
         _faults.checkpoint("study-created")
     except optuna.exceptions.DuplicatedStudyError:  # an existing study (maybe another driver's, just made)
         study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
-        if not half_created(study):
+        if not half_created(study, task_metric(cfg)):
             check_existing(study, cfg, space, cfg.storage)
             task = cfg.task.resolved().to_dict()
             if study.user_attrs.get("task") != task:  # the same task, rebuilt another way (task.build): keep the newest
@@ -229,7 +257,7 @@ def describe(study: optuna.Study, cfg: StudyConfig, space: SearchSpace) -> None:
     """Name the objectives, record what defines the study (``DESCRIBING_ATTRS``), queue the warm start."""
     with warnings.catch_warnings():  # experimental since 3.2, stable in practice; keep output clean
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(pareto.OBJECTIVES))
+        study.set_metric_names(pareto.objectives(task_metric(cfg)))
     study.set_user_attr("task", cfg.task.resolved().to_dict())
     study.set_user_attr("artifact_format", FORMAT_VERSION)  # sizes compare only within one packer
     _faults.checkpoint("study-described")

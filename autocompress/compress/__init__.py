@@ -7,6 +7,7 @@ factors and quantization sees the folded, masked weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -67,13 +68,14 @@ def apply(
     model: nn.Module,
     plan: CompressionPlan,
     example: torch.Tensor | None = None,
-    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+    calibration: tuple[torch.Tensor, torch.Tensor] | Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> nn.Module:
     """Compress ``model`` in place following ``plan`` and return it.
 
     Args:
         example: a small input batch; needed when the plan removes channels (to trace the model).
-        calibration: a labelled batch (inputs, labels); needed by gradient-based importance.
+        calibration: a labelled batch (inputs, labels), or the task's loss as a function of the
+            model; needed by gradient-based importance.
     """
     available = compressible_layers(model)
     for name in plan.layers:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +24,8 @@ class ApplyContext:
     output_layers: set[nn.Module] | None = None  # the layers whose output is the model's (traced once)
     bn_folded: dict[str, str] = field(default_factory=dict)  # BatchNorm name -> layer it was folded into
     batchnorms: dict[nn.Conv2d, str] | None = None  # conv -> the BatchNorm after it (traced once)
-    calibration: tuple[torch.Tensor, torch.Tensor] | None = None  # labelled batch: gradient-based importance
+    # labelled batch, or a task's loss as a function of the model: gradient-based importance
+    calibration: tuple[torch.Tensor, torch.Tensor] | Callable[[nn.Module], torch.Tensor] | None = None
     gradients_ready: bool = False  # the loss's gradients are on the weights (taylor importance)
 
 

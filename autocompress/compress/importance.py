@@ -76,9 +76,12 @@ def compute_gradients(ctx: ApplyContext, layer: str) -> None:
     was_training = model.training
     model.eval()  # BatchNorm statistics stay as trained
     model.zero_grad(set_to_none=True)
-    x, y = ctx.calibration
     with torch.enable_grad():
-        nn.functional.cross_entropy(model(x), y).backward()
+        if callable(ctx.calibration):  # a task's own loss over its calibration batches
+            ctx.calibration(model).backward()
+        else:
+            x, y = ctx.calibration
+            nn.functional.cross_entropy(model(x), y).backward()
     model.train(was_training)
 
 

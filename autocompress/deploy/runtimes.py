@@ -81,32 +81,41 @@ RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
 
 
 class _TorchDeployed(Deployed):
-    def __init__(self, model: nn.Module, example: torch.Tensor, backend: str) -> None:
+    def __init__(self, model: nn.Module, example: Any, backend: str) -> None:
+        from autocompress.tasks.protocol import first_tensor
+
         self.model = model.eval()
-        self.example = example
+        self.example = example  # a tensor, or a protocol task's tuple or mapping of inputs
         self.backend = backend
-        self.cuda = example.device.type == "cuda"
+        first = first_tensor(example)
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.cuda = self.device.type == "cuda"
+
+    def _forward(self) -> Any:
+        from autocompress.tasks.metrics import call_model
+
+        return call_model(self.model, self.example)
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.example.device)).float().cpu()
+        return self.model(x.to(self.device)).float().cpu()
 
     @torch.inference_mode()
     def run_block(self, n: int) -> float:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if self.cuda:  # GPU work is asynchronous: time it with events after a sync
-                torch.cuda.synchronize(self.example.device)
+                torch.cuda.synchronize(self.device)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
                 for _ in range(n):
-                    self.model(self.example)
+                    self._forward()
                 end.record()
                 end.synchronize()
                 return start.elapsed_time(end) / 1e3
             t0 = time.perf_counter()
             for _ in range(n):
-                self.model(self.example)
+                self._forward()
             return time.perf_counter() - t0
 
 
@@ -130,7 +139,10 @@ class TorchRuntime(Runtime):
         # for the baseline and every trial alike, so no plan is credited with a free fusion.
         for conv, bn_name in following_batchnorms(model).items():
             fold(model, conv, bn_name)
-        where = "cpu" if example.device.type == "cpu" else example.device.type
+        from autocompress.tasks.protocol import first_tensor
+
+        first = first_tensor(example)
+        where = "cpu" if first is None or first.device.type == "cpu" else first.device.type
         backend = f"torch fp32 {where}"
         if precision == "int8" and where == "cpu":
             quantized, linear_layers = int8_model(model, plan)

@@ -105,7 +105,11 @@ class _EvaluatorActor:
         from autocompress.evaluate import Evaluator
 
         torch.set_num_threads(deploy.threads)
-        self.evaluator = Evaluator(Task.from_payload(payload), finetune, deploy, device, timer=timer, reporting=reporting)
+        self.error = ""  # the task cannot be loaded here: every call answers with the reason
+        try:
+            self.evaluator = Evaluator(Task.from_payload(payload), finetune, deploy, device, timer=timer, reporting=reporting)
+        except AutocompressError as exc:
+            self.error = str(exc)
         self.mailbox = mailbox
 
     def _finish(self, result: Result) -> dict[str, Any]:
@@ -118,13 +122,20 @@ class _EvaluatorActor:
         return result.to_dict()
 
     def baseline(self) -> dict[str, Any]:
+        if self.error:
+            return self._finish(Result.failure(self.error))
         return self._finish(self.evaluator.baseline())
 
     def one_shot(self, plan: dict[str, Any], timed: bool) -> dict[str, Any]:
+        if self.error:
+            raise AutocompressError(self.error)
         return self.evaluator.one_shot(CompressionPlan.from_dict(plan), timed)
 
     def evaluate(self, plan: dict[str, Any], number: int = -1) -> dict[str, Any]:
         import ray
+
+        if self.error:
+            return self._finish(Result.failure(self.error))
 
         report = None
         if self.mailbox is not None:
@@ -160,7 +171,9 @@ class _TimingActor:
         self.deploy = deploy
         self.device = resolve_device("cpu" if deploy.device == "auto" else deploy.device)
         self.runtime = runtime(deploy.runtime)
-        self.example = example.to(self.device)
+        from autocompress.tasks.protocol import to_device
+
+        self.example = to_device(example, self.device)
         self.lock = DeviceLock(device_key(str(self.device)))
         self.baselines: dict[str, Any] = {}  # sha256 of the file -> its deployed form
         self.spec = spec  # the search's own task: what builds a packed artifact's architecture
@@ -213,6 +226,7 @@ def _train_on_worker(payload: dict[str, Any], resume: dict[str, Any] | None, dev
 
     torch.set_num_threads(threads)
     task = Task.from_payload(payload)
+    assert task.data is not None, "only in-memory tasks are trained by autocompress"
     for report in local_trainer(resolve_device(device))(task.spec, task.data, task.state_dict, resume):
         if "where" in report:
             report["where"]["node_id"] = ray.get_runtime_context().get_node_id()
@@ -356,7 +370,8 @@ class RayRunner(Runner):
         # A small share of the resource: several searches may time on the same target node, and
         # the node's device lock keeps their measurements apart.
         actor_cls: Any = ray.remote(num_cpus=0, resources={name: 0.01}, max_restarts=1)(_TimingActor)
-        actor = actor_cls.remote(deploy, task.data.x_val[: deploy.batch_size].cpu(), list(IMPORT_PATHS), task.spec)
+        example = task.protocol.example_input if task.protocol is not None else task.data.x_val[: deploy.batch_size].cpu()  # type: ignore[union-attr]
+        actor = actor_cls.remote(deploy, example, list(IMPORT_PATHS), task.spec)
         try:
             ray.get(actor.check.remote(), timeout=600)
         except ray.exceptions.RayTaskError as exc:

@@ -8,6 +8,10 @@ returns either
   ``train``, ``val`` and ``test``, each a ``DataLoader`` (or any iterable of ``(inputs, labels)``
   batches) or an ``(inputs, labels)`` pair of tensors; ``num_classes`` is optional.
 
+or a mapping that follows the task protocol (split factories opened on the workers, your
+own loss and metric with its direction, an example input): see
+:mod:`autocompress.tasks.protocol`.
+
 The model's own weights are the baseline: it is never retrained (``task.weights`` still replaces
 them when given). Splits are read once, on the driver, into tensors that travel to the workers
 through Ray. The function runs once per search, on the driver.
@@ -35,6 +39,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TaskError
+from autocompress.tasks.protocol import OPTIONAL_SPLITS, PROTOCOL_KEYS, TaskProtocol, from_parts, is_protocol
 from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec, state_mismatch
 
 _SPLITS = ("train", "val", "test")
@@ -82,13 +87,37 @@ def call_task_function(target: str) -> tuple[nn.Module, dict[str, Any] | None]:
         raise TaskError(f"task function '{target}' failed ({type(exc).__name__}: {exc}): fix the function") from None
     if isinstance(returned, nn.Module):
         return returned.eval(), None
-    parts = returned if isinstance(returned, dict) else {k: getattr(returned, k) for k in ("model", *_SPLITS, "num_classes") if hasattr(returned, k)}
+    keys = ("model", *_SPLITS, "num_classes", *OPTIONAL_SPLITS, *PROTOCOL_KEYS)
+    parts = returned if isinstance(returned, dict) else {k: getattr(returned, k) for k in keys if hasattr(returned, k)}
     if not isinstance(parts.get("model"), nn.Module):
         raise TaskError(
             f"task function '{target}' returned {type(returned).__name__}: it must return an nn.Module, or a mapping "
             "with 'model' (an nn.Module) and 'train', 'val', 'test' data"
         )
     return parts["model"].eval(), parts
+
+
+@functools.lru_cache(maxsize=8)
+def _protocol(target: str) -> TaskProtocol | None:
+    _, parts = call_task_function(target)
+    if parts is None or not is_protocol(parts):
+        return None
+    return from_parts(parts, f"task function '{target}'")
+
+
+def task_protocol(spec: TaskSpec) -> TaskProtocol | None:
+    """The protocol of a user's task whose function returns split factories, loss or metric
+    (see :mod:`autocompress.tasks.protocol`); None for every other task. Calls the task
+    function (once per process) but opens no data."""
+    if not is_custom(spec.model):
+        return None
+    protocol = _protocol(spec.model)
+    if protocol is not None and spec.dataset not in (None, spec.model):
+        raise TaskError(
+            f"task.dataset is '{spec.dataset}' but task function '{spec.model}' returns its own splits: "
+            "remove task.dataset (the function's splits are the data)"
+        )
+    return protocol
 
 
 def _model(target: str) -> ModelEntry:
@@ -175,6 +204,8 @@ def _dataset(target: str) -> Any:
         _, parts = call_task_function(target)
         if parts is None:
             raise TaskError(f"task function '{target}' returns only a model, so it has no data (task.dataset): name a dataset")
+        if is_protocol(parts):  # a bug if reached: protocol tasks never read data on the driver
+            raise TaskError(f"task function '{target}' returns split factories: they are opened on the workers, never read whole")
         missing = [s for s in _SPLITS if parts.get(s) is None]
         if missing:
             raise TaskError(f"task function '{target}' returned no '{missing[0]}' split: return train, val and test data")

@@ -3,6 +3,7 @@ checkpoint, the model itself, the cache, or trained once; the :class:`Task` work
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -20,8 +21,10 @@ from torch import nn
 from autocompress.errors import TaskError
 from autocompress.outputs import write_atomic
 from autocompress.stats import accuracy
-from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build
+from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build, task_protocol
 from autocompress.tasks.data import load_data
+from autocompress.tasks.metrics import TOP1, MetricInfo
+from autocompress.tasks.protocol import TaskProtocol, first_tensor
 from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry, state_mismatch
 
 
@@ -40,45 +43,103 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
 
 @dataclass
 class Task:
-    """A trained baseline model and its data splits."""
+    """A trained baseline model and its data: in-memory splits (``data``, built-in tasks) or the
+    user's split factories, loss and metric (``protocol``), opened where the work runs."""
 
     spec: TaskSpec
-    data: DataSplits
+    data: DataSplits | None
     state_dict: dict[str, torch.Tensor]
     baseline: dict[str, Any] = field(default_factory=dict)  # accuracy etc., filled by the driver
     trained_by: dict[str, Any] = field(default_factory=dict)  # where the baseline was trained (host, device, Ray node)
+    protocol: TaskProtocol | None = None  # a protocol task's callables; then ``data`` is None
+
+    @property
+    def metric_info(self) -> MetricInfo:
+        """The metric the first objective measures (top-1 accuracy for in-memory tasks)."""
+        return MetricInfo.of(self.protocol.metric.info()) if self.protocol is not None else TOP1
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.data.num_classes if self.data is not None else (self.protocol.num_classes if self.protocol else None)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self.data is not None:
+            return self.data.input_shape
+        example = first_tensor(self.protocol.example_input if self.protocol else None)
+        return tuple(example.shape[1:]) if example is not None else ()
 
     def build_model(self) -> nn.Module:
         """A fresh copy of the baseline model with its trained weights, in eval mode."""
         factory = architecture(self.spec) or model_entry(self.spec.model).factory
-        model = factory(num_classes=self.data.num_classes, input_shape=self.data.input_shape)
+        model = factory(num_classes=self.num_classes, input_shape=self.input_shape)
         model.load_state_dict(self.state_dict)
         return model.eval()
 
     def artifact_task(self) -> dict[str, Any]:
         """What an artifact needs to rebuild the module: model name and shapes."""
-        return {
-            "model": self.spec.model,
-            "dataset": self.spec.dataset,
-            "num_classes": self.data.num_classes,
-            "input_shape": list(self.data.input_shape),
-        }
+        task: dict[str, Any] = {"model": self.spec.model, "dataset": self.spec.dataset, "input_shape": list(self.input_shape)}
+        if self.num_classes is not None:
+            task["num_classes"] = self.num_classes
+        return task
 
     def payload(self) -> dict[str, Any]:
-        """Plain data for the Ray object store: spec, weights and tensors, no module."""
+        """What a worker receives through the Ray object store: spec, weights and either the
+        in-memory tensors or the protocol's callables (never data), no module."""
         # The driver's import folders travel too: a module:function model imports from them on a worker.
-        return {"spec": self.spec.to_dict(), "data": asdict(self.data), "state_dict": self.state_dict, "import_paths": list(IMPORT_PATHS)}
+        return {
+            "spec": self.spec.to_dict(),
+            "data": asdict(self.data) if self.data is not None else None,
+            "state_dict": self.state_dict,
+            "import_paths": list(IMPORT_PATHS),
+            # Pickled here, unpickled after the import folders are on the worker's path: the
+            # task's functions pickle by reference to the user's module.
+            "protocol": pickle_protocol(self.protocol) if self.protocol is not None else None,
+        }
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Task:
         for folder in payload.get("import_paths", []):
             if folder not in sys.path and os.path.isdir(folder):
                 sys.path.append(folder)
+        data, protocol = payload["data"], payload.get("protocol")
         return cls(
             spec=TaskSpec.from_dict(payload["spec"]),
-            data=DataSplits(**payload["data"]),
+            data=DataSplits(**data) if data is not None else None,
             state_dict=payload["state_dict"],
+            protocol=unpickle_protocol(protocol) if protocol is not None else None,
         )
+
+
+def pickle_protocol(protocol: TaskProtocol) -> bytes:
+    """The protocol's callables as bytes (cloudpickle: closures and lambdas by value, module
+    functions by reference); a part that cannot be pickled is named with the fix."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(protocol)
+    except Exception as exc:  # noqa: BLE001  (pickling fails in many ways)
+        raise TaskError(
+            f"{protocol.source} returned something that cannot be sent to the workers ({type(exc).__name__}: {exc}): "
+            "return module-level functions or picklable objects for the splits, loss and metric (an open file or a "
+            "database connection must be opened inside the split function)"
+        ) from None
+
+
+def unpickle_protocol(blob: bytes) -> TaskProtocol:
+    """On a worker: the driver's protocol (what this search's own driver sent, never a file's)."""
+    import cloudpickle
+
+    try:
+        protocol = cloudpickle.loads(blob)
+    except Exception as exc:  # noqa: BLE001
+        raise TaskError(
+            f"the task's functions cannot be loaded on this worker ({type(exc).__name__}: {exc}): its module must be importable "
+            "here (the config's folder is added to the path; on a cluster ship it with Ray's runtime_env)"
+        ) from None
+    if not isinstance(protocol, TaskProtocol):
+        raise TaskError(f"the task payload holds {type(protocol).__name__}, not a task protocol")
+    return protocol
 
 
 # Seconds between checkpoints while the baseline trains (what a Ctrl-C can cost; a worker ships
@@ -191,8 +252,11 @@ def _checked_model(spec: TaskSpec) -> tuple[TaskSpec, DataSplits, nn.Module]:
 
 def model_skeleton(spec: TaskSpec, batch: int = 2) -> tuple[nn.Module, torch.Tensor]:
     """The task's model (untrained unless the model brings its own weights) and a small batch
-    of validation inputs: enough to list, validate and trace it. A checkpoint that does not
-    fit surfaces here, before anything is stored."""
+    of validation inputs (a protocol task's ``example_input``): enough to list, validate and
+    trace it. A checkpoint that does not fit surfaces here, before anything is stored."""
+    protocol = task_protocol(spec)
+    if protocol is not None:
+        return _protocol_model(spec, protocol), protocol.example_input
     _, data, model = _checked_model(spec)
     return model, data.x_val[:batch]
 
@@ -204,6 +268,9 @@ def layer_skeleton(spec: TaskSpec) -> tuple[nn.Module, torch.Tensor]:
     own data and is built from it, unless a build hook and ``task.input_shape`` say what it is."""
     if spec.build is not None and spec.input_shape is not None:
         return build_hook(spec.build)(), torch.randn(2, *spec.input_shape)
+    protocol = task_protocol(spec)
+    if protocol is not None:  # the task function gives the model and its example input, no data is read
+        return _protocol_model(spec, protocol), protocol.example_input
     entry = model_entry(spec.model)
     if entry.trained:
         return model_skeleton(spec)
@@ -228,6 +295,13 @@ def build_task(
     and, while training, one per epoch."""
     say = say or (lambda _line: None)
     torch.manual_seed(spec.seed)
+    protocol = task_protocol(spec)
+    if protocol is not None:
+        model = _protocol_model(spec, protocol)
+        weights = spec.weights or f"{spec.model}'s own"
+        say(f"baseline weights: {weights}; data: opened on the workers ({', '.join(protocol.splits)}), never here")
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return Task(spec=spec.resolved(), data=None, state_dict=state, protocol=protocol)
     spec, data, model = _checked_model(spec)
     trained_by: dict[str, Any] = {}
     entry = model_entry(spec.model)
@@ -246,6 +320,27 @@ def build_task(
     if cache.is_file() and not trained_by:
         trained_by = _read_json(cache.with_suffix(".json")).get("trained_by", {})
     return Task(spec=spec, data=data, state_dict=state, trained_by=trained_by)
+
+
+def _protocol_model(spec: TaskSpec, protocol: TaskProtocol) -> nn.Module:
+    """A protocol task's model: the task function's own (its weights the baseline, unless
+    ``task.weights`` replaces them), checked on its ``example_input`` and against the build hook."""
+    from autocompress.tasks.custom import call_task_function
+    from autocompress.tasks.metrics import call_model
+
+    model = copy.deepcopy(call_task_function(spec.model)[0]).eval()
+    check_build(spec, model)
+    if spec.weights is not None:
+        load_checkpoint(model, spec.weights)
+    try:
+        with torch.no_grad():
+            call_model(model, protocol.example_input)
+    except Exception as exc:  # noqa: BLE001  (any failure is a model/example mismatch)
+        raise TaskError(
+            f"the model of {protocol.source} rejects its example_input ({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}): "
+            "return an example_input the model's forward takes (a tuple is passed as positional inputs, a mapping as keywords)"
+        ) from None
+    return model
 
 
 def _save(obj: Any, path: Path) -> None:
