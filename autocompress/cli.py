@@ -69,6 +69,15 @@ model measured without fine-tuning: validation accuracy drop (points), packed si
 where the knob changes the kernels that run. Cached per task, space and deploy target next to the
 baselines; a search measures it first by default and plans its warm start's ladder from it."""
 
+EXAMPLES_CHECK_TASK = """examples:
+  autocompress check-task examples/regression/study.yaml               # on one Ray worker, as a search would
+  autocompress check-task examples/regression/study.yaml --workers 0   # in this process
+A dry run before a search: the task function runs here (its model takes its example_input, the
+space matches its layers, its functions pickle); then, on a worker, each split opens and gives
+two batches, the loss takes a training batch, the metric scores validation and test batches, and
+the trained model beats an untrained copy in the metric's declared direction. One line a check;
+the first failure ends it with 'error: ...' and exit code 2."""
+
 EXAMPLES_LAYERS = """examples:
   autocompress layers digits-cnn
   autocompress layers digits-mlp --space search_spaces/default.yaml
@@ -167,6 +176,13 @@ def _parser() -> argparse.ArgumentParser:
     sen.add_argument("--workers", type=int, help="Ray workers measuring at once; 0 measures in this process")
     sen.add_argument("--json", action="store_true", help="print the rows as JSON")
     sen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    chk = sub.add_parser(
+        "check-task", help="dry-run a task (data, loss, metric and its direction) before a search", epilog=EXAMPLES_CHECK_TASK, formatter_class=fmt
+    )
+    chk.add_argument("config", nargs="?", help="study config YAML (default: studies/default.yaml, else built-in defaults)")
+    chk.add_argument("--workers", type=int, help="0 checks in this process; else on one Ray worker (the default, as the config's search runs)")
+    chk.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     lay = sub.add_parser("layers", help="list a model's compressible layers and their knobs", epilog=EXAMPLES_LAYERS, formatter_class=fmt)
     lay.add_argument(
@@ -442,6 +458,17 @@ def _sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_task(args: argparse.Namespace) -> int:
+    from autocompress.check_task import check_task
+    from autocompress.config import load_config
+
+    config = load_config(args.config, {"search.workers": 1 if args.workers is None else min(args.workers, 1)})
+    print(f"checking the task of {config.source}: {config.task.model}", flush=True)
+    check_task(config, lambda line: print(line, flush=True))
+    print("the task is ready for 'autocompress search'")
+    return 0
+
+
 def _layers(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -512,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "layers": _layers,
         "sensitivity": _sensitivity,
         "delete": _delete,
+        "check-task": _check_task,
     }[args.command]
     try:
         return handler(args)

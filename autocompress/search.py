@@ -36,7 +36,7 @@ from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
 from autocompress.stats import accuracy, bootstrap_drop, chance_accuracy, pack_correct, unpack_rows
 from autocompress.storage import mask_url, open_storage, retry_creation, sqlite_path
-from autocompress.study_setup import DEPLOY_IDENTITY, WARM_START, WARM_START_CHANNEL, open_study, prepare, sampler_name, warm_start_plans
+from autocompress.study_setup import DEPLOY_IDENTITY, WARM_START, WARM_START_CHANNEL, open_study, prepare, sampler_name, task_metric, warm_start_plans
 from autocompress.tasks import Task, build_task, correct_of
 from autocompress.tasks.custom import task_protocol
 from autocompress.tasks.data import CACHE, describe_data, load_data
@@ -241,9 +241,23 @@ class Driver:
         if cfg.search.workers:
             self.say(f"  Ray ready ({time.monotonic() - start:.1f} s)")
         try:
+            self._check_protocol_on_worker()
             return self._run(space)
         finally:
             self.runner.close()
+
+    def _check_protocol_on_worker(self) -> None:
+        """A protocol task's splits, loss and metric tried on a worker (two batches each), before
+        the storage is touched: a split that fails to open, a loss or a metric that cannot take a
+        batch stops the search with nothing stored. ``check-task`` also checks the direction."""
+        from autocompress.check_task import quick_checks
+
+        protocol = task_protocol(self.config.task)
+        if protocol is None:
+            return
+        start = time.monotonic()
+        checks = quick_checks(self.config, protocol, self.runner)
+        self.say(f"  task checked on a worker: {', '.join(c.name for c in checks)} ({time.monotonic() - start:.1f} s)")
 
     def _run(self, space: SearchSpace) -> optuna.Study:
         cfg = self.config
@@ -357,7 +371,7 @@ class Driver:
         cfg = self.config
         count, start = len(sensitivity.probes(space)), time.monotonic()
         self.say(f"sensitivity: {count} one-shot probes of {len(space.groups)} groups on {self.runner.capacity} worker(s)")
-        reference, rows = sensitivity.measure(space, self.runner.one_shot, cfg.deploy.precision)
+        reference, rows = sensitivity.measure(space, self.runner.one_shot, cfg.deploy.precision, task_metric(cfg))
         sensitivity.write_cache(path, reference, rows)
         self.say(f"  done ({time.monotonic() - start:.1f} s), cached at {path}")
         return reference, rows
@@ -388,7 +402,13 @@ class Driver:
             queued.append(plan)
             study.enqueue_trial(plan["params"], user_attrs={"ladder_target": target}, skip_if_exists=True)
         if queued:
-            summary = ", ".join(f"{p['target']:g}x (one-shot drop {p['estimated_drop']:.1f} pts)" for p in queued)
+            points = self._metric.scale == 100.0
+            summary = ", ".join(
+                f"{p['target']:g}x (one-shot drop {p['estimated_drop']:.1f} pts)"
+                if points
+                else f"{p['target']:g}x (one-shot drop {p['estimated_drop']:.3g} {self._metric.name})"
+                for p in queued
+            )
             self.say(f"  warm start: ladder plans for {summary}")
         study.set_user_attr("ladder", queued)
 

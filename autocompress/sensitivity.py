@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from autocompress.outputs import write_atomic
-from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan
+from autocompress.plan import FULL_PRECISION_BITS, TOP1, CompressionPlan, MetricInfo
 from autocompress.space import WORD_DEFAULTS, SearchSpace
 from autocompress.space_file import allows_channel
 
@@ -137,11 +137,12 @@ def measure(
     space: SearchSpace,
     run: Callable[[list[tuple[CompressionPlan, bool]]], list[dict[str, Any]]],
     precision: str,
+    metric: MetricInfo = TOP1,
 ) -> tuple[dict[str, Any], list[Row]]:
     """The reference and a row for every probe; ``run`` measures plans one-shot (on the
     workers) and returns, per plan, accuracy, size_bytes and latency_ratio (None when not
     timed). The reference is the uncompressed model measured the same way: drops and sizes
-    are relative to it."""
+    are relative to it, drops in ``metric``'s direction and units (top-1: points)."""
     found = probes(space)
     got = run([(probe_plan(space, None), False), *((probe_plan(space, p), times(p, precision)) for p in found)])
     ref, measured = got[0], got[1:]
@@ -151,7 +152,7 @@ def measure(
             p.knob,
             p.value,
             m["accuracy"],
-            round(100.0 * (ref["accuracy"] - m["accuracy"]), 4),
+            round(metric.drop(ref["accuracy"], m["accuracy"]), 6),
             int(m["size_bytes"]),
             int(m["size_bytes"]) - int(ref["size_bytes"]),
             m.get("latency_ratio"),

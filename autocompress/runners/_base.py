@@ -72,6 +72,11 @@ class Runner(ABC):
     def next_result(self, timeout: float | None = None) -> tuple[int, Result] | None:
         """The next finished (trial number, result), or None if none finished within ``timeout``."""
 
+    def run_on_worker(self, fn: Callable[[dict[str, Any]], Any], payload: dict[str, Any]) -> Any:
+        """``fn(payload)`` once where the trials run (after :meth:`connect`): ``autocompress
+        check-task`` opens a task's data there. In this process by default."""
+        return fn(payload)
+
     def close(self) -> None:  # noqa: B027  (optional hook)
         """Release workers. Does nothing by default."""
 

@@ -358,6 +358,16 @@ class RayRunner(Runner):
 
         return train
 
+    def run_on_worker(self, fn: Any, payload: dict[str, Any]) -> Any:
+        """On one worker's share of the cluster, as a Ray task; its failure is raised here."""
+        import ray
+
+        remote = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_retries=0)(fn)
+        try:
+            return ray.get(remote.remote(payload))
+        except ray.exceptions.RayTaskError as exc:
+            raise AutocompressError(f"the check failed on a Ray worker: {str(exc.cause).strip().splitlines()[-1] if exc.cause else exc}") from None
+
     def _timing_actor(self, task: Task, deploy: DeployConfig) -> Any:
         """The timing actor on a node with ``deploy.resource`` (``connect`` has checked one exists),
         once it has shown that it can run the deploy target there."""

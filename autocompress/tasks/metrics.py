@@ -215,7 +215,7 @@ def builtin_metric(name: str, options: dict[str, Any] | None = None) -> Metric:
     try:
         factory = METRICS.get(name)
     except Exception as exc:  # noqa: BLE001  (a RegistryError: re-homed as the task's mistake)
-        raise TaskError(f"{exc} (the task's 'metric')") from None
+        raise TaskError(f"{exc} (the task's 'metric'), or give a function metric(model, batch) with 'metric_name' and 'higher_is_better'") from None
     return factory(options)
 
 

@@ -38,6 +38,8 @@ check-task CONFIG`` checks all of this on a worker before a search spends anythi
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +86,7 @@ class TaskProtocol:
         try:
             return factory()
         except Exception as exc:  # noqa: BLE001  (the user's code can fail in any way)
-            raise TaskError(f"split '{split}' of {self.source} failed when opened ({_last_line(exc)}): fix the function") from None
+            raise TaskError(f"split '{split}' of {self.source} failed when opened on {where()} ({_last_line(exc)}): fix the function") from None
 
     def batches(self, split: str, device: torch.device | None = None) -> Iterator[Any]:
         """The split's batches, moved to ``device``."""
@@ -101,7 +103,7 @@ class TaskProtocol:
             except StopIteration:
                 return
             except Exception as exc:  # noqa: BLE001
-                raise TaskError(f"split '{split}' of {self.source} failed while reading ({_last_line(exc)}): fix the loader") from None
+                raise TaskError(f"split '{split}' of {self.source} failed while reading on {where()} ({_last_line(exc)}): fix the loader") from None
             yield to_device(batch, device) if device is not None else batch
 
     def training_batches(self, device: torch.device | None = None) -> Iterator[Any]:
@@ -148,6 +150,19 @@ def tensor_leaves(value: Any) -> list[torch.Tensor]:
 def first_tensor(value: Any) -> torch.Tensor | None:
     leaves = tensor_leaves(value)
     return leaves[0] if leaves else None
+
+
+def where() -> str:
+    """This process: the Ray node when on a Ray worker, the host and pid."""
+    node = ""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node = f"Ray node {ray.get_runtime_context().get_node_id()[:12]}, "
+    except Exception:  # noqa: BLE001  (no Ray, or not inside a worker)
+        node = ""
+    return f"{node}{socket.gethostname()} pid {os.getpid()}"
 
 
 def _last_line(exc: BaseException) -> str:

@@ -1,0 +1,238 @@
+"""The task protocol: metrics with a declared direction, intervals for any metric, split
+factories opened where the work runs, and the dry run that checks a task before a search."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from autocompress.baseline import resolve_max_drop
+from autocompress.errors import TaskError
+from autocompress.plan import TOP1, MetricInfo
+from autocompress.stats import bootstrap_drop, is_binary, pack_rows, unpack_rows
+from autocompress.tasks.metrics import METRICS, builtin_metric
+from autocompress.tasks.protocol import from_parts, to_device
+from tests.helpers import REPO, run_cli
+
+REGRESSION = REPO / "examples" / "regression"
+
+
+class Echo(torch.nn.Module):
+    """Returns its input: a metric's value is then known exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_builtin_metrics_give_known_values_and_directions() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 1.0, 2.0], [2.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 2, 2, 1])
+    top1 = builtin_metric("accuracy")
+    assert top1.higher_is_better and top1.scale == 100.0
+    assert top1.value(top1.score(Echo(), (logits, labels)).numpy()) == pytest.approx(0.5)
+    top2 = builtin_metric("top2")
+    assert top2.name == "top2" and top2.value(top2.score(Echo(), (logits, labels)).numpy()) == pytest.approx(0.75)  # sample 3: 1 is third
+    mse, mae = builtin_metric("mse"), builtin_metric("mae")
+    pred, target = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1.0, 3.0, 2.0])
+    assert not mse.higher_is_better and mse.value(mse.score(Echo(), (pred, target)).numpy()) == pytest.approx(5.0 / 3)
+    assert mae.value(mae.score(Echo(), {"inputs": pred, "targets": target}).numpy()) == pytest.approx(1.0)
+    # mIoU over two 2x2 masks: class 0 IoU 2/3, class 1 IoU 3/5 (pixels pooled over the split)
+    miou = builtin_metric("miou", {"num_classes": 2})
+    masks = torch.tensor([[[0, 0], [1, 1]], [[0, 1], [1, 1]]])
+    scores = torch.nn.functional.one_hot(torch.tensor([[[0, 1], [1, 1]], [[0, 0], [1, 1]]]), 2).permute(0, 3, 1, 2).float()
+    rows = miou.score(Echo(), (scores, masks)).numpy()
+    assert miou.corpus and rows.shape == (2, 4)
+    assert miou.value(rows) == pytest.approx(np.mean([2 / 4, 4 / 6]))
+    f1 = builtin_metric("macro_f1", {"num_classes": 3})
+    rows = f1.score(Echo(), (logits, labels)).numpy()
+    # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 0 fp 1 fn 1 -> 0; class 2: tp 1 fp 0 fn 1 -> 2/3
+    assert f1.value(rows) == pytest.approx((2 / 3 + 0 + 2 / 3) / 3)
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_every_metric_states_its_direction_and_round_trips_its_info(name: str) -> None:
+    metric = builtin_metric(name, {"num_classes": 3})
+    info = MetricInfo.of(metric.info())
+    assert info.higher_is_better == metric.higher_is_better and info.scale == metric.scale and info.corpus == metric.corpus
+    worse = metric.drop(1.0, 0.9 if metric.higher_is_better else 1.1)
+    assert worse > 0  # a drop is positive when the score moved the wrong way, whatever the direction
+
+
+def test_a_study_from_before_metrics_reads_as_top1_in_points() -> None:
+    assert MetricInfo.of(None) == TOP1 and TOP1.drop(0.9, 0.88) == pytest.approx(2.0)
+
+
+def test_max_drop_in_units_or_as_a_share_of_the_baseline() -> None:
+    mse = MetricInfo(name="mse", higher_is_better=False, scale=1.0, unit="")
+    assert resolve_max_drop("5%", 1.0, mse, 0.4) == pytest.approx(0.02)
+    assert resolve_max_drop(0.1, 1.0, mse, 0.4) == pytest.approx(0.1)
+    assert resolve_max_drop(None, 1.0, mse, 0.4) == pytest.approx(0.004)  # 1% when not set
+    assert resolve_max_drop(None, 1.5, TOP1, 0.9) == 1.5  # accuracy keeps its own spelling
+    assert resolve_max_drop("2%", 1.5, TOP1, 0.9) == pytest.approx(1.8)  # 2% of 90% is 1.8 points
+
+
+def test_scores_round_trip_and_a_damaged_value_is_refused() -> None:
+    rows = np.random.default_rng(0).normal(size=(50, 4))
+    back = unpack_rows(pack_rows(rows))
+    assert back is not None and back.shape == (50, 4) and np.allclose(back, rows.astype(np.float32))
+    vector = unpack_rows(pack_rows(np.arange(7.0)))
+    assert vector is not None and vector.shape == (7,)
+    assert unpack_rows("f4:99:0:" + pack_rows(np.arange(7.0)).split(":", 3)[3]) is None  # claims more than it holds
+    assert unpack_rows("f4:1:0:not base64!") is None and unpack_rows(None) is None
+
+
+def test_paired_bootstrap_is_seeded_and_sees_a_real_drop() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(1.0, 0.3, size=400) ** 2
+    mse = builtin_metric("mse")
+    same = bootstrap_drop(base, base.copy(), mse.value, mse.drop)
+    assert same.drop == 0 and same.low == 0 and same.high == 0 and same.within_noise and same.method == "bootstrap"
+    worse = base + 0.2  # every sample's error grows: MSE is lower-is-better, so this is a positive drop
+    paired = bootstrap_drop(base, worse, mse.value, mse.drop)
+    assert paired.drop == pytest.approx(0.2) and 0 < paired.low < 0.2 < paired.high and not paired.within_noise
+    assert paired.lost == 400 and paired.gained == 0
+    again = bootstrap_drop(base, worse, mse.value, mse.drop)
+    assert (again.low, again.high) == (paired.low, paired.high)  # seeded: the same interval every time
+    assert is_binary(np.array([0.0, 1.0])) and not is_binary(base)
+
+
+def test_a_corpus_metric_is_recomputed_on_each_resample() -> None:
+    f1 = builtin_metric("macro_f1", {"num_classes": 2})
+    truth = np.array([0, 1] * 100, dtype=float)
+    base = np.stack([truth, truth], axis=1)  # always right
+    other = base.copy()
+    other[:40, 0] = 1 - other[:40, 0]  # 40 of 200 wrong
+    paired = bootstrap_drop(base, other, f1.value, f1.drop)
+    assert paired.drop == pytest.approx(1.0 - f1.value(other))
+    assert 0 < paired.low <= paired.drop <= paired.high
+
+
+def test_protocol_parts_are_checked_with_the_fix_named() -> None:
+    def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.zeros(2, 3), torch.zeros(2))]
+
+    parts = {"model": torch.nn.Linear(3, 1), "train": batches, "val": batches, "test": batches, "example_input": torch.zeros(1, 3)}
+    assert from_parts(dict(parts), "t").metric.name == "accuracy"  # top-1 unless named
+    with pytest.raises(TaskError, match="without a direction"):
+        from_parts({**parts, "metric": lambda m, b: b[1], "metric_name": "err"}, "t")
+    with pytest.raises(TaskError, match="no 'metric_name'"):
+        from_parts({**parts, "metric": lambda m, b: b[1], "higher_is_better": False}, "t")
+    with pytest.raises(TaskError, match="no 'example_input'"):
+        from_parts({k: v for k, v in parts.items() if k != "example_input"}, "t")
+    with pytest.raises(TaskError, match="only a metric function uses"):
+        from_parts({**parts, "metric": "mse", "higher_is_better": True}, "t")
+    with pytest.raises(TaskError, match="unknown metric 'rouge'"):
+        from_parts({**parts, "metric": "rouge"}, "t")
+    with pytest.raises(TaskError, match="no 'val' split"):
+        from_parts({k: v for k, v in parts.items() if k != "val"}, "t")
+
+
+def test_batches_of_any_structure_move_with_their_dtypes() -> None:
+    batch = {"ids": torch.tensor([[1, 2]]), "mask": torch.tensor([[True, False]]), "extra": ("x", torch.zeros(1))}
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved["ids"].dtype == torch.int64 and moved["mask"].dtype == torch.bool and moved["extra"][0] == "x"
+
+
+def _search_env(log: Path) -> dict[str, str]:
+    return {"AUTOCOMPRESS_OPEN_LOG": str(log)}
+
+
+@pytest.mark.e2e
+def test_regression_searches_on_two_ray_workers_without_the_driver_opening_data(tmp_path: Path) -> None:
+    """A task of a kind the built-in tasks never were: MSE, lower is better, data factories that
+    record which process opened them. The driver's process never opens a split; the report names
+    the metric and its direction; every front row carries a paired interval; the study resumes."""
+    log = tmp_path / "opened.log"
+    config = tmp_path / "study.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            name: diabetes
+            storage: sqlite:///{tmp_path / "s.db"}
+            artifact_dir: {tmp_path / "artifacts"}
+            cache_dir: {tmp_path / "cache"}
+            task: {{model: "diabetes:make_task", build: "diabetes:DiabetesNet"}}
+            search: {{trials: 3, workers: 2, seed: 0}}
+            finetune: {{steps: 40}}
+            deploy: {{max_seconds: 0.2}}
+            pareto: {{max_drop: "20%"}}
+            """
+        )
+    )
+    env = {**_search_env(log), "PYTHONPATH": os.pathsep.join([str(REGRESSION), *sys.path])}
+    proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "opened on the workers, never here; metric mse (lower is better)" in out
+    assert "mse " in out and "(lower is better)" in out
+    opened = [line.split() for line in log.read_text().splitlines()]
+    pids = {int(pid) for _, pid in opened}
+    assert {split for split, _ in opened} == {"train", "val", "test"}
+    with sqlite3.connect(tmp_path / "s.db") as conn:  # the driver's lease row holds its pid
+        drivers = {pid for (pid,) in conn.execute("SELECT pid FROM autocompress_drivers")}
+    assert len(drivers) == 1 and not drivers & pids  # the driver's process never opened a split
+    assert len(pids) >= 1 and os.getpid() not in pids
+    study = optuna.load_study(study_name="diabetes", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert study.metric_names == ["mse", "size_bytes", "latency_ms"]
+    assert study.directions[0] == optuna.study.StudyDirection.MINIMIZE
+    baseline = study.user_attrs["baseline"]
+    assert baseline["metric"]["name"] == "mse" and baseline["metric"]["higher_is_better"] is False
+    assert baseline["max_drop"] == pytest.approx(0.2 * baseline["accuracy"])
+    proc = run_cli("report", "diabetes", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--json", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert rows and all(r["metric"] == "mse" and r["higher_is_better"] is False for r in rows)
+    for r in rows:
+        low, high = r["score_drop_interval"]
+        assert low <= r["score_drop"] <= high and r["score_drop_method"] == "bootstrap"
+        assert "test_score" in r and "test_score_drop_interval" in r  # the held-out split, scored on the workers
+        assert "accuracy" not in r  # no classification columns for a regression
+        assert r["score_drop"] == pytest.approx(r["score"] - baseline["accuracy"], abs=1e-5)  # lower is better: worse = higher
+    text = run_cli("report", "diabetes", "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env).stdout
+    assert "metric: mse, lower is better" in text and "paired bootstrap, 1000 resamples" in text
+    # Resumed: two more trials in the same study, same direction
+    proc = run_cli("search", str(config), "--trials", "5", "--no-progress", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="diabetes", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5
+
+
+@pytest.mark.e2e
+def test_check_task_passes_a_good_task_and_catches_a_wrong_direction(tmp_path: Path) -> None:
+    env = {"PYTHONPATH": os.pathsep.join([str(REGRESSION), str(tmp_path), *sys.path])}
+    proc = run_cli("check-task", str(REGRESSION / "study.yaml"), "--workers", "0", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("ok   split") for line in lines) == 3
+    assert any(line.startswith("ok   direction") and "trained model is better" in line for line in lines)
+    # The same model scored by its squared error, declared higher-is-better: the commonest silent mistake.
+    (tmp_path / "wrong_way.py").write_text(
+        textwrap.dedent(
+            """\
+            from diabetes import make_task
+
+            def error(model, batch):
+                x, y = batch
+                return (model(x) - y) ** 2
+
+            def make():
+                task = make_task()
+                return {**task, "metric": error, "metric_name": "squared_error", "higher_is_better": True}
+            """
+        )
+    )
+    (tmp_path / "wrong.yaml").write_text("task: {model: 'wrong_way:make'}\nsearch: {workers: 0}\n")
+    proc = run_cli("check-task", str(tmp_path / "wrong.yaml"), cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "set higher_is_better to False" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
