@@ -236,3 +236,50 @@ def test_check_task_passes_a_good_task_and_catches_a_wrong_direction(tmp_path: P
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and "set higher_is_better to False" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _example_config(tmp_path: Path, model: str, build: str, space: str | None = None) -> Path:
+    config = tmp_path / "study.yaml"
+    text = textwrap.dedent(
+        f"""\
+        name: example
+        storage: sqlite:///{tmp_path / "s.db"}
+        artifact_dir: {tmp_path / "artifacts"}
+        cache_dir: {tmp_path / "cache"}
+        task: {{model: "{model}", build: "{build}"}}
+        search: {{trials: 2, workers: 0, seed: 0, sensitivity: false}}
+        finetune: {{steps: 10}}
+        deploy: {{max_seconds: 0.1}}
+        """
+    )
+    config.write_text(text + (f"space: {space}\n" if space else ""))
+    return config
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("CI"), reason="apt-get install dataset-fashion-mnist"
+)
+def test_segmentation_example_ends_in_a_front_scored_by_miou(tmp_path: Path) -> None:
+    folder = REPO / "examples" / "segmentation"
+    config = _example_config(tmp_path, "fashion_seg:make_quick_task", "fashion_seg:SegNet")
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), *sys.path])}
+    proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "metric miou (higher is better, corpus-level)" in proc.stdout and "val miou" in proc.stdout
+    rows = json.loads(run_cli("report", "example", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--json", cwd=tmp_path, env=env).stdout)
+    assert rows and all(r["metric"] == "miou" and r["higher_is_better"] for r in rows)
+    assert all(0.0 < r["score"] < 1.0 and r["score_drop_method"] == "bootstrap" and "test_score_drop_interval" in r for r in rows)
+
+
+@pytest.mark.e2e
+def test_token_example_with_integer_ids_and_a_mask_ends_in_a_front_scored_by_macro_f1(tmp_path: Path) -> None:
+    folder = REPO / "examples" / "tokens"
+    config = _example_config(tmp_path, "digit_tokens:make_quick_task", "digit_tokens:TokenNet", str(folder / "space.yaml"))
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), *sys.path])}
+    proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "metric macro_f1 (higher is better, corpus-level)" in proc.stdout
+    rows = json.loads(run_cli("report", "example", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--json", cwd=tmp_path, env=env).stdout)
+    assert rows and all(r["metric"] == "macro_f1" and 0.0 < r["score"] <= 1.0 for r in rows)
+    assert all(low <= r["score_drop"] <= high for r in rows for low, high in [r["score_drop_interval"]])

@@ -71,18 +71,28 @@ def _grouped(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and not (module.groups == module.in_channels == module.out_channels)
 
 
-def output_layers(model: nn.Module, example: torch.Tensor) -> set[nn.Module]:
+def output_layers(model: nn.Module, example: Any) -> set[nn.Module]:
     """The Linear/Conv2d modules whose output is the model's output (pruning their channels
-    would change the classes), from one forward pass."""
+    would change the classes or the predicted values), from one forward pass: those whose
+    output is an output tensor or a view of one (a squeeze shares its storage); when none is
+    (the output was resized, as segmentation models do), the last such module to run."""
+    from autocompress.tasks.metrics import call_model
+    from autocompress.tasks.protocol import tensor_leaves
+
     produced: list[tuple[nn.Module, torch.Tensor]] = []
     handles = [m.register_forward_hook(lambda m, i, o: produced.append((m, o))) for m in model.modules() if isinstance(m, COMPRESSIBLE_TYPES)]
     try:
         with torch.no_grad():
-            output = model(example)
+            output = call_model(model, example)
     finally:
         for handle in handles:
             handle.remove()
-    return {m for m, o in produced if o is output}
+    leaves = tensor_leaves(output)
+    storages = {t.untyped_storage().data_ptr() for t in leaves}
+    found = {m for m, o in produced if isinstance(o, torch.Tensor) and (any(o is t for t in leaves) or o.untyped_storage().data_ptr() in storages)}
+    if not found and produced:
+        found = {produced[-1][0]}
+    return found
 
 
 @TECHNIQUES.register("channel")
