@@ -157,12 +157,6 @@ def task_metric(config: StudyConfig) -> MetricInfo:
 
 def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:
     """Refuse to mix trials of a different task or space into one study."""
-    expected = pareto.directions(task_metric(config))
-    if list(study.directions) != expected:
-        raise StorageError(
-            f"study '{study.study_name}' in {mask_url(url)} has other objectives "
-            f"({[d.name.lower() for d in study.directions]}): choose another --name or pass --new-study"
-        )
     attrs = study.user_attrs
     packed_with = attrs.get("artifact_format", 1)  # studies before the attribute were packed in format 1
     if packed_with != FORMAT_VERSION and _optuna.count_trials(study, (TrialState.COMPLETE,)):
@@ -170,6 +164,12 @@ def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace,
             f"study '{study.study_name}' sized its trials with artifact format {packed_with}; this version packs format "
             f"{FORMAT_VERSION}, whose files are smaller, so new sizes would not compare with its front: pass --new-study, "
             "or continue it with the version that made it"
+        )
+    expected = pareto.directions(task_metric(config))
+    if list(study.directions) != expected:
+        raise StorageError(
+            f"study '{study.study_name}' in {mask_url(url)} has other objectives "
+            f"({[d.name.lower() for d in study.directions]}): choose another --name or pass --new-study"
         )
     task = config.task.resolved().to_dict()
     stored = None if attrs.get("task") is None else TaskSpec.from_dict(attrs["task"]).to_dict()
