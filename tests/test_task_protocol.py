@@ -283,3 +283,18 @@ def test_token_example_with_integer_ids_and_a_mask_ends_in_a_front_scored_by_mac
     rows = json.loads(run_cli("report", "example", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--json", cwd=tmp_path, env=env).stdout)
     assert rows and all(r["metric"] == "macro_f1" and 0.0 < r["score"] <= 1.0 for r in rows)
     assert all(low <= r["score_drop"] <= high for r in rows for low, high in [r["score_drop_interval"]])
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "fcn_resnet50"])
+def test_torchvision_segmentation_models_are_named_and_keep_their_class_channels(name: str) -> None:
+    from autocompress.space import load_space
+    from autocompress.tasks import TaskSpec, layer_skeleton
+
+    model, example = layer_skeleton(TaskSpec(model=f"torchvision:{name}", num_classes=5))
+    assert model(example)["out"].shape[1] == 5
+    space = load_space(None).resolve(model, example)
+    classifiers = [n for n, ls in space.layers.items() if ls.weight_shape[0] == 5]
+    assert classifiers  # the layers giving one channel per class ...
+    for layer in classifiers:  # ... never lose one: the output is resized, yet they are found
+        assert space.layers[layer].knobs["sparsity_mode"].choices is None, layer
+    assert any(ls.knobs["sparsity_mode"].choices for ls in space.layers.values())  # the rest may

@@ -90,8 +90,15 @@ def output_layers(model: nn.Module, example: Any) -> set[nn.Module]:
     leaves = tensor_leaves(output)
     storages = {t.untyped_storage().data_ptr() for t in leaves}
     found = {m for m, o in produced if isinstance(o, torch.Tensor) and (any(o is t for t in leaves) or o.untyped_storage().data_ptr() in storages)}
-    if not found and produced:
-        found = {produced[-1][0]}
+    if not found and produced and leaves:
+        # Resized (interpolated) outputs: the last layers to run that give the output's channels
+        # (LR-ASPP adds two such classifiers).
+        channels = leaves[0].shape[1] if leaves[0].dim() > 1 else None
+        for module, out in reversed(produced):
+            if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[1] != channels:
+                break
+            found.add(module)
+        found = found or {produced[-1][0]}
     return found
 
 

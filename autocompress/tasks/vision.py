@@ -39,13 +39,24 @@ def classification_models() -> list[str]:
     return list(torchvision.models.list_models(module=torchvision.models))
 
 
+def segmentation_models() -> list[str]:
+    """Names of torchvision's semantic segmentation models (FCN, DeepLabV3, LR-ASPP)."""
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
 @MODELS.register_family("torchvision")
 def torchvision_model(name: str) -> ModelEntry:
+    if name in segmentation_models():
+        return _segmentation_model(name)
     known = classification_models()
     if name not in known:
+        both = known + segmentation_models()
         raise TaskError(
-            f"unknown torchvision model '{name}'{did_you_mean(name, known)} (task.model): "
-            f"torchvision's classification models include {', '.join(known[:8])}, ... ({len(known)} in all)"
+            f"unknown torchvision model '{name}'{did_you_mean(name, both)} (task.model): "
+            f"torchvision's classification models include {', '.join(known[:8])}, ... ({len(known)} in all); "
+            f"its segmentation models are {', '.join(segmentation_models())}"
         )
 
     def factory(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
@@ -57,6 +68,21 @@ def torchvision_model(name: str) -> ModelEntry:
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
 
     return ModelEntry(factory, default_dataset=None, description=f"torchvision {name}", input_shape=(3, 32, 32))
+
+
+def _segmentation_model(name: str) -> ModelEntry:
+    """A torchvision segmentation model (random weights, no auxiliary head: its output is
+    ``{"out": (N, classes, H, W)}``, which the built-in metrics read). It has no in-memory
+    dataset: search it through a task function that returns its splits and ``metric: miou``."""
+
+    def factory(num_classes: int | None = None, input_shape: tuple[int, ...] = (3, 64, 64)) -> nn.Module:
+        import torchvision
+
+        if len(input_shape) != 3 or input_shape[0] != 3:
+            raise TaskError(f"torchvision:{name} takes 3-channel images, the data has shape {tuple(input_shape)}: set task.channels: 3")
+        return torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes or 21, aux_loss=False)
+
+    return ModelEntry(factory, default_dataset=None, description=f"torchvision {name} (segmentation)", input_shape=(3, 64, 64))
 
 
 class LeNet5(nn.Module):
