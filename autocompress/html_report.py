@@ -22,15 +22,23 @@ from autocompress import _optuna
 from autocompress.baseline import Baseline
 from autocompress.outputs import check_output, write_atomic
 from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
+from autocompress.plan import MetricInfo
 from autocompress.report import checked_analysis, deploy_target, drop_text, plan_summary, report_rows
 
-AXES = {0: ("accuracy %", lambda p: 100 * p.accuracy), 1: ("size KB", lambda p: p.size_bytes / 1024), 2: ("latency ms", lambda p: p.latency_ms)}
+
+def _axes(metric: MetricInfo) -> dict[int, tuple[str, Any]]:
+    """Each objective's axis: its title and what a point shows on it (the task's metric first)."""
+    scale = 100.0 if metric.scale == 100.0 else 1.0
+    first = f"{metric.name} %" if scale == 100.0 else f"{metric.name} ({'higher' if metric.higher_is_better else 'lower'} is better)"
+    return {0: (first, lambda p: scale * p.accuracy), 1: ("size KB", lambda p: p.size_bytes / 1024), 2: ("latency ms", lambda p: p.latency_ms)}
 
 
 def _projection_figure(analysis: Analysis, baseline: Baseline) -> go.Figure:
     names = list(PROJECTIONS)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[n.replace("-", " vs ") for n in names])
-    base = {0: 100 * baseline.accuracy, 1: baseline.size_bytes / 1024, 2: baseline.latency_ms}
+    metric = baseline.metric
+    AXES = _axes(metric)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[n.replace("accuracy", metric.name).replace("-", " vs ") for n in names])
+    base = {k: fn(baseline) for k, (_, fn) in AXES.items()}
     for col, name in enumerate(names, start=1):
         i, j = PROJECTIONS[name]
         (xi, fx), (_, fy) = AXES[j], AXES[i]
@@ -64,7 +72,7 @@ def _projection_figure(analysis: Analysis, baseline: Baseline) -> go.Figure:
                 showlegend=show,
                 line={"shape": "hv", "color": "#1f77b4"},
                 marker={"size": 10, "color": "#1f77b4"},
-                text=[f"trial {p.trial}: {p.compression_ratio:.1f}x, {p.accuracy_drop:+.2f} pts" for p in front],
+                text=[f"trial {p.trial}: {p.compression_ratio:.1f}x, {_drop(p.accuracy_drop, metric)}" for p in front],
                 hoverinfo="text",
             ),
             row=1,
@@ -108,7 +116,12 @@ def _projection_figure(analysis: Analysis, baseline: Baseline) -> go.Figure:
     return fig
 
 
+def _drop(drop: float, metric: MetricInfo) -> str:
+    return f"{drop:+.2f} pts" if metric.scale == 100.0 else f"{drop:+.3g} {metric.name}"
+
+
 def _figure_3d(analysis: Analysis, baseline: Baseline) -> go.Figure:
+    title, value = _axes(baseline.metric)[0]
     pts = analysis.points
     front = [analysis.point(n) for n in analysis.front]
     fig = go.Figure(
@@ -116,7 +129,7 @@ def _figure_3d(analysis: Analysis, baseline: Baseline) -> go.Figure:
             go.Scatter3d(
                 x=[p.size_bytes / 1024 for p in pts],
                 y=[p.latency_ms for p in pts],
-                z=[100 * p.accuracy for p in pts],
+                z=[value(p) for p in pts],
                 mode="markers",
                 name="trials",
                 marker={"size": 3, "color": "#9aa5b1"},
@@ -125,7 +138,7 @@ def _figure_3d(analysis: Analysis, baseline: Baseline) -> go.Figure:
             go.Scatter3d(
                 x=[p.size_bytes / 1024 for p in front],
                 y=[p.latency_ms for p in front],
-                z=[100 * p.accuracy for p in front],
+                z=[value(p) for p in front],
                 mode="markers",
                 name="Pareto front",
                 marker={"size": 6, "color": "#1f77b4"},
@@ -134,16 +147,14 @@ def _figure_3d(analysis: Analysis, baseline: Baseline) -> go.Figure:
             go.Scatter3d(
                 x=[baseline.size_bytes / 1024],
                 y=[baseline.latency_ms],
-                z=[100 * baseline.accuracy],
+                z=[value(baseline)],
                 mode="markers",
                 name="baseline",
                 marker={"size": 7, "color": "black", "symbol": "diamond"},
             ),
         ]
     )
-    fig.update_layout(
-        height=560, title="Pareto front in 3-D", scene={"xaxis_title": "size KB", "yaxis_title": "latency ms", "zaxis_title": "accuracy %"}
-    )
+    fig.update_layout(height=560, title="Pareto front in 3-D", scene={"xaxis_title": "size KB", "yaxis_title": "latency ms", "zaxis_title": title})
     return fig
 
 
@@ -198,7 +209,7 @@ def _heatmap_figure(study: optuna.Study, rows: list[dict[str, Any]]) -> go.Figur
     return fig
 
 
-def _sensitivity_figure(study: optuna.Study) -> go.Figure | None:
+def _sensitivity_figure(study: optuna.Study, metric: MetricInfo) -> go.Figure | None:
     """Each group's one-shot accuracy drop for each probed knob value (the study's
     ``autocompress_sensitivity`` rows); None when the search measured none."""
     from autocompress import sensitivity, tables
@@ -208,18 +219,31 @@ def _sensitivity_figure(study: optuna.Study) -> go.Figure | None:
     if not found:
         return None
     groups, labels, z = sensitivity.heat(sensitivity.Row(**r) for r in found)
-    text = [["" if v is None else f"{v:.1f}" for v in row] for row in z]
+    points = metric.scale == 100.0
+    text = [["" if v is None else (f"{v:.1f}" if points else f"{v:.3g}") for v in row] for row in z]
     fig = go.Figure(
         go.Heatmap(
-            z=z, x=labels, y=groups, text=text, texttemplate="%{text}", colorscale="Reds", zmin=0, colorbar={"title": "drop pts"}, hoverongaps=False
+            z=z,
+            x=labels,
+            y=groups,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Reds",
+            zmin=0,
+            colorbar={"title": "drop pts" if points else "drop"},
+            hoverongaps=False,
         )
     )
     fig.update_layout(
         height=160 + 28 * len(groups),
-        title="Sensitivity: accuracy drop in points with one group's knob at one value, before fine-tuning (b = bits, s = sparsity, c = channels, r = rank)",
+        title=f"Sensitivity: {metric.name} drop in {metric.drop_unit()} with one group's knob at one value, before fine-tuning (b = bits, s = sparsity, c = channels, r = rank)",
         yaxis={"autorange": "reversed"},
     )
     return fig
+
+
+def _value(value: float, points: bool) -> str:
+    return f"{100 * value:.2f}" if points else f"{value:.4g}"
 
 
 def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Path:
@@ -230,27 +254,30 @@ def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Pa
     figures = [_projection_figure(analysis, baseline), _figure_3d(analysis, baseline), _hypervolume_figure(study, analysis)]
     if rows:
         figures.append(_heatmap_figure(study, rows))
-    sensitive = _sensitivity_figure(study)
+    sensitive = _sensitivity_figure(study, baseline.metric)
     if sensitive is not None:
         figures.append(sensitive)
     parts = []
     for i, fig in enumerate(figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False, div_id=f"plot-{i}"))
+    metric = baseline.metric
+    points = metric.scale == 100.0
     cells = []
     for r in rows:
-        test = f"{100 * r['test_accuracy']:.2f}" if "test_accuracy" in r else ""
+        test = _value(r["test_score"], points) if "test_score" in r else ""
         cells.append(
-            f"<tr><td>{r['trial']}{' (knee)' if r['knee'] else ''}</td><td>{100 * r['accuracy']:.2f}</td>"
-            f"<td>{html.escape(drop_text(r, 'accuracy_drop'))}</td><td>{test}</td><td>{html.escape(drop_text(r, 'test_accuracy_drop'))}</td>"
+            f"<tr><td>{r['trial']}{' (knee)' if r['knee'] else ''}</td><td>{_value(r['score'], points)}</td>"
+            f"<td>{html.escape(drop_text(r, 'score_drop', points))}</td><td>{test}</td><td>{html.escape(drop_text(r, 'test_score_drop', points))}</td>"
             f"<td>{r['size_bytes'] / 1024:.2f}</td>"
             f"<td>{r['compression_ratio']:.1f}x</td><td>{r['latency_ms']:.3f}{' ~' if r.get('latency_unstable') else ''}</td><td>{r['speedup']:.2f}x</td>"
             f"<td><code>{html.escape(plan_summary(r['plan']))}</code></td></tr>"
         )
     table_rows = "".join(cells)
+    short = ("acc %" if metric.is_accuracy else f"{metric.name} %") if points else metric.name
     constraint = (
         ""
         if analysis.max_accuracy_drop is None
-        else f"; constraint: drop &le; {analysis.max_accuracy_drop:g} points, {analysis.feasible_count} of {len(analysis.points)} feasible"
+        else f"; constraint: drop &le; {analysis.max_accuracy_drop:.4g} {html.escape(metric.drop_unit())}, {analysis.feasible_count} of {len(analysis.points)} feasible"
     )
     headline = (
         f"Pareto front: {len(analysis.front)} trials, hypervolume {analysis.hypervolume:.4f}"
@@ -264,14 +291,15 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:last-child{{t
 <body>
 <h1>autocompress study <code>{html.escape(study.study_name)}</code></h1>
 <p id="summary" data-front="{len(analysis.front)}" data-trials="{len(analysis.points)}">{len(analysis.points)} complete trials.
-Baseline: accuracy {100 * baseline.accuracy:.2f}%, {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms{constraint}.</p>
-<p id="deploy">Deploy target: <b>{html.escape(deploy_target(study))}</b>. Accuracy and latency are those of the form that ships there; each
+Metric: <b id="metric">{html.escape(metric.name)}</b>, {"higher" if metric.higher_is_better else "lower"} is better.
+Baseline: {html.escape(metric.name)} {metric.format(baseline.accuracy)}, {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms{constraint}.</p>
+<p id="deploy">Deploy target: <b>{html.escape(deploy_target(study))}</b>. The metric and latency are those of the form that ships there; each
 speedup is the median ratio of the trial timed alternately with the baseline in one slot. A latency marked ~ kept a CV above
 the threshold until the time cap. Get a trial's file with <code>autocompress export {html.escape(study.study_name)} --trial N --format onnx</code>.</p>
 <h2>{headline}</h2>
-<p>A drop in points is followed by its 95% interval, paired with the baseline on the same images (McNemar's exact
-test); &asymp; marks a drop within noise (the interval holds 0).</p>
-<table><tr><th>trial</th><th>val acc %</th><th>drop pts</th><th>test acc %</th><th>test drop</th><th>size KB</th><th>ratio</th><th>latency ms</th><th>speedup</th><th>plan</th></tr>
+<p>A drop ({html.escape(metric.drop_unit())}, positive = worse) is followed by its 95% interval, paired with the baseline on the same samples
+({"McNemar's exact test" if any(r.get("score_drop_method") == "mcnemar" for r in rows) else "a paired bootstrap"}); &asymp; marks a drop within noise (the interval holds 0).</p>
+<table><tr><th>trial</th><th>val {html.escape(short)}</th><th>{"drop pts" if points else "drop"}</th><th>test {html.escape(short)}</th><th>test drop</th><th>size KB</th><th>ratio</th><th>latency ms</th><th>speedup</th><th>plan</th></tr>
 {table_rows}</table>
 {"".join(parts)}
 </body></html>
