@@ -22,17 +22,31 @@ _EXPORTS = {
     "StudyConfig": "autocompress.config",
     "load": "autocompress.artifact",
     "load_config": "autocompress.config",
-    "run_search": "autocompress.search",
+    "run_search": "autocompress.driver",
+    "search": "autocompress.api",
+    "SearchResult": "autocompress.api",
 }
 
-__all__ = ["AutocompressError", "CompressionPlan", "LayerPlan", "Result", "StudyConfig", "load", "load_config", "run_search"]
+__all__ = [
+    "AutocompressError",
+    "CompressionPlan",
+    "LayerPlan",
+    "Result",
+    "SearchResult",
+    "StudyConfig",
+    "load",
+    "load_config",
+    "run_search",
+    "search",
+]
 
 if TYPE_CHECKING:
+    from autocompress.api import SearchResult, search
     from autocompress.artifact import load
     from autocompress.config import StudyConfig, load_config
+    from autocompress.driver import run_search
     from autocompress.errors import AutocompressError
     from autocompress.plan import CompressionPlan, LayerPlan, Result
-    from autocompress.search import run_search
 
 
 def __getattr__(name: str) -> Any:

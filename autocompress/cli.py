@@ -196,8 +196,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _search(args: argparse.Namespace) -> int:
     from autocompress.config import load_config
+    from autocompress.driver import Driver
     from autocompress.report import print_report
-    from autocompress.search import Driver
 
     overrides = {
         "name": args.name,
@@ -384,11 +384,12 @@ def _export(args: argparse.Namespace) -> int:
     study = _open_study(args.name, args.storage)
     path, how = export_trial(study, args.trial, args.output, args.format, args.precision, args.force)
     from autocompress import _optuna
+    from autocompress.baseline import Baseline
 
     trial = _optuna.trials_by_number(study, [args.trial])[args.trial]
-    print(
-        f"wrote {path}: {path.stat().st_size} bytes, {how} (trial {args.trial}: accuracy {100 * trial.values[0]:.2f}%, size_bytes {int(trial.values[1])})"
-    )
+    metric = Baseline.of(study.user_attrs["baseline"]).metric if "baseline" in study.user_attrs else None
+    score = f"{metric.name} {metric.format(trial.values[0])}" if metric is not None else f"accuracy {100 * trial.values[0]:.2f}%"
+    print(f"wrote {path}: {path.stat().st_size} bytes, {how} (trial {args.trial}: {score}, size_bytes {int(trial.values[1])})")
     return 0
 
 
@@ -408,7 +409,7 @@ def _inspect(args: argparse.Namespace) -> int:
     task = info["task"]
     console.print(
         f"{info['file']}: {info['size_bytes']} bytes ({info['unpacked_bytes']} before {info['codec']}, format {info['format']}), "
-        f"model {task['model']} ({task['num_classes']} classes, input {task['input_shape']}), {info['params']} parameters"
+        f"model {task['model']} ({task.get('num_classes', '?')} classes, input {task.get('input_shape', '?')}), {info['params']} parameters"
     )
     console.print(f"plan: {plan_summary(info['plan'])}")
     for layer, idxs in info["channels_removed"].items():
@@ -431,8 +432,8 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
     from autocompress import sensitivity
     from autocompress.config import load_config
+    from autocompress.driver import Driver
     from autocompress.report import make_console
-    from autocompress.search import Driver
 
     config = load_config(args.config, {"search.workers": args.workers})
     driver = Driver(config, progress=False, say=None if args.json else lambda line: print(line, flush=True))

@@ -90,7 +90,7 @@ def _quality(result: dict[str, Any]) -> list[str]:
             f"{b.get('test_drop_points', '-')} | {r['hypervolume_tpe']:.4f} | {r['hypervolume_random']:.4f} | "
             f"{r['hypervolume_ratio']:.3f} |"
         )
-    from autocompress.search import WARM_START, WARM_START_CHANNEL
+    from autocompress.driver import WARM_START, WARM_START_CHANNEL
 
     warm = len(WARM_START) + len(WARM_START_CHANNEL)
     warm_best = [

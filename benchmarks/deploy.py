@@ -122,7 +122,7 @@ def search(trials: int, steps: int) -> dict[str, Any]:
     from scipy.stats import spearmanr
 
     from autocompress.config import load_config
-    from autocompress.search import run_search
+    from autocompress.driver import run_search
 
     folder = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
     (folder / "study.yaml").write_text(
@@ -182,9 +182,9 @@ def int8_front(trials: int, steps: int, epochs: int = 12) -> dict[str, Any]:
     import optuna
 
     from autocompress.config import load_config
+    from autocompress.driver import run_search
     from autocompress.pareto import study_analysis
     from autocompress.report import report_rows
-    from autocompress.search import run_search
 
     folder = Path(tempfile.mkdtemp(prefix="deploy-front-"))
     (folder / "study.yaml").write_text(

@@ -43,10 +43,10 @@ from autocompress import compress
 from autocompress.artifact import pack
 from autocompress.config import FinetuneConfig, load_config
 from autocompress.deploy.target import DeployConfig
+from autocompress.driver import Driver
 from autocompress.fidelity import NO_REPORTING, Reporting
 from autocompress.plan import CompressionPlan, LayerPlan, Result
 from autocompress.runners._base import Runner
-from autocompress.search import Driver
 from autocompress.stats import pack_correct
 from autocompress.tasks import Task
 from autocompress.tasks.training import Trainer, local_trainer

@@ -39,9 +39,9 @@ from optuna.trial import TrialState
 
 from autocompress import artifact, pareto
 from autocompress.config import load_config
+from autocompress.driver import Driver
 from autocompress.evaluate import Evaluator
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.search import Driver
 from autocompress.stats import accuracy
 from autocompress.tasks import build_task, correct_of
 

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         study = optuna.load_study(study_name=args.study, storage=args.storage)
     else:
         from autocompress.config import load_config
-        from autocompress.search import run_search
+        from autocompress.driver import run_search
 
         folder = Path(tempfile.mkdtemp(prefix="latency-fidelity-"))
         (folder / "space.yaml").write_text(SPACE)

@@ -32,8 +32,8 @@ from optuna.trial import TrialState
 
 from autocompress.config import load_config
 from autocompress.deploy.target import DeployConfig
+from autocompress.driver import prepare, run_search
 from autocompress.evaluate import Evaluator, FinetuneConfig
-from autocompress.search import prepare, run_search
 from autocompress.space import SearchSpace
 from autocompress.tasks import Task, build_task
 from benchmarks.quality import study_config

@@ -28,10 +28,10 @@ from optuna.trial import TrialState
 
 from autocompress import pareto
 from autocompress.config import load_config
+from autocompress.driver import run_search
 from autocompress.evaluate import Evaluator
 from autocompress.export import test_accuracies
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
-from autocompress.search import run_search
 from autocompress.tasks import build_task
 
 REPO = Path(__file__).resolve().parents[1]

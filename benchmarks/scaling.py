@@ -19,7 +19,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from autocompress.config import load_config
-from autocompress.search import run_search
+from autocompress.driver import run_search
 
 
 def run(workers: int, trials: int, steps: int, folder: Path) -> dict[str, float]:

@@ -38,8 +38,8 @@ import yaml
 
 from autocompress import artifact, compress, pareto
 from autocompress.config import load_config
+from autocompress.driver import run_search
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.search import run_search
 from autocompress.tasks import MODELS, TaskSpec, build_task
 from benchmarks import fidelity, quality
 

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from autocompress.cli import main
 from autocompress.config import load_config
-from autocompress.search import run_search
+from autocompress.driver import run_search
 
 CORPUS = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
 CASE_KEYS = {"mistake", "args", "files", "expect", "forbid"}

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from autocompress import _optuna
 from autocompress.config import load_config
+from autocompress.driver import Driver
 from autocompress.pareto import study_analysis
-from autocompress.search import Driver
 from benchmarks.driver_scale import SyntheticRunner, study_file
 
 

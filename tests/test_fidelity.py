@@ -14,9 +14,9 @@ from rich.console import Console
 from autocompress import fidelity
 from autocompress.cli import main
 from autocompress.config import load_config
+from autocompress.driver import Driver
 from autocompress.fidelity import PRUNERS, FrontPoint, Rung
 from autocompress.report import checked_analysis, print_report
-from autocompress.search import Driver
 from tests.helpers import run_cli, write_study_config
 
 BASELINE = {"accuracy": 0.97, "size_bytes": 100_000, "latency_ms": 1.0}

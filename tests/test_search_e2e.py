@@ -22,11 +22,11 @@ from optuna.trial import TrialState
 from autocompress import artifact
 from autocompress.cli import main
 from autocompress.config import load_config
+from autocompress.driver import Driver, run_search
 from autocompress.errors import SearchError
 from autocompress.pareto import dominates, study_analysis
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners import LocalRunner
-from autocompress.search import Driver, run_search
 from autocompress.stats import unpack_correct
 from tests.helpers import ARTIFACTS, REPO, chromium, run_cli, write_study_config
 

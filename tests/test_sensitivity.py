@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 from autocompress import sensitivity, tables
 from autocompress.config import load_config
+from autocompress.driver import Driver
 from autocompress.html_report import write_html
-from autocompress.search import Driver
 from autocompress.space import load_space, parse_space
 from autocompress.tasks import TaskSpec, model_skeleton
 from tests.helpers import write_study_config

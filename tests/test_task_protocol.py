@@ -298,3 +298,64 @@ def test_torchvision_segmentation_models_are_named_and_keep_their_class_channels
     for layer in classifiers:  # ... never lose one: the output is resized, yet they are found
         assert space.layers[layer].knobs["sparsity_mode"].choices is None, layer
     assert any(ls.knobs["sparsity_mode"].choices for ls in space.layers.values())  # the rest may
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("workers", [0, 2])
+def test_python_api_searches_an_in_memory_task_and_exports_from_its_front(tmp_path: Path, workers: int) -> None:
+    """``autocompress.search(task=...)`` with objects that exist only in this process (a model
+    class and closures defined here): on Ray workers they travel pickled by value."""
+    import autocompress
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(6, 32)
+            self.out = torch.nn.Linear(32, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.tanh(self.body(x))).squeeze(-1)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=gen)
+    y = x[:, 0] - 2 * x[:, 1] + 0.1 * torch.randn(300, generator=gen)
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x[:200]), y[:200]).backward()
+        opt.step()
+
+    def split(lo: int, hi: int):  # a closure over tensors held here
+        return lambda: [(x[i : i + 25], y[i : i + 25]) for i in range(lo, hi, 25)]
+
+    def make_task() -> dict[str, object]:
+        return {
+            "model": model,
+            "train": split(0, 200),
+            "val": split(200, 250),
+            "test": split(250, 300),
+            "loss": lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1]),
+            "metric": "mae",
+            "example_input": x[:8],
+        }
+
+    result = autocompress.search(
+        task=make_task,
+        storage=f"sqlite:///{tmp_path / 'api.db'}",
+        name=f"api-{workers}",
+        trials=2,
+        workers=workers,
+        finetune={"steps": 10},
+        deploy={"max_seconds": 0.1},
+        pareto={"max_drop": "50%"},
+        sensitivity=False,
+        artifact_dir=str(tmp_path / "artifacts"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert result.study.metric_names == ["mae", "size_bytes", "latency_ms"]
+    assert result.front and all(r["metric"] == "mae" and not r["higher_is_better"] for r in result.front)
+    assert result.knee is not None
+    path = result.export(result.knee, tmp_path / "knee.acz")
+    assert path.stat().st_size == next(r["size_bytes"] for r in result.front if r["trial"] == result.knee)

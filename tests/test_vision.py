@@ -25,9 +25,9 @@ from autocompress.artifact import ArtifactError, loads, pack
 from autocompress.cli import main
 from autocompress.compress.fold import fold, following_batchnorms
 from autocompress.config import load_config
+from autocompress.driver import run_search
 from autocompress.errors import SpaceError, TaskError
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.search import run_search
 from autocompress.space import load_space, parse_space
 from autocompress.tasks import MODELS, TaskSpec, build_task, layer_skeleton, load_data
 from tests.helpers import REPO, TinyResNet, write_study_config

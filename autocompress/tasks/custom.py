@@ -44,6 +44,20 @@ from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, Ta
 
 _SPLITS = ("train", "val", "test")
 IMPORT_PATHS: list[str] = []  # folders added to sys.path for custom tasks; they travel to workers
+# Task functions handed over in memory (``autocompress.search(task=...)``), by name
+# ``python:NAME``: they exist in the driver's process only, and their protocol carries the
+# model's architecture to the workers.
+IN_MEMORY: dict[str, Callable[[], Any]] = {}
+
+
+def register_in_memory(name: str, function: Callable[[], Any]) -> str:
+    """``python:NAME`` for a task function held in memory (replacing an earlier one of that name)."""
+    target = f"python:{name}"
+    if IN_MEMORY.get(target) is not function:
+        IN_MEMORY[target] = function
+        call_task_function.cache_clear()
+        _protocol.cache_clear()
+    return target
 
 
 def add_import_path(folder: str) -> None:
@@ -60,6 +74,8 @@ def is_custom(name: str | None) -> bool:
 
 def _function(target: str, key: str) -> Callable[[], Any]:
     """Import ``module:function`` (named by config key ``key``) without calling it."""
+    if target in IN_MEMORY:
+        return IN_MEMORY[target]
     module_name, _, function_name = target.partition(":")
     if not module_name or not function_name or ":" in function_name:
         raise TaskError(f"'{target}' is not module:function ({key}): write it as package.module:function")
@@ -99,10 +115,23 @@ def call_task_function(target: str) -> tuple[nn.Module, dict[str, Any] | None]:
 
 @functools.lru_cache(maxsize=8)
 def _protocol(target: str) -> TaskProtocol | None:
-    _, parts = call_task_function(target)
+    model, parts = call_task_function(target)
     if parts is None or not is_protocol(parts):
         return None
-    return from_parts(parts, f"task function '{target}'")
+    protocol = from_parts(parts, f"task function '{target}'")
+    if target in IN_MEMORY:  # the workers cannot call it: the architecture travels with the protocol
+        protocol.architecture = Architecture(model)
+    return protocol
+
+
+class Architecture:
+    """A picklable factory of fresh copies of a model (its weights are loaded after)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = copy.deepcopy(model).cpu().eval()
+
+    def __call__(self, num_classes: Any = None, input_shape: Any = None) -> nn.Module:
+        return copy.deepcopy(self.model)
 
 
 def task_protocol(spec: TaskSpec) -> TaskProtocol | None:
@@ -154,6 +183,10 @@ def architecture(spec: TaskSpec) -> Callable[..., nn.Module] | None:
     for built-in and torchvision models, which a file's header may name."""
     if spec.build is not None:
         return build_hook(spec.build)
+    if spec.model in IN_MEMORY:
+        protocol = _protocol(spec.model)
+        if protocol is not None and protocol.architecture is not None:
+            return protocol.architecture
     return MODELS.get(spec.model).factory if is_custom(spec.model) else None
 
 

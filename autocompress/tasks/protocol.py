@@ -77,6 +77,8 @@ class TaskProtocol:
     source: str = "the task"  # the task function, for messages
     num_classes: int | None = None
     info: dict[str, Any] = field(default_factory=dict)  # what the driver may print: names only
+    # An in-memory task's architecture (fresh copies), for workers that cannot call its function.
+    architecture: Callable[..., nn.Module] | None = None
 
     def open(self, split: str) -> Iterable[Any]:
         """The split's batches, opened here (on a worker); a failure names the split."""

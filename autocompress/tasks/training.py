@@ -71,7 +71,9 @@ class Task:
 
     def build_model(self) -> nn.Module:
         """A fresh copy of the baseline model with its trained weights, in eval mode."""
-        factory = architecture(self.spec) or model_entry(self.spec.model).factory
+        factory = (
+            (self.protocol.architecture if self.protocol is not None else None) or architecture(self.spec) or model_entry(self.spec.model).factory
+        )
         model = factory(num_classes=self.num_classes, input_shape=self.input_shape)
         model.load_state_dict(self.state_dict)
         return model.eval()
