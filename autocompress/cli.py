@@ -485,7 +485,12 @@ def _layers(args: argparse.Namespace) -> int:
     spec = config.task if args.task is None else TaskSpec(model=args.task)
     space = load_space(args.space or config.space).resolve(*layer_skeleton(spec))
     groups = f", {len(space.groups)} groups" if space.grouped else ""
-    table = Table(title=f"{spec.model}: {len(space.layers)} layers{groups}, {space.dimensions} searched knobs ({space.source})")
+    from autocompress.tasks.custom import task_protocol
+
+    protocol = task_protocol(spec)
+    metric = protocol.metric if protocol is not None else None
+    scored = f"; scored by {metric.name}, {'higher' if metric.higher_is_better else 'lower'} is better" if metric is not None else ""
+    table = Table(title=f"{spec.model}: {len(space.layers)} layers{groups}, {space.dimensions} searched knobs ({space.source}){scored}")
     shown = {k: any(not ls.knobs[k].off for ls in space.layers.values()) for k in OPTIONAL_KNOBS}  # columns only for knobs in use
     for col in (
         "layer",

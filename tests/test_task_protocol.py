@@ -4,6 +4,7 @@ factories opened where the work runs, and the dry run that checks a task before 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -359,3 +360,50 @@ def test_python_api_searches_an_in_memory_task_and_exports_from_its_front(tmp_pa
     assert result.knee is not None
     path = result.export(result.knee, tmp_path / "knee.acz")
     assert path.stat().st_size == next(r["size_bytes"] for r in result.front if r["trial"] == result.knee)
+
+
+def test_an_evaluator_runs_a_protocol_task_with_distillation_over_any_output_structure() -> None:
+    """Fine-tuning with the task's loss and distillation to the baseline through a dict output
+    (every floating-point leaf matched), scored by the task's metric on val and test."""
+    from autocompress.config import FinetuneConfig
+    from autocompress.deploy.target import DeployConfig
+    from autocompress.evaluate import Evaluator
+    from autocompress.plan import CompressionPlan, LayerPlan
+    from autocompress.tasks import Task, TaskSpec
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(4, 16)
+            self.value = torch.nn.Linear(16, 1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = torch.relu(self.body(x))
+            return {"value": self.value(h).squeeze(-1), "hidden": h}
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=gen)
+    y = x.sum(dim=1)
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    parts = {
+        "model": TwoHeads(),
+        "train": lambda: batches,
+        "val": lambda: batches[:2],
+        "test": lambda: batches[2:],
+        "loss": lambda m, b: torch.nn.functional.mse_loss(m(b[0])["value"], b[1]),
+        "metric": lambda m, b: (m(b[0])["value"] - b[1]).abs(),
+        "metric_name": "abs_error",
+        "higher_is_better": False,
+        "example_input": x[:4],
+    }
+    protocol = from_parts(parts, "the test task")
+    model = parts["model"]
+    task = Task(spec=TaskSpec(model="test:two-heads", dataset="test:two-heads"), data=None, state_dict=model.state_dict(), protocol=protocol)
+    protocol.architecture = lambda **_: TwoHeads()
+    evaluator = Evaluator(task, FinetuneConfig(steps=12, distill=0.5), DeployConfig(max_seconds=0.05), device="cpu")
+    result = evaluator.evaluate(CompressionPlan({"body": LayerPlan(sparsity=0.5, bits=4), "value": LayerPlan(sparsity=0.0, bits=8)}))
+    assert result.error is None, result.error
+    assert result.ok and result.finetune_steps == 12 and all(math.isfinite(v) for v in result.finetune_log)
+    val = unpack_rows(result.val_scores)
+    assert val is not None and val.shape == (32,) and result.accuracy == pytest.approx(float(val.mean()), rel=1e-5)
+    assert result.test_score is not None and unpack_rows(result.test_scores) is not None
