@@ -37,6 +37,7 @@ class Baseline:
     chance_accuracy: float | None = None  # the most common validation class's share
     val_count: int | None = None  # validation images
     metric: MetricInfo = TOP1  # what ``accuracy`` measures, its direction and a drop's units
+    chance_score: float | None = None  # a protocol task's best constant prediction on val, when known
     attrs: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the stored mapping, whole
 
     @classmethod
@@ -54,6 +55,7 @@ class Baseline:
             chance_accuracy=baseline.get("chance_accuracy"),
             val_count=baseline.get("val_count"),
             metric=MetricInfo.of(baseline.get("metric")),
+            chance_score=baseline.get("chance_score"),
             attrs=dict(baseline),
         )
 
@@ -74,8 +76,12 @@ class Baseline:
         return float(value) if isinstance(value, (int, float)) else None
 
     def at_chance(self, accuracy: float) -> bool:
-        """Whether a validation accuracy is no better than always answering the most common
-        class, beyond luck (False for a study that did not record that share)."""
+        """Whether a validation score is no better than chance: for top-1 on in-memory data,
+        always answering the most common class, beyond luck (an exact binomial test); for a
+        protocol task's built-in metric, the best constant prediction (a mean, a median, the
+        most common class); False where no chance level was recorded."""
+        if self.chance_score is not None:  # a protocol task: no better than a constant prediction
+            return self.metric.drop(self.chance_score, accuracy) >= 0.0
         if self.chance_accuracy is None or self.val_count is None:
             return False
         return not above_chance(accuracy, self.val_count, self.chance_accuracy)

@@ -68,11 +68,13 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig, pareto_co
             "accuracy": result.accuracy,
             "test_accuracy": result.test_score,
             # Per-sample metric rows, to pair each trial's drop with them (a paired bootstrap).
-            # No chance level: a user's metric has no constant prediction known here.
             "val_scores": result.val_scores,
             "test_scores": result.test_scores,
             "val_count": int(result.val_scores.split(":")[1]) if result.val_scores else None,
             "num_classes": task.num_classes,
+            # The best constant prediction's score (a built-in metric's chance level): a trial
+            # no better is never feasible. None: a metric of the user's own, no chance check.
+            "chance_score": result.chance_score,
         }
     else:
         test_correct = correct_of(task.build_model(), task.data.x_test, task.data.y_test).numpy()
@@ -302,6 +304,13 @@ class Driver:
                     f"{baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms ({time.monotonic() - start:.1f} s); "
                     + (f"feasible: a drop of at most {limit:.4g} {metric.drop_unit()}" if limit is not None else "no drop limit")
                 )
+                if task.protocol is not None:  # in-memory classification keeps its binomial test, said in the docs
+                    chance = baseline.get("chance_score")
+                    self.say(
+                        f"  chance level: {metric.name} {metric.format(chance)} by the best constant prediction; a trial no better is never feasible"
+                        if chance is not None
+                        else f"  chance level: off (no constant prediction is known for {metric.name}, a metric of the task's own)"
+                    )
                 _faults.checkpoint("baseline-measured")
                 baseline["artifact_id"] = store_artifact(study, result.artifact, self.artifact_dir, "baseline.acz", ACZ_MIMETYPE)
                 if result.onnx:

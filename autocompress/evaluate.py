@@ -35,7 +35,7 @@ from autocompress.plan import CompressionPlan, Result
 from autocompress.size import layer_rows
 from autocompress.stats import accuracy, pack_correct, pack_rows
 from autocompress.tasks import DataSplits, Task, correct_of
-from autocompress.tasks.metrics import score_rows
+from autocompress.tasks.metrics import score_rows, split_batch
 from autocompress.tasks.protocol import TaskProtocol, tensor_leaves, to_device
 
 CALIBRATION_SAMPLES = 256  # labelled training images whose loss gradients rank weights for taylor importance
@@ -396,8 +396,26 @@ class Evaluator:
 
     def baseline(self) -> Result:
         """The uncompressed model measured on the same target as every trial, timed alone: the
-        reference that trials' paired ratios scale."""
-        return self._timed(lambda: self.measure(self._model(), CompressionPlan(), alone=True))
+        reference that trials' paired ratios scale (with a protocol task's chance level)."""
+
+        def run() -> Result:
+            result = self.measure(self._model(), CompressionPlan(), alone=True)
+            result.chance_score = self._chance_score()
+            return result
+
+        return self._timed(run)
+
+    def _chance_score(self) -> float | None:
+        """A built-in metric's score of the best constant prediction on the validation targets
+        (of ``(inputs, targets)`` batches); None for in-memory tasks and metrics of the user's own."""
+        protocol = self.protocol
+        if protocol is None or protocol.metric.constant is None:
+            return None
+        try:
+            targets = [split_batch(b)[1] for b in protocol.batches("val", torch.device("cpu"))]
+            return protocol.metric.constant([torch.as_tensor(t) for t in targets])
+        except (TaskError, RuntimeError, ValueError, TypeError):
+            return None  # targets of another shape: no chance level, said so by its absence
 
     def _score_deployed(self, deployed: Any) -> dict[str, Any]:
         """The deployed form's metric on the validation split (and, for a protocol task, on the

@@ -124,6 +124,9 @@ class Result:
         test_score: a protocol task's metric on the test split (taken on the worker, where its
             data opens), read by the re-check of the front; None for in-memory tasks.
         test_scores: its rows, as ``val_scores``.
+        chance_score: for the baseline of a protocol task with a built-in metric, what the best
+            constant prediction scores on the validation split (a trial no better is never
+            feasible); None when unknown (a metric of the user's own).
         finetune_steps: fine-tuning steps taken.
         rungs: validation accuracy at each rung reached (multi-fidelity trials).
         pruned_at: the rung where the driver stopped the trial; its accuracy is that rung's,
@@ -149,6 +152,7 @@ class Result:
     val_scores: str = ""
     test_score: float | None = None
     test_scores: str = ""
+    chance_score: float | None = None  # the best constant prediction's score on val (baseline only)
     latency_node: str = ""
     onnx_bytes: int | None = None
     windows: dict[str, Any] = field(default_factory=dict)

@@ -407,3 +407,21 @@ def test_an_evaluator_runs_a_protocol_task_with_distillation_over_any_output_str
     val = unpack_rows(result.val_scores)
     assert val is not None and val.shape == (32,) and result.accuracy == pytest.approx(float(val.mean()), rel=1e-5)
     assert result.test_score is not None and unpack_rows(result.test_scores) is not None
+
+
+def test_chance_level_is_the_best_constant_prediction_in_the_metric_direction() -> None:
+    from autocompress.baseline import Baseline
+
+    y = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([6.0])]
+    assert builtin_metric("mse").constant(y) == pytest.approx(float(torch.tensor([1.0, 2.0, 3.0, 6.0]).var(unbiased=False)))  # type: ignore[misc]
+    assert builtin_metric("mae").constant(y) == pytest.approx((1 + 0 + 1 + 4) / 4)  # type: ignore[misc]  # median 2 (torch's lower median)
+    labels = [torch.tensor([0, 0, 1]), torch.tensor([2, 0])]
+    assert builtin_metric("accuracy").constant(labels) == pytest.approx(0.6)  # type: ignore[misc]
+    assert builtin_metric("top2").constant(labels) == pytest.approx(0.8)  # type: ignore[misc]
+    assert builtin_metric("macro_f1", {"num_classes": 3}).constant(labels) == pytest.approx((2 * 3 / (2 * 3 + 2)) / 3)  # type: ignore[misc]
+    mse = {"name": "mse", "higher_is_better": False, "scale": 1.0}
+    base = Baseline.of({"accuracy": 0.5, "size_bytes": 100, "latency_ms": 1.0, "metric": mse, "chance_score": 0.9})
+    assert base.at_chance(0.95) and base.at_chance(0.9) and not base.at_chance(0.6)  # lower is better: 0.6 beats the constant
+    f1 = {"name": "macro_f1", "higher_is_better": True, "scale": 1.0, "corpus": True}
+    base = Baseline.of({"accuracy": 0.8, "size_bytes": 100, "latency_ms": 1.0, "metric": f1, "chance_score": 0.1})
+    assert base.at_chance(0.05) and not base.at_chance(0.5)

@@ -48,6 +48,8 @@ class Metric:
     reduce: Reduce | None = None  # None: the mean of per-sample scores
     scale: float = 1.0  # a drop's units: 100 turns a fraction into points
     unit: str = ""  # "points" for scale 100
+    # What the best constant prediction scores on a split's targets (chance level); None: unknown
+    constant: Callable[[list[torch.Tensor]], float] | None = None
 
     @property
     def corpus(self) -> bool:
@@ -144,25 +146,50 @@ def _confusion_rows(pred: torch.Tensor, target: torch.Tensor, classes: int, igno
     return rows
 
 
+def _flat(targets: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(t).reshape(-1).cpu() for t in targets])
+
+
+def _constant_topk(k: int) -> Callable[[list[torch.Tensor]], float]:
+    """Always answering the k most common classes."""
+
+    def constant(targets: list[torch.Tensor]) -> float:
+        counts = torch.bincount(_flat(targets).long())
+        return float(counts.topk(min(k, len(counts))).values.sum() / counts.sum())
+
+    return constant
+
+
+def _constant_regression(power: int) -> Callable[[list[torch.Tensor]], float]:
+    """Always answering the targets' mean (MSE) or median (MAE): the best constant."""
+
+    def constant(targets: list[torch.Tensor]) -> float:
+        rows = torch.cat([torch.as_tensor(t).float().reshape(len(t), -1).cpu() for t in targets])
+        center = rows.mean(dim=0) if power == 2 else rows.median(dim=0).values
+        return float(((rows - center).abs() ** power).mean())
+
+    return constant
+
+
 @METRICS.register("accuracy")
 def _accuracy(options: dict[str, Any]) -> Metric:
-    return Metric("accuracy", True, _topk(1), scale=100.0, unit="points")
+    return Metric("accuracy", True, _topk(1), scale=100.0, unit="points", constant=_constant_topk(1))
 
 
 @METRICS.register("topk")
 def _topk_metric(options: dict[str, Any]) -> Metric:
     k = int(options.get("k", 5))
-    return Metric(f"top{k}", True, _topk(k), scale=100.0, unit="points")
+    return Metric(f"top{k}", True, _topk(k), scale=100.0, unit="points", constant=_constant_topk(k))
 
 
 @METRICS.register("mse")
 def _mse(options: dict[str, Any]) -> Metric:
-    return Metric("mse", False, _regression(2))
+    return Metric("mse", False, _regression(2), constant=_constant_regression(2))
 
 
 @METRICS.register("mae")
 def _mae(options: dict[str, Any]) -> Metric:
-    return Metric("mae", False, _regression(1))
+    return Metric("mae", False, _regression(1), constant=_constant_regression(1))
 
 
 @METRICS.register("miou")
@@ -181,7 +208,14 @@ def _miou(options: dict[str, Any]) -> Metric:
         present = union > 0  # a class absent from both prediction and truth is left out, as usual
         return float(np.mean(inter[present] / union[present])) if present.any() else float("nan")
 
-    return Metric("miou", True, score, reduce=reduce)
+    def constant(targets: list[torch.Tensor]) -> float:  # every pixel the most common class
+        flat = _flat(targets).long()
+        kept = flat[flat != ignore] if ignore is not None else flat
+        common = int(torch.bincount(kept).argmax())
+        rows = torch.cat([_confusion_rows(torch.full_like(torch.as_tensor(t), common), torch.as_tensor(t), classes, ignore) for t in targets])
+        return reduce(rows.numpy())
+
+    return Metric("miou", True, score, reduce=reduce, constant=constant)
 
 
 @METRICS.register("macro_f1")
@@ -204,7 +238,12 @@ def _macro_f1(options: dict[str, Any]) -> Metric:
                 scores.append(2 * tp / (2 * tp + fp + fn))
         return float(np.mean(scores)) if scores else float("nan")
 
-    return Metric("macro_f1", True, score, reduce=reduce)
+    def constant(targets: list[torch.Tensor]) -> float:  # every sample the most common class
+        truth = _flat(targets).float()
+        common = float(torch.bincount(truth.long()).argmax())
+        return reduce(torch.stack([torch.full_like(truth, common), truth], dim=1).numpy())
+
+    return Metric("macro_f1", True, score, reduce=reduce, constant=constant)
 
 
 def builtin_metric(name: str, options: dict[str, Any] | None = None) -> Metric:
