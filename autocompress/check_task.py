@@ -84,6 +84,19 @@ def run_checks(protocol: TaskProtocol, model: nn.Module, build: Callable[[], nn.
             checks.append(Check(f"split '{split}'", False, f"opened on {here} but gave no batch: it must give at least one"))
             return checks
         checks.append(Check(f"split '{split}'", True, f"opened on {here}; batches of {describe_batch(batches[split][0])}"))
+    for split in ("val", "test"):  # every trial must score the same samples in the same order
+        again = list(itertools.islice(protocol.batches(split, device), BATCHES))
+        if not _same(batches[split], again):
+            checks.append(
+                Check(
+                    f"order of '{split}'",
+                    False,
+                    "opened twice, it gave different first batches: every trial must score the same samples in the same order "
+                    "(do not shuffle it, seed any sampling)",
+                )
+            )
+            return checks
+    checks.append(Check("order", True, "'val' and 'test' give the same first batches when opened again"))
     model.train()
     try:
         losses = [float(task_loss(protocol, model, b).detach()) for b in batches["train"]]
@@ -136,6 +149,20 @@ def _direction(protocol: TaskProtocol, model: nn.Module, build: Callable[[], nn.
         f"{said}, but the untrained copy scores better that way: set higher_is_better to {not metric.higher_is_better} "
         "if the metric is right, or train the model",
     )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal batches, whatever the structure (tensors compared by value)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001  (an object without a usable equality: not comparable, assume the same)
+        return True
 
 
 class _Limited(TaskProtocol):

@@ -425,3 +425,23 @@ def test_chance_level_is_the_best_constant_prediction_in_the_metric_direction() 
     f1 = {"name": "macro_f1", "higher_is_better": True, "scale": 1.0, "corpus": True}
     base = Baseline.of({"accuracy": 0.8, "size_bytes": 100, "latency_ms": 1.0, "metric": f1, "chance_score": 0.1})
     assert base.at_chance(0.05) and not base.at_chance(0.5)
+
+
+def test_check_task_refuses_a_validation_split_that_shuffles_each_time() -> None:
+    from autocompress.check_task import run_checks
+
+    def shuffled():
+        order = torch.randperm(40)  # unseeded: another order each time it is opened
+        x = torch.arange(40.0)[order].unsqueeze(1)
+        return [(x[i : i + 10], x[i : i + 10].squeeze(1)) for i in range(0, 40, 10)]
+
+    def fixed():
+        x = torch.arange(40.0).unsqueeze(1)
+        return [(x[i : i + 10], x[i : i + 10].squeeze(1)) for i in range(0, 40, 10)]
+
+    model = torch.nn.Linear(1, 1)
+    base = {"model": model, "train": fixed, "test": fixed, "metric": "mse", "loss": lambda m, b: ((m(b[0]).squeeze(1) - b[1]) ** 2).mean()}
+    checks = run_checks(from_parts({**base, "val": shuffled, "example_input": torch.zeros(2, 1)}, "t"), model, None, direction=False)
+    assert not checks[-1].ok and checks[-1].name == "order of 'val'" and "same samples in the same order" in checks[-1].detail
+    checks = run_checks(from_parts({**base, "val": fixed, "example_input": torch.zeros(2, 1)}, "t"), model, None, direction=False)
+    assert all(c.ok for c in checks) and any(c.name == "order" for c in checks)
