@@ -214,6 +214,7 @@ class Driver:
         self._result_at: float | None = None
         self._baseline: dict[str, Any] | None = None
         self._task: Task | None = None  # the task this driver searches (its protocol's metric, for intervals)
+        self._max_drop: tuple[float | None] | None = None  # the study's drop limit, once read
         self._in_flight: dict[int, optuna.Trial] = {}  # trial number -> its trial, handed to a worker
         self._pruner: fidelity.Pruner | None = None  # judges reports at rungs (search.pruner)
         self._reported: collections.defaultdict[int, dict[int, float]] = collections.defaultdict(dict)  # in flight: step -> accuracy
@@ -652,7 +653,7 @@ class Driver:
         # Never feasible (its model was never finished): TPE then ranks it among the infeasible
         # trials by how far it missed, where it would rank pruned trials by their intermediate
         # values through a single direction, which a three-objective study does not have.
-        missed = max(0.0, (drop or 0.0) - (pareto.study_constraint(study) or 0.0))
+        missed = max(0.0, (drop or 0.0) - (self._limit(study) or 0.0))
         system = _optuna.constraint_attrs("max_accuracy_drop", missed + PRUNED_VIOLATION)
         _optuna.set_trial_attrs(trial, attrs, system)
         study.tell(trial, state=TrialState.PRUNED)
@@ -713,7 +714,7 @@ class Driver:
             _optuna.set_trial_attrs(trial, {**attrs, "fail_reason": f"artifact not stored: {exc}"}, system)
             study.tell(trial, state=TrialState.FAIL)
             raise
-        max_drop = pareto.study_constraint(study)
+        max_drop = self._limit(study)
         if max_drop is not None and baseline:
             system.update(_optuna.constraint_attrs("max_accuracy_drop", metrics["accuracy_drop"] - max_drop))
         values = [result.accuracy, float(result.size_bytes), metrics["latency_ms"]]
@@ -721,7 +722,7 @@ class Driver:
         with self.lease.ask_lock():  # drivers sharing a study write their snapshots one at a time
             with self._timed("analysis"):
                 if self._front is None:  # built once from the stored trials (a resumed study's included)
-                    self._front = pareto.FrontState(baseline, pareto.study_constraint(study))
+                    self._front = pareto.FrontState(baseline, self._limit(study))
                 self._front.add_values(trial.number, values)
                 # Other drivers' trials: one COUNT says whether any completed since; only then
                 # are the study's trials listed, and only the unseen ones analysed.
@@ -731,6 +732,12 @@ class Driver:
             with self._timed("tables"):
                 tables.record_trial(self._engine, self._study_id, trial.number, result.per_layer, plan, analysis)
         return TrialState.COMPLETE
+
+    def _limit(self, study: optuna.Study) -> float | None:
+        """The study's drop limit in its metric's units, read once (``pareto.study_constraint``)."""
+        if self._max_drop is None:
+            self._max_drop = (pareto.study_constraint(study),)
+        return self._max_drop[0]
 
     @property
     def _metric(self) -> MetricInfo:
