@@ -106,10 +106,12 @@ def ensure_schema(engine: Engine) -> None:
     """Create the tables if missing; refuse a database written by a newer schema."""
     metadata.create_all(engine)
     with engine.begin() as conn:
-        version = conn.execute(sa.select(schema.c.version)).scalar()
-        if version is None:
-            conn.execute(schema.insert().values(version=SCHEMA_VERSION))
-        elif version > SCHEMA_VERSION:
+        # One statement, so two processes creating a new database at once cannot both insert
+        # (SQLite's driver runs a lone SELECT outside the write transaction that follows it).
+        missing = ~sa.exists(sa.select(schema.c.version))
+        conn.execute(schema.insert().from_select(["version"], sa.select(sa.literal(SCHEMA_VERSION)).where(missing)))
+        version = conn.execute(sa.select(sa.func.max(schema.c.version))).scalar()
+        if version is not None and version > SCHEMA_VERSION:
             raise StorageError(
                 f"the database holds autocompress tables of schema {version}; this version knows {SCHEMA_VERSION}: upgrade autocompress"
             )
