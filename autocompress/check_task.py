@@ -215,12 +215,15 @@ def check_task(config: Any, say: Callable[[str], None]) -> bool:
     in this process with ``search.workers: 0``."""
     from autocompress.runners import make_runner
     from autocompress.space import load_space
+    from autocompress.study_setup import check_protocol
     from autocompress.tasks import model_skeleton
     from autocompress.tasks.custom import task_protocol
     from autocompress.tasks.training import pickle_protocol
 
     spec = config.task
     protocol = task_protocol(spec)
+    if protocol is not None:
+        check_protocol(config)
     if protocol is None:
         model, example = model_skeleton(spec)  # reads the data, checks the model's outputs against it
         say(Check("task", True, f"{spec.model}: an in-memory task scored by top-1 accuracy (higher is better), its data read on the driver").line())

@@ -114,12 +114,35 @@ def prepare(config: StudyConfig) -> SearchSpace:
     return space
 
 
+# Task keys about in-memory data and baseline training: a protocol task's function does these itself.
+PROTOCOL_IGNORED_KEYS = (
+    "data_root",
+    "download",
+    "image_size",
+    "channels",
+    "max_train_samples",
+    "max_eval_samples",
+    "train_epochs",
+    "train_lr",
+    "batch_size",
+    "num_classes",
+    "input_shape",
+)
+
+
 def check_protocol(config: StudyConfig) -> None:
     """What a protocol task (its own data, loss and metric) cannot be searched with yet, named
     with the reason before anything starts."""
     protocol = task_protocol(config.task)
     if protocol is None:
         return
+    defaults = TaskSpec()
+    for key in PROTOCOL_IGNORED_KEYS:  # the function's own splits make these meaningless: never ignored in silence
+        if getattr(config.task, key) != getattr(defaults, key):
+            raise SearchError(
+                f"task.{key} does not apply to {protocol.source}, which returns its own splits, loss and metric "
+                f"({config.source}): remove it, or do it in the task function"
+            )
     if config.deploy.runtime != "torch":
         raise SearchError(
             f"deploy.runtime {config.deploy.runtime}: the ONNX export takes one float tensor in and scores logits, while "
