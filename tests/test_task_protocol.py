@@ -143,6 +143,27 @@ def test_batches_of_any_structure_move_with_their_dtypes() -> None:
     assert moved["ids"].dtype == torch.int64 and moved["mask"].dtype == torch.bool and moved["extra"][0] == "x"
 
 
+def _example_config(
+    tmp_path: Path, model: str, build: str, space: str | None = None, name: str = "example", search: str = "trials: 2, workers: 0", extra: str = ""
+) -> Path:
+    """A small study config for an example task, everything it writes under ``tmp_path``."""
+    config = tmp_path / "study.yaml"
+    text = textwrap.dedent(
+        f"""\
+        name: {name}
+        storage: sqlite:///{tmp_path / "s.db"}
+        artifact_dir: {tmp_path / "artifacts"}
+        cache_dir: {tmp_path / "cache"}
+        task: {{model: "{model}", build: "{build}"}}
+        search: {{{search}, seed: 0, sensitivity: false}}
+        finetune: {{steps: 10}}
+        deploy: {{max_seconds: 0.1}}
+        """
+    )
+    config.write_text(text + (f"space: {space}\n" if space else "") + extra)
+    return config
+
+
 def _search_env(log: Path) -> dict[str, str]:
     return {"AUTOCOMPRESS_OPEN_LOG": str(log)}
 
@@ -153,21 +174,8 @@ def test_regression_searches_on_two_ray_workers_without_the_driver_opening_data(
     record which process opened them. The driver's process never opens a split; the report names
     the metric and its direction; every front row carries a paired interval; the study resumes."""
     log = tmp_path / "opened.log"
-    config = tmp_path / "study.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            name: diabetes
-            storage: sqlite:///{tmp_path / "s.db"}
-            artifact_dir: {tmp_path / "artifacts"}
-            cache_dir: {tmp_path / "cache"}
-            task: {{model: "diabetes:make_task", build: "diabetes:DiabetesNet"}}
-            search: {{trials: 3, workers: 2, seed: 0}}
-            finetune: {{steps: 40}}
-            deploy: {{max_seconds: 0.2}}
-            pareto: {{max_drop: "20%"}}
-            """
-        )
+    config = _example_config(
+        tmp_path, "diabetes:make_task", "diabetes:DiabetesNet", name="diabetes", search="trials: 3, workers: 2", extra="pareto: {max_drop: '20%'}\n"
     )
     env = {**_search_env(log), "PYTHONPATH": os.pathsep.join([str(REGRESSION), *sys.path])}
     proc = run_cli("search", str(config), "--no-progress", cwd=tmp_path, env=env)
@@ -237,24 +245,6 @@ def test_check_task_passes_a_good_task_and_catches_a_wrong_direction(tmp_path: P
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and "set higher_is_better to False" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-def _example_config(tmp_path: Path, model: str, build: str, space: str | None = None) -> Path:
-    config = tmp_path / "study.yaml"
-    text = textwrap.dedent(
-        f"""\
-        name: example
-        storage: sqlite:///{tmp_path / "s.db"}
-        artifact_dir: {tmp_path / "artifacts"}
-        cache_dir: {tmp_path / "cache"}
-        task: {{model: "{model}", build: "{build}"}}
-        search: {{trials: 2, workers: 0, seed: 0, sensitivity: false}}
-        finetune: {{steps: 10}}
-        deploy: {{max_seconds: 0.1}}
-        """
-    )
-    config.write_text(text + (f"space: {space}\n" if space else ""))
-    return config
 
 
 @pytest.mark.e2e
