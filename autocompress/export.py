@@ -78,6 +78,16 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str |
     deploy = study_deploy(study)
     precision = precision or (deploy["precision"] if deploy["runtime"] != "torch" else "fp32")
     header, _ = artifact.read_header(packed, f"trial {number}'s artifact")
+    if header["task"].get("inputs", "float tensor") != "float tensor":
+        raise ArtifactError(
+            f"trial {number}'s model takes {header['task']['inputs']} inputs (its task's example_input), and the ONNX export "
+            "traces one float tensor: export it with --format acz and load it with autocompress.load(FILE, build=...)"
+        )
+    if "inputs" in header["task"] and precision == "int8":
+        raise ArtifactError(
+            f"trial {number} belongs to a task whose data opens on the workers only, and an int8 export calibrates on its training "
+            "data here: export it with --precision fp32"
+        )
     plan = CompressionPlan.from_dict(header["plan"])
     if precision == "int8" and not any(lp.integer_codes for lp in plan.layers.values()):
         raise ArtifactError(

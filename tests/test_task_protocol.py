@@ -208,6 +208,12 @@ def test_regression_searches_on_two_ray_workers_without_the_driver_opening_data(
         assert r["score_drop"] == pytest.approx(r["score"] - baseline["accuracy"], abs=1e-5)  # lower is better: worse = higher
     text = run_cli("report", "diabetes", "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env).stdout
     assert "metric: mse, lower is better" in text and "paired bootstrap, 1000 resamples" in text
+    knee = next(r["trial"] for r in rows if r["knee"])
+    proc = run_cli(
+        "export", "diabetes", "--trial", str(knee), "--format", "onnx", "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"mse {next(r['score'] for r in rows if r['knee']):.4g}" in proc.stdout and (tmp_path / f"diabetes-trial{knee}.onnx").stat().st_size > 0
     # Resumed: two more trials in the same study, same direction
     proc = run_cli("search", str(config), "--trials", "5", "--no-progress", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -273,6 +279,19 @@ def test_token_example_with_integer_ids_and_a_mask_ends_in_a_front_scored_by_mac
     assert "metric macro_f1 (higher is better, corpus-level)" in proc.stdout
     rows = json.loads(run_cli("report", "example", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--json", cwd=tmp_path, env=env).stdout)
     assert rows and all(r["metric"] == "macro_f1" and 0.0 < r["score"] <= 1.0 for r in rows)
+    proc = run_cli(
+        "export",
+        "example",
+        "--trial",
+        str(rows[0]["trial"]),
+        "--format",
+        "onnx",
+        "--storage",
+        f"sqlite:///{tmp_path / 's.db'}",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 2 and "takes structured inputs" in proc.stderr and "--format acz" in proc.stderr
     assert all(low <= r["score_drop"] <= high for r in rows for low, high in [r["score_drop_interval"]])
 
 

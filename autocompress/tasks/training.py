@@ -83,6 +83,9 @@ class Task:
         task: dict[str, Any] = {"model": self.spec.model, "dataset": self.spec.dataset, "input_shape": list(self.input_shape)}
         if self.num_classes is not None:
             task["num_classes"] = self.num_classes
+        if self.protocol is not None:  # what a forward takes: an export from the header alone needs one float tensor
+            example = self.protocol.example_input
+            task["inputs"] = "float tensor" if isinstance(example, torch.Tensor) and example.is_floating_point() else "structured"
         return task
 
     def payload(self) -> dict[str, Any]:
