@@ -367,14 +367,17 @@ def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int,
             "nonzeros": t.user_attrs.get("metrics", {}).get("nonzeros"),
             "plan": t.user_attrs.get("plan", {}),
         }
-        _put_interval(row, "score_drop", paired_interval(metric, baseline, t.user_attrs, "val"))
+        # A user's corpus-level metric: its interval was computed by the driver that held the task.
+        stored_val = PairedDrop.from_dict(t.user_attrs.get("val_interval")) if "val_interval" in t.user_attrs else None
+        _put_interval(row, "score_drop", paired_interval(metric, baseline, t.user_attrs, "val") or stored_val)
         if test_accuracy is not None and number in test_accuracy:
             row["test_score"] = test_accuracy[number]
             drop = Baseline.of(baseline).test_accuracy_drop(test_accuracy[number]) if baseline else None
             if drop is not None:
                 row["test_score_drop"] = round(drop, 6)
             stored = study.user_attrs.get("test_correct", {}).get(str(number)) or t.user_attrs.get("test_scores")
-            _put_interval(row, "test_score_drop", paired_interval(metric, baseline, {"test": stored}, "test"))
+            stored_test = PairedDrop.from_dict(t.user_attrs.get("test_interval")) if "test_interval" in t.user_attrs else None
+            _put_interval(row, "test_score_drop", paired_interval(metric, baseline, {"test": stored}, "test") or stored_test)
         if metric.is_accuracy:  # the classification spelling, as before metrics were named
             for key in [k for k in row if "score" in k]:
                 row[key.replace("score", "accuracy")] = row[key]

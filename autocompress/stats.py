@@ -65,6 +65,17 @@ class PairedDrop:
     def within_noise(self) -> bool:
         return self.p_value >= 1.0 - LEVEL
 
+    @classmethod
+    def from_dict(cls, data: Any) -> PairedDrop | None:
+        """A stored :meth:`to_dict`; None when ``data`` is not one."""
+        try:
+            return cls(
+                float(data["drop"]), float(data["low"]), float(data["high"]), float(data["p_value"]),
+                int(data["lost"]), int(data["gained"]), int(data["n"]), str(data.get("method", "bootstrap")),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            return None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "drop": round(self.drop, 3),

@@ -454,3 +454,50 @@ def test_check_task_refuses_a_validation_split_that_shuffles_each_time() -> None
     assert not checks[-1].ok and checks[-1].name == "order of 'val'" and "same samples in the same order" in checks[-1].detail
     checks = run_checks(from_parts({**base, "val": fixed, "example_input": torch.zeros(2, 1)}, "t"), model, None, direction=False)
     assert all(c.ok for c in checks) and any(c.name == "order" for c in checks)
+
+
+@pytest.mark.e2e
+def test_a_corpus_metric_of_the_users_own_gets_its_interval_from_the_driver(tmp_path: Path) -> None:
+    """The analyser never imports a user's reduce: the driver, which holds the task, computes
+    the paired bootstrap when it stores each trial, and the report reads it."""
+    import autocompress
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(240, 5, generator=gen)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[:160]), y[:160]).backward()
+        opt.step()
+
+    def counts(m: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        hit = m(batch[0]).argmax(dim=1) == 1
+        return torch.stack([(hit & (batch[1] == 1)).float(), (batch[1] == 1).float()], dim=1)  # true positives, positives
+
+    def recall(rows: np.ndarray) -> float:
+        return float(rows[:, 0].sum() / max(rows[:, 1].sum(), 1.0))
+
+    def split(lo: int, hi: int):
+        return lambda: [(x[i : i + 40], y[i : i + 40]) for i in range(lo, hi, 40)]
+
+    task = {"model": model, "train": split(0, 160), "val": split(160, 200), "test": split(200, 240), "metric": counts,
+            "metric_reduce": recall, "metric_name": "recall", "higher_is_better": True, "example_input": x[:4]}  # fmt: skip
+    result = autocompress.search(
+        task=task,
+        name="recall",
+        storage=f"sqlite:///{tmp_path / 'r.db'}",
+        trials=2,
+        finetune={"steps": 5},
+        deploy={"max_seconds": 0.05},
+        pareto={"max_drop": "100%"},
+        sensitivity=False,
+        artifact_dir=str(tmp_path / "artifacts"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert result.front and all(r["metric"] == "recall" for r in result.front)
+    for r in result.front:
+        low, high = r["score_drop_interval"]
+        assert r["score_drop_method"] == "bootstrap" and low <= r["score_drop"] <= high
