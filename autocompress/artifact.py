@@ -621,7 +621,8 @@ def rebuild(header: dict[str, Any], build: Build | None = None, source: str = "a
         model = build()  # a build hook or a model class of no arguments: the shapes are its own
     else:
         factory = build or MODELS.get(name).factory
-        model = factory(num_classes=task["num_classes"], input_shape=tuple(task["input_shape"]))
+        # A task of the user's own may have no classes (a regression): its build takes none anyway.
+        model = factory(num_classes=task.get("num_classes"), input_shape=tuple(task.get("input_shape", [])))
     plan = CompressionPlan.from_dict(header["plan"])
     example = torch.zeros(1, *task["input_shape"])
     compress.apply_structure(model, plan, header, example)

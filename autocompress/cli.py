@@ -487,7 +487,9 @@ def _layers(args: argparse.Namespace) -> int:
     groups = f", {len(space.groups)} groups" if space.grouped else ""
     from autocompress.tasks.custom import task_protocol
 
-    protocol = task_protocol(spec)
+    # Only where listing ran the task function anyway: a build hook with task.input_shape never runs it.
+    runs_function = spec.build is None or spec.input_shape is None
+    protocol = task_protocol(spec) if runs_function else None
     metric = protocol.metric if protocol is not None else None
     scored = f"; scored by {metric.name}, {'higher' if metric.higher_is_better else 'lower'} is better" if metric is not None else ""
     table = Table(title=f"{spec.model}: {len(space.layers)} layers{groups}, {space.dimensions} searched knobs ({space.source}){scored}")
