@@ -178,9 +178,13 @@ def bootstrap_drop(
     n = len(base)
     point = drop(value(base), value(other))
     rng = np.random.default_rng(seed)
-    if base.ndim == 1:  # a mean: all resamples at once
-        idx = rng.integers(0, n, size=(resamples, n))
-        drops = np.array([drop(float(b), float(t)) for b, t in zip(base[idx].mean(axis=1), other[idx].mean(axis=1), strict=True)])
+    if base.ndim == 1:  # a mean: resamples a block at a time (a block of indices is 8 x BLOCK x n bytes)
+        means: list[tuple[float, float]] = []
+        block = max(1, min(resamples, (1 << 22) // n))
+        for start in range(0, resamples, block):
+            idx = rng.integers(0, n, size=(min(block, resamples - start), n))
+            means += zip(base[idx].mean(axis=1).tolist(), other[idx].mean(axis=1).tolist(), strict=True)
+        drops = np.array([drop(b, t) for b, t in means])
         worse = int(np.sum(drop(0.0, 1.0) * (other - base) > 0))  # samples scored worse, in the metric's direction
         better = int(np.sum(drop(0.0, 1.0) * (other - base) < 0))
     else:
