@@ -412,8 +412,10 @@ class Evaluator:
         if protocol is None or protocol.metric.constant is None:
             return None
         try:
-            targets = [split_batch(b)[1] for b in protocol.batches("val", torch.device("cpu"))]
-            return protocol.metric.constant([torch.as_tensor(t) for t in targets])
+            # Copies: a batch's targets may be a view of a whole chunk of the file, which would
+            # then stay in memory for the whole split.
+            targets = [torch.as_tensor(split_batch(b)[1]).clone() for b in protocol.batches("val", torch.device("cpu"))]
+            return protocol.metric.constant(targets)
         except (TaskError, RuntimeError, ValueError, TypeError):
             return None  # targets of another shape: no chance level, said so by its absence
 

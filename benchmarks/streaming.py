@@ -34,6 +34,14 @@ SEED = 0
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak resident memory: VmHWM, which starts afresh at exec (getrusage's
+    ru_maxrss keeps the peak of the process that exec'd us: a large parent would show)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
