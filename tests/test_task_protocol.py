@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -162,6 +163,19 @@ def _example_config(
     )
     config.write_text(text + (f"space: {space}\n" if space else "") + extra)
     return config
+
+
+def _small_search(tmp_path: Path) -> dict[str, Any]:
+    """``autocompress.search`` options for a two-trial search writing under ``tmp_path``."""
+    return {
+        "storage": f"sqlite:///{tmp_path / 'api.db'}",
+        "trials": 2,
+        "finetune": {"steps": 8},
+        "deploy": {"max_seconds": 0.05},
+        "sensitivity": False,
+        "artifact_dir": str(tmp_path / "artifacts"),
+        "cache_dir": str(tmp_path / "cache"),
+    }
 
 
 def _search_env(log: Path) -> dict[str, str]:
@@ -351,19 +365,7 @@ def test_python_api_searches_an_in_memory_task_and_exports_from_its_front(tmp_pa
             "example_input": x[:8],
         }
 
-    result = autocompress.search(
-        task=make_task,
-        storage=f"sqlite:///{tmp_path / 'api.db'}",
-        name=f"api-{workers}",
-        trials=2,
-        workers=workers,
-        finetune={"steps": 10},
-        deploy={"max_seconds": 0.1},
-        pareto={"max_drop": "50%"},
-        sensitivity=False,
-        artifact_dir=str(tmp_path / "artifacts"),
-        cache_dir=str(tmp_path / "cache"),
-    )
+    result = autocompress.search(task=make_task, name=f"api-{workers}", workers=workers, pareto={"max_drop": "50%"}, **_small_search(tmp_path))
     assert result.study.metric_names == ["mae", "size_bytes", "latency_ms"]
     assert result.front and all(r["metric"] == "mae" and not r["higher_is_better"] for r in result.front)
     assert result.knee is not None
@@ -485,18 +487,7 @@ def test_a_corpus_metric_of_the_users_own_gets_its_interval_from_the_driver(tmp_
 
     task = {"model": model, "train": split(0, 160), "val": split(160, 200), "test": split(200, 240), "metric": counts,
             "metric_reduce": recall, "metric_name": "recall", "higher_is_better": True, "example_input": x[:4]}  # fmt: skip
-    result = autocompress.search(
-        task=task,
-        name="recall",
-        storage=f"sqlite:///{tmp_path / 'r.db'}",
-        trials=2,
-        finetune={"steps": 5},
-        deploy={"max_seconds": 0.05},
-        pareto={"max_drop": "100%"},
-        sensitivity=False,
-        artifact_dir=str(tmp_path / "artifacts"),
-        cache_dir=str(tmp_path / "cache"),
-    )
+    result = autocompress.search(task=task, name="recall", pareto={"max_drop": "100%"}, **_small_search(tmp_path))
     assert result.front and all(r["metric"] == "recall" for r in result.front)
     for r in result.front:
         low, high = r["score_drop_interval"]
