@@ -137,8 +137,7 @@ def _direction(protocol: TaskProtocol, model: nn.Module, build: Callable[[], nn.
     trained = metric.value(protocol_scores(protocol, model, "val", device))
     fresh = untrained_copy(model, build)
     untrained = metric.value(protocol_scores(protocol, fresh, "val", device))
-    better = "higher" if metric.higher_is_better else "lower"
-    said = f"trained {trained:.4g}, untrained {untrained:.4g}; {metric.name} is declared {better} is better"
+    said = f"trained {trained:.4g}, untrained {untrained:.4g}; {metric.name} is declared {metric.info().better} is better"
     if metric.drop(trained, untrained) > 0:
         return Check("direction", True, f"{said}, and the trained model is better that way")
     if trained == untrained:
@@ -230,13 +229,12 @@ def check_task(config: Any, say: Callable[[str], None]) -> bool:
         space = load_space(config.space).resolve(model, example)
         say(Check("space", True, f"{len(space.layers)} layers, {space.dimensions} searched knobs ({space.source})").line())
         return True
-    metric = protocol.metric
-    better = "higher" if metric.higher_is_better else "lower"
+    metric = protocol.metric.info()
     say(
         Check(
             "task",
             True,
-            f"{spec.model} returns splits {', '.join(protocol.splits)} (not opened here), metric {metric.name} ({better} is better"
+            f"{spec.model} returns splits {', '.join(protocol.splits)} (not opened here), metric {metric.name} ({metric.better} is better"
             f"{', corpus-level' if metric.corpus else ''}), loss {'cross-entropy (the default)' if protocol.loss_is_default else 'its own'}",
         ).line()
     )

@@ -490,8 +490,8 @@ def _layers(args: argparse.Namespace) -> int:
     # Only where listing ran the task function anyway: a build hook with task.input_shape never runs it.
     runs_function = spec.build is None or spec.input_shape is None
     protocol = task_protocol(spec) if runs_function else None
-    metric = protocol.metric if protocol is not None else None
-    scored = f"; scored by {metric.name}, {'higher' if metric.higher_is_better else 'lower'} is better" if metric is not None else ""
+    metric = protocol.metric.info() if protocol is not None else None
+    scored = f"; scored by {metric.name}, {metric.better} is better" if metric is not None else ""
     table = Table(title=f"{spec.model}: {len(space.layers)} layers{groups}, {space.dimensions} searched knobs ({space.source}){scored}")
     shown = {k: any(not ls.knobs[k].off for ls in space.layers.values()) for k in OPTIONAL_KNOBS}  # columns only for knobs in use
     for col in (

@@ -91,7 +91,7 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig, pareto_co
     pareto_config = pareto_config or ParetoConfig()
     numbers = {
         **scores,
-        "metric": _metric_dict(metric),
+        "metric": metric.to_dict(),
         # The feasibility limit in the metric's units, resolved once against this baseline.
         "max_drop": resolve_max_drop(pareto_config.max_drop, pareto_config.max_accuracy_drop, metric, result.accuracy),
         "size_bytes": result.size_bytes,
@@ -108,10 +108,6 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig, pareto_co
     if task.trained_by:  # trained by this search or an earlier one: where (host, device, Ray node)
         numbers["trained_by"] = task.trained_by
     return numbers, result
-
-
-def _metric_dict(metric: MetricInfo) -> dict[str, Any]:
-    return {"name": metric.name, "higher_is_better": metric.higher_is_better, "scale": metric.scale, "unit": metric.unit, "corpus": metric.corpus}
 
 
 T = TypeVar("T")
@@ -301,7 +297,7 @@ class Driver:
                 metric = task.metric_info
                 limit = baseline["max_drop"]
                 self.say(
-                    f"  {metric.name} {metric.format(baseline['accuracy'])} ({'higher' if metric.higher_is_better else 'lower'} is better), "
+                    f"  {metric.name} {metric.format(baseline['accuracy'])} ({metric.better} is better), "
                     f"{baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms ({time.monotonic() - start:.1f} s); "
                     + (f"feasible: a drop of at most {limit:.4g} {metric.drop_unit()}" if limit is not None else "no drop limit")
                 )
@@ -337,10 +333,10 @@ class Driver:
         space = prepare(self.config)
         protocol = task_protocol(self.config.task)
         if protocol is not None:
-            metric = protocol.metric
+            metric = protocol.metric.info()
             self.say(
                 f"  data: {', '.join(protocol.splits)} opened on the workers, never here; metric {metric.name} "
-                f"({'higher' if metric.higher_is_better else 'lower'} is better{', corpus-level' if metric.corpus else ''}); "
+                f"({metric.better} is better{', corpus-level' if metric.corpus else ''}); "
                 f"loss {'cross-entropy (the default)' if protocol.loss_is_default else 'the task' + chr(39) + 's own'}"
             )
         else:

@@ -29,7 +29,7 @@ from autocompress.report import checked_analysis, deploy_target, drop_text, plan
 def _axes(metric: MetricInfo) -> dict[int, tuple[str, Any]]:
     """Each objective's axis: its title and what a point shows on it (the task's metric first)."""
     scale = 100.0 if metric.scale == 100.0 else 1.0
-    first = f"{metric.name} %" if scale == 100.0 else f"{metric.name} ({'higher' if metric.higher_is_better else 'lower'} is better)"
+    first = f"{metric.name} %" if scale == 100.0 else f"{metric.name} ({metric.better} is better)"
     return {0: (first, lambda p: scale * p.accuracy), 1: ("size KB", lambda p: p.size_bytes / 1024), 2: ("latency ms", lambda p: p.latency_ms)}
 
 
@@ -291,7 +291,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:last-child{{t
 <body>
 <h1>autocompress study <code>{html.escape(study.study_name)}</code></h1>
 <p id="summary" data-front="{len(analysis.front)}" data-trials="{len(analysis.points)}">{len(analysis.points)} complete trials.
-Metric: <b id="metric">{html.escape(metric.name)}</b>, {"higher" if metric.higher_is_better else "lower"} is better.
+Metric: <b id="metric">{html.escape(metric.name)}</b>, {metric.better} is better.
 Baseline: {html.escape(metric.name)} {metric.format(baseline.accuracy)}, {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms{constraint}.</p>
 <p id="deploy">Deploy target: <b>{html.escape(deploy_target(study))}</b>. The metric and latency are those of the form that ships there; each
 speedup is the median ratio of the trial timed alternately with the baseline in one slot. A latency marked ~ kept a CV above

@@ -221,8 +221,13 @@ class MetricInfo:
         return self.name == "accuracy"
 
     @property
-    def direction(self) -> str:
-        return "maximize" if self.higher_is_better else "minimize"
+    def better(self) -> str:
+        """``higher`` or ``lower``: which way the metric improves, as messages say it."""
+        return "higher" if self.higher_is_better else "lower"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as stored with a study's baseline (:meth:`of` reads it back)."""
+        return {"name": self.name, "higher_is_better": self.higher_is_better, "scale": self.scale, "unit": self.unit, "corpus": self.corpus}
 
     def format(self, value: float) -> str:
         """A value as people read it: a fraction in percent for point metrics."""

@@ -113,7 +113,7 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     if stored:
         baseline = Baseline.of(stored)
         test = "nan" if baseline.test_accuracy is None else metric.format(baseline.test_accuracy)
-        console.print(f"metric: {metric.name}, {'higher' if metric.higher_is_better else 'lower'} is better; a drop is how much worse, in {unit}")
+        console.print(f"metric: {metric.name}, {metric.better} is better; a drop is how much worse, in {unit}")
         console.print(
             f"baseline: {metric.name} {metric.format(baseline.accuracy)} (test {test}), {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms"
         )

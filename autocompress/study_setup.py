@@ -175,7 +175,7 @@ def task_metric(config: StudyConfig) -> MetricInfo:
     """What the task's first objective measures: a protocol task's metric, else top-1 accuracy.
     Known before any data is opened (the task function returns it)."""
     protocol = task_protocol(config.task)
-    return MetricInfo.of(protocol.metric.info()) if protocol is not None else TOP1
+    return protocol.metric.info() if protocol is not None else TOP1
 
 
 def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:

@@ -63,7 +63,7 @@ def test_builtin_metrics_give_known_values_and_directions() -> None:
 @pytest.mark.parametrize("name", METRICS.names())
 def test_every_metric_states_its_direction_and_round_trips_its_info(name: str) -> None:
     metric = builtin_metric(name, {"num_classes": 3})
-    info = MetricInfo.of(metric.info())
+    info = MetricInfo.of(metric.info().to_dict())
     assert info.higher_is_better == metric.higher_is_better and info.scale == metric.scale and info.corpus == metric.corpus
     worse = metric.drop(1.0, 0.9 if metric.higher_is_better else 1.1)
     assert worse > 0  # a drop is positive when the score moved the wrong way, whatever the direction

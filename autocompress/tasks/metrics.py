@@ -63,12 +63,11 @@ class Metric:
 
     def drop(self, baseline: float, value: float) -> float:
         """How much worse ``value`` is than ``baseline``, in the metric's direction and units."""
-        sign = 1.0 if self.higher_is_better else -1.0
-        return self.scale * sign * (baseline - value)
+        return self.info().drop(baseline, value)
 
-    def info(self) -> dict[str, Any]:
-        """Plain data, as stored with a study's baseline."""
-        return {"name": self.name, "higher_is_better": self.higher_is_better, "scale": self.scale, "unit": self.unit, "corpus": self.corpus}
+    def info(self) -> MetricInfo:
+        """The metric's description without its functions (what a study stores and reports read)."""
+        return MetricInfo(name=self.name, higher_is_better=self.higher_is_better, scale=self.scale, unit=self.unit, corpus=self.corpus)
 
 
 METRICS: Registry[Callable[[dict[str, Any]], Metric]] = Registry("metric")  # (options) -> Metric

@@ -56,7 +56,7 @@ class Task:
     @property
     def metric_info(self) -> MetricInfo:
         """The metric the first objective measures (top-1 accuracy for in-memory tasks)."""
-        return MetricInfo.of(self.protocol.metric.info()) if self.protocol is not None else TOP1
+        return self.protocol.metric.info() if self.protocol is not None else TOP1
 
     @property
     def num_classes(self) -> int | None:
