@@ -185,11 +185,13 @@ def worker_checks(job: dict[str, Any]) -> list[dict[str, Any]]:
     return [c.__dict__ for c in run_checks(task.protocol, task.build_model(), build, job["direction"])]
 
 
-def _on_worker(config: Any, protocol: TaskProtocol, runner: Any, direction: bool) -> list[Check]:
-    """The worker's half through ``runner`` (connected); raises the first failure as a TaskError."""
+def _on_worker(config: Any, protocol: TaskProtocol, runner: Any, direction: bool, model: nn.Module | None = None) -> list[Check]:
+    """The worker's half through ``runner`` (connected), from the task's model (built here
+    when not given)."""
     from autocompress.tasks import Task, model_skeleton
 
-    model, _ = model_skeleton(config.task)
+    if model is None:
+        model, _ = model_skeleton(config.task)
     task = Task(spec=config.task.resolved(), data=None, state_dict={k: v.detach().clone() for k, v in model.state_dict().items()}, protocol=protocol)
     return [Check(**c) for c in runner.run_on_worker(worker_checks, {"task": task.payload(), "direction": direction})]
 
@@ -221,14 +223,13 @@ def check_task(config: Any, say: Callable[[str], None]) -> bool:
 
     spec = config.task
     protocol = task_protocol(spec)
-    if protocol is not None:
-        check_protocol(config)
     if protocol is None:
         model, example = model_skeleton(spec)  # reads the data, checks the model's outputs against it
         say(Check("task", True, f"{spec.model}: an in-memory task scored by top-1 accuracy (higher is better), its data read on the driver").line())
         space = load_space(config.space).resolve(model, example)
         say(Check("space", True, f"{len(space.layers)} layers, {space.dimensions} searched knobs ({space.source})").line())
         return True
+    check_protocol(config)
     metric = protocol.metric.info()
     say(
         Check(
@@ -248,7 +249,7 @@ def check_task(config: Any, say: Callable[[str], None]) -> bool:
     runner = make_runner(config.search)
     runner.connect(config.deploy)
     try:
-        results = _on_worker(config, protocol, runner, direction=True)
+        results = _on_worker(config, protocol, runner, direction=True, model=model)
         for c in results:
             if c.ok:
                 say(c.line())

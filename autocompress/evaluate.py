@@ -36,7 +36,7 @@ from autocompress.size import layer_rows
 from autocompress.stats import accuracy, pack_correct, pack_rows
 from autocompress.tasks import DataSplits, Task, correct_of
 from autocompress.tasks.metrics import score_rows, split_batch
-from autocompress.tasks.protocol import TaskProtocol, tensor_leaves, to_device
+from autocompress.tasks.protocol import TaskProtocol, last_line, tensor_leaves, to_device
 
 CALIBRATION_SAMPLES = 256  # labelled training images whose loss gradients rank weights for taylor importance
 
@@ -192,10 +192,7 @@ def task_loss(protocol: TaskProtocol, model: nn.Module, batch: Any) -> torch.Ten
     except AutocompressError:
         raise
     except Exception as exc:  # noqa: BLE001  (the user's loss can fail in any way)
-        text = str(exc).strip().splitlines()
-        raise TaskError(
-            f"the loss of {protocol.source} failed on a training batch ({type(exc).__name__}: {text[-1] if text else ''}): fix the loss or the batches"
-        ) from None
+        raise TaskError(f"the loss of {protocol.source} failed on a training batch ({last_line(exc)}): fix the loss or the batches") from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TaskError(
             f"the loss of {protocol.source} returned {type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}: return one scalar tensor"
@@ -218,9 +215,8 @@ def protocol_scores(
             except AutocompressError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                text = str(exc).strip().splitlines()
                 raise TaskError(
-                    f"metric '{protocol.metric.name}' failed on batch {i} of split '{split}' ({type(exc).__name__}: {text[-1] if text else ''}): fix the metric or the batches"
+                    f"metric '{protocol.metric.name}' failed on batch {i} of split '{split}' ({last_line(exc)}): fix the metric or the batches"
                 ) from None
     if isinstance(model, nn.Module):
         model.train(was_training)

@@ -88,7 +88,7 @@ class TaskProtocol:
         try:
             return factory()
         except Exception as exc:  # noqa: BLE001  (the user's code can fail in any way)
-            raise TaskError(f"split '{split}' of {self.source} failed when opened ({_last_line(exc)}) on {where()}: fix the function") from None
+            raise TaskError(f"split '{split}' of {self.source} failed when opened ({last_line(exc)}) on {where()}: fix the function") from None
 
     def batches(self, split: str, device: torch.device | None = None) -> Iterator[Any]:
         """The split's batches, moved to ``device``."""
@@ -105,7 +105,7 @@ class TaskProtocol:
             except StopIteration:
                 return
             except Exception as exc:  # noqa: BLE001
-                raise TaskError(f"split '{split}' of {self.source} failed while reading ({_last_line(exc)}) on {where()}: fix the loader") from None
+                raise TaskError(f"split '{split}' of {self.source} failed while reading ({last_line(exc)}) on {where()}: fix the loader") from None
             yield to_device(batch, device) if device is not None else batch
 
     def training_batches(self, device: torch.device | None = None) -> Iterator[Any]:
@@ -167,7 +167,8 @@ def where() -> str:
     return f"{node}{socket.gethostname()} pid {os.getpid()}"
 
 
-def _last_line(exc: BaseException) -> str:
+def last_line(exc: BaseException) -> str:
+    """``ValueError: what it said last``: a user's exception in one line."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__
 

@@ -24,7 +24,7 @@ from autocompress.stats import accuracy
 from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build, task_protocol
 from autocompress.tasks.data import load_data
 from autocompress.tasks.metrics import TOP1, MetricInfo
-from autocompress.tasks.protocol import TaskProtocol, first_tensor
+from autocompress.tasks.protocol import TaskProtocol, first_tensor, last_line
 from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry, state_mismatch
 
 
@@ -273,9 +273,6 @@ def layer_skeleton(spec: TaskSpec) -> tuple[nn.Module, torch.Tensor]:
     own data and is built from it, unless a build hook and ``task.input_shape`` say what it is."""
     if spec.build is not None and spec.input_shape is not None:
         return build_hook(spec.build)(), torch.randn(2, *spec.input_shape)
-    protocol = task_protocol(spec)
-    if protocol is not None:  # the task function gives the model and its example input, no data is read
-        return _protocol_model(spec, protocol), protocol.example_input
     entry = model_entry(spec.model)
     if entry.trained:
         return model_skeleton(spec)
@@ -342,7 +339,7 @@ def _protocol_model(spec: TaskSpec, protocol: TaskProtocol) -> nn.Module:
             call_model(model, protocol.example_input)
     except Exception as exc:  # noqa: BLE001  (any failure is a model/example mismatch)
         raise TaskError(
-            f"the model of {protocol.source} rejects its example_input ({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}): "
+            f"the model of {protocol.source} rejects its example_input ({last_line(exc)}): "
             "return an example_input the model's forward takes (a tuple is passed as positional inputs, a mapping as keywords)"
         ) from None
     return model
