@@ -214,9 +214,9 @@ def check_task(config: Any, say: Callable[[str], None]) -> bool:
     """The whole dry run for a study config, one line per check through ``say``; whether all
     passed. The driver's half here; the worker's half on one of the search's workers (Ray), or
     in this process with ``search.workers: 0``."""
+    from autocompress.driver.checks import check_protocol
     from autocompress.runners import make_runner
     from autocompress.space import load_space
-    from autocompress.study_setup import check_protocol
     from autocompress.tasks import model_skeleton
     from autocompress.tasks.custom import task_protocol
     from autocompress.tasks.training import pickle_protocol

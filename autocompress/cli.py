@@ -248,7 +248,7 @@ def _report(args: argparse.Namespace) -> int:
         check_output(args.html, args.force, "--html")
     study = _open_study(args.name, args.storage)
     if args.recheck:
-        from autocompress.report import recheck
+        from autocompress.recheck import recheck
 
         done = recheck(study)
         print(f"re-checked {done} trial{'s' * (done != 1)} on the test split", file=sys.stderr)
@@ -346,7 +346,7 @@ def _delete(args: argparse.Namespace) -> int:
     import optuna
 
     from autocompress import _optuna, tables
-    from autocompress.artifact_files import artifact_paths, listed_ids, remove_artifacts
+    from autocompress.artifact_store import artifact_paths, listed_ids, remove_artifacts
     from autocompress.config import load_config
     from autocompress.errors import SearchError
     from autocompress.storage import load_study, open_storage
@@ -432,12 +432,11 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
     from autocompress import sensitivity
     from autocompress.config import load_config
-    from autocompress.driver import Driver
+    from autocompress.driver.warm_start import measure_sensitivity
     from autocompress.report import make_console
 
     config = load_config(args.config, {"search.workers": args.workers})
-    driver = Driver(config, progress=False, say=None if args.json else lambda line: print(line, flush=True))
-    space, reference, rows = driver.measure_sensitivity()
+    space, reference, rows = measure_sensitivity(config, (lambda _line: None) if args.json else lambda line: print(line, flush=True))
     if args.json:
         print(json.dumps({"reference": reference, "rows": [r.to_dict() for r in rows]}, indent=2))
         return 0

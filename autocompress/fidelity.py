@@ -105,7 +105,7 @@ class FrontPoint:
     latency_ms: float
 
 
-class Pruner(ABC):
+class TrialPruner(ABC):
     """Decides at each rung whether a trial goes on. ``history`` is the study's finished
     trials, given once when the search starts (a resumed study's included); ``finished`` adds
     each trial as it ends."""
@@ -129,12 +129,12 @@ class Pruner(ABC):
         """A trial ended: COMPLETE with its final accuracy, PRUNED or FAIL with None."""
 
 
-PRUNERS: Registry[Callable[[dict[str, Any], float | None, tuple[int, ...], int], Pruner]] = Registry("pruner")
+PRUNERS: Registry[Callable[[dict[str, Any], float | None, tuple[int, ...], int], TrialPruner]] = Registry("pruner")
 """Each entry builds a pruner from the baseline's numbers, the accuracy constraint (points),
 the rungs and the fine-tuning steps."""
 
 
-class FrontRule(Pruner):
+class FrontRule(TrialPruner):
     needs_size_and_latency = True
 
     def __init__(self, baseline: dict[str, Any], max_drop: float | None) -> None:
@@ -193,7 +193,7 @@ class FrontRule(Pruner):
         return None
 
 
-class OptunaPruner(Pruner):
+class OptunaPruner(TrialPruner):
     """One of Optuna's single-objective pruners, judging validation accuracy alone. They read a
     single-objective study, so each trial is mirrored into an in-memory one (maximize accuracy)
     holding its intermediate values; the mirror is rebuilt from the stored trials on resume."""
@@ -229,7 +229,7 @@ class OptunaPruner(Pruner):
         return None
 
 
-class NoPruner(Pruner):
+class NoPruner(TrialPruner):
     def decide(self, number: int, rung: Rung, front: list[FrontPoint]) -> str | None:
         return None
 
@@ -250,5 +250,5 @@ PRUNERS.register("hyperband")(
 )
 
 
-def make_pruner(name: str, baseline: dict[str, Any], max_drop: float | None, rungs: tuple[int, ...], steps: int) -> Pruner:
+def make_pruner(name: str, baseline: dict[str, Any], max_drop: float | None, rungs: tuple[int, ...], steps: int) -> TrialPruner:
     return PRUNERS.get(name)(baseline, max_drop, rungs, steps)

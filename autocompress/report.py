@@ -87,17 +87,6 @@ def report_rows(study: optuna.Study, analysis: Analysis) -> list[dict[str, Any]]
     return front_rows(study, analysis, tests)
 
 
-def recheck(study: optuna.Study) -> int:
-    """Evaluate on the test split the shown trials that lack it, and store the accuracies; how many."""
-    from autocompress.export import test_accuracies
-
-    numbers = shown_trials(study, checked_analysis(study))
-    missing = [n for n in numbers if str(n) not in study.user_attrs.get("test_accuracy", {})]
-    if missing:
-        test_accuracies(study, missing)
-    return len(missing)
-
-
 def print_report(study: optuna.Study, console: Console | None = None) -> None:
     console = console or make_console()
     analysis = checked_analysis(study)

@@ -46,7 +46,7 @@ from autocompress.deploy.target import DeployConfig
 from autocompress.driver import Driver
 from autocompress.fidelity import NO_REPORTING, Reporting
 from autocompress.plan import CompressionPlan, LayerPlan, Result
-from autocompress.runners._base import Runner
+from autocompress.runners._base import Referee, Runner
 from autocompress.stats import pack_correct
 from autocompress.tasks import Task
 from autocompress.tasks.training import Trainer, local_trainer
@@ -81,7 +81,15 @@ class SyntheticRunner(Runner):
     def trainer(self, device: str) -> Trainer:
         return local_trainer(torch.device("cpu"))
 
-    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto", reporting: Reporting = NO_REPORTING) -> None:
+    def start(
+        self,
+        task: Task,
+        finetune: FinetuneConfig,
+        deploy: DeployConfig,
+        device: str = "auto",
+        reporting: Reporting = NO_REPORTING,
+        referee: Referee | None = None,
+    ) -> None:
         model = task.build_model()
         layers = compress.compressible_layers(model)
         self._params = {name: m.weight.numel() for name, m in layers.items()}
@@ -197,8 +205,8 @@ def sampler_ask_ms(sizes: list[int], samplers: list[str], spaces: list[str], ask
     import optuna
     from optuna.trial import TrialState, create_trial
 
+    from autocompress.driver.setup import make_sampler
     from autocompress.space import load_space
-    from autocompress.study_setup import make_sampler
     from autocompress.tasks import TaskSpec, layer_skeleton
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

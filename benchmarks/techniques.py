@@ -225,7 +225,7 @@ def coding(cache: Path, quick: bool) -> list[dict[str, Any]]:
 
 def front_coding(study: optuna.Study) -> list[dict[str, Any]]:
     """The coding comparison on the real artifacts of a study's front."""
-    from autocompress.artifact_files import read_artifact
+    from autocompress.artifact_store import read_artifact
 
     rows = []
     for number in pareto.study_analysis(study).front:

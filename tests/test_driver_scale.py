@@ -139,7 +139,7 @@ def test_asking_ahead_in_a_thread_keeps_the_count_exact_and_stops_cleanly(tmp_pa
 
 def test_every_sampler_name_makes_a_sampler_and_auto_follows_the_study_size() -> None:
     from autocompress.config import SAMPLERS
-    from autocompress.study_setup import AUTO_TPE_MAX_TRIALS, SAMPLER_FACTORIES, make_sampler
+    from autocompress.driver.setup import AUTO_TPE_MAX_TRIALS, SAMPLER_FACTORIES, make_sampler
 
     assert set(SAMPLERS) == {*SAMPLER_FACTORIES, "auto"}
     for name in SAMPLER_FACTORIES:

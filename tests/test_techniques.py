@@ -266,8 +266,8 @@ def test_a_study_sized_by_the_older_packer_is_not_continued_with_this_one() -> N
     import optuna
     from optuna.trial import create_trial
 
+    from autocompress.driver.setup import check_existing
     from autocompress.errors import StorageError
-    from autocompress.study_setup import check_existing
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     study.add_trial(create_trial(values=[0.9, 5000.0, 1.0]))  # made before the attribute: format 1

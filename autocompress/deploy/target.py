@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 RUNTIME_NAMES = ("torch", "onnxruntime", "openvino")  # keys of deploy.runtimes.RUNTIMES
 PRECISIONS = ("fp32", "int8")
 DEVICES = ("auto", "cpu", "cuda")
+# Deploy keys that define what a latency means; a study resumed with others is refused.
+DEPLOY_IDENTITY = ("runtime", "precision", "device", "threads", "batch_size", "resource")
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ class Runner(ABC):
     (also after an error or Ctrl-C). A runner never touches the study storage, and an
     evaluation that fails comes back as a :class:`Result` with ``error`` set, not as an exception.
 
-    Multi-fidelity: with rungs in :meth:`start`'s ``reporting`` and a :attr:`referee` set, each trial's
+    Multi-fidelity: with rungs in :meth:`start`'s ``reporting`` and a ``referee`` given, each trial's
     reports at its rungs reach the referee in the driver's thread (from :meth:`submit` or
     :meth:`next_result`); a trial it stops ends at its worker's next checkpoint.
     """
 
-    referee: Referee | None = None
+    referee: Referee | None = None  # given to start(); judges the reports at rungs
 
     @property
     @abstractmethod
@@ -46,9 +46,17 @@ class Runner(ABC):
         the study storage is touched, so a mistake there writes nothing). Does nothing by default."""
 
     @abstractmethod
-    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto", reporting: Reporting = NO_REPORTING) -> None:
+    def start(
+        self,
+        task: Task,
+        finetune: FinetuneConfig,
+        deploy: DeployConfig,
+        device: str = "auto",
+        reporting: Reporting = NO_REPORTING,
+        referee: Referee | None = None,
+    ) -> None:
         """Prepare workers that fine-tune on ``device`` (auto, cpu, cuda) and measure every model
-        on the ``deploy`` target; trials report as ``reporting`` says."""
+        on the ``deploy`` target; trials report as ``reporting`` says, to ``referee``."""
 
     @abstractmethod
     def trainer(self, device: str) -> Trainer:

@@ -10,7 +10,7 @@ from autocompress.deploy.target import DeployConfig
 from autocompress.evaluate import Evaluator
 from autocompress.fidelity import NO_REPORTING, Reporting
 from autocompress.plan import CompressionPlan, Result
-from autocompress.runners._base import RUNNERS, Runner
+from autocompress.runners._base import RUNNERS, Referee, Runner
 from autocompress.tasks import Task
 from autocompress.tasks.training import Trainer, local_trainer
 
@@ -29,7 +29,16 @@ class LocalRunner(Runner):
     def runs_in_background(self) -> bool:
         return False  # submit evaluates on the spot
 
-    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto", reporting: Reporting = NO_REPORTING) -> None:
+    def start(
+        self,
+        task: Task,
+        finetune: FinetuneConfig,
+        deploy: DeployConfig,
+        device: str = "auto",
+        reporting: Reporting = NO_REPORTING,
+        referee: Referee | None = None,
+    ) -> None:
+        self.referee = referee
         self._evaluator = Evaluator(task, finetune, deploy, device, reporting=reporting)
 
     def trainer(self, device: str) -> Trainer:

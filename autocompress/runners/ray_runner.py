@@ -21,7 +21,7 @@ from autocompress.deploy.target import DeployConfig
 from autocompress.errors import AutocompressError
 from autocompress.fidelity import NO_REPORTING, Reporting
 from autocompress.plan import CompressionPlan, Result
-from autocompress.runners._base import RUNNERS, Runner
+from autocompress.runners._base import RUNNERS, Referee, Runner
 from autocompress.tasks import Task, TaskSpec
 from autocompress.tasks.training import Trainer
 
@@ -327,10 +327,19 @@ class RayRunner(Runner):
                     f"{', '.join(custom) or 'none'}): start the target node with ray start --resources '{{\"{name}\": 1}}'"
                 )
 
-    def start(self, task: Task, finetune: FinetuneConfig, deploy: DeployConfig, device: str = "auto", reporting: Reporting = NO_REPORTING) -> None:
+    def start(
+        self,
+        task: Task,
+        finetune: FinetuneConfig,
+        deploy: DeployConfig,
+        device: str = "auto",
+        reporting: Reporting = NO_REPORTING,
+        referee: Referee | None = None,
+    ) -> None:
         import ray
 
         self.connect(deploy)
+        self.referee = referee
         timer = self._timing_actor(task, deploy) if deploy.resource else None
         if reporting.rungs and self.referee is not None:
             self._mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()

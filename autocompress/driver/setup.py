@@ -1,6 +1,6 @@
-"""Study setup: a study opened or created, checked against the config, described, and seeded.
+"""Study setup: a study opened or created, checked against the config, described, and seeded
+(the checks before anything starts are in ``checks``).
 
-Everything here runs before Ray or training: ``prepare`` turns every user mistake into one line,
 ``open_study`` creates a study (or takes over one that a killed driver left half-created) or
 refuses an existing one made for another task, space, fine-tuning or deploy target.
 """
@@ -8,8 +8,6 @@ refuses an existing one made for another task, space, fine-tuning or deploy targ
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,36 +19,16 @@ from optuna.trial import TrialState
 from autocompress import _faults, _optuna, pareto
 from autocompress.artifact import FORMAT_VERSION
 from autocompress.config import StudyConfig
-from autocompress.errors import AutocompressError, SearchError, StorageError
-from autocompress.evaluate import resolve_device
-from autocompress.fidelity import check_rungs
+from autocompress.deploy.target import DEPLOY_IDENTITY
+from autocompress.driver.checks import task_metric
+from autocompress.driver.warm_start import warm_start_plans
+from autocompress.errors import StorageError
 from autocompress.plan import TOP1, MetricInfo
-from autocompress.space import SearchSpace, load_space
-from autocompress.storage import check_url, mask_url
-from autocompress.tasks import TaskSpec, model_skeleton
-from autocompress.tasks.custom import task_protocol
+from autocompress.space import SearchSpace
+from autocompress.storage import mask_url
+from autocompress.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
-
-# Deploy keys that define what a latency means; a study resumed with others is refused.
-DEPLOY_IDENTITY = ("runtime", "precision", "device", "threads", "batch_size", "resource")
-
-# Uniform plans tried first (sparsity, bits, rank fraction, sparsity mode): known points at the
-# safe end, then the moderate region where an accuracy limit of about a point is usually met
-# (8 bits with light sparsity, 4 bits dense), and with channel pruning in the space, two
-# structured ones at the aggressive end.
-WARM_START = (
-    (0.0, 8, 1.0, "unstructured"),
-    (0.5, 6, 1.0, "unstructured"),
-    (0.7, 4, 1.0, "unstructured"),
-    (0.25, 8, 1.0, "unstructured"),
-    (0.0, 4, 1.0, "unstructured"),
-)
-WARM_START_CHANNEL = ((0.5, 4, 1.0, "channel"), (0.75, 4, 1.0, "channel"))
-# Deep Compression's recipe where the space shares weights: most weights pruned, the rest on a
-# 4- or 5-bit k-means codebook (LeNet-300-100: 8% of the weights kept, Han et al. 2016, Table 1).
-WARM_START_SHARED = ((0.9, 4, 1.0, "unstructured"), (0.8, 5, 1.0, "unstructured"))
-
 
 # Optuna's own guidance: TPE for studies of 100 to 1,000 trials, NSGA-II for 100 to 10,000
 # (optuna.readthedocs.io, reference/samplers). TPE's ask reads every trial: about 0.7 s at
@@ -76,106 +54,6 @@ def sampler_name(name: str, trials: int) -> str:
 
 def make_sampler(name: str, seed: int | None, trials: int = 0) -> optuna.samplers.BaseSampler:
     return SAMPLER_FACTORIES[sampler_name(name, trials)](seed)
-
-
-def check_ray_address(address: str | None, source: str = "--ray-address") -> None:
-    """Fail fast on a Ray address nobody listens on (ray.init would wait a long time)."""
-    if not address or address in ("auto", "local") or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise SearchError(f"Ray address '{address}' is not host:port ({source}): e.g. 10.0.0.5:6379, or 'auto'")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise SearchError(
-            f"Ray address {address} is unreachable ({reason}) ({source}): start the head with 'ray start --head' or fix the address"
-        ) from None
-
-
-def prepare(config: StudyConfig) -> SearchSpace:
-    """Validate the task and resolve the space against the model, before training or storage."""
-    check_url(config.storage)
-    search = config.search
-    check_rungs(search.pruner, search.rungs, config.finetune.steps, config.source)
-    address = search.ray_address or os.environ.get("RAY_ADDRESS")
-    if search.workers:
-        check_ray_address(address, "--ray-address" if search.ray_address else "RAY_ADDRESS")
-    if search.device == "cuda":
-        if search.workers and not search.gpus_per_worker:
-            raise SearchError("--device cuda with Ray workers needs --gpus-per-worker (e.g. 0.5 to share one GPU between two workers)")
-        if not (search.workers and address):  # the workers run on this machine: it needs the GPU
-            resolve_device("cuda")
-    check_deploy(config, local=not (search.workers and address))
-    check_protocol(config)
-    space = load_space(config.space).resolve(*model_skeleton(config.task))
-    space.check_act_bits(config.deploy.precision, config.deploy.runtime, space.source)
-    return space
-
-
-# Task keys about in-memory data and baseline training: a protocol task's function does these itself.
-PROTOCOL_IGNORED_KEYS = (
-    "data_root",
-    "download",
-    "image_size",
-    "channels",
-    "max_train_samples",
-    "max_eval_samples",
-    "train_epochs",
-    "train_lr",
-    "batch_size",
-    "num_classes",
-    "input_shape",
-)
-
-
-def check_protocol(config: StudyConfig) -> None:
-    """What a protocol task (its own data, loss and metric) cannot be searched with yet, named
-    with the reason before anything starts."""
-    protocol = task_protocol(config.task)
-    if protocol is None:
-        return
-    defaults = TaskSpec()
-    for key in PROTOCOL_IGNORED_KEYS:  # the function's own splits make these meaningless: never ignored in silence
-        if getattr(config.task, key) != getattr(defaults, key):
-            raise SearchError(
-                f"task.{key} does not apply to {protocol.source}, which returns its own splits, loss and metric "
-                f"({config.source}): remove it, or do it in the task function"
-            )
-    if config.deploy.runtime != "torch":
-        raise SearchError(
-            f"deploy.runtime {config.deploy.runtime}: the ONNX export takes one float tensor in and scores logits, while "
-            f"{protocol.source} brings its own batches and metric; use deploy.runtime torch for this task"
-        )
-    if config.search.pruner != "none" and not protocol.metric.higher_is_better:
-        raise SearchError(
-            f"search.pruner {config.search.pruner} judges rungs by a score that rises; metric '{protocol.metric.name}' is lower-is-better: "
-            "use search.pruner none for this task"
-        )
-
-
-def check_deploy(config: StudyConfig, local: bool) -> None:
-    """Refuse a deploy target that cannot run, before anything is trained or stored."""
-    from autocompress.deploy.runtimes import runtime
-
-    deploy = config.deploy
-    if deploy.resource and not config.search.workers:
-        raise SearchError(f"deploy.resource '{deploy.resource}' times trials on a Ray node: use Ray workers (--workers 1 or more)")
-    device = deploy.device if deploy.device != "auto" else ("cuda" if config.search.device == "cuda" else "cpu")
-    if device == "cuda" and local and not deploy.resource:
-        try:
-            resolve_device("cuda", "deploy.device")
-        except AutocompressError as exc:
-            raise SearchError(f"deploy.device cuda: {exc}") from None
-    runtime(deploy.runtime).check(deploy.precision, device)
-
-
-def task_metric(config: StudyConfig) -> MetricInfo:
-    """What the task's first objective measures: a protocol task's metric, else top-1 accuracy.
-    Known before any data is opened (the task function returns it)."""
-    protocol = task_protocol(config.task)
-    return protocol.metric.info() if protocol is not None else TOP1
 
 
 def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace, url: str) -> None:
@@ -292,10 +170,3 @@ def describe(study: optuna.Study, cfg: StudyConfig, space: SearchSpace) -> None:
     if cfg.search.warm_start:
         for sparsity, bits, rank, mode, quant_mode in warm_start_plans(space, cfg.search.trials):
             study.enqueue_trial(space.uniform_params(sparsity, bits, rank, mode, quant_mode), skip_if_exists=True)
-
-
-def warm_start_plans(space: SearchSpace, trials: int) -> tuple[tuple[float, int, float, str, str], ...]:
-    """The uniform plans a new study queues first: at most one per trial."""
-    plans = [(*p, "uniform") for p in WARM_START + (WARM_START_CHANNEL if space.allows_channel else ())]
-    plans += [(*p, "kmeans") for p in (WARM_START_SHARED if space.allows_sharing else ())]
-    return tuple(plans[:trials])

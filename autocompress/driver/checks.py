@@ -1,0 +1,136 @@
+"""Checks before anything starts: every user mistake in a config, its space, its deploy
+target or its task turned into one line, before Ray, training or storage; then what data the
+search will read, said once."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+from autocompress.config import StudyConfig
+from autocompress.errors import AutocompressError, SearchError
+from autocompress.evaluate import resolve_device
+from autocompress.fidelity import check_rungs
+from autocompress.plan import TOP1, MetricInfo
+from autocompress.space import SearchSpace, load_space
+from autocompress.storage import check_url
+from autocompress.tasks import TaskSpec, model_skeleton
+from autocompress.tasks.custom import task_protocol
+from autocompress.tasks.data import CACHE, describe_data, load_data
+
+
+def check_ray_address(address: str | None, source: str = "--ray-address") -> None:
+    """Fail fast on a Ray address nobody listens on (ray.init would wait a long time)."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"Ray address '{address}' is not host:port ({source}): e.g. 10.0.0.5:6379, or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SearchError(
+            f"Ray address {address} is unreachable ({reason}) ({source}): start the head with 'ray start --head' or fix the address"
+        ) from None
+
+
+def prepare(config: StudyConfig) -> SearchSpace:
+    """Validate the task and resolve the space against the model, before training or storage."""
+    check_url(config.storage)
+    search = config.search
+    check_rungs(search.pruner, search.rungs, config.finetune.steps, config.source)
+    address = search.ray_address or os.environ.get("RAY_ADDRESS")
+    if search.workers:
+        check_ray_address(address, "--ray-address" if search.ray_address else "RAY_ADDRESS")
+    if search.device == "cuda":
+        if search.workers and not search.gpus_per_worker:
+            raise SearchError("--device cuda with Ray workers needs --gpus-per-worker (e.g. 0.5 to share one GPU between two workers)")
+        if not (search.workers and address):  # the workers run on this machine: it needs the GPU
+            resolve_device("cuda")
+    check_deploy(config, local=not (search.workers and address))
+    check_protocol(config)
+    space = load_space(config.space).resolve(*model_skeleton(config.task))
+    space.check_act_bits(config.deploy.precision, config.deploy.runtime, space.source)
+    return space
+
+
+# Task keys about in-memory data and baseline training: a protocol task's function does these itself.
+PROTOCOL_IGNORED_KEYS = (
+    "data_root",
+    "download",
+    "image_size",
+    "channels",
+    "max_train_samples",
+    "max_eval_samples",
+    "train_epochs",
+    "train_lr",
+    "batch_size",
+    "num_classes",
+    "input_shape",
+)
+
+
+def check_protocol(config: StudyConfig) -> None:
+    """What a protocol task (its own data, loss and metric) cannot be searched with yet, named
+    with the reason before anything starts."""
+    protocol = task_protocol(config.task)
+    if protocol is None:
+        return
+    defaults = TaskSpec()
+    for key in PROTOCOL_IGNORED_KEYS:  # the function's own splits make these meaningless: never ignored in silence
+        if getattr(config.task, key) != getattr(defaults, key):
+            raise SearchError(
+                f"task.{key} does not apply to {protocol.source}, which returns its own splits, loss and metric "
+                f"({config.source}): remove it, or do it in the task function"
+            )
+    if config.deploy.runtime != "torch":
+        raise SearchError(
+            f"deploy.runtime {config.deploy.runtime}: the ONNX export takes one float tensor in and scores logits, while "
+            f"{protocol.source} brings its own batches and metric; use deploy.runtime torch for this task"
+        )
+    if config.search.pruner != "none" and not protocol.metric.higher_is_better:
+        raise SearchError(
+            f"search.pruner {config.search.pruner} judges rungs by a score that rises; metric '{protocol.metric.name}' is lower-is-better: "
+            "use search.pruner none for this task"
+        )
+
+
+def check_deploy(config: StudyConfig, local: bool) -> None:
+    """Refuse a deploy target that cannot run, before anything is trained or stored."""
+    from autocompress.deploy.runtimes import runtime
+
+    deploy = config.deploy
+    if deploy.resource and not config.search.workers:
+        raise SearchError(f"deploy.resource '{deploy.resource}' times trials on a Ray node: use Ray workers (--workers 1 or more)")
+    device = deploy.device if deploy.device != "auto" else ("cuda" if config.search.device == "cuda" else "cpu")
+    if device == "cuda" and local and not deploy.resource:
+        try:
+            resolve_device("cuda", "deploy.device")
+        except AutocompressError as exc:
+            raise SearchError(f"deploy.device cuda: {exc}") from None
+    runtime(deploy.runtime).check(deploy.precision, device)
+
+
+def task_metric(config: StudyConfig) -> MetricInfo:
+    """What the task's first objective measures: a protocol task's metric, else top-1 accuracy.
+    Known before any data is opened (the task function returns it)."""
+    protocol = task_protocol(config.task)
+    return protocol.metric.info() if protocol is not None else TOP1
+
+
+def prepare_and_say(config: StudyConfig, say: Callable[[str], None]) -> SearchSpace:
+    """``prepare``, then what data the search reads and where it opens."""
+    space = prepare(config)
+    protocol = task_protocol(config.task)
+    if protocol is not None:
+        metric = protocol.metric.info()
+        loss = "cross-entropy (the default)" if protocol.loss_is_default else "the task's own"
+        say(
+            f"  data: {', '.join(protocol.splits)} opened on the workers, never here; metric {metric.name} "
+            f"({metric.better} is better{', corpus-level' if metric.corpus else ''}); loss {loss}"
+        )
+    else:
+        say(f"  data: {describe_data(config.task, load_data(config.task), CACHE.read_seconds)}")
+    return space
