@@ -10,13 +10,19 @@ import torch
 from optuna.trial import TrialState
 
 from autocompress import _optuna, artifact
+from autocompress.artifact.header import Artifact
 from autocompress.artifact_store import read_artifact
 from autocompress.errors import ArtifactError, StorageError
 from autocompress.outputs import check_output, write_atomic
 
 
-def trial_artifact(study: optuna.Study, number: int, trial: optuna.trial.FrozenTrial | None = None) -> bytes:
-    """The packed model a COMPLETE trial evaluated, read from the study's artifact store;
+def trial_artifact(study: optuna.Study, number: int) -> bytes:
+    """The packed model a COMPLETE trial evaluated, read from the study's artifact store."""
+    return read_trial(study, number)[0]
+
+
+def read_trial(study: optuna.Study, number: int, trial: optuna.trial.FrozenTrial | None = None) -> tuple[bytes, Artifact]:
+    """A COMPLETE trial's packed model: its bytes and the ``Artifact`` they were read into, once;
     ``trial``: the frozen trial when the caller has read it already."""
     trial = trial or _optuna.trials_by_number(study, [number]).get(number)
     if trial is None:
@@ -33,8 +39,7 @@ def trial_artifact(study: optuna.Study, number: int, trial: optuna.trial.FrozenT
     if not artifact_id or not folder:
         raise StorageError(f"trial {number} of study '{study.study_name}' has no stored artifact; it predates artifact export")
     data = read_artifact(folder, artifact_id, f"the artifact of trial {number}")
-    artifact.read_header(data, f"trial {number}'s artifact")  # refuse to hand on a damaged file
-    return data
+    return data, Artifact.read(data, f"trial {number}'s artifact")  # a damaged file is refused, never handed on
 
 
 FORMATS = ("acz", "onnx")
@@ -54,10 +59,10 @@ def export_trial(
         raise ArtifactError(f"unknown export format '{fmt}' (--format): use one of {', '.join(FORMATS)}")
     path = Path(output) if output else Path(f"{study.study_name}-trial{number}.{fmt}")
     check_output(path, force)  # before any work: nothing is exported to be thrown away
-    data = trial_artifact(study, number)
+    data, packed = read_trial(study, number)
     how = "the packed artifact the search sized"
     if fmt == "onnx":
-        data, how = trial_onnx(study, number, data, precision)
+        data, how = trial_onnx(study, number, packed, precision)
     write_atomic(path, data, force)
     return path, how
 
@@ -70,7 +75,7 @@ def study_deploy(study: optuna.Study) -> dict[str, Any]:
     return config.get("deploy") or {**DeployConfig().__dict__}
 
 
-def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str | None) -> tuple[bytes, str]:
+def trial_onnx(study: optuna.Study, number: int, packed: bytes | Artifact, precision: str | None) -> tuple[bytes, str]:
     """A trial's ONNX file: the one its numbers were measured on when the study deployed to an
     ONNX runtime at this precision, else exported from its packed artifact."""
     from autocompress.deploy.onnx_export import calibration_batches, to_onnx
@@ -78,7 +83,9 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str |
 
     deploy = study_deploy(study)
     precision = precision or (deploy["precision"] if deploy["runtime"] != "torch" else "fp32")
-    header, _ = artifact.read_header(packed, f"trial {number}'s artifact")
+    if not isinstance(packed, Artifact):
+        packed = Artifact.read(packed, f"trial {number}'s artifact")
+    header = packed.header
     if header["task"].get("inputs", "float tensor") != "float tensor":
         raise ArtifactError(
             f"trial {number}'s model takes {header['task']['inputs']} inputs (its task's example_input), and the ONNX export "
@@ -100,7 +107,7 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes, precision: str |
     if stored and deploy["runtime"] != "torch" and deploy["precision"] == precision:
         data = read_artifact(study.user_attrs["artifact_dir"], stored, f"the ONNX file of trial {number}")
         return data, f"the file measured on {deploy['runtime']} {precision}"
-    model = artifact.loads(packed, f"trial {number}'s artifact", study_build(study))
+    model = artifact.loads(packed, build=study_build(study))
     example = torch.zeros(deploy.get("batch_size", 32), *header["task"]["input_shape"])
     calibration: list[torch.Tensor] = []
     if precision == "int8":

@@ -9,7 +9,7 @@ import torch
 
 from autocompress import _optuna, artifact
 from autocompress.artifact_store import read_artifact
-from autocompress.export import study_build, study_deploy, trial_artifact
+from autocompress.export import read_trial, study_build, study_deploy
 from autocompress.report import checked_analysis, shown_trials
 
 
@@ -72,8 +72,8 @@ def _deployed_on_cpu(study: optuna.Study, trial: optuna.trial.FrozenTrial, examp
         data = read_artifact(study.user_attrs["artifact_dir"], stored, f"the ONNX file of trial {number}")
         # ONNX Runtime on the CPU for either ONNX runtime: the file, its kernels, no GPU needed.
         return runtime("onnxruntime").load_onnx(data, example, "cpu", 1, deploy["precision"])
-    packed = trial_artifact(study, number, trial)  # read only when it is the form that runs
-    header, _ = artifact.read_header(packed, f"trial {number}'s artifact")
-    model = artifact.loads(packed, f"trial {number}'s artifact", study_build(study))
+    _, packed = read_trial(study, number, trial)  # read only when it is the form that runs
+    header = packed.header
+    model = artifact.loads(packed, build=study_build(study))
     precision = deploy["precision"] if deploy["runtime"] == "torch" else "fp32"
     return runtime("torch").deploy(model, CompressionPlan.from_dict(header["plan"]), example, precision, "cpu")

@@ -37,6 +37,7 @@ import optuna
 import yaml
 
 from autocompress import artifact, compress, pareto
+from autocompress.artifact.packer import Payload
 from autocompress.config import load_config
 from autocompress.driver import run_search
 from autocompress.plan import CompressionPlan, LayerPlan
@@ -126,7 +127,7 @@ def relayout(header: dict[str, Any], payload: bytes, packing: str) -> tuple[dict
     the streams as symbols and every other payload byte."""
     unpack = artifact.unpack_symbols if header.get("packing", "bytes") == "bytes" else artifact.unpack_uint
     repack = artifact.pack_symbols if packing == "bytes" else artifact.pack_uint
-    out, streams, rest = artifact._Payload(), [], bytearray()
+    out, streams, rest = Payload(), [], bytearray()
     tensors = []
     for t in header["tensors"]:
         t = dict(t)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from autocompress import artifact, compress
+from autocompress.artifact import packer
+from autocompress.artifact.packer import Payload
 from autocompress.compress import SharedWeights, Tucker2
 from autocompress.compress._base import ApplyContext
 from autocompress.compress.importance import IMPORTANCE, channel_scores, weight_scores
@@ -160,7 +162,7 @@ def test_format_1_artifacts_still_load(tmp_path: Path) -> None:
     compress.apply(model, plan)
     data = artifact.pack(model, plan, {"model": "x", "input_shape": [20]}).data
     header, payload = artifact.read_header(data)
-    old = artifact._Payload()
+    old = Payload()
     for t in header["tensors"]:
         for key in ("values", "index", "scale"):
             if key not in t:
@@ -290,7 +292,7 @@ def test_a_large_body_is_sealed_with_zlib_alone(monkeypatch: pytest.MonkeyPatch)
     model = _mlp()
     plan = CompressionPlan({"0": LayerPlan(sparsity=0.9, bits=4)})
     compress.apply(model, plan)
-    monkeypatch.setattr(artifact, "LZMA_MAX_BODY", 100)  # every body is "large"
+    monkeypatch.setattr(packer, "LZMA_MAX_BODY", 100)  # every body is "large"
     data = artifact.pack(model, plan, {"model": "x", "input_shape": [20]}).data
     assert artifact.codec_of(data) == "zlib"
     assert torch.equal(artifact.loads(data, build=_mlp)(torch.ones(2, 20)), model(torch.ones(2, 20)))

@@ -188,11 +188,11 @@ class _TimingActor:
         from autocompress import artifact
         from autocompress.tasks.custom import architecture
 
-        header, _ = artifact.read_header(blob)
+        packed = artifact.Artifact.read(blob)  # read once: header for the plan, payload for the model
         build = architecture(self.spec)  # from the search's config, never the file
-        model = artifact.loads(blob, build=build).to(self.device)
+        model = artifact.loads(packed, build=build).to(self.device)
         return self.runtime.deploy(
-            model, CompressionPlan.from_dict(header["plan"]), self.example, self.deploy.precision, self.device.type, self.deploy.threads
+            model, CompressionPlan.from_dict(packed.header["plan"]), self.example, self.deploy.precision, self.device.type, self.deploy.threads
         )
 
     def put_baseline(self, digest: str, blob: bytes) -> None:
