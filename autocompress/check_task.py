@@ -68,7 +68,8 @@ def run_checks(protocol: TaskProtocol, model: nn.Module, build: Callable[[], nn.
     """The worker's half of the dry run; stops at the first failure (later checks need it).
     ``direction``: also score the whole validation split with the trained model and an
     untrained copy."""
-    from autocompress.evaluate import protocol_scores, task_loss
+    from autocompress.finetuning import task_loss
+    from autocompress.scoring import protocol_scores
 
     checks: list[Check] = []
     here = where()
@@ -130,7 +131,7 @@ def run_checks(protocol: TaskProtocol, model: nn.Module, build: Callable[[], nn.
 
 def _direction(protocol: TaskProtocol, model: nn.Module, build: Callable[[], nn.Module] | None) -> Check:
     """The trained model against an untrained copy on the whole validation split."""
-    from autocompress.evaluate import protocol_scores
+    from autocompress.scoring import protocol_scores
 
     metric = protocol.metric
     device = torch.device("cpu")

@@ -91,24 +91,26 @@ def encoded_bits(values: torch.Tensor, value_bits: int) -> tuple[int, str]:
     return best
 
 
-def layer_rows(model: nn.Module) -> list[dict[str, Any]]:
+def layer_rows(model: nn.Module, codes: dict[int, WeightCodes] | None = None, encodings: dict[int, str] | None = None) -> list[dict[str, Any]]:
     """Per compressed layer: type, rank, bits, params, nonzeros, sparsity and chosen encoding.
 
-    Works on the model as evaluated (masks and quantizers still attached); the packer adds the
-    bytes each layer takes.
+    Works on the model as evaluated (masks and quantizers still attached); ``codes`` and
+    ``encodings`` (by ``id`` of each leaf layer) are the packer's, computed once. The packer
+    adds the bytes each layer takes.
     """
+    codes, encodings = codes or {}, encodings or {}
     rows = []
     for name, layer in compress.layer_map(model).items():
         params = nonzeros = 0
         bits = FULL_PRECISION_BITS
-        encodings = []
+        chosen = []
         leaves = leaf_layers(layer)
         for leaf in leaves:
-            codes = weight_codes(leaf)
-            bits = codes.bits
-            encodings.append(encoded_bits(codes.values, codes.bits)[1])
-            params += codes.values.numel()
-            nonzeros += int(torch.count_nonzero(codes.values))
+            wc = codes.get(id(leaf)) or weight_codes(leaf)
+            bits = wc.bits
+            chosen.append(encodings.get(id(leaf)) or encoded_bits(wc.values, wc.bits)[1])
+            params += wc.values.numel()
+            nonzeros += int(torch.count_nonzero(wc.values))
             if leaf.bias is not None:
                 params += leaf.bias.numel()
                 nonzeros += int(torch.count_nonzero(leaf.bias))
@@ -123,7 +125,7 @@ def layer_rows(model: nn.Module) -> list[dict[str, Any]]:
                 "params": params,
                 "nonzeros": nonzeros,
                 "sparsity": round(1.0 - nonzeros / max(1, params), 4),
-                "encoding": "+".join(encodings),
+                "encoding": "+".join(chosen),
             }
         )
     return rows

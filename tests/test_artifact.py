@@ -13,7 +13,7 @@ from autocompress.artifact import ArtifactError
 from autocompress.deploy.runtimes import runtime
 from autocompress.deploy.target import DeployConfig
 from autocompress.evaluate import Evaluator, FinetuneConfig
-from autocompress.latency import count_macs
+from autocompress.kernels import count_macs
 from autocompress.outputs import write_atomic
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.tasks import DATASETS, TaskSpec, build_task, evaluate_accuracy
@@ -65,7 +65,7 @@ def test_evaluated_and_reloaded_outputs_are_identical(tasks) -> None:
     task = tasks["digits-cnn"]
     plan = CompressionPlan({"conv1": LayerPlan(0.3, False, 6, None), "conv2": LayerPlan(0.5, True, 4, 8), "fc1": LayerPlan(0.8, False, 3, 20)})
     model = compress.apply(task.build_model(), plan, example=task.data.x_val[:2])
-    from autocompress.evaluate import finetune
+    from autocompress.finetuning import finetune
 
     finetune(model, task, FinetuneConfig(steps=10))
     x = task.data.x_test
@@ -157,7 +157,7 @@ def test_removed_channels_travel_as_a_bitmask(indices: list[int]) -> None:
 
 def test_distillation_pulls_towards_the_baseline(tasks) -> None:
     """With distill=1 the loss is the KL divergence to the baseline: zero for the baseline itself."""
-    from autocompress.evaluate import finetune
+    from autocompress.finetuning import finetune
 
     task = tasks["digits-mlp"]
     log, _, _ = finetune(task.build_model(), task, FinetuneConfig(steps=3, lr=0.0, distill=1.0, log_every=1), teacher=task.build_model())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import lzma
 from dataclasses import dataclass, field
+from typing import Any
 
 from autocompress.plan import LayerPlan
 
@@ -41,3 +42,5 @@ class Packed:
 
     data: bytes
     per_layer: dict[str, int] = field(default_factory=dict)
+    # Per compressed layer (``size.layer_rows``): type, bits, params, sparsity, encoding, bytes.
+    rows: list[dict[str, Any]] = field(default_factory=list)

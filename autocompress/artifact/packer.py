@@ -19,7 +19,7 @@ from autocompress.artifact.format import CODECS, DTYPE_NAMES, FORMAT_VERSION, LZ
 from autocompress.artifact.streams import encode_positions, index_mask, packer
 from autocompress.errors import ArtifactError
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan
-from autocompress.size import WeightCodes, encoded_bits, weight_codes
+from autocompress.size import WeightCodes, encoded_bits, layer_rows, weight_codes
 
 
 class Payload:
@@ -80,10 +80,10 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
         structure: ``compress.structure(model)``: removed channels and folded BatchNorms.
     """
     model.eval()
-    codes: dict[int, WeightCodes] = {}
-    for layer in compress.compressible_layers(model).values():
-        wc = weight_codes(layer)
-        codes[id(layer)] = wc
+    # Each weight's codes and cheapest encoding, once: the per-layer rows and every layout use them.
+    codes: dict[int, WeightCodes] = {id(layer): weight_codes(layer) for layer in compress.compressible_layers(model).values()}
+    chosen = {key: encoded_bits(wc.values.detach().reshape(-1).cpu(), wc.bits)[1] for key, wc in codes.items()}
+    rows = layer_rows(model, codes, chosen)
     half_bias = {id(m) for m in model.modules() if parametrize.is_parametrized(m, "bias")}  # quantized layers' biases
     compress.bake(model)
     owner = {}
@@ -109,9 +109,8 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
             if module is not None:
                 found = codes.get(id(module))
                 quantized = found is not None and found.bits < FULL_PRECISION_BITS
-                values, bits = (found.values, found.bits) if quantized and found is not None else (tensor, FULL_PRECISION_BITS)
                 if key not in encodings:
-                    encodings[key] = encoded_bits(values.detach().reshape(-1).cpu(), bits)[1]
+                    encodings[key] = chosen.get(id(module)) or encoded_bits(tensor.detach().reshape(-1).cpu(), FULL_PRECISION_BITS)[1]
                 if quantized and found is not None:
                     entry = _pack_weight(found.values, found.bits, found.scale, payload, found.codebook, packing, encodings[key])
                 else:
@@ -144,7 +143,9 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
         candidates += [Packed(seal(body, codec), per_layer) for codec in codecs]
         if not any(t["kind"] in ("codes", "shared") or str(t.get("enc", "")).startswith("relative-index-") for t in tensors):
             break  # no code or index stream: every layout is the same file
-    return min(candidates, key=lambda p: len(p.data))
+    best = min(candidates, key=lambda p: len(p.data))
+    best.rows = [{**row, "bytes": best.per_layer.get(row["layer"], 0)} for row in rows]
+    return best
 
 
 def _raw_bytes(tensor: torch.Tensor) -> bytes:

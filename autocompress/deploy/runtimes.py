@@ -133,7 +133,7 @@ class TorchRuntime(Runtime):
 
     def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):
         from autocompress.compress.fold import fold, following_batchnorms
-        from autocompress.latency import int8_model
+        from autocompress.kernels import int8_model
 
         # Inference fuses every conv -> BatchNorm pair (ONNX exporters and runtimes do it too); done
         # for the baseline and every trial alike, so no plan is credited with a free fusion.

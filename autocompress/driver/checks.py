@@ -9,8 +9,8 @@ import socket
 from collections.abc import Callable
 
 from autocompress.config import StudyConfig
+from autocompress.devices import resolve_device
 from autocompress.errors import AutocompressError, SearchError
-from autocompress.evaluate import resolve_device
 from autocompress.fidelity import check_rungs
 from autocompress.plan import TOP1, MetricInfo
 from autocompress.space import SearchSpace, load_space

@@ -42,7 +42,7 @@ class LocalRunner(Runner):
         self._evaluator = Evaluator(task, finetune, deploy, device, reporting=reporting)
 
     def trainer(self, device: str) -> Trainer:
-        from autocompress.evaluate import resolve_device
+        from autocompress.devices import resolve_device
 
         return local_trainer(resolve_device(device))
 

@@ -162,7 +162,7 @@ class _TimingActor:
 
         from autocompress.deploy.runtimes import runtime
         from autocompress.deploy.timing import DeviceLock, device_key
-        from autocompress.evaluate import resolve_device
+        from autocompress.devices import resolve_device
 
         for folder in import_paths:  # a module:function model rebuilds from the driver's folders
             if folder not in sys.path:
@@ -221,7 +221,7 @@ def _train_on_worker(payload: dict[str, Any], resume: dict[str, Any] | None, dev
     import ray
     import torch
 
-    from autocompress.evaluate import resolve_device
+    from autocompress.devices import resolve_device
     from autocompress.tasks.training import local_trainer
 
     torch.set_num_threads(threads)
