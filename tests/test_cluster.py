@@ -261,9 +261,9 @@ def _descendants(root: int) -> set[int]:
 
 
 def _actor_pids(driver: subprocess.Popen[str], method: str) -> list[int]:
-    """This search's Ray workers now running ``_EvaluatorActor.METHOD`` (Ray titles a worker
+    """This search's Ray workers now running ``EvaluatorActor.METHOD`` (Ray titles a worker
     after what it runs); processes of any other Ray on the machine are never touched."""
-    out = subprocess.run(["pgrep", "-f", f"ray::_EvaluatorActor.{method}"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", f"ray::EvaluatorActor.{method}"], capture_output=True, text=True).stdout
     mine = _descendants(driver.pid)
     return [int(p) for p in out.split() if int(p) in mine]
 

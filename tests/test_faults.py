@@ -175,7 +175,7 @@ SEARCH_RAY = textwrap.dedent("""
     import sys
     import ray
     from autocompress.deploy.target import DeployConfig
-    from autocompress.runners.ray_runner import RayRunner
+    from autocompress.runners.ray import RayRunner
     runner = RayRunner(workers=1)
     runner.connect(DeployConfig())
     print(ray.get_runtime_context().gcs_address, flush=True)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from autocompress.runners._base import RUNNERS, Runner
 from autocompress.runners.local import LocalRunner
-from autocompress.runners.ray_runner import RayRunner
+from autocompress.runners.ray import RayRunner
 
 if TYPE_CHECKING:
     from autocompress.config import SearchConfig
