@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -258,3 +259,17 @@ def check_task(config: Any, say: Callable[[str], None]) -> bool:
     finally:
         runner.close()
     return True
+
+
+def check_protocol_on_worker(config: Any, runner: Any, say: Callable[[str], None]) -> None:
+    """A protocol task's splits, loss and metric tried on a worker (two batches each), before
+    the storage is touched: a split that fails to open, a loss or a metric that cannot take a
+    batch stops the search with nothing stored. ``check-task`` also checks the direction."""
+    from autocompress.tasks.custom import task_protocol
+
+    protocol = task_protocol(config.task)
+    if protocol is None:
+        return
+    start = time.monotonic()
+    checks = quick_checks(config, protocol, runner)
+    say(f"  task checked on a worker: {', '.join(c.name for c in checks)} ({time.monotonic() - start:.1f} s)")

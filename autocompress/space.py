@@ -34,7 +34,7 @@ from torch import nn
 
 from autocompress import space_file
 from autocompress.compress import compressible_layers, full_rank
-from autocompress.compress.channel import channel_prunable, output_layers
+from autocompress.compress.dependency import channel_prunable, output_layers
 from autocompress.compress.importance import IMPORTANCE
 from autocompress.compress.lowrank import tucker_applies, tucker_limits
 from autocompress.errors import SpaceError, did_you_mean

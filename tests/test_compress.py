@@ -12,7 +12,7 @@ from torch import nn
 from autocompress import compress
 from autocompress.artifact import loads, pack
 from autocompress.compress import TECHNIQUES, FakeQuant, factorize, full_rank
-from autocompress.compress.channel import output_layers
+from autocompress.compress.dependency import output_layers
 from autocompress.compress.importance import IMPORTANCE
 from autocompress.compress.lowrank import tucker_applies
 from autocompress.compress.prune import magnitude_mask

@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 
 from autocompress.compress import channel, fold, lowrank, prune, quantize, share  # noqa: F401  (register techniques)
 from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique, leaf_layers, set_submodule
-from autocompress.compress.channel import remove_channels
+from autocompress.compress.dependency import out_layer, remove_channels
 from autocompress.compress.lowrank import Factorized, Tucker2, factorize, full_rank
 from autocompress.compress.prune import Mask
 from autocompress.compress.quantize import FakeQuant
@@ -124,9 +124,9 @@ def apply_structure(model: nn.Module, plan: CompressionPlan, changes: dict[str, 
             set_submodule(model, name, factorize(model.get_submodule(name), layer_plan.rank, name, layer_plan.lowrank_mode, layer_plan.rank_in))
     layers = layer_map(model)
     for bn_name, name in changes.get("bn_folded", {}).items():
-        fold.replay(model, channel.out_layer(layers[name]), bn_name)
+        fold.replay(model, out_layer(layers[name]), bn_name)
     for name, idxs in changes.get("channels_removed", {}).items():
-        remove_channels(model, channel.out_layer(layers[name]), list(idxs), example)
+        remove_channels(model, out_layer(layers[name]), list(idxs), example)
     return model
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique, set_submodule
-from autocompress.compress.channel import out_layer
+from autocompress.compress.dependency import out_layer
 from autocompress.plan import FULL_PRECISION_BITS, LayerPlan
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autocompress.compress._base import ApplyContext
-from autocompress.compress.channel import dependency_graph, pruning_group
+from autocompress.compress.dependency import dependency_graph, pruning_group
 from autocompress.errors import SpaceError
 from autocompress.registry import Registry
 
@@ -108,11 +108,18 @@ def channel_scores(ctx: ApplyContext, target: nn.Linear | nn.Conv2d, name: str, 
         ensure_gradients(ctx, layer)  # once per apply: Torch-Pruning prunes the gradients with their weights
         weight_gradient(target, layer)
     assert ctx.example is not None  # channel pruning refuses a context without one first
-    graph = dependency_graph(ctx.model, ctx.example)
-    scores = found.torch_pruning()(pruning_group(graph, target, list(range(target.weight.shape[0]))))
+    graph = dependency_graph(ctx.model, ctx.example)  # traced once: removing the channels reuses it
+    return group_scores(found, name, pruning_group(graph, target, list(range(target.weight.shape[0]))), target, layer), graph
+
+
+def group_scores(found: Criterion, name: str, group: Any, target: nn.Linear | nn.Conv2d, layer: str) -> torch.Tensor:
+    """One score per output channel of ``target`` from the pruning group it is handed (every
+    layer that removing the channels drags along), under criterion ``name`` (Torch-Pruning's)."""
+    assert found.torch_pruning is not None
+    scores = found.torch_pruning()(group)
     if scores is None:  # Torch-Pruning found nothing to score in the group
         raise SpaceError(f"layer '{layer}': importance '{name}' cannot score its channels; use importance l1 for it")
-    return scores.detach().to(target.weight.device), graph
+    return scores.detach().to(target.weight.device)
 
 
 def weight_scores(ctx: ApplyContext, leaf: nn.Linear | nn.Conv2d, name: str, layer: str) -> torch.Tensor:

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from autocompress import _faults, _optuna, fidelity, tables
 from autocompress.artifact_store import remove_partials
+from autocompress.check_task import check_protocol_on_worker
 from autocompress.config import StudyConfig
 from autocompress.driver import rungs as rung_room
 from autocompress.driver.asking import Asker
@@ -36,7 +37,6 @@ from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
 from autocompress.storage import mask_url, open_storage, retry_creation, sqlite_path
 from autocompress.tasks import Task, build_task
-from autocompress.tasks.custom import task_protocol
 
 log = logging.getLogger(__name__)
 
@@ -101,23 +101,10 @@ class Driver:
         if cfg.search.workers:
             self.say(f"  Ray ready ({time.monotonic() - start:.1f} s)")
         try:
-            self._check_protocol_on_worker()
+            check_protocol_on_worker(cfg, self.runner, self.say)
             return self._run(space)
         finally:
             self.runner.close()
-
-    def _check_protocol_on_worker(self) -> None:
-        """A protocol task's splits, loss and metric tried on a worker (two batches each), before
-        the storage is touched: a split that fails to open, a loss or a metric that cannot take a
-        batch stops the search with nothing stored. ``check-task`` also checks the direction."""
-        from autocompress.check_task import quick_checks
-
-        protocol = task_protocol(self.config.task)
-        if protocol is None:
-            return
-        start = time.monotonic()
-        checks = quick_checks(self.config, protocol, self.runner)
-        self.say(f"  task checked on a worker: {', '.join(c.name for c in checks)} ({time.monotonic() - start:.1f} s)")
 
     def _run(self, space: SearchSpace) -> optuna.Study:
         storage = open_storage(self.config.storage)

@@ -1,0 +1,96 @@
+"""The model's dependency graph (Torch-Pruning's, one traced forward pass) and what it tells:
+the group that removing a layer's output channels drags along, which layers can lose channels
+consistently, and which layers produce the model's output. Channel pruning and the importance
+criteria both read the graph from here; a criterion scores a group it is handed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocompress.compress._base import COMPRESSIBLE_TYPES
+from autocompress.compress.lowrank import Factorized
+
+
+def out_layer(layer: nn.Module) -> nn.Linear | nn.Conv2d:
+    """The module whose output channels are the layer's (the second factor when factorized)."""
+    if isinstance(layer, Factorized):
+        return layer.second
+    assert isinstance(layer, (nn.Linear, nn.Conv2d))
+    return layer
+
+
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
+    """Torch-Pruning's dependency graph of ``model`` (one traced forward pass)."""
+    import torch_pruning as tp
+
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+
+
+def pruning_group(graph: Any, target: nn.Module, idxs: list[int]) -> Any:
+    """The group that removing output channels ``idxs`` of ``target`` drags along."""
+    import torch_pruning as tp
+
+    fn = tp.prune_conv_out_channels if isinstance(target, nn.Conv2d) else tp.prune_linear_out_channels
+    return graph.get_pruning_group(target, fn, idxs=idxs)
+
+
+def remove_channels(model: nn.Module, target: nn.Module, idxs: list[int], example: torch.Tensor, graph: Any = None) -> None:
+    """Remove output channels ``idxs`` of ``target`` and everything that depends on them
+    (``graph``: the model's dependency graph when the caller traced it already)."""
+    pruning_group(graph if graph is not None else dependency_graph(model, example), target, idxs).prune()
+
+
+def channel_prunable(model: nn.Module, example: torch.Tensor) -> set[str]:
+    """Names of the Linear/Conv2d layers whose output channels can be removed consistently.
+
+    Raises what Torch-Pruning raises when it cannot follow the model at all. A layer is left out
+    when removing its channels would cut into a grouped (not depthwise) conv: arbitrary channel
+    indices would break the groups.
+    """
+    graph = dependency_graph(model, example)
+    ok = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        group = pruning_group(graph, module, [0])
+        if not any(_grouped(dep.target.module) for dep, _ in group):
+            ok.add(name)
+    return ok
+
+
+def _grouped(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and not (module.groups == module.in_channels == module.out_channels)
+
+
+def output_layers(model: nn.Module, example: Any) -> set[nn.Module]:
+    """The Linear/Conv2d modules whose output is the model's output (pruning their channels
+    would change the classes or the predicted values), from one forward pass: those whose
+    output is an output tensor or a view of one (a squeeze shares its storage); when none is
+    (the output was resized, as segmentation models do), the last such module to run."""
+    from autocompress.tasks.metrics import call_model
+    from autocompress.tasks.protocol import tensor_leaves
+
+    produced: list[tuple[nn.Module, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda m, i, o: produced.append((m, o))) for m in model.modules() if isinstance(m, COMPRESSIBLE_TYPES)]
+    try:
+        with torch.no_grad():
+            output = call_model(model, example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    leaves = tensor_leaves(output)
+    storages = {t.untyped_storage().data_ptr() for t in leaves}
+    found = {m for m, o in produced if isinstance(o, torch.Tensor) and (any(o is t for t in leaves) or o.untyped_storage().data_ptr() in storages)}
+    if not found and produced and leaves:
+        # Resized (interpolated) outputs: the last layers to run that give the output's channels
+        # (LR-ASPP adds two such classifiers).
+        channels = leaves[0].shape[1] if leaves[0].dim() > 1 else None
+        for module, out in reversed(produced):
+            if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[1] != channels:
+                break
+            found.add(module)
+        found = found or {produced[-1][0]}
+    return found
