@@ -14,7 +14,8 @@ from rich.table import Table
 from autocompress import _optuna
 from autocompress.baseline import Baseline
 from autocompress.errors import StorageError
-from autocompress.pareto import OBJECTIVES, Analysis, front_rows, study_analysis
+from autocompress.front_rows import front_rows
+from autocompress.pareto import OBJECTIVES, Analysis, study_analysis
 from autocompress.plan import MetricInfo
 from autocompress.stats import BOOTSTRAP_RESAMPLES, unpack_correct, unpack_rows
 

@@ -49,7 +49,7 @@ from autocompress.plan import CompressionPlan, LayerPlan, Result
 from autocompress.runners._base import Referee, Runner
 from autocompress.stats import pack_correct
 from autocompress.tasks import Task
-from autocompress.tasks.training import Trainer, local_trainer
+from autocompress.tasks.trainer import Trainer, local_trainer
 
 COMPONENTS = ("ask", "sample", "attrs", "artifacts", "analysis", "tables", "heartbeat", "wait")
 

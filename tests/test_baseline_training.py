@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from autocompress.tasks import TaskSpec, build_task
-from autocompress.tasks import training as training_module
-from autocompress.tasks.training import local_trainer
+from autocompress.tasks import trainer as training_module
+from autocompress.tasks.trainer import local_trainer
 
 SPEC = TaskSpec(model="digits-mlp", train_epochs=6)
 

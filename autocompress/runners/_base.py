@@ -10,7 +10,7 @@ from autocompress.fidelity import NO_REPORTING, Reporting, Rung
 from autocompress.plan import CompressionPlan, Result
 from autocompress.registry import Registry
 from autocompress.tasks import Task
-from autocompress.tasks.training import Trainer
+from autocompress.tasks.trainer import Trainer
 
 Referee = Callable[[int, Rung], bool]  # (trial number, its report at a rung) -> stop it
 

@@ -12,7 +12,7 @@ from autocompress.fidelity import NO_REPORTING, Reporting
 from autocompress.plan import CompressionPlan, Result
 from autocompress.runners._base import RUNNERS, Referee, Runner
 from autocompress.tasks import Task
-from autocompress.tasks.training import Trainer, local_trainer
+from autocompress.tasks.trainer import Trainer, local_trainer
 
 
 @RUNNERS.register("local")

@@ -9,14 +9,13 @@ from autocompress.tasks import custom as _custom  # noqa: F401  (registers modul
 from autocompress.tasks import digits as _digits  # noqa: F401  (registers the built-ins)
 from autocompress.tasks import vision as _vision  # noqa: F401  (torchvision models and datasets)
 from autocompress.tasks.data import DataCache, load_data
+from autocompress.tasks.metrics import correct_of, evaluate_accuracy
 from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
+from autocompress.tasks.trainer import load_checkpoint
 from autocompress.tasks.training import (
     Task,
     build_task,
-    correct_of,
-    evaluate_accuracy,
     layer_skeleton,
-    load_checkpoint,
     model_skeleton,
     untrained_model,
 )

@@ -25,10 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from autocompress.errors import TaskError
 from autocompress.plan import TOP1, MetricInfo
 from autocompress.registry import Registry
+from autocompress.stats import accuracy
 
 __all__ = ["METRICS", "TOP1", "Metric", "MetricInfo", "builtin_metric", "call_model", "score_rows", "split_batch", "user_metric"]
 
@@ -287,3 +289,16 @@ def score_rows(metric: Metric, model: Any, batch: Any, where: str) -> np.ndarray
             "a corpus-level one returns (N, k) rows and gives 'metric_reduce'"
         )
     return rows
+
+
+@torch.inference_mode()
+def correct_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Which of ``(x, y)`` ``model`` gets right (top-1), one bool per input."""
+    model.eval()
+    right = [model(x[i : i + batch_size]).argmax(dim=1) == y[i : i + batch_size] for i in range(0, len(x), batch_size)]
+    return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
+
+
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``."""
+    return accuracy(correct_of(model, x, y, batch_size))

@@ -1,16 +1,13 @@
 """A task's baseline: its model built and checked against the data, its weights from a
-checkpoint, the model itself, the cache, or trained once; the :class:`Task` workers receive."""
+checkpoint, the model itself, the cache, or trained once (``trainer``); the :class:`Task`
+workers receive, and how it travels to them."""
 
 from __future__ import annotations
 
 import copy
-import io
-import json
 import os
-import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,26 +16,12 @@ import torch
 from torch import nn
 
 from autocompress.errors import TaskError
-from autocompress.outputs import write_atomic
-from autocompress.stats import accuracy
 from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build, task_protocol
 from autocompress.tasks.data import load_data
 from autocompress.tasks.metrics import TOP1, MetricInfo
 from autocompress.tasks.protocol import TaskProtocol, first_tensor, last_line
-from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry, state_mismatch
-
-
-@torch.inference_mode()
-def correct_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Which of ``(x, y)`` ``model`` gets right (top-1), one bool per input."""
-    model.eval()
-    right = [model(x[i : i + batch_size]).argmax(dim=1) == y[i : i + batch_size] for i in range(0, len(x), batch_size)]
-    return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
-
-
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)``."""
-    return accuracy(correct_of(model, x, y, batch_size))
+from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry
+from autocompress.tasks.trainer import Trainer, load_checkpoint, local_trainer, make_model, read_json, train_baseline
 
 
 @dataclass
@@ -147,102 +130,12 @@ def unpickle_protocol(blob: bytes) -> TaskProtocol:
     return protocol
 
 
-# Seconds between checkpoints while the baseline trains (what a Ctrl-C can cost; a worker ships
-# one to the driver no more often).
-CHECKPOINT_EVERY_S = 10.0
-
-# A trainer runs ``train_epochs`` somewhere (in this process, or on a Ray worker) and passes on
-# what it yields: (spec, data, initial weights, checkpoint to resume from or None) -> reports.
-Trainer = Callable[[TaskSpec, DataSplits, dict[str, torch.Tensor], dict[str, Any] | None], Iterator[dict[str, Any]]]
-
-
-def train_epochs(
-    model: nn.Module, data: DataSplits, spec: TaskSpec, device: torch.device, resume: dict[str, Any] | None = None
-) -> Iterator[dict[str, Any]]:
-    """Train the baseline on ``device``, yielding after each epoch its loss, validation accuracy,
-    seconds so far and, every ``CHECKPOINT_EVERY_S`` seconds and after the last epoch, a
-    checkpoint (weights, optimizer, schedule, shuffling state; on the CPU; else None: a large
-    model's state is not shipped every epoch). From ``resume`` (such a checkpoint) it goes on
-    where that one stopped, and ends where an uninterrupted run would have."""
-    model.to(device)
-    x, y = data.x_train.to(device), data.y_train.to(device)
-    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
-    gen = torch.Generator().manual_seed(spec.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.train_lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.train_epochs)
-    first, seconds = 1, 0.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        gen.set_state(resume["generator"])
-        first, seconds = int(resume["epoch"]) + 1, float(resume.get("seconds", 0.0))
-    loss_fn = nn.CrossEntropyLoss()
-    n = len(x)
-    start = time.monotonic() - seconds
-    shipped = time.monotonic()
-    for epoch in range(first, spec.train_epochs + 1):
-        model.train()
-        order = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
-        for i in range(0, n, spec.batch_size):
-            idx = order[i : i + spec.batch_size]
-            opt.zero_grad()
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        sched.step()
-        with torch.no_grad():
-            val = accuracy(correct_of(model, x_val, y_val).cpu().numpy())
-        elapsed = time.monotonic() - start
-        checkpoint = None
-        if epoch == spec.train_epochs or time.monotonic() - shipped >= CHECKPOINT_EVERY_S:
-            shipped = time.monotonic()
-            checkpoint = {
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": _to_cpu(opt.state_dict()),
-                "scheduler": sched.state_dict(),
-                "generator": gen.get_state(),
-                "epoch": epoch,
-                "seconds": elapsed,
-            }
-        yield {"epoch": epoch, "epochs": spec.train_epochs, "loss": total / n, "val_accuracy": val, "seconds": elapsed, "checkpoint": checkpoint}
-    model.eval()
-
-
-def _to_cpu(state: Any) -> Any:
-    if isinstance(state, torch.Tensor):
-        return state.detach().cpu().clone()
-    if isinstance(state, dict):
-        return {k: _to_cpu(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_to_cpu(v) for v in state]
-    return state
-
-
-def local_trainer(device: torch.device) -> Trainer:
-    """Train in this process on ``device``."""
-
-    def train(spec: TaskSpec, data: DataSplits, state: dict[str, torch.Tensor], resume: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-        model = _make_model(spec, data)
-        model.load_state_dict(state)
-        yield {"where": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(device)}}
-        yield from train_epochs(model, data, spec, device, resume)
-
-    return train
-
-
-def _make_model(spec: TaskSpec, data: DataSplits) -> nn.Module:
-    return model_entry(spec.model).factory(num_classes=data.num_classes, input_shape=data.input_shape)
-
-
 def _checked_model(spec: TaskSpec) -> tuple[TaskSpec, DataSplits, nn.Module]:
     """The resolved spec, its data, and its model checked against the data, holding the
     checkpoint's weights when ``task.weights`` names one."""
     spec = spec.resolved()
     data = load_data(spec)
-    model = _make_model(spec, data)
+    model = make_model(spec, data)
     _check_output(model, data, spec)
     if spec.input_shape is not None and tuple(spec.input_shape) != tuple(data.input_shape):
         raise TaskError(
@@ -317,10 +210,10 @@ def build_task(
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
         say(f"baseline weights: trained before, cached at {cache}")
     else:
-        trained_by = _train_baseline(model, data, spec, cache, trainer or local_trainer(torch.device("cpu")), say)
+        trained_by = train_baseline(model, data, spec, cache, trainer or local_trainer(torch.device("cpu")), say)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if cache.is_file() and not trained_by:
-        trained_by = _read_json(cache.with_suffix(".json")).get("trained_by", {})
+        trained_by = read_json(cache.with_suffix(".json")).get("trained_by", {})
     return Task(spec=spec, data=data, state_dict=state, trained_by=trained_by)
 
 
@@ -345,66 +238,6 @@ def _protocol_model(spec: TaskSpec, protocol: TaskProtocol) -> nn.Module:
     return model
 
 
-def _save(obj: Any, path: Path) -> None:
-    """Through ``outputs.write_atomic``: a crash or Ctrl-C mid-write leaves the previous file,
-    never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, buffer.getvalue())
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _train_baseline(model: nn.Module, data: DataSplits, spec: TaskSpec, cache: Path, trainer: Trainer, say: Callable[[str], None]) -> dict[str, Any]:
-    """Train through ``trainer``, one line per epoch, checkpointing next to the cache so that a
-    run stopped midway (Ctrl-C, a lost worker) resumes there; the finished weights become the
-    cache. Returns where it trained."""
-    partial = cache.with_name(f"{cache.stem}.partial.pt")
-    resume = None
-    if partial.is_file():
-        try:
-            resume = torch.load(partial, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001  (an unreadable checkpoint only costs the epochs it held)
-            say(f"  ignoring an unreadable checkpoint {partial}; training from the start")
-    begun = f", resuming after epoch {resume['epoch']}" if resume else ""
-    say(f"training the baseline {spec.model} on {spec.dataset} for {spec.train_epochs} epochs{begun} (cached at {cache} for next time)")
-    where: dict[str, Any] = {}
-    last = resume
-    shown_at: float | None = None
-    for report in trainer(spec, data, model.state_dict(), resume):
-        if "where" in report:
-            where = report["where"]
-            node = f"Ray node {where['node_id'][:12]}, " if where.get("node_id") else ""
-            say(f"  training on {node}{where.get('host', '?')} ({where.get('device', '?')})")
-            continue
-        epoch, epochs = report["epoch"], report["epochs"]
-        if report["checkpoint"] is not None:  # every CHECKPOINT_EVERY_S, and the last epoch's
-            last = report["checkpoint"]
-            if epoch < epochs:
-                _save(last, partial)
-        now = time.monotonic()
-        if shown_at is None or now - shown_at >= 1.0 or epoch == epochs:  # every epoch, unless epochs take under a second
-            say(
-                f"  epoch {epoch}/{epochs}: loss {report['loss']:.3f}, validation accuracy {100 * report['val_accuracy']:.2f}% "
-                f"({report['seconds']:.0f} s)"
-            )
-            shown_at = now
-    assert last is not None, "the trainer yielded no epoch"
-    model.load_state_dict(last["model"])
-    model.eval()
-    _save(model.state_dict(), cache)
-    write_atomic(cache.with_suffix(".json"), json.dumps({"trained_by": where, "epochs": spec.train_epochs}).encode())
-    partial.unlink(missing_ok=True)
-    return where
-
-
 def _check_output(model: nn.Module, data: DataSplits, spec: TaskSpec) -> None:
     """One forward pass on two validation inputs: the model must take them and give one logit per class."""
     model.eval()
@@ -422,45 +255,3 @@ def _check_output(model: nn.Module, data: DataSplits, spec: TaskSpec) -> None:
             f"model '{spec.model}' gives outputs of shape {shape} but dataset '{spec.dataset}' has {data.num_classes} classes: "
             "the model must return (batch, num_classes) logits; set task.num_classes or fix the model"
         )
-
-
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a trained state_dict into ``model`` (weights only: no pickled code runs).
-
-    Accepts a bare state_dict or one under ``state_dict``/``model``/``model_state_dict``, with or
-    without DataParallel's ``module.`` prefix. Mismatches are named key by key.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"checkpoint not found ({path}) in task.weights: check the path (relative to the current folder)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (torch raises many kinds for bad files)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TaskError(
-            f"cannot read checkpoint {path} as plain weights ({first[:160]}): save it with torch.save(model.state_dict(), path)"
-        ) from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TaskError(f"checkpoint {path} is not a state_dict of tensors: save it with torch.save(model.state_dict(), path)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    expected = model.state_dict()
-    missing, unexpected, wrong = state_mismatch(expected, state)
-    if wrong:
-        k = wrong[0]
-        raise TaskError(
-            f"checkpoint {path} does not fit the model: '{k}' has shape {tuple(state[k].shape)}, the model expects "
-            f"{tuple(expected[k].shape)}{f' ({len(wrong)} keys differ)' if len(wrong) > 1 else ''}: check task.model and task.num_classes"
-        )
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (first '{missing[0]}')")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first '{unexpected[0]}')")
-        raise TaskError(f"checkpoint {path} does not fit model: {', '.join(parts)}: check that it was saved from this architecture")
-    model.load_state_dict(state)

@@ -82,7 +82,7 @@ def train_on_worker(payload: dict[str, Any], resume: dict[str, Any] | None, devi
     import torch
 
     from autocompress.devices import resolve_device
-    from autocompress.tasks.training import local_trainer
+    from autocompress.tasks.trainer import local_trainer
 
     torch.set_num_threads(threads)
     task = Task.from_payload(payload)

@@ -28,7 +28,7 @@ from autocompress.runners.ray.connect import lost_reason, lost_worker_errors, mi
 from autocompress.runners.ray.mailbox import Mailbox, RungRelay
 from autocompress.runners.ray.timing import start_timing_actor
 from autocompress.tasks import Task, TaskSpec
-from autocompress.tasks.training import Trainer
+from autocompress.tasks.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
