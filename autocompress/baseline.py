@@ -86,10 +86,19 @@ class Baseline:
             return False
         return not above_chance(accuracy, self.val_count, self.chance_accuracy)
 
+    def compression_ratio(self, size_bytes: float) -> float:
+        """Baseline bytes over a trial's bytes."""
+        return self.size_bytes / size_bytes
+
+    def latency_at(self, ratio: float) -> float:
+        """A trial's latency objective: the baseline's stored latency times the paired ratio
+        measured in the trial's own slot (one reference for every trial)."""
+        return self.latency_ms * ratio
+
     def relative(self, accuracy: float, size_bytes: float, latency_ms: float) -> Relative:
         return Relative(
             accuracy_drop=self.accuracy_drop(accuracy),
-            compression_ratio=self.size_bytes / size_bytes,
+            compression_ratio=self.compression_ratio(size_bytes),
             speedup=self.latency_ms / latency_ms,
         )
 
@@ -119,7 +128,7 @@ def trial_metrics(result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
     metrics["latency_ms_measured"] = result.latency_ms  # this slot's own milliseconds, for reference
     if baseline:
         base = Baseline.of(baseline)
-        metrics["latency_ms"] = base.latency_ms * result.latency_ratio
+        metrics["latency_ms"] = base.latency_at(result.latency_ratio)
         relative = base.relative(result.accuracy, result.size_bytes, metrics["latency_ms"])
         metrics["accuracy_drop"] = relative.accuracy_drop
         metrics["compression_ratio"] = relative.compression_ratio

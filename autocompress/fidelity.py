@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from autocompress.baseline import Baseline
 from autocompress.errors import ConfigError
 from autocompress.registry import Registry
 
@@ -168,8 +169,8 @@ class FrontRule(TrialPruner):
         bound = self.bound(rung)
         if bound is None or not self.baseline:
             return None
-        base_accuracy = float(self.baseline["accuracy"])
-        if self.max_drop is not None and 100.0 * (base_accuracy - bound) > self.max_drop:
+        base = Baseline.of(self.baseline)
+        if self.max_drop is not None and base.accuracy_drop(bound) > self.max_drop:
             return (
                 f"at step {rung.step} its accuracy {100 * rung.accuracy:.2f}% could reach at most {100 * bound:.2f}% "
                 f"(+{100 * (bound - rung.accuracy):.2f} points, the most a finished trial as low there gained): "
@@ -177,7 +178,7 @@ class FrontRule(TrialPruner):
             )
         if rung.latency_ratio is None or not rung.size_bytes:
             return None
-        latency = float(self.baseline["latency_ms"]) * rung.latency_ratio
+        latency = base.latency_at(rung.latency_ratio)
         for point in front:
             if (
                 point.accuracy >= bound

@@ -33,14 +33,12 @@ import torch
 from torch import nn
 
 from autocompress import space_file
-from autocompress.compress import compressible_layers, full_rank
-from autocompress.compress.dependency import channel_prunable, output_layers
 from autocompress.compress.importance import IMPORTANCE
-from autocompress.compress.lowrank import tucker_applies, tucker_limits
 from autocompress.errors import SpaceError, did_you_mean
 from autocompress.plan import FULL_PRECISION_BITS, TERNARY_BITS, CompressionPlan, LayerPlan
 from autocompress.space_file import DEFAULT_KNOBS, GROUP_BY, KNOBS, OPTIONAL_KNOBS, SELECTORS, Knob, SpaceFile, knob_values
 from autocompress.space_file import allows_channel as _allows_channel
+from autocompress.survey import LayerFacts, ModelSurvey, survey
 
 WORD_DEFAULTS = {"quant_mode": "uniform", "lowrank_mode": "svd", "importance": "l1", "act_bits": 8}  # what a plan does without them
 
@@ -184,9 +182,21 @@ class SpaceSpec(SpaceFile):
         """Match the globs against ``model``'s Linear/Conv2d layers and give each its knobs.
 
         With an ``example`` input, the layer producing the model's output gets no channel
-        pruning (removing its channels would remove classes).
+        pruning (removing its channels would remove classes). The model is surveyed once;
+        the rest is :meth:`resolve_survey`, plain data.
         """
-        available = compressible_layers(model)
+        return self.resolve_survey(survey(model, example, trace_channels=self.mentions_channel))
+
+    @property
+    def mentions_channel(self) -> bool:
+        """Whether any knob of the space (overrides included) may remove channels."""
+        return _allows_channel(self.knobs.get("sparsity_mode", Knob())) or any(
+            _allows_channel(extra["sparsity_mode"]) for _, extra in self.overrides if "sparsity_mode" in extra
+        )
+
+    def resolve_survey(self, model: ModelSurvey) -> SearchSpace:
+        """:meth:`resolve` over a model's survey."""
+        available = model.layers
         names = list(available)
         edges = {"@first": names[0], "@last": names[-1]} if names else {}
 
@@ -201,38 +211,40 @@ class SpaceSpec(SpaceFile):
             raise SpaceError(f"no layer is selected ({self.source}): the model's layers are {', '.join(names)}")
         raw: dict[str, dict[str, Knob]] = {}
         result: dict[str, LayerSpace] = {}
-        outputs = output_layers(model, example) if example is not None else set()
         for name in selected:
-            module = available[name]
+            facts = available[name]
             knobs = {k: self.knobs.get(k, Knob()) for k in KNOBS}
             for globs, extra in self.overrides:
                 if matches(name, globs):
                     knobs.update(extra)
             raw[name] = dict(knobs)
             notes: list[str] = []
-            rank_limit = full_rank(module)
+            rank_limit = facts.full_rank
             if rank_limit is None:
                 if not knobs["rank"].off:
                     notes.append("rank off: a depthwise or grouped conv")
                 knobs["rank"] = Knob()
-            if "tucker" in knob_values(knobs["lowrank_mode"]) and not tucker_applies(module):
+            if "tucker" in knob_values(knobs["lowrank_mode"]) and facts.tucker_limits is None:
                 if not knobs["rank"].off:
                     notes.append("tucker: convs only, svd here")
                 knobs["lowrank_mode"] = Knob()
-            if "taylor" in knob_values(knobs["importance"]) and not module.weight.requires_grad:
+            if "taylor" in knob_values(knobs["importance"]) and facts.frozen:
                 raise SpaceError(
                     f"layer '{name}' has importance taylor, but its weights are frozen (requires_grad False), so no gradient ranks them "
                     f"({self.source}): use importance l1 for it (an override), or unfreeze it"
                 )
-            if module in outputs and _allows_channel(knobs["sparsity_mode"]):
+            if facts.output and _allows_channel(knobs["sparsity_mode"]):
                 notes.append("channels kept: the model's output (one per class)")
                 knobs["sparsity_mode"] = Knob()
-            tucker = tucker_limits(module) if isinstance(module, nn.Conv2d) and tucker_applies(module) else None
-            result[name] = LayerSpace(
-                name, type(module).__name__, tuple(module.weight.shape), rank_limit, knobs, notes=tuple(notes), tucker_limits=tucker
-            )
-        if example is not None and any(_allows_channel(ls.knobs["sparsity_mode"]) for ls in result.values()):
-            prunable = _channel_prunable(model, example, self.source)
+            result[name] = LayerSpace(name, facts.type, facts.weight_shape, rank_limit, knobs, notes=tuple(notes), tucker_limits=facts.tucker_limits)
+        traced = model.channel_prunable is not None or model.channel_error is not None
+        if traced and any(_allows_channel(ls.knobs["sparsity_mode"]) for ls in result.values()):
+            if model.channel_error is not None:  # ShuffleNet's channel shuffle defeats the graph: every such trial would fail
+                raise SpaceError(
+                    f"channel pruning cannot follow this model's structure (Torch-Pruning: {model.channel_error}) ({self.source}): "
+                    "set sparsity_mode: unstructured"
+                )
+            prunable = model.channel_prunable or frozenset()
             for name, ls in result.items():
                 if name not in prunable:
                     kept = ("channels kept: they feed a grouped conv",) if _allows_channel(ls.knobs["sparsity_mode"]) else ()
@@ -260,14 +272,14 @@ class SpaceSpec(SpaceFile):
             result[name] = replace(result[name], group=g)
         return SearchSpace(result, source=self.source, groups=groups)
 
-    def _group_of(self, name: str, available: dict[str, nn.Linear | nn.Conv2d], blocks: dict[str, str], matches: Any, edges: dict[str, str]) -> str:
+    def _group_of(self, name: str, available: dict[str, LayerFacts], blocks: dict[str, str], matches: Any, edges: dict[str, str]) -> str:
         for group, globs in self.groups.items():
             if matches(name, globs):
                 return group
         if self.group_by == "layer" or name in edges.values():
             return name  # the first and last layers are sensitive: never share their knobs
         if self.group_by == "type":
-            return _layer_kind(available[name])
+            return available[name].kind
         if self.group_by == "block":
             return blocks[name]
         return _enclosing(blocks[name], set(blocks.values()))  # stage: holds several blocks
@@ -297,32 +309,11 @@ def _enclosing(name: str, names: list[str] | set[str]) -> str:
     return name
 
 
-def _layer_kind(module: nn.Module) -> str:
-    if isinstance(module, nn.Conv2d):
-        if module.groups > 1 and module.groups == module.in_channels:
-            return "Conv2d-depthwise"
-        kh, kw = module.kernel_size
-        return f"Conv2d-{kh}x{kw}" + ("-grouped" if module.groups > 1 else "")
-    return type(module).__name__
-
-
-def _channel_prunable(model: nn.Module, example: torch.Tensor, source: str) -> set[str]:
-    """Channel pruning follows Torch-Pruning's dependency graph; some structures (ShuffleNet's
-    channel shuffle) defeat it, and every such trial would fail: say so once, up front."""
-    try:
-        return channel_prunable(model, example)
-    except Exception as exc:  # noqa: BLE001
-        raise SpaceError(
-            f"channel pruning cannot follow this model's structure (Torch-Pruning: {type(exc).__name__}: {exc}) ({source}): "
-            "set sparsity_mode: unstructured"
-        ) from None
-
-
 def parse_space(data: Any, source: str) -> SpaceSpec:
     """Validate a space mapping (as read from YAML); errors name ``source`` and the key."""
-    return space_file.parse_space(data, source, SpaceSpec)
+    return space_file.parse_space_data(data, source, SpaceSpec)
 
 
 def load_space(path: str | Path | None) -> SpaceSpec:
     """Read a space file; None gives the built-in default space."""
-    return space_file.load_space(path, SpaceSpec)
+    return space_file.read_space_file(path, SpaceSpec)

@@ -252,7 +252,7 @@ def _globs(raw: Any, where: str, key: str) -> list[str]:
     return raw
 
 
-def parse_space(data: Any, source: str, into: type[S]) -> S:
+def parse_space_data(data: Any, source: str, into: type[S]) -> S:
     """Validate a space mapping (as read from YAML); errors name ``source`` and the key."""
     if data is None:
         data = {}
@@ -290,9 +290,9 @@ def parse_space(data: Any, source: str, into: type[S]) -> S:
     return spec
 
 
-def load_space(path: str | Path | None, into: type[S]) -> S:
+def read_space_file(path: str | Path | None, into: type[S]) -> S:
     """Read a space file; None gives the built-in default space."""
     if path is None:
         return into(knobs=dict(DEFAULT_KNOBS))
     path = Path(path)
-    return parse_space(read_yaml(path), str(path), into)
+    return parse_space_data(read_yaml(path), str(path), into)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,7 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
             owner[f"{name}.weight" if name else "weight"] = module
             if id(module) in half_bias:
                 half.add(f"{name}.bias" if name else "bias")
-    layer_of = _layer_names(model, plan)
+    layer_of = _layer_names(model)
     state = model.state_dict()
     encodings: dict[str, str] = {}  # chosen once: the same in every layout
     candidates = []
@@ -155,7 +156,8 @@ def _raw_bytes(tensor: torch.Tensor) -> bytes:
     return t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
 
 
-def _layer_names(model: nn.Module, plan: CompressionPlan):
+def _layer_names(model: nn.Module) -> Callable[[str], str | None]:
+    """The compressible layer a state-dict key belongs to (the longest name that prefixes it)."""
     names = sorted(compress.layer_map(model), key=len, reverse=True)
 
     def layer_of(key: str) -> str | None:

@@ -96,13 +96,14 @@ class Teller:
         attrs.update(pruned_at=result.pruned_at, prune_reason=reason, rungs=result.rungs, finetune_steps=result.finetune_steps)
         drop = None
         if baseline:
-            drop = Baseline.of(baseline).accuracy_drop(result.accuracy)
+            base = Baseline.of(baseline)
+            drop = base.accuracy_drop(result.accuracy)
             attrs["drop_points"] = round(drop, 3)  # at the rung it reached
             if result.size_bytes:
                 attrs["size_bytes"] = result.size_bytes
-                attrs["compression_ratio"] = round(baseline["size_bytes"] / result.size_bytes, 2)
+                attrs["compression_ratio"] = round(base.compression_ratio(result.size_bytes), 2)
             if math.isfinite(result.latency_ms):
-                attrs["latency_ms"] = float(baseline["latency_ms"]) * result.latency_ratio
+                attrs["latency_ms"] = base.latency_at(result.latency_ratio)
         # Never feasible (its model was never finished): TPE then ranks it among the infeasible
         # trials by how far it missed, where it would rank pruned trials by their intermediate
         # values through a single direction, which a three-objective study does not have.
