@@ -104,3 +104,17 @@ def write_study_config(folder: Path, cache_dir: Path, search: dict[str, object],
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def small_mlp() -> nn.Module:
+    """Three Linear layers (20 -> 40 -> 30 -> 5), seeded."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
+
+
+def small_cnn() -> nn.Module:
+    """Two 3x3 convs and a Linear head on 3x8x8 inputs, seeded."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24 * 8 * 8, 5)
+    )
