@@ -59,10 +59,11 @@ def export_trial(
         raise ArtifactError(f"unknown export format '{fmt}' (--format): use one of {', '.join(FORMATS)}")
     path = Path(output) if output else Path(f"{study.study_name}-trial{number}.{fmt}")
     check_output(path, force)  # before any work: nothing is exported to be thrown away
-    data, packed = read_trial(study, number)
+    trial = _optuna.trials_by_number(study, [number]).get(number)  # read once (not study.trials: a deep copy of every trial)
+    data, packed = read_trial(study, number, trial)
     how = "the packed artifact the search sized"
     if fmt == "onnx":
-        data, how = trial_onnx(study, number, packed, precision)
+        data, how = trial_onnx(study, number, packed, precision, trial)
     write_atomic(path, data, force)
     return path, how
 
@@ -75,7 +76,9 @@ def study_deploy(study: optuna.Study) -> dict[str, Any]:
     return config.get("deploy") or {**DeployConfig().__dict__}
 
 
-def trial_onnx(study: optuna.Study, number: int, packed: bytes | Artifact, precision: str | None) -> tuple[bytes, str]:
+def trial_onnx(
+    study: optuna.Study, number: int, packed: bytes | Artifact, precision: str | None, trial: optuna.trial.FrozenTrial | None = None
+) -> tuple[bytes, str]:
     """A trial's ONNX file: the one its numbers were measured on when the study deployed to an
     ONNX runtime at this precision, else exported from its packed artifact."""
     from autocompress.deploy.onnx_export import calibration_batches, to_onnx
@@ -102,7 +105,7 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes | Artifact, preci
             f"trial {number} has no layer at 8 bits or fewer, so nothing in it runs as int8 (--precision int8): "
             "export it with --precision fp32, or pick a trial with quantized layers"
         )
-    trial = _optuna.trials_by_number(study, [number])[number]  # not study.trials: a deep copy of every trial
+    trial = trial or _optuna.trials_by_number(study, [number])[number]  # not study.trials: a deep copy of every trial
     stored = trial.user_attrs.get("onnx_artifact_id")
     if stored and deploy["runtime"] != "torch" and deploy["precision"] == precision:
         data = read_artifact(study.user_attrs["artifact_dir"], stored, f"the ONNX file of trial {number}")
@@ -111,9 +114,9 @@ def trial_onnx(study: optuna.Study, number: int, packed: bytes | Artifact, preci
     example = torch.zeros(deploy.get("batch_size", 32), *header["task"]["input_shape"])
     calibration: list[torch.Tensor] = []
     if precision == "int8":
-        from autocompress.tasks import TaskSpec, load_data
+        from autocompress.tasks import load_data
 
-        spec = TaskSpec.from_dict(study.user_attrs["task"]).resolved()
+        spec = study_task(study).resolved()
         calibration = calibration_batches(load_data(spec).x_train, spec.seed, deploy.get("calibration_batches", 8), deploy.get("batch_size", 32))
     data, _ = to_onnx(model, plan, example, precision, calibration)
     return data, f"exported from the packed artifact ({precision})"
@@ -162,7 +165,13 @@ def study_build(study: optuna.Study):
     """The architecture factory of a study's own model, from the task the study was run with
     (the user's config, not a file's header): its build hook when it has one; None for built-in
     and torchvision models."""
-    from autocompress.tasks import TaskSpec
     from autocompress.tasks.custom import architecture
 
-    return architecture(TaskSpec.from_dict(study.user_attrs.get("task") or {}))
+    return architecture(study_task(study))
+
+
+def study_task(study: optuna.Study):
+    """The task a study was run with, read from its attribute (the one parse of it per command)."""
+    from autocompress.tasks import TaskSpec
+
+    return TaskSpec.from_dict(study.user_attrs.get("task") or {})

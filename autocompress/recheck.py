@@ -4,12 +4,14 @@ numbers stored with the study. The driver calls it at the end of a search and ``
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 import torch
 
 from autocompress import _optuna, artifact
 from autocompress.artifact_store import read_artifact
-from autocompress.export import read_trial, study_build, study_deploy
+from autocompress.export import read_trial, study_deploy, study_task
 from autocompress.report import checked_analysis, shown_trials
 
 
@@ -34,7 +36,8 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
     """
     from autocompress.deploy.runtimes import deployed_correct
     from autocompress.stats import accuracy, pack_correct
-    from autocompress.tasks import TaskSpec, load_data
+    from autocompress.tasks import load_data
+    from autocompress.tasks.custom import architecture
 
     stored: dict[str, float] = dict(study.user_attrs.get("test_accuracy", {}))
     correct: dict[str, str] = dict(study.user_attrs.get("test_correct", {}))
@@ -49,10 +52,11 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
                 stored[str(n)] = float(score)
         study.set_user_attr("test_accuracy", stored)
     elif missing:
-        spec = TaskSpec.from_dict(study.user_attrs["task"]).resolved()
-        data = load_data(spec)
+        spec = study_task(study)
+        data = load_data(spec.resolved())
+        build = architecture(spec)  # from the task the study recorded, once for every trial
         for n in missing:
-            right = deployed_correct(_deployed_on_cpu(study, trials[n], data.x_test[:1]), data.x_test, data.y_test)
+            right = deployed_correct(_deployed_on_cpu(study, trials[n], data.x_test[:1], build), data.x_test, data.y_test)
             stored[str(n)] = accuracy(right)
             correct[str(n)] = pack_correct(right)
         study.set_user_attr("test_correct", correct)
@@ -60,7 +64,7 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
     return {n: stored[str(n)] for n in numbers if str(n) in stored}
 
 
-def _deployed_on_cpu(study: optuna.Study, trial: optuna.trial.FrozenTrial, example: torch.Tensor):
+def _deployed_on_cpu(study: optuna.Study, trial: optuna.trial.FrozenTrial, example: torch.Tensor, build: Any):
     """A trial in its deployed form on this machine's CPU (reports run where the driver runs)."""
     from autocompress.deploy.runtimes import runtime
     from autocompress.plan import CompressionPlan
@@ -74,6 +78,6 @@ def _deployed_on_cpu(study: optuna.Study, trial: optuna.trial.FrozenTrial, examp
         return runtime("onnxruntime").load_onnx(data, example, "cpu", 1, deploy["precision"])
     _, packed = read_trial(study, number, trial)  # read only when it is the form that runs
     header = packed.header
-    model = artifact.loads(packed, build=study_build(study))
+    model = artifact.loads(packed, build=build)
     precision = deploy["precision"] if deploy["runtime"] == "torch" else "fp32"
     return runtime("torch").deploy(model, CompressionPlan.from_dict(header["plan"]), example, precision, "cpu")
