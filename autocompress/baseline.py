@@ -86,6 +86,17 @@ class Baseline:
             return False
         return not above_chance(accuracy, self.val_count, self.chance_accuracy)
 
+    def chance_text(self) -> str:
+        """What chance level this baseline was compared with, in words."""
+        if self.chance_score is not None:
+            return f"the best constant prediction scores {self.metric.format(self.chance_score)}"
+        if self.chance_accuracy is not None and self.val_count is not None:
+            return (
+                f"always answering the most common class scores {self.metric.format(self.chance_accuracy)} "
+                f"(an exact binomial test on {self.val_count} validation samples)"
+            )
+        return "no chance level is known"
+
     def compression_ratio(self, size_bytes: float) -> float:
         """Baseline bytes over a trial's bytes."""
         return self.size_bytes / size_bytes

@@ -64,6 +64,10 @@ class SearchConfig:
     sensitivity: bool = True
     ladder: tuple[float, ...] = field(default=(4.0, 8.0, 16.0, 32.0), metadata={"min": 1.0})
     rungs: tuple[int, ...] | None = field(default=None, metadata={"min": 0})  # None: 0, 1/4 and 1/2 of finetune.steps (hyperband: 1/27, 1/9, 1/3)
+    # A baseline no better than chance stops the search before anything is spent on it (every
+    # drop would be measured against a model that has not learned); True searches anyway, and
+    # the report marks the study.
+    allow_chance_baseline: bool = False
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,12 @@ def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Pa
         if analysis.front
         else "No trial meets the constraint; the closest trials are listed"
     )
+    chance_warning = (
+        '<p id="chance-baseline"><b>Warning:</b> the baseline is no better than chance (searched anyway: search.allow_chance_baseline); '
+        "drops compare with a model that has not learned.</p>"
+        if baseline.attrs.get("at_chance")
+        else ""
+    )
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>autocompress: {html.escape(study.study_name)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse}}
@@ -293,6 +299,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:last-child{{t
 <p id="summary" data-front="{len(analysis.front)}" data-trials="{len(analysis.points)}">{len(analysis.points)} complete trials.
 Metric: <b id="metric">{html.escape(metric.name)}</b>, {metric.better} is better.
 Baseline: {html.escape(metric.name)} {metric.format(baseline.accuracy)}, {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms{constraint}.</p>
+{chance_warning}
 <p id="deploy">Deploy target: <b>{html.escape(deploy_target(study))}</b>. The metric and latency are those of the form that ships there; each
 speedup is the median ratio of the trial timed alternately with the baseline in one slot. A latency marked ~ kept a CV above
 the threshold until the time cap. Get a trial's file with <code>autocompress export {html.escape(study.study_name)} --trial N --format onnx</code>.</p>

@@ -107,6 +107,11 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
         console.print(
             f"baseline: {metric.name} {metric.format(baseline.accuracy)} (test {test}), {baseline.size_bytes / 1024:.1f} KB, {baseline.latency_ms:.3f} ms"
         )
+        if stored.get("at_chance"):
+            console.print(
+                "[bold red]warning[/bold red]: the baseline is no better than chance (searched anyway: search.allow_chance_baseline); "
+                "drops compare with a model that has not learned"
+            )
         console.print(f"deploy target: {deploy_target(study)}; latency and {metric.name} measured on it, speedups paired with the baseline there")
     if analysis.max_accuracy_drop is not None:
         console.print(

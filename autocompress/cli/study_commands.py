@@ -70,6 +70,12 @@ def add_search(sub: Subparsers, fmt: type[argparse.HelpFormatter]) -> Handler:
     s.add_argument("--max-retries", type=int, help="re-runs of a trial whose worker died (default 1)")
     s.add_argument("--trial-timeout", type=float, help="seconds before a trial is failed and its worker replaced")
     s.add_argument("--timeout", type=float, help="seconds for this run: no trial starts after it; run again to resume")
+    s.add_argument(
+        "--allow-chance-baseline",
+        action="store_true",
+        default=None,
+        help="search even when the baseline scores no better than chance (the report marks such a study)",
+    )
     s.add_argument("--new-study", action="store_true", default=None, help="never resume: if NAME is taken, start NAME-2 (NAME-3, ...)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (a line per trial instead)")
     s.add_argument("--quiet", action="store_true", help="print nothing but the final report (and errors)")
@@ -91,6 +97,7 @@ def _search(args: argparse.Namespace) -> int:
         "search.pruner": args.pruner,
         "search.seed": args.seed,
         "search.new_study": args.new_study,
+        "search.allow_chance_baseline": args.allow_chance_baseline,
         "search.ray_address": args.ray_address,
         "search.cpus_per_worker": args.cpus_per_worker,
         "search.gpus_per_worker": args.gpus_per_worker,

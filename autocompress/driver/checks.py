@@ -51,6 +51,7 @@ def prepare(config: StudyConfig) -> SearchSpace:
             resolve_device("cuda")
     check_deploy(config, local=not (search.workers and address))
     check_protocol(config)
+    check_task_keys(config)
     space = load_space(config.space).resolve(*model_skeleton(config.task))
     space.check_act_bits(config.deploy.precision, config.deploy.runtime, space.source)
     return space
@@ -97,6 +98,43 @@ def check_protocol(config: StudyConfig) -> None:
         )
 
 
+# Datasets read from no folder: task.data_root and task.download mean nothing for them.
+FOLDERLESS_DATASETS = ("digits",)
+TRAINING_KEYS = ("train_epochs", "train_lr", "batch_size")
+
+
+def ignored_task_keys(spec: TaskSpec) -> dict[str, str]:
+    """The task keys set away from their defaults that this task would not use, each with why.
+    A protocol task's own list is ``PROTOCOL_IGNORED_KEYS``."""
+    from autocompress.tasks.custom import is_custom
+    from autocompress.tasks.spec import model_entry
+    from autocompress.tasks.training import trains_own_model
+
+    defaults, out = TaskSpec(), {}
+    changed = {k for k in (*TRAINING_KEYS, "data_root", "download") if getattr(spec, k) != getattr(defaults, k)}
+    if spec.weights is not None:
+        why = "task.weights gives the baseline's weights, so autocompress trains nothing: remove it, or remove task.weights"
+        out.update({k: why for k in TRAINING_KEYS if k in changed})
+    elif model_entry(spec.model).trained and not trains_own_model(spec):
+        why = f"'{spec.model}' brings its own weights and they are used as returned: set task.train_epochs to train them further, or remove it"
+        out.update({k: why for k in TRAINING_KEYS if k in changed})
+    dataset = spec.dataset or model_entry(spec.model).default_dataset
+    if dataset in FOLDERLESS_DATASETS or (dataset is not None and dataset == spec.model and is_custom(dataset)):
+        why = f"dataset '{dataset}' is read from no folder (its data comes {'with scikit-learn' if dataset in FOLDERLESS_DATASETS else 'from the task function'}): remove it"
+        out.update({k: why for k in ("data_root", "download") if k in changed})
+    return out
+
+
+def check_task_keys(config: StudyConfig) -> list[str]:
+    """Refuse a task key that would be ignored, naming why; the keys set that are used."""
+    protocol = task_protocol(config.task)
+    if protocol is None:
+        for key, why in ignored_task_keys(config.task).items():
+            raise SearchError(f"task.{key} would be ignored ({config.source}): {why}")
+    defaults = TaskSpec()
+    return [k for k in TaskSpec.__dataclass_fields__ if getattr(config.task, k) != getattr(defaults, k)]
+
+
 def check_deploy(config: StudyConfig, local: bool) -> None:
     """Refuse a deploy target that cannot run, before anything is trained or stored."""
     from autocompress.deploy.runtimes import runtime
@@ -121,8 +159,10 @@ def task_metric(config: StudyConfig) -> MetricInfo:
 
 
 def prepare_and_say(config: StudyConfig, say: Callable[[str], None]) -> SearchSpace:
-    """``prepare``, then what data the search reads and where it opens."""
+    """``prepare``, then which task keys it uses, what data the search reads and where it opens."""
     space = prepare(config)
+    used = check_task_keys(config)
+    say(f"  task keys used: {', '.join(f'task.{k}' for k in used)}; every other at its default, none ignored")
     protocol = task_protocol(config.task)
     if protocol is not None:
         metric = protocol.metric.info()

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from autocompress import _faults, _optuna, fidelity, tables
+from autocompress import _optuna, fidelity, tables
 from autocompress.artifact_store import remove_partials
 from autocompress.check_task import check_protocol_on_worker
 from autocompress.config import StudyConfig
@@ -25,7 +25,7 @@ from autocompress.driver import rungs as rung_room
 from autocompress.driver.asking import Asker
 from autocompress.driver.checks import prepare_and_say
 from autocompress.driver.leases import Lease
-from autocompress.driver.measure import measure_baseline
+from autocompress.driver.measure import establish_baseline
 from autocompress.driver.setup import open_study, sampler_name
 from autocompress.driver.telling import Teller
 from autocompress.driver.timings import Timings
@@ -36,7 +36,7 @@ from autocompress.progress import ProgressBar
 from autocompress.runners import Runner, make_runner
 from autocompress.space import SearchSpace
 from autocompress.storage import mask_url, open_storage, retry_creation, sqlite_path
-from autocompress.tasks import Task, build_task
+from autocompress.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class Driver:
             reporting = rung_room.reporting(cfg)
             self.runner.start(task, cfg.finetune, cfg.deploy, cfg.search.device, reporting, referee=self._judge if reporting.rungs else None)
             if "baseline" not in study.user_attrs:
-                self._measure_baseline(task, teller)
+                establish_baseline(cfg, task, self.runner, teller, self.say)
             # The ladder takes the trials the uniform warm start leaves; with none left, the
             # sensitivity would steer nothing and is not measured. A study that has run trials
             # already (made before there was a ladder) is left as it is.
@@ -153,26 +153,6 @@ class Driver:
         finally:
             lease.finish()
         return study
-
-    def _measure_baseline(self, task: Task, teller: Teller) -> None:
-        cfg, start = self.config, time.monotonic()
-        self.say(f"measuring the baseline on the deploy target ({cfg.deploy.runtime} {cfg.deploy.precision})")
-        baseline, result = measure_baseline(task, self.runner, cfg.deploy, cfg.pareto)
-        metric, limit = task.metric_info, baseline["max_drop"]
-        self.say(
-            f"  {metric.name} {metric.format(baseline['accuracy'])} ({metric.better} is better), "
-            f"{baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms ({time.monotonic() - start:.1f} s); "
-            + (f"feasible: a drop of at most {limit:.4g} {metric.drop_unit()}" if limit is not None else "no drop limit")
-        )
-        if task.protocol is not None:  # in-memory classification keeps its binomial test, said in the docs
-            chance = baseline.get("chance_score")
-            self.say(
-                f"  chance level: {metric.name} {metric.format(chance)} by the best constant prediction; a trial no better is never feasible"
-                if chance is not None
-                else f"  chance level: off (no constant prediction is known for {metric.name}, a metric of the task's own)"
-            )
-        _faults.checkpoint("baseline-measured")
-        teller.store_baseline(baseline, result)
 
     def _judge(self, number: int, rung: fidelity.Rung) -> bool:
         """The runner's referee: a report at a rung judged once the pruner has started."""

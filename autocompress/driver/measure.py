@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
-from autocompress.baseline import resolve_max_drop
-from autocompress.config import ParetoConfig
+import optuna
+from optuna.trial import TrialState
+
+from autocompress import _faults, _optuna
+from autocompress.baseline import Baseline, resolve_max_drop
+from autocompress.config import ParetoConfig, StudyConfig
+from autocompress.deletion import plan_deletion
 from autocompress.deploy.target import DeployConfig
-from autocompress.errors import SearchError
+from autocompress.driver.telling import Teller
+from autocompress.errors import AutocompressError, SearchError
 from autocompress.plan import Result
 from autocompress.runners import Runner
 from autocompress.stats import accuracy, chance_accuracy, pack_correct
@@ -68,3 +77,66 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig, pareto_co
     if task.trained_by:  # trained by this search or an earlier one: where (host, device, Ray node)
         numbers["trained_by"] = task.trained_by
     return numbers, result
+
+
+def establish_baseline(cfg: StudyConfig, task: Task, runner: Runner, teller: Teller, say: Callable[[str], None]) -> None:
+    """The baseline measured, said, checked against chance (a baseline at chance stops the search
+    and removes the study it just created, unless allowed) and stored."""
+    start = time.monotonic()
+    say(f"measuring the baseline on the deploy target ({cfg.deploy.runtime} {cfg.deploy.precision})")
+    baseline, result = measure_baseline(task, runner, cfg.deploy, cfg.pareto)
+    metric, limit = task.metric_info, baseline["max_drop"]
+    say(
+        f"  {metric.name} {metric.format(baseline['accuracy'])} ({metric.better} is better), "
+        f"{baseline['size_bytes'] / 1024:.1f} KB, {baseline['latency_ms']:.3f} ms ({time.monotonic() - start:.1f} s); "
+        + (f"feasible: a drop of at most {limit:.4g} {metric.drop_unit()}" if limit is not None else "no drop limit")
+    )
+    if task.protocol is not None:  # in-memory classification keeps its binomial test, said in the docs
+        chance = baseline.get("chance_score")
+        say(
+            f"  chance level: {metric.name} {metric.format(chance)} by the best constant prediction; a trial no better is never feasible"
+            if chance is not None
+            else f"  chance level: off (no constant prediction is known for {metric.name}, a metric of the task's own)"
+        )
+    if Baseline.of(baseline).at_chance(baseline["accuracy"]):
+        if not cfg.search.allow_chance_baseline:
+            _abandon(cfg, teller.study)
+            raise SearchError(chance_baseline_error(cfg, Baseline.of(baseline)))
+        baseline["at_chance"] = True  # searched anyway, as asked: reports mark the study
+        say("  warning: the baseline is no better than chance (search.allow_chance_baseline): drops compare with a model that has not learned")
+    _faults.checkpoint("baseline-measured")
+    teller.store_baseline(baseline, result)
+
+
+def _abandon(config: StudyConfig, study: optuna.Study) -> None:
+    """A study this search just created, with no trial run: removed whole, so fixing the
+    baseline and running the same command starts clean (a study with trials is left)."""
+    states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED)
+    if _optuna.count_trials(study, states):
+        return
+    with contextlib.suppress(AutocompressError, KeyError):  # another driver of the study removed it first
+        plan_deletion(config.storage, study.study_name).run()
+
+
+def chance_baseline_error(config: StudyConfig, baseline: Baseline) -> str:
+    """One line: what the baseline measured, what chance scores, and the fix for where its weights came from."""
+    from autocompress.tasks.custom import is_custom, task_protocol
+    from autocompress.tasks.spec import TaskSpec
+
+    spec, metric = config.task, baseline.metric
+    if spec.weights is not None:
+        fix = f"check that checkpoint {spec.weights} (task.weights) was saved after training"
+    elif task_protocol(spec) is not None:
+        fix = f"task function '{spec.model}' returned an untrained model: train it there, or point task.weights at a checkpoint"
+    elif is_custom(spec.model) and spec.train_epochs == TaskSpec().train_epochs:
+        fix = (
+            f"task function '{spec.model}' returned an untrained model: train it there, point task.weights at a checkpoint, "
+            "or set task.train_epochs so autocompress trains it"
+        )
+    else:
+        fix = f"autocompress trained it for {spec.train_epochs} epochs without it learning: raise task.train_epochs or lower task.train_lr"
+    return (
+        f"the baseline scores {metric.name} {metric.format(baseline.accuracy)} on the validation split, no better than chance "
+        f"({baseline.chance_text()}), so every trial would be compared with a model that has not learned: {fix}; "
+        "or set search.allow_chance_baseline: true (--allow-chance-baseline) to search it anyway"
+    )

@@ -5,6 +5,7 @@ workers receive, and how it travels to them."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TaskError
-from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build, task_protocol
+from autocompress.tasks.custom import IMPORT_PATHS, architecture, build_hook, check_build, is_custom, task_protocol
 from autocompress.tasks.data import load_data
 from autocompress.tasks.metrics import TOP1, MetricInfo
 from autocompress.tasks.protocol import TaskProtocol, first_tensor, last_line
@@ -201,10 +202,12 @@ def build_task(
     trained_by: dict[str, Any] = {}
     entry = model_entry(spec.model)
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{spec.model}-{spec.dataset}")
-    cache = Path(cache_dir) / f"{safe_name}-{spec.key()}.pt"
+    # A task function's model trained further: its starting weights are part of what is cached.
+    start = f"-{state_digest(model)}" if trains_own_model(spec) else ""
+    cache = Path(cache_dir) / f"{safe_name}-{spec.key()}{start}.pt"
     if spec.weights is not None:
         say(f"baseline weights: {spec.weights}")
-    elif entry.trained:
+    elif entry.trained and not trains_own_model(spec):
         say(f"baseline weights: {spec.model}'s own")
     elif cache.is_file():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
@@ -215,6 +218,21 @@ def build_task(
     if cache.is_file() and not trained_by:
         trained_by = read_json(cache.with_suffix(".json")).get("trained_by", {})
     return Task(spec=spec, data=data, state_dict=state, trained_by=trained_by)
+
+
+def trains_own_model(spec: TaskSpec) -> bool:
+    """Whether autocompress trains a task function's model further: ``task.train_epochs`` set
+    (never ignored) and no checkpoint given; otherwise the model is used as returned."""
+    return is_custom(spec.model) and spec.weights is None and spec.train_epochs != TaskSpec().train_epochs
+
+
+def state_digest(model: nn.Module) -> str:
+    """A short digest of a model's weights."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def _protocol_model(spec: TaskSpec, protocol: TaskProtocol) -> nn.Module:

@@ -1,0 +1,89 @@
+"""A first run that cannot mislead: a baseline at chance stops the search before anything is
+spent on it, and a task key is applied or refused, never ignored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autocompress.config import load_config
+from autocompress.driver.checks import ignored_task_keys, prepare
+from autocompress.errors import SearchError
+from tests.helpers import run_cli
+
+UNTRAINED = '''
+import torch
+from torch import nn
+
+
+def make() -> nn.Module:
+    """Zero weights: every input gets class 0, so it scores the share of class 0 at best."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+    return model
+'''
+
+
+def _config(tmp_path: Path, task: str = "", search: str = "") -> Path:
+    (tmp_path / "untrained.py").write_text(UNTRAINED)
+    config = tmp_path / "study.yaml"
+    config.write_text(
+        "name: first\nstorage: sqlite:///first.db\n"
+        f"task: {{model: 'untrained:make', dataset: digits{task}}}\n"
+        f"search: {{workers: 0, trials: 1, sensitivity: false, warm_start: false{search}}}\n"
+        "finetune: {steps: 2}\n"
+    )
+    return config
+
+
+def test_an_untrained_baseline_stops_the_search_and_leaves_no_study(tmp_path: Path) -> None:
+    proc = run_cli("search", str(_config(tmp_path)), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: the baseline scores accuracy"), proc.stderr
+    assert "no better than chance" in lines[0] and "set task.train_epochs" in lines[0] and "--allow-chance-baseline" in lines[0]
+    assert "Traceback" not in proc.stderr
+    # Nothing half-written: the study it created for the baseline is gone, so a fixed run starts clean.
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'first.db'}") == []
+
+
+def test_a_chance_baseline_searched_on_purpose_is_marked_in_the_report(tmp_path: Path) -> None:
+    proc = run_cli("search", str(_config(tmp_path)), "--allow-chance-baseline", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "the baseline is no better than chance" in proc.stdout
+    report = run_cli("report", "first", "--storage", "sqlite:///first.db", "--html", "r.html", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "no better than chance" in report.stdout
+    assert 'id="chance-baseline"' in (tmp_path / "r.html").read_text()
+    study = optuna.load_study(study_name="first", storage=f"sqlite:///{tmp_path / 'first.db'}")
+    assert study.user_attrs["baseline"]["at_chance"] is True
+
+
+def test_train_epochs_trains_a_task_functions_model_instead_of_being_ignored(tmp_path: Path) -> None:
+    proc = run_cli("search", str(_config(tmp_path, task=", train_epochs: 6")), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "training the baseline untrained:make on digits for 6 epochs" in proc.stdout
+    assert "task keys used: task.model, task.dataset, task.train_epochs" in proc.stdout
+    study = optuna.load_study(study_name="first", storage=f"sqlite:///{tmp_path / 'first.db'}")
+    assert study.user_attrs["baseline"]["accuracy"] > 0.8  # trained from the function's (zero) weights
+    cached = list((tmp_path / "studies" / "baselines").glob("untrained_make-digits-*.json"))
+    assert cached and json.loads(cached[0].read_text())["epochs"] == 6
+
+
+@pytest.mark.parametrize(
+    ("task", "key", "needle"),
+    [
+        (", train_lr: 0.01", "train_lr", "set task.train_epochs to train them further"),
+        (", data_root: /tmp", "data_root", "read from no folder"),
+    ],
+)
+def test_a_task_key_that_would_be_ignored_is_refused_by_name(tmp_path: Path, task: str, key: str, needle: str) -> None:
+    config = load_config(_config(tmp_path, task=task))
+    assert key in ignored_task_keys(config.task)
+    with pytest.raises(SearchError, match=f"task.{key} would be ignored .*{needle}"):
+        prepare(config)
