@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from autocompress.config import load_config
-from autocompress.driver.checks import ignored_task_keys, prepare
+from autocompress.driver.checks import ignored_task_keys, prepare, rebuild_note
 from autocompress.errors import SearchError
 from tests.helpers import run_cli
 
@@ -29,13 +29,13 @@ def make() -> nn.Module:
 '''
 
 
-def _config(tmp_path: Path, task: str = "", search: str = "") -> Path:
+def _config(tmp_path: Path, task: str = "", search: str = "", workers: int = 0) -> Path:
     (tmp_path / "untrained.py").write_text(UNTRAINED)
     config = tmp_path / "study.yaml"
     config.write_text(
         "name: first\nstorage: sqlite:///first.db\n"
         f"task: {{model: 'untrained:make', dataset: digits{task}}}\n"
-        f"search: {{workers: 0, trials: 1, sensitivity: false, warm_start: false{search}}}\n"
+        f"search: {{workers: {workers}, trials: 1, sensitivity: false, warm_start: false{search}}}\n"
         "finetune: {steps: 2}\n"
     )
     return config
@@ -87,3 +87,11 @@ def test_a_task_key_that_would_be_ignored_is_refused_by_name(tmp_path: Path, tas
     assert key in ignored_task_keys(config.task)
     with pytest.raises(SearchError, match=f"task.{key} would be ignored .*{needle}"):
         prepare(config)
+
+
+def test_a_task_function_that_each_worker_calls_again_is_said_with_the_fix(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path, workers=2))
+    assert "runs again in each of the 2 workers" in (rebuild_note(config) or "") and "task.build" in (rebuild_note(config) or "")
+    assert rebuild_note(load_config(_config(tmp_path))) is None  # in this process: it runs once
+    with_hook = load_config(_config(tmp_path, task=", build: 'untrained:make'", workers=2))
+    assert rebuild_note(with_hook) is None

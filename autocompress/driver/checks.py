@@ -173,4 +173,22 @@ def prepare_and_say(config: StudyConfig, say: Callable[[str], None]) -> SearchSp
         )
     else:
         say(f"  data: {describe_data(config.task, load_data(config.task), CACHE.read_seconds)}")
+    note = rebuild_note(config)
+    if note:
+        say(f"  note: {note}")
     return space
+
+
+def rebuild_note(config: StudyConfig) -> str | None:
+    """Where a task function runs again in every worker (each rebuilds its model from it), the
+    line that says so, with the fix; None where it runs once."""
+    from autocompress.tasks.custom import IN_MEMORY, is_custom
+
+    spec, workers = config.task, config.search.workers
+    if not is_custom(spec.model) or spec.build is not None or spec.model in IN_MEMORY or not workers:
+        return None
+    return (
+        f"task function '{spec.model}' runs again in each of the {workers} workers to rebuild its model "
+        f"({workers + 1} calls in all, whatever it loads or trains included): set task.build to a function returning the "
+        "untrained architecture, and it runs once"
+    )
