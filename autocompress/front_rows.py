@@ -43,6 +43,10 @@ def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int,
             "latency_cv": t.user_attrs.get("metrics", {}).get("latency_cv"),
             # The time cap ended the measurement above its CV threshold: the number is noisier.
             "latency_unstable": bool(t.user_attrs.get("metrics", {}).get("latency_capped")),
+            # What the slot saw: its rounds and seconds, and other processes' load when measured.
+            "latency_rounds": t.user_attrs.get("metrics", {}).get("latency_rounds"),
+            "latency_seconds": t.user_attrs.get("metrics", {}).get("latency_seconds"),
+            "latency_others_cores": t.user_attrs.get("metrics", {}).get("latency_others_cores"),
             "latency_backend": t.user_attrs.get("metrics", {}).get("latency_backend"),
             "params": t.user_attrs.get("metrics", {}).get("params"),
             "nonzeros": t.user_attrs.get("metrics", {}).get("nonzeros"),

@@ -23,7 +23,7 @@ from autocompress.baseline import Baseline
 from autocompress.outputs import check_output, write_atomic
 from autocompress.pareto import PROJECTIONS, Analysis, hypervolume_history
 from autocompress.plan import MetricInfo
-from autocompress.report import checked_analysis, deploy_target, drop_text, plan_summary, report_rows
+from autocompress.report import checked_analysis, deploy_target, drop_text, plan_summary, report_rows, unstable_notes
 
 
 def _axes(metric: MetricInfo) -> dict[int, tuple[str, Any]]:
@@ -284,6 +284,7 @@ def write_html(study: optuna.Study, path: str | Path, force: bool = False) -> Pa
         if analysis.front
         else "No trial meets the constraint; the closest trials are listed"
     )
+    notes = "".join(f'<p class="latency-note">{html.escape(line)}</p>' for line in unstable_notes(rows, study))
     chance_warning = (
         '<p id="chance-baseline"><b>Warning:</b> the baseline is no better than chance (searched anyway: search.allow_chance_baseline); '
         "drops compare with a model that has not learned.</p>"
@@ -308,6 +309,7 @@ the threshold until the time cap. Get a trial's file with <code>autocompress exp
 ({"McNemar's exact test" if any(r.get("score_drop_method") == "mcnemar" for r in rows) else "a paired bootstrap"}); &asymp; marks a drop within noise (the interval holds 0).</p>
 <table><tr><th>trial</th><th>val {html.escape(short)}</th><th>{"drop pts" if points else "drop"}</th><th>test {html.escape(short)}</th><th>test drop</th><th>size KB</th><th>ratio</th><th>latency ms</th><th>speedup</th><th>plan</th></tr>
 {table_rows}</table>
+{notes}
 {"".join(parts)}
 </body></html>
 """

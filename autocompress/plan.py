@@ -114,6 +114,9 @@ class Result:
         latency_cv: robust coefficient of variation (1.4826 MAD / median) of the paired ratios
             (of the block times, alone).
         latency_capped: the time cap ended the measurement before the CV reached the threshold.
+        latency_rounds: timed rounds in the slot; latency_seconds: the slot's length.
+        latency_others_cores: CPU cores other processes kept busy on average during the slot
+            (measured from /proc/stat); None where it could not be read.
         latency_backend: what ran: runtime, precision, device, integer kernels.
         latency_node: the Ray node that timed it when that is not the worker's (deploy.resource).
         onnx_bytes: length of the ONNX file deployed (ONNX-based runtimes), else None.
@@ -147,6 +150,9 @@ class Result:
     latency_ratio: float = 1.0
     latency_cv: float = 0.0
     latency_capped: bool = False
+    latency_rounds: int = 0
+    latency_seconds: float = 0.0
+    latency_others_cores: float | None = None
     latency_backend: str = "torch fp32 cpu"
     val_correct: str = ""
     val_scores: str = ""

@@ -170,11 +170,37 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
         console.print(
             f"test split not re-checked for trial {', '.join(unchecked)} (the search stopped early): autocompress report {study.study_name} --recheck"
         )
-    if any(r.get("latency_unstable") for r in rows):
-        console.print("~ latency CV stayed above the threshold until the time cap (a busy machine): raise deploy.max_seconds")
+    for line in unstable_notes(rows, study):
+        console.print(line)
     console.print("plans (layer s=sparsity or c=channel share[:criterion] / bits (k = k-means codebook) / r=rank or t=Tucker ranks):")
     for r in rows:
         console.print(f"  trial {r['trial']}: {plan_summary(r['plan'])}", highlight=False, soft_wrap=True)
+
+
+def unstable_notes(rows: list[dict[str, Any]], study: optuna.Study) -> list[str]:
+    """One line per latency marked ``~``: the CV it reached against the threshold, after how many
+    rounds in how many seconds, and other processes' load only where it was measured."""
+    deploy = (study.user_attrs.get("config") or {}).get("deploy") or {}
+    threshold, cap = deploy.get("threshold"), deploy.get("max_seconds")
+    lines = []
+    for r in rows:
+        if not r.get("latency_unstable"):
+            continue
+        cv, rounds, seconds, others = r.get("latency_cv"), r.get("latency_rounds"), r.get("latency_seconds"), r.get("latency_others_cores")
+        seen = f"CV {cv:.3f}" if isinstance(cv, (int, float)) else "a CV"
+        seen += f" (threshold {threshold:g})" if isinstance(threshold, (int, float)) else " above the threshold"
+        if rounds:
+            seen += f" after {rounds} rounds"
+        if isinstance(seconds, (int, float)) and seconds:
+            seen += f" in {seconds:.1f} s"
+        load = (
+            f"; other processes kept {others:.1f} cores busy meanwhile"
+            if isinstance(others, (int, float))
+            else "; the machine's load was not measured (a study from before)"
+        )
+        fix = f": raise deploy.max_seconds (now {cap:g} s)" if isinstance(cap, (int, float)) else ": raise deploy.max_seconds"
+        lines.append(f"~ trial {r['trial']}: latency {seen}, when the time cap ended it{load}{fix}")
+    return lines
 
 
 def _count(packed: str | None) -> int:

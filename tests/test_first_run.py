@@ -4,14 +4,18 @@ spent on it, and a task key is applied or refused, never ignored."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
 from autocompress.config import load_config
+from autocompress.deploy.timing import LoadMeter
 from autocompress.driver.checks import ignored_task_keys, prepare, rebuild_note
 from autocompress.errors import SearchError
+from autocompress.report import unstable_notes
 from tests.helpers import run_cli
 
 UNTRAINED = '''
@@ -95,3 +99,27 @@ def test_a_task_function_that_each_worker_calls_again_is_said_with_the_fix(tmp_p
     assert rebuild_note(load_config(_config(tmp_path))) is None  # in this process: it runs once
     with_hook = load_config(_config(tmp_path, task=", build: 'untrained:make'", workers=2))
     assert rebuild_note(with_hook) is None
+
+
+def test_the_load_meter_counts_other_processes_cpu_not_its_own() -> None:
+    meter = LoadMeter()
+    spin = "import time\nend = time.time() + 1.5\nwhile time.time() < end:\n    pass\n"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    cores = meter.others_cores()
+    assert cores is not None and cores >= 0.5  # the spinner's core, seen from outside it
+
+
+def test_a_flagged_latency_says_what_was_observed() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("config", {"deploy": {"threshold": 0.05, "max_seconds": 1.0}})
+    rows = [
+        {"trial": 3, "latency_unstable": True, "latency_cv": 0.12, "latency_rounds": 7, "latency_seconds": 1.02, "latency_others_cores": 1.5},
+        {"trial": 4, "latency_unstable": True, "latency_cv": 0.09},
+        {"trial": 5, "latency_unstable": False},
+    ]
+    three, four = unstable_notes(rows, study)
+    assert three == (
+        "~ trial 3: latency CV 0.120 (threshold 0.05) after 7 rounds in 1.0 s, when the time cap ended it; "
+        "other processes kept 1.5 cores busy meanwhile: raise deploy.max_seconds (now 1 s)"
+    )
+    assert "not measured" in four and "busy" not in four

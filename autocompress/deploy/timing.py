@@ -52,6 +52,9 @@ class Timing:
         rounds: timed rounds.
         capped: the time cap ended it before the CV reached the threshold.
         window: wall-clock (start, end) of the exclusive slot, ``time.time()`` seconds.
+        others_cores: CPU cores other processes kept busy on average during the slot (the
+            machine's CPU time from /proc/stat less this process's own); None where it cannot
+            be read. What a flag may say about load, measured rather than guessed.
     """
 
     latency_ms: float
@@ -61,6 +64,7 @@ class Timing:
     capped: bool = False
     baseline_ms: float | None = None
     window: tuple[float, float] = (0.0, 0.0)
+    others_cores: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -71,6 +75,7 @@ class Timing:
             "capped": self.capped,
             "baseline_ms": self.baseline_ms,
             "window": list(self.window),
+            "others_cores": self.others_cores,
         }
 
 
@@ -98,7 +103,7 @@ def _runs_per_block(target: Timeable, max_seconds: float) -> int:
 
 def time_alone(target: Timeable, threshold: float, max_seconds: float) -> Timing:
     """Median time of one forward pass: blocks until their CV <= threshold or the cap."""
-    start, t0 = time.perf_counter(), time.time()
+    start, t0, load = time.perf_counter(), time.time(), LoadMeter()
     target.run_block(2)  # warm-up: first-call allocation, kernel selection
     n = _runs_per_block(target, max_seconds)
     times: list[float] = []
@@ -110,7 +115,9 @@ def time_alone(target: Timeable, threshold: float, max_seconds: float) -> Timing
         if time.perf_counter() - start >= max_seconds:
             capped = len(times) < MIN_ROUNDS or _cv(times) > threshold
             break
-    return Timing(statistics.median(times) * 1e3, 1.0, _cv(times) if len(times) > 1 else 0.0, len(times), capped, None, (t0, time.time()))
+    return Timing(
+        statistics.median(times) * 1e3, 1.0, _cv(times) if len(times) > 1 else 0.0, len(times), capped, None, (t0, time.time()), load.others_cores()
+    )
 
 
 def time_paired(baseline: Timeable, candidate: Timeable, threshold: float, max_seconds: float) -> Timing:
@@ -118,7 +125,7 @@ def time_paired(baseline: Timeable, candidate: Timeable, threshold: float, max_s
 
     The order alternates every round (ABBA...), so a drift in clocks or load favours neither.
     """
-    start, t0 = time.perf_counter(), time.time()
+    start, t0, load = time.perf_counter(), time.time(), LoadMeter()
     for target in (baseline, candidate):
         target.run_block(2)
     n_base, n_cand = _runs_per_block(baseline, max_seconds), _runs_per_block(candidate, max_seconds)
@@ -149,7 +156,36 @@ def time_paired(baseline: Timeable, candidate: Timeable, threshold: float, max_s
         capped,
         statistics.median(base_times) * 1e3,
         (t0, time.time()),
+        load.others_cores(),
     )
+
+
+class LoadMeter:
+    """Other processes' CPU time over a span: the machine's busy CPU time (/proc/stat) less this
+    process's own (every thread of it, the runtime's included)."""
+
+    def __init__(self) -> None:
+        self._start = (_machine_busy_seconds(), time.process_time(), time.perf_counter())
+
+    def others_cores(self) -> float | None:
+        """Cores other processes kept busy on average since the meter started; None without /proc/stat."""
+        machine, own, wall = self._start
+        now = _machine_busy_seconds()
+        elapsed = time.perf_counter() - wall
+        if machine is None or now is None or elapsed <= 0:
+            return None
+        return round(max(0.0, (now - machine) - (time.process_time() - own)) / elapsed, 2)
+
+
+def _machine_busy_seconds() -> float | None:
+    """Seconds of CPU time every core has spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def device_key(device: str) -> str:
