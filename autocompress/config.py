@@ -62,6 +62,10 @@ class SearchConfig:
     # (cached per task, space and deploy target), and the warm start given plans that spend
     # the least of that sensitivity at each of these sizes (times smaller than the baseline).
     sensitivity: bool = True
+    # The phase's bound: its estimated seconds (printed before it starts) may take at most this
+    # share of the search's (trials x a trial's measurement alone, over the workers: a lower
+    # bound, fine-tuning comes on top); past it, probes are measured untimed.
+    sensitivity_share: float = field(default=0.25, metadata={"min": 0.0, "max": 1.0})
     ladder: tuple[float, ...] = field(default=(4.0, 8.0, 16.0, 32.0), metadata={"min": 1.0})
     rungs: tuple[int, ...] | None = field(default=None, metadata={"min": 0})  # None: 0, 1/4 and 1/2 of finetune.steps (hyperband: 1/27, 1/9, 1/3)
     # A baseline no better than chance stops the search before anything is spent on it (every

@@ -225,9 +225,8 @@ class Evaluator:
         return score, len(packed.data), timing
 
     def one_shot(self, plan: CompressionPlan, timed: bool) -> dict[str, Any]:
-        """``shot`` as plain data: accuracy, size_bytes, latency_ratio (None when not timed)."""
-        score, size, timing = self.shot(plan, timed)
-        return {"accuracy": score, "size_bytes": size, "latency_ratio": timing[0].ratio if timing else None}
+        """A sensitivity probe as plain data (``probe``)."""
+        return probe(self, plan, timed)
 
     def rung_score(self, model: nn.Module) -> float:
         """Validation score of the model being fine-tuned, one shared turn on the device."""
@@ -283,6 +282,32 @@ class Evaluator:
             return result
 
         return guarded(run, self.worker)
+
+
+def probe(evaluator: Evaluator, plan: CompressionPlan, timed: bool) -> dict[str, Any]:
+    """The plan's model as compression leaves it, measured on the cheapest form that gives the
+    deployed numbers: its validation score in torch, with int8 activations simulated where the
+    target runs integer kernels (no export, no calibration), and its packed size. When ``timed``
+    (the knob changes the kernels that run) its deployed form is also built and timed paired,
+    and scored too: ``deployed_accuracy`` checks that the torch form agrees. ``seconds``: the
+    probe's own time."""
+    from autocompress.deploy.qat import int8_activations
+
+    start, cfg = time.perf_counter(), evaluator.deploy_config
+    model = evaluator._compressed(plan)
+    simulate = cfg.precision == "int8" and cfg.runtime != "torch"
+    with int8_activations(model, plan) if simulate else contextlib.nullcontext():
+        score = evaluator.rung_score(model)
+    model = model.eval().cpu()
+    packed = pack(model, plan, evaluator.task.artifact_task(), compress.structure(model))
+    out: dict[str, Any] = {"accuracy": score, "size_bytes": len(packed.data), "latency_ratio": None, "deployed_accuracy": None}
+    if timed:
+        deployed = evaluator.deploy(model, plan)
+        out["deployed_accuracy"] = evaluator.scorer.deployed(deployed, evaluator.target)["accuracy"]
+        timing, _node = evaluator._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
+        out["latency_ratio"] = timing.ratio
+    out["seconds"] = round(time.perf_counter() - start, 4)
+    return out
 
 
 def stopped_result(rungs: list[Rung], size: int, timed: tuple[Timing, str] | None, log: list[float], steps: int) -> Result:

@@ -113,6 +113,9 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
                 "drops compare with a model that has not learned"
             )
         console.print(f"deploy target: {deploy_target(study)}; latency and {metric.name} measured on it, speedups paired with the baseline there")
+        phases = phase_line(study.user_attrs)
+        if phases:
+            console.print(phases)
     if analysis.max_accuracy_drop is not None:
         console.print(
             f"constraint: {metric.name} drop <= {analysis.max_accuracy_drop:.4g} {unit}; {analysis.feasible_count} of {len(analysis.points)} trials feasible"
@@ -175,6 +178,16 @@ def print_report(study: optuna.Study, console: Console | None = None) -> None:
     console.print("plans (layer s=sparsity or c=channel share[:criterion] / bits (k = k-means codebook) / r=rank or t=Tucker ranks):")
     for r in rows:
         console.print(f"  trial {r['trial']}: {plan_summary(r['plan'])}", highlight=False, soft_wrap=True)
+
+
+def phase_line(attrs: dict[str, Any]) -> str | None:
+    """The warm start's sensitivity phase beside the trials, in wall seconds; None before both are known."""
+    sens, trials = attrs.get("sensitivity_seconds"), attrs.get("trials_seconds")
+    if not isinstance(trials, (int, float)) or not trials:
+        return None
+    if not isinstance(sens, (int, float)):
+        return f"time: trials {trials:.1f} s (no sensitivity phase)"
+    return f"time: sensitivity phase {sens:.1f} s before the first trial ({sens / trials:.0%} of the trials' {trials:.1f} s)"
 
 
 def unstable_notes(rows: list[dict[str, Any]], study: optuna.Study) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from autocompress.space_file import allows_channel
 SPARSITY_PROBES = (0.25, 0.5, 0.75, 0.9)
 CHANNEL_PROBES = (0.25, 0.5, 0.75)
 RANK_PROBES = (0.25, 0.5, 0.75)
-PROBE_VERSION = 1  # part of the cache key: a new grid is never mixed with an old cache
+PROBE_VERSION = 2  # part of the cache key: a new grid is never mixed with an old cache
 DEFAULT_LADDER = (4.0, 8.0, 16.0, 32.0)
 KNAPSACK_GRID = 2000  # budget cells: sizes are rounded up to 1/2000 of the budget
 
@@ -113,6 +114,17 @@ def times(probe: Probe, precision: str) -> bool:
     return probe.knob in ("channel", "rank") or (probe.knob == "bits" and precision == "int8" and probe.value <= 8)
 
 
+def timing_of(found: list[Probe], precision: str) -> list[int | None]:
+    """For each probe, the probe whose timing it takes (itself when timed alone; None: not timed).
+    Every bit-width of 8 or fewer runs the same integer kernels, so a group's bit probes share
+    the timing of its widest one: only knobs that change the kernels are timed."""
+    widest: dict[str, int] = {}
+    for i, p in enumerate(found):
+        if p.knob == "bits" and times(p, precision) and (p.group not in widest or p.value > found[widest[p.group]].value):
+            widest[p.group] = i
+    return [(widest[p.group] if p.knob == "bits" else i) if times(p, precision) else None for i, p in enumerate(found)]
+
+
 def cache_key(task_key: str, space: SearchSpace, deploy_identity: dict[str, Any]) -> str:
     blob = json.dumps({"task": task_key, "space": space.to_dict(), "deploy": deploy_identity, "version": PROBE_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -138,14 +150,53 @@ def measure(
     run: Callable[[list[tuple[CompressionPlan, bool]]], list[dict[str, Any]]],
     precision: str,
     metric: MetricInfo = TOP1,
+    say: Callable[[str], None] | None = None,
+    capacity: int = 1,
+    budget: Callable[[float], float] | None = None,
 ) -> tuple[dict[str, Any], list[Row]]:
     """The reference and a row for every probe; ``run`` measures plans one-shot (on the
-    workers) and returns, per plan, accuracy, size_bytes and latency_ratio (None when not
-    timed). The reference is the uncompressed model measured the same way: drops and sizes
-    are relative to it, drops in ``metric``'s direction and units (top-1: points)."""
+    ``capacity`` workers) and returns, per plan, accuracy, size_bytes, latency_ratio (None when
+    not timed), deployed_accuracy and seconds. The reference is the uncompressed model measured
+    the same way: drops and sizes are relative to it, drops in ``metric``'s direction and units
+    (top-1: points). The reference and one timed probe go first; from their seconds ``say``
+    gets the phase's estimate before the rest is spent. The reference records the phase's
+    seconds and how far the torch form's scores were from the deployed form's where both were
+    taken (``agreement``). ``budget(seconds a trial's measurement takes)`` bounds the phase: when
+    the estimate exceeds it, the remaining probes are measured untimed (the ladder needs their
+    drops and sizes only), and ``say`` says so."""
+    say = say or (lambda _line: None)
+    start = time.monotonic()
     found = probes(space)
-    got = run([(probe_plan(space, None), False), *((probe_plan(space, p), times(p, precision)) for p in found)])
-    ref, measured = got[0], got[1:]
+    timing = timing_of(found, precision)
+    timed = [i for i, t in enumerate(timing) if t == i]
+    first = [(probe_plan(space, None), False), *([(probe_plan(space, found[timed[0]]), True)] if timed else [])]
+    head = run(first)
+    ref = head[0]
+    untimed_s, timed_s = float(ref.get("seconds", 0.0)), float(head[1].get("seconds", 0.0)) if timed else 0.0
+    rest = [i for i in range(len(found)) if not (timed and i == timed[0])]
+    estimate = (sum(timed_s if timing[i] == i else untimed_s for i in rest)) / max(1, capacity)
+    say(
+        f"sensitivity: {len(found)} one-shot probes of {len(space.groups)} groups on {capacity} worker(s), {len(timed)} of them timed "
+        f"(only knobs that change the kernels that run), about {estimate + untimed_s + timed_s:.0f} s"
+    )
+    limit = budget(timed_s or untimed_s) if budget is not None else None
+    if limit is not None and estimate > limit and len(timed) > 1:
+        timing = [t if t == timed[0] else None for t in timing]  # what the first timed probe already gave stays
+        estimate = len(rest) * untimed_s / max(1, capacity)
+        say(
+            f"  over search.sensitivity_share ({limit:.0f} s of the search): the other {len(timed) - 1} timed probes are measured untimed, "
+            f"about {estimate:.0f} s (their latency stays unknown; the ladder needs drops and sizes only)"
+        )
+    got = dict(zip(rest, run([(probe_plan(space, found[i]), timing[i] == i) for i in rest]), strict=True))
+    if timed:
+        got[timed[0]] = head[1]
+    measured = [got[i] for i in range(len(found))]
+    gaps = [
+        abs(metric.drop(m["deployed_accuracy"], m["accuracy"]))
+        for m in measured
+        if m.get("deployed_accuracy") is not None and m["accuracy"] is not None
+    ]
+    ref = {**ref, "seconds": round(time.monotonic() - start, 2), "agreement": {"probes": len(gaps), "max_gap": round(max(gaps), 4) if gaps else None}}
     return ref, [
         Row(
             p.group,
@@ -155,9 +206,9 @@ def measure(
             round(metric.drop(ref["accuracy"], m["accuracy"]), 6),
             int(m["size_bytes"]),
             int(m["size_bytes"]) - int(ref["size_bytes"]),
-            m.get("latency_ratio"),
+            None if t is None else measured[t]["latency_ratio"],
         )
-        for p, m in zip(found, measured, strict=True)
+        for (p, m, t) in zip(found, measured, timing, strict=True)
     ]
 
 

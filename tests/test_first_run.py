@@ -11,11 +11,16 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autocompress.config import load_config
+from autocompress import sensitivity
+from autocompress.config import FinetuneConfig, load_config
+from autocompress.deploy.target import DeployConfig
 from autocompress.deploy.timing import LoadMeter
 from autocompress.driver.checks import ignored_task_keys, prepare, rebuild_note
 from autocompress.errors import SearchError
 from autocompress.report import unstable_notes
+from autocompress.runners import LocalRunner
+from autocompress.space import parse_space
+from autocompress.tasks import Task
 from tests.helpers import run_cli
 
 UNTRAINED = '''
@@ -123,3 +128,24 @@ def test_a_flagged_latency_says_what_was_observed() -> None:
         "other processes kept 1.5 cores busy meanwhile: raise deploy.max_seconds (now 1 s)"
     )
     assert "not measured" in four and "busy" not in four
+
+
+def test_the_warm_start_times_only_what_changes_kernels_and_checks_its_cheap_form(mlp_task: Task) -> None:
+    """On ONNX Runtime int8, every bit-width of 8 or fewer runs the same integer kernels: one
+    timed probe per group, the others take its ratio; its deployed score checks the torch form's."""
+    space = parse_space({"knobs": {"bits": [4, 8], "sparsity": 0.0, "rank": 1.0}}, "s.yaml").resolve(mlp_task.build_model())
+    runner = LocalRunner()
+    runner.start(mlp_task, FinetuneConfig(steps=0), DeployConfig(runtime="onnxruntime", precision="int8", max_seconds=0.2))
+    lines: list[str] = []
+    reference, rows = sensitivity.measure(space, runner.one_shot, "int8", say=lines.append)
+    assert lines[0].startswith("sensitivity: 6 one-shot probes of 3 groups on 1 worker(s), 3 of them timed") and " s" in lines[0]
+    by = {(r.group, r.value): r for r in rows}
+    for group in space.groups:
+        assert by[(group, 4.0)].latency_ratio == by[(group, 8.0)].latency_ratio is not None
+    assert reference["agreement"]["probes"] == 3
+    assert reference["agreement"]["max_gap"] < 2.0  # points: simulated int8 in torch against the deployed ONNX file
+    # Over its share of the search, the remaining probes go untimed.
+    lines.clear()
+    _, rows = sensitivity.measure(space, runner.one_shot, "int8", say=lines.append, budget=lambda trial_s: 0.0)
+    assert any("over search.sensitivity_share" in line for line in lines)
+    assert sum(r.latency_ratio is not None for r in rows) == 2  # the first timed group's two bit-widths only

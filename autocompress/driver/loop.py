@@ -176,6 +176,7 @@ class Driver:
         self.timings["start"] = time.perf_counter() - self._started  # checks, data, storage, Ray, baseline: to the first trial
         if self.runner.runs_in_background if self.ask_ahead is None else self.ask_ahead:
             asker.start_ahead()
+        loop_start = time.perf_counter()
         with ProgressBar(self.show_progress, cfg.trials, complete) as bar:
             try:
                 while True:
@@ -219,6 +220,8 @@ class Driver:
                 raise
             finally:
                 asker.close_ahead()  # nothing is ready at the end: every claim counted toward the target
+                if self._teller is not None:
+                    self._teller.add_seconds("trials_seconds", time.perf_counter() - loop_start)
 
     def _fill(self, asker: Asker) -> None:
         """Start trials until every worker is busy or the study needs no more."""

@@ -56,6 +56,12 @@ class Teller:
             baseline["onnx_artifact_id"] = store_artifact(self.study, result.onnx, self.artifact_dir, "baseline.onnx", ONNX_MIMETYPE)
         self.study.set_user_attr("baseline", baseline)
 
+    def add_seconds(self, key: str, seconds: float) -> None:
+        """Wall seconds of a phase of the search, added to what earlier runs recorded (the report
+        sets the warm start's cost beside the trials')."""
+        before = self.study.user_attrs.get(key)
+        self.study.set_user_attr(key, round(seconds + (before if isinstance(before, (int, float)) else 0.0), 2))
+
     @property
     def metric(self) -> MetricInfo:
         """What the first objective measures (from the stored baseline, else the task)."""
