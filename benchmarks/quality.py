@@ -30,7 +30,7 @@ from autocompress import pareto
 from autocompress.config import load_config
 from autocompress.driver import run_search
 from autocompress.evaluate import Evaluator
-from autocompress.export import test_accuracies
+from autocompress.recheck import test_accuracies
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
 from autocompress.tasks import build_task
 
