@@ -15,7 +15,7 @@ from autocompress import sensitivity
 from autocompress.config import FinetuneConfig, load_config
 from autocompress.deploy.target import DeployConfig
 from autocompress.deploy.timing import LoadMeter
-from autocompress.driver.checks import ignored_task_keys, prepare, rebuild_note
+from autocompress.driver.checks import ignored_config_keys, ignored_task_keys, prepare, rebuild_note
 from autocompress.errors import SearchError
 from autocompress.report import unstable_notes
 from autocompress.runners import LocalRunner
@@ -149,3 +149,12 @@ def test_the_warm_start_times_only_what_changes_kernels_and_checks_its_cheap_for
     _, rows = sensitivity.measure(space, runner.one_shot, "int8", say=lines.append, budget=lambda trial_s: 0.0)
     assert any("over search.sensitivity_share" in line for line in lines)
     assert sum(r.latency_ratio is not None for r in rows) == 2  # the first timed group's two bit-widths only
+
+
+def test_keys_of_other_sections_that_change_nothing_are_refused_or_said(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path, search=", cpus_per_worker: 2"))
+    refused, noted = ignored_config_keys(config)
+    assert not refused and "search workers 0" in noted["search.cpus_per_worker"].replace(".", " ")
+    (tmp_path / "distill.yaml").write_text(_config(tmp_path).read_text().replace("finetune: {steps: 2}", "finetune: {steps: 2, temperature: 2.0}"))
+    with pytest.raises(SearchError, match=r"finetune.temperature would be ignored .*finetune.distill is 0"):
+        prepare(load_config(tmp_path / "distill.yaml"))

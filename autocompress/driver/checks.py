@@ -125,12 +125,45 @@ def ignored_task_keys(spec: TaskSpec) -> dict[str, str]:
     return out
 
 
+# Keys of the other sections that a setting elsewhere makes meaningless: (section, key, applies, why not).
+RAY_KEYS = ("cpus_per_worker", "gpus_per_worker", "max_retries", "trial_timeout", "ray_address")
+
+
+def ignored_config_keys(config: StudyConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Keys outside the task section set away from their defaults that would change nothing:
+    (refused, noted). Ray's keys with ``search.workers 0`` are only noted: ``--workers 0`` on a
+    cluster's config is how a search is debugged in-process."""
+    from autocompress.config import FinetuneConfig, SearchConfig
+    from autocompress.deploy.target import DeployConfig
+
+    refused: dict[str, str] = {}
+    noted: dict[str, str] = {}
+    finetune, deploy, search = config.finetune, config.deploy, config.search
+    if finetune.temperature != FinetuneConfig().temperature and not finetune.distill:
+        refused["finetune.temperature"] = (
+            "it softens the teacher's outputs for distillation, and finetune.distill is 0: set finetune.distill, or remove it"
+        )
+    if deploy.calibration_batches != DeployConfig().calibration_batches and deploy.precision != "int8":
+        refused["deploy.calibration_batches"] = "activation ranges are calibrated for int8 only, and deploy.precision is fp32: remove it"
+    if not search.sensitivity:
+        for key in ("ladder", "sensitivity_share"):
+            if getattr(search, key) != getattr(SearchConfig(), key):
+                refused[f"search.{key}"] = "it shapes the sensitivity phase, and search.sensitivity is false: remove it, or turn the phase on"
+    if not search.workers:
+        for key in RAY_KEYS:
+            if getattr(search, key) != getattr(SearchConfig(), key):
+                noted[f"search.{key}"] = "unused: the trials run in this process (search.workers 0)"
+    return refused, noted
+
+
 def check_task_keys(config: StudyConfig) -> list[str]:
     """Refuse a task key that would be ignored, naming why; the keys set that are used."""
     protocol = task_protocol(config.task)
     if protocol is None:
         for key, why in ignored_task_keys(config.task).items():
             raise SearchError(f"task.{key} would be ignored ({config.source}): {why}")
+    for key, why in ignored_config_keys(config)[0].items():
+        raise SearchError(f"{key} would be ignored ({config.source}): {why}")
     defaults = TaskSpec()
     return [k for k in TaskSpec.__dataclass_fields__ if getattr(config.task, k) != getattr(defaults, k)]
 
@@ -162,7 +195,10 @@ def prepare_and_say(config: StudyConfig, say: Callable[[str], None]) -> SearchSp
     """``prepare``, then which task keys it uses, what data the search reads and where it opens."""
     space = prepare(config)
     used = check_task_keys(config)
+    noted = ignored_config_keys(config)[1]
     say(f"  task keys used: {', '.join(f'task.{k}' for k in used)}; every other at its default, none ignored")
+    for key, why in noted.items():
+        say(f"  {key}: {why}")
     protocol = task_protocol(config.task)
     if protocol is not None:
         metric = protocol.metric.info()
