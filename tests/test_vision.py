@@ -132,8 +132,9 @@ def test_batchnorm_folds_exactly_into_the_conv_before_quantizing() -> None:
     assert torch.equal(loads(packed.data)(x), model(x))
 
 
-def _config(folder: Path, task: dict, space: str | None, cache_dir: Path, workers: int = 0, trials: int = 2) -> Path:
-    """A two-trial search of ``task``: the repo's default space unless ``space`` (YAML) is given."""
+def _config(folder: Path, task: dict, space: str | None, cache_dir: Path, workers: int = 0, trials: int = 2, chance: bool = False) -> Path:
+    """A two-trial search of ``task``: the repo's default space unless ``space`` (YAML) is given;
+    ``chance``: its baseline cannot learn the data (FakeData is noise), searched on purpose."""
     sections: dict[str, object] = {}
     if space is not None:
         (folder / "space.yaml").write_text(space)
@@ -141,7 +142,7 @@ def _config(folder: Path, task: dict, space: str | None, cache_dir: Path, worker
     return write_study_config(
         folder,
         cache_dir,
-        {"trials": trials, "workers": workers, "warm_start": False, "seed": 0, "sampler": "random"},
+        {"trials": trials, "workers": workers, "warm_start": False, "seed": 0, "sampler": "random", "allow_chance_baseline": chance},
         name="vision",
         storage=f"sqlite:///{folder / 'v.db'}",
         artifact_dir=str(folder / "artifacts"),
@@ -157,7 +158,7 @@ FAKE = {"dataset": "fakedata", "max_train_samples": 32, "max_eval_samples": 16, 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_two_trial_search_on_fakedata_uses_every_knob(name: str, tmp_path: Path, cache_dir: Path, ray_local) -> None:
-    path = _config(tmp_path, {"model": f"torchvision:{name}", **FAKE}, ALL_KNOBS, cache_dir, workers=2)
+    path = _config(tmp_path, {"model": f"torchvision:{name}", **FAKE}, ALL_KNOBS, cache_dir, workers=2, chance=True)
     study = run_search(load_config(path), progress=False)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 2
