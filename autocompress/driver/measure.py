@@ -135,6 +135,8 @@ def chance_baseline_error(config: StudyConfig, baseline: Baseline) -> str:
         )
     else:
         fix = f"autocompress trained it for {spec.train_epochs} epochs without it learning: raise task.train_epochs or lower task.train_lr"
+    if baseline.val_count is not None and baseline.val_count < 100:
+        fix += f" (or give it more than {baseline.val_count} validation samples: so few cannot show a model above chance)"
     return (
         f"the baseline scores {metric.name} {metric.format(baseline.accuracy)} on the validation split, no better than chance "
         f"({baseline.chance_text()}), so every trial would be compared with a model that has not learned: {fix}; "
