@@ -174,7 +174,9 @@ def measure(
     ref = head[0]
     untimed_s, timed_s = float(ref.get("seconds", 0.0)), float(head[1].get("seconds", 0.0)) if timed else 0.0
     rest = [i for i in range(len(found)) if not (timed and i == timed[0])]
-    estimate = (sum(timed_s if timing[i] == i else untimed_s for i in rest)) / max(1, capacity)
+    # Timed probes take turns in the device's exclusive timing slot: only the rest runs in parallel.
+    n_timed = sum(timing[i] == i for i in rest)
+    estimate = n_timed * timed_s + (len(rest) - n_timed) * untimed_s / max(1, capacity)
     say(
         f"sensitivity: {len(found)} one-shot probes of {len(space.groups)} groups on {capacity} worker(s), {len(timed)} of them timed "
         f"(only knobs that change the kernels that run), about {estimate + untimed_s + timed_s:.0f} s"

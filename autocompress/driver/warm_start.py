@@ -68,13 +68,15 @@ class WarmStart:
         if cached is not None:
             return cached
         path = self.cache_path(space)
-        reference, rows = sensitivity.measure(space, self.runner.one_shot, self.config.deploy.precision, self.metric, self.say, self.runner.capacity)
+        share, workers = self.config.search.sensitivity_share, self.runner.capacity
+        budget = None if trials is None else (lambda trial_s: share * trials * trial_s / workers)
+        reference, rows = sensitivity.measure(space, self.runner.one_shot, self.config.deploy.precision, self.metric, self.say, workers, budget)
         sensitivity.write_cache(path, reference, rows)
         agreement = reference["agreement"]
         if agreement["probes"]:
             gap = agreement["max_gap"]
             self.say(
-                f"  torch form and deployed form agree within {gap:.3g} {self.metric.drop_unit()} on the {agreement['probes']} timed probes"
+                f"  torch form and deployed form agree within {gap:.3g} {self.metric.drop_unit()} on {agreement['probes']} timed probe(s)"
                 + (" (the one-shot drops are rough: the ladder's estimates too)" if gap > 1.0 else "")
             )
         self.say(f"  done ({reference['seconds']:.1f} s), cached at {path}")
