@@ -13,6 +13,7 @@ from rich.table import Table
 
 from autocompress import _optuna
 from autocompress.baseline import Baseline
+from autocompress.deploy.timing import MIN_ROUNDS
 from autocompress.errors import StorageError
 from autocompress.front_rows import front_rows
 from autocompress.pareto import OBJECTIVES, Analysis, study_analysis
@@ -203,7 +204,8 @@ def unstable_notes(rows: list[dict[str, Any]], study: optuna.Study) -> list[str]
         seen = f"CV {cv:.3f}" if isinstance(cv, (int, float)) else "a CV"
         seen += f" (threshold {threshold:g})" if isinstance(threshold, (int, float)) else " above the threshold"
         if rounds:
-            seen += f" after {rounds} rounds"
+            short = rounds < MIN_ROUNDS  # the cap came before the rounds a CV is trusted after
+            seen += f" after {rounds} rounds{f' of the {MIN_ROUNDS} needed' if short else ''}"
         if isinstance(seconds, (int, float)) and seconds:
             seen += f" in {seconds:.1f} s"
         load = (

@@ -118,16 +118,16 @@ def test_a_flagged_latency_says_what_was_observed() -> None:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     study.set_user_attr("config", {"deploy": {"threshold": 0.05, "max_seconds": 1.0}})
     rows = [
-        {"trial": 3, "latency_unstable": True, "latency_cv": 0.12, "latency_rounds": 7, "latency_seconds": 1.02, "latency_others_cores": 1.5},
-        {"trial": 4, "latency_unstable": True, "latency_cv": 0.09},
+        {"trial": 3, "latency_unstable": True, "latency_cv": 0.12, "latency_rounds": 17, "latency_seconds": 1.02, "latency_others_cores": 1.5},
+        {"trial": 4, "latency_unstable": True, "latency_cv": 0.04, "latency_rounds": 9},
         {"trial": 5, "latency_unstable": False},
     ]
     three, four = unstable_notes(rows, study)
     assert three == (
-        "~ trial 3: latency CV 0.120 (threshold 0.05) after 7 rounds in 1.0 s, when the time cap ended it; "
+        "~ trial 3: latency CV 0.120 (threshold 0.05) after 17 rounds in 1.0 s, when the time cap ended it; "
         "other processes kept 1.5 cores busy meanwhile: raise deploy.max_seconds (now 1 s)"
     )
-    assert "not measured" in four and "busy" not in four
+    assert "after 9 rounds of the 10 needed" in four and "not measured" in four and "busy" not in four
 
 
 def test_the_warm_start_times_only_what_changes_kernels_and_checks_its_cheap_form(mlp_task: Task) -> None:

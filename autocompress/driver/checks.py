@@ -196,7 +196,11 @@ def prepare_and_say(config: StudyConfig, say: Callable[[str], None]) -> SearchSp
     space = prepare(config)
     used = check_task_keys(config)
     noted = ignored_config_keys(config)[1]
-    say(f"  task keys used: {', '.join(f'task.{k}' for k in used)}; every other at its default, none ignored")
+    say(
+        f"  task keys used: {', '.join(f'task.{k}' for k in used)}; every other at its default, none ignored"
+        if used
+        else "  task keys: every one at its default, none ignored"
+    )
     for key, why in noted.items():
         say(f"  {key}: {why}")
     protocol = task_protocol(config.task)
