@@ -30,8 +30,8 @@ from autocompress import pareto
 from autocompress.config import load_config
 from autocompress.driver import run_search
 from autocompress.evaluate import Evaluator
-from autocompress.recheck import test_accuracies
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
+from autocompress.recheck import test_accuracies
 from autocompress.tasks import build_task
 
 REPO = Path(__file__).resolve().parents[1]
