@@ -15,7 +15,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -207,26 +207,19 @@ class Evaluator:
             self._labelled = labelled_batch(self.task, self.device or torch.device("cpu"))
         return compress.apply(self._model(), plan, example=example, calibration=self._labelled)
 
-    def shot(self, plan: CompressionPlan, timed: bool, scored: bool = True) -> tuple[float | None, int, tuple[Timing, str] | None]:
-        """The plan's model as compression leaves it, before any fine-tuning: validation accuracy
-        as it is (in torch; when ``scored``), packed size, and when ``timed`` the paired latency
-        of its deployed form (with the node that timed it). Fine-tuning keeps the structure
-        (masks, ranks, bit-widths, removed channels), so that latency is also the finished
-        model's. A model of its own (``apply`` is deterministic): packing bakes in place, and a
-        deep copy of a parametrized module would share its parametrization."""
-        model = self._compressed(plan)
-        score = self.rung_score(model) if scored else None
-        model = model.eval().cpu()
-        packed = pack(model, plan, self.task.artifact_task(), compress.structure(model))
-        timing = None
-        if timed:
-            deployed = self.deploy(model, plan)
-            timing = self._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
-        return score, len(packed.data), timing
-
     def one_shot(self, plan: CompressionPlan, timed: bool) -> dict[str, Any]:
-        """A sensitivity probe as plain data (``probe``)."""
-        return probe(self, plan, timed)
+        """A sensitivity probe as plain data: ``shot``'s score, size, paired latency ratio (None
+        when not timed), the deployed form's score where it was built (the check that the torch
+        form agrees) and the probe's seconds."""
+        start = time.perf_counter()
+        got = shot(self, plan, timed, check=timed)
+        return {
+            "accuracy": got.score,
+            "size_bytes": got.size_bytes,
+            "latency_ratio": got.timing[0].ratio if got.timing else None,
+            "deployed_accuracy": got.deployed_score,
+            "seconds": round(time.perf_counter() - start, 4),
+        }
 
     def rung_score(self, model: nn.Module) -> float:
         """Validation score of the model being fine-tuned, one shared turn on the device."""
@@ -246,7 +239,8 @@ class Evaluator:
             timed: tuple[Timing, str] | None = None
             size = 0
             if report is not None and self.early_measure:
-                _, size, timed = self.shot(plan, timed=True, scored=False)
+                early = shot(self, plan, timed=True, scored=False)
+                size, timed = early.size_bytes, early.timing
             model = self._compressed(plan)
             if self.finetune_config.distill and self._teacher is None:
                 self._teacher = self._model().eval()
@@ -284,30 +278,43 @@ class Evaluator:
         return guarded(run, self.worker)
 
 
-def probe(evaluator: Evaluator, plan: CompressionPlan, timed: bool) -> dict[str, Any]:
-    """The plan's model as compression leaves it, measured on the cheapest form that gives the
-    deployed numbers: its validation score in torch, with int8 activations simulated where the
-    target runs integer kernels (no export, no calibration), and its packed size. When ``timed``
-    (the knob changes the kernels that run) its deployed form is also built and timed paired,
-    and scored too: ``deployed_accuracy`` checks that the torch form agrees. ``seconds``: the
-    probe's own time."""
+@dataclass(frozen=True)
+class Shot:
+    """A plan's model as compression leaves it, before any fine-tuning."""
+
+    score: float | None  # validation score in torch (None when not scored)
+    size_bytes: int  # packed
+    timing: tuple[Timing, str] | None  # paired with the baseline, and the node that timed it
+    deployed_score: float | None  # the deployed form's validation score, when checked
+
+
+def shot(evaluator: Evaluator, plan: CompressionPlan, timed: bool, scored: bool = True, check: bool = False) -> Shot:
+    """The plan's model before fine-tuning, measured on the cheapest form that gives the deployed
+    numbers: its validation score in torch (when ``scored``), with int8 activations simulated
+    where the target runs integer kernels (no export, no calibration), and its packed size. When
+    ``timed`` its deployed form is built and timed paired with the baseline (``check``: and
+    scored, to check that the torch form agrees). Fine-tuning keeps the structure (masks, ranks,
+    bit-widths, removed channels), so that latency is also the finished model's. A model of its
+    own (``apply`` is deterministic): packing bakes in place, and a deep copy of a parametrized
+    module would share its parametrization."""
     from autocompress.deploy.qat import int8_activations
 
-    start, cfg = time.perf_counter(), evaluator.deploy_config
+    cfg = evaluator.deploy_config
     model = evaluator._compressed(plan)
-    simulate = cfg.precision == "int8" and cfg.runtime != "torch"
-    with int8_activations(model, plan) if simulate else contextlib.nullcontext():
-        score = evaluator.rung_score(model)
+    score = None
+    if scored:
+        simulate = cfg.precision == "int8" and cfg.runtime != "torch"
+        with int8_activations(model, plan) if simulate else contextlib.nullcontext():
+            score = evaluator.rung_score(model)
     model = model.eval().cpu()
     packed = pack(model, plan, evaluator.task.artifact_task(), compress.structure(model))
-    out: dict[str, Any] = {"accuracy": score, "size_bytes": len(packed.data), "latency_ratio": None, "deployed_accuracy": None}
+    timing = deployed_score = None
     if timed:
         deployed = evaluator.deploy(model, plan)
-        out["deployed_accuracy"] = evaluator.scorer.deployed(deployed, evaluator.target)["accuracy"]
-        timing, _node = evaluator._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
-        out["latency_ratio"] = timing.ratio
-    out["seconds"] = round(time.perf_counter() - start, 4)
-    return out
+        if check:
+            deployed_score = evaluator.scorer.deployed(deployed, evaluator.target)["accuracy"]
+        timing = evaluator._time(deployed, deployed.onnx if deployed.onnx is not None else packed.data, alone=False)
+    return Shot(score, len(packed.data), timing, deployed_score)
 
 
 def stopped_result(rungs: list[Rung], size: int, timed: tuple[Timing, str] | None, log: list[float], steps: int) -> Result:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from autocompress.config import StudyConfig
 from autocompress.devices import resolve_device
@@ -79,13 +80,11 @@ def check_protocol(config: StudyConfig) -> None:
     protocol = task_protocol(config.task)
     if protocol is None:
         return
-    defaults = TaskSpec()
-    for key in PROTOCOL_IGNORED_KEYS:  # the function's own splits make these meaningless: never ignored in silence
-        if getattr(config.task, key) != getattr(defaults, key):
-            raise SearchError(
-                f"task.{key} does not apply to {protocol.source}, which returns its own splits, loss and metric "
-                f"({config.source}): remove it, or do it in the task function"
-            )
+    for key in changed_keys(config.task, PROTOCOL_IGNORED_KEYS):  # the function's own splits make these meaningless: never ignored in silence
+        raise SearchError(
+            f"task.{key} does not apply to {protocol.source}, which returns its own splits, loss and metric "
+            f"({config.source}): remove it, or do it in the task function"
+        )
     if config.deploy.runtime != "torch":
         raise SearchError(
             f"deploy.runtime {config.deploy.runtime}: the ONNX export takes one float tensor in and scores logits, while "
@@ -96,6 +95,12 @@ def check_protocol(config: StudyConfig) -> None:
             f"search.pruner {config.search.pruner} judges rungs by a score that rises; metric '{protocol.metric.name}' is lower-is-better: "
             "use search.pruner none for this task"
         )
+
+
+def changed_keys(section: Any, keys: Iterable[str] | None = None) -> list[str]:
+    """The keys of a settings dataclass (all of them by default) set away from its defaults."""
+    defaults = type(section)()
+    return [k for k in (keys if keys is not None else type(section).__dataclass_fields__) if getattr(section, k) != getattr(defaults, k)]
 
 
 # Datasets read from no folder: task.data_root and task.download mean nothing for them.
@@ -110,8 +115,8 @@ def ignored_task_keys(spec: TaskSpec) -> dict[str, str]:
     from autocompress.tasks.spec import model_entry
     from autocompress.tasks.training import trains_own_model
 
-    defaults, out = TaskSpec(), {}
-    changed = {k for k in (*TRAINING_KEYS, "data_root", "download") if getattr(spec, k) != getattr(defaults, k)}
+    out: dict[str, str] = {}
+    changed = set(changed_keys(spec, (*TRAINING_KEYS, "data_root", "download")))
     if spec.weights is not None:
         why = "task.weights gives the baseline's weights, so autocompress trains nothing: remove it, or remove task.weights"
         out.update({k: why for k in TRAINING_KEYS if k in changed})
@@ -125,7 +130,7 @@ def ignored_task_keys(spec: TaskSpec) -> dict[str, str]:
     return out
 
 
-# Keys of the other sections that a setting elsewhere makes meaningless: (section, key, applies, why not).
+# Keys only a Ray worker pool reads.
 RAY_KEYS = ("cpus_per_worker", "gpus_per_worker", "max_retries", "trial_timeout", "ray_address")
 
 
@@ -133,39 +138,32 @@ def ignored_config_keys(config: StudyConfig) -> tuple[dict[str, str], dict[str, 
     """Keys outside the task section set away from their defaults that would change nothing:
     (refused, noted). Ray's keys with ``search.workers 0`` are only noted: ``--workers 0`` on a
     cluster's config is how a search is debugged in-process."""
-    from autocompress.config import FinetuneConfig, SearchConfig
-    from autocompress.deploy.target import DeployConfig
-
     refused: dict[str, str] = {}
     noted: dict[str, str] = {}
     finetune, deploy, search = config.finetune, config.deploy, config.search
-    if finetune.temperature != FinetuneConfig().temperature and not finetune.distill:
+    if changed_keys(finetune, ("temperature",)) and not finetune.distill:
         refused["finetune.temperature"] = (
             "it softens the teacher's outputs for distillation, and finetune.distill is 0: set finetune.distill, or remove it"
         )
-    if deploy.calibration_batches != DeployConfig().calibration_batches and deploy.precision != "int8":
+    if changed_keys(deploy, ("calibration_batches",)) and deploy.precision != "int8":
         refused["deploy.calibration_batches"] = "activation ranges are calibrated for int8 only, and deploy.precision is fp32: remove it"
     if not search.sensitivity:
-        for key in ("ladder", "sensitivity_share"):
-            if getattr(search, key) != getattr(SearchConfig(), key):
-                refused[f"search.{key}"] = "it shapes the sensitivity phase, and search.sensitivity is false: remove it, or turn the phase on"
+        for key in changed_keys(search, ("ladder", "sensitivity_share")):
+            refused[f"search.{key}"] = "it shapes the sensitivity phase, and search.sensitivity is false: remove it, or turn the phase on"
     if not search.workers:
-        for key in RAY_KEYS:
-            if getattr(search, key) != getattr(SearchConfig(), key):
-                noted[f"search.{key}"] = "unused: the trials run in this process (search.workers 0)"
+        for key in changed_keys(search, RAY_KEYS):
+            noted[f"search.{key}"] = "unused: the trials run in this process (search.workers 0)"
     return refused, noted
 
 
-def check_task_keys(config: StudyConfig) -> list[str]:
-    """Refuse a task key that would be ignored, naming why; the keys set that are used."""
+def check_task_keys(config: StudyConfig) -> None:
+    """Refuse a key that would be ignored, naming why."""
     protocol = task_protocol(config.task)
     if protocol is None:
         for key, why in ignored_task_keys(config.task).items():
             raise SearchError(f"task.{key} would be ignored ({config.source}): {why}")
     for key, why in ignored_config_keys(config)[0].items():
         raise SearchError(f"{key} would be ignored ({config.source}): {why}")
-    defaults = TaskSpec()
-    return [k for k in TaskSpec.__dataclass_fields__ if getattr(config.task, k) != getattr(defaults, k)]
 
 
 def check_deploy(config: StudyConfig, local: bool) -> None:
@@ -193,8 +191,8 @@ def task_metric(config: StudyConfig) -> MetricInfo:
 
 def prepare_and_say(config: StudyConfig, say: Callable[[str], None]) -> SearchSpace:
     """``prepare``, then which task keys it uses, what data the search reads and where it opens."""
-    space = prepare(config)
-    used = check_task_keys(config)
+    space = prepare(config)  # every key checked there: what is left to say is what is used
+    used = changed_keys(config.task)
     noted = ignored_config_keys(config)[1]
     say(
         f"  task keys used: {', '.join(f'task.{k}' for k in used)}; every other at its default, none ignored"

@@ -98,10 +98,11 @@ def establish_baseline(cfg: StudyConfig, task: Task, runner: Runner, teller: Tel
             if chance is not None
             else f"  chance level: off (no constant prediction is known for {metric.name}, a metric of the task's own)"
         )
-    if Baseline.of(baseline).at_chance(baseline["accuracy"]):
+    base = Baseline.of(baseline)
+    if base.at_chance(base.accuracy):
         if not cfg.search.allow_chance_baseline:
             _abandon(cfg, teller.study)
-            raise SearchError(chance_baseline_error(cfg, Baseline.of(baseline)))
+            raise SearchError(chance_baseline_error(cfg, base))
         baseline["at_chance"] = True  # searched anyway, as asked: reports mark the study
         say("  warning: the baseline is no better than chance (search.allow_chance_baseline): drops compare with a model that has not learned")
     _faults.checkpoint("baseline-measured")
