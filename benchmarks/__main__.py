@@ -42,7 +42,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
-    from benchmarks import deploy, driver_scale, fidelity, latency_fidelity, overhead, quality, scaling, storage_paths, streaming, techniques
+    from benchmarks import deploy, driver_scale, fidelity, latency_fidelity, overhead, quality, scaling, scratch, storage_paths, streaming, techniques
 
     module = {
         "quality": quality,
@@ -61,7 +61,10 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     argv = ["--quick"] if quick else []
     if name == "driver_pg":
         argv += ["--storage", os.environ[POSTGRES_ENV], "--handoff", "", "--ask-sizes", ""]
-    result = module.main(argv)
+    try:
+        result = module.main(argv)
+    finally:  # a run's studies and artifacts go with it: a shared disk fills otherwise
+        scratch.clean_up()
     record = {"benchmark": name, "quick": quick, **machine(), "result": result}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}{'-quick' if quick else ''}.json").write_text(json.dumps(record, indent=2, default=str))

@@ -38,6 +38,7 @@ from autocompress.deploy.runtimes import runtime
 from autocompress.deploy.timing import time_alone, time_paired
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.tasks import MODELS
+from benchmarks.scratch import scratch
 
 MODELS_TIMED = {"digits-cnn": (1, 8, 8), "lenet5": (1, 28, 28), "torchvision:resnet18": (3, 32, 32)}
 TARGETS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
@@ -124,7 +125,7 @@ def search(trials: int, steps: int) -> dict[str, Any]:
     from autocompress.config import load_config
     from autocompress.driver import run_search
 
-    folder = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
+    folder = scratch("deploy-bench-")
     (folder / "study.yaml").write_text(
         json.dumps(
             {
@@ -187,7 +188,7 @@ def int8_front(trials: int, steps: int, epochs: int = 12, smoke: bool = False) -
     from autocompress.pareto import study_analysis
     from autocompress.report import report_rows
 
-    folder = Path(tempfile.mkdtemp(prefix="deploy-front-"))
+    folder = scratch("deploy-front-")
     (folder / "study.yaml").write_text(
         json.dumps(
             {

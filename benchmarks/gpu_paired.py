@@ -16,9 +16,10 @@ import multiprocessing as mp
 import queue
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any
+
+from benchmarks.scratch import scratch
 
 SPEC = {
     "model": "torchvision:resnet18",
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA GPU here: run this on a GPU machine")
-    cache = tempfile.mkdtemp(prefix="gpu-paired-")
+    cache = str(scratch("gpu-paired-"))
     build_task(TaskSpec(**SPEC), cache)  # the baseline, trained once before the workers start
     ctx = mp.get_context("spawn")
     out = ctx.Queue()

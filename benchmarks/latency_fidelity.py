@@ -27,6 +27,7 @@ from torch import nn
 from autocompress import compress
 from autocompress.deploy.target import DeployConfig
 from autocompress.plan import CompressionPlan, LayerPlan
+from benchmarks.scratch import scratch
 
 SPACE = """
 knobs:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         from autocompress.config import load_config
         from autocompress.driver import run_search
 
-        folder = Path(tempfile.mkdtemp(prefix="latency-fidelity-"))
+        folder = scratch("latency-fidelity-")
         (folder / "space.yaml").write_text(SPACE)
         (folder / "study.yaml").write_text(
             f"name: fidelity\nstorage: sqlite:///{folder / 'f.db'}\nspace: space.yaml\nartifact_dir: {folder / 'artifacts'}\n"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from autocompress.evaluate import Evaluator, FinetuneConfig
 from autocompress.space import SearchSpace
 from autocompress.tasks import Task, build_task
 from benchmarks.quality import study_config
+from benchmarks.scratch import scratch
 
 _EVALUATORS: dict[str, Evaluator] = {}  # one per Tune worker process, like one per Ray actor
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-tune", action="store_true", help="skip (d), e.g. without ray[tune] installed")
     args = parser.parse_args(argv)
     n, steps = (8, 100) if args.quick else (args.evaluations, args.steps)
-    folder = Path(tempfile.mkdtemp(prefix="overhead-"))
+    folder = scratch("overhead-")
     config = load_config(config_file(folder, "probe", 0, n, steps))
     torch.set_num_threads(config.deploy.threads)  # (a) and (b) run here: one thread, as each Ray worker has
     space = prepare(config)

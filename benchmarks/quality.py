@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from autocompress.evaluate import Evaluator
 from autocompress.plan import FULL_PRECISION_BITS, CompressionPlan, LayerPlan
 from autocompress.recheck import test_accuracies
 from autocompress.tasks import build_task
+from benchmarks.scratch import scratch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "studies/digits-mlp.yaml"  # the study config every search here starts from
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--folder", help="keep the studies here (default: a temporary folder)")
     args = parser.parse_args(argv)
     trials, seeds, steps = (10, 1, QUICK_STEPS) if args.quick else (args.trials, args.seeds, None)
-    folder = Path(args.folder or tempfile.mkdtemp(prefix="quality-"))
+    folder = scratch("quality-", args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in range(seeds):

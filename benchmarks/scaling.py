@@ -13,13 +13,13 @@ Usage: python -m benchmarks.scaling [--trials 12] [--steps 300]
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from optuna.trial import TrialState
 
 from autocompress.config import load_config
 from autocompress.driver import run_search
+from benchmarks.scratch import scratch
 
 
 def run(workers: int, trials: int, steps: int, folder: Path) -> dict[str, float]:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     if args.quick:
         args.trials, args.steps = 4, 50
-    folder = Path(tempfile.mkdtemp(prefix="scaling-"))
+    folder = scratch("scaling-")
     one = run(1, args.trials, args.steps, folder)
     two = run(2, args.trials, args.steps, folder)
     for r in (one, two):

@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import struct
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -43,6 +42,7 @@ from autocompress.driver import run_search
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.tasks import MODELS, TaskSpec, build_task
 from benchmarks import fidelity, quality
+from benchmarks.scratch import scratch
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = {"default": REPO / "search_spaces/default.yaml", "techniques": REPO / "search_spaces/techniques.yaml"}
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     trials, seeds, steps = (8, 1, quality.QUICK_STEPS) if args.quick else (args.trials, args.seeds, None)
     budget = 60.0 if args.quick else args.lenet_budget
-    folder = Path(args.folder or tempfile.mkdtemp(prefix="techniques-"))
+    folder = scratch("techniques-", args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     cache = folder / "baselines"
     runs = []
