@@ -10,7 +10,7 @@ import torch
 from optuna.trial import TrialState
 
 from autocompress import _optuna, artifact
-from autocompress.artifact.header import Artifact
+from autocompress.artifact.header import Artifact, payload_bytes
 from autocompress.artifact_store import read_artifact
 from autocompress.errors import ArtifactError, StorageError
 from autocompress.outputs import check_output, write_atomic
@@ -126,8 +126,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     """What an artifact holds: task, plan, per-tensor encodings and sizes."""
     path = Path(path)
     data = artifact.read_file(path)
-    header, payload = artifact.read_header(data, str(path))
-    # Described from the header alone: inspecting a file builds no model and runs no code.
+    # Described from the header alone: inspecting a file inflates no payload, builds no model and runs no code.
+    header, _ = artifact.read_header(data, str(path), payload=False)
     tensors = []
     for t in header["tensors"]:
         stored = sum(t[k][1] for k in ("values", "index", "scale", "codebook") if k in t)
@@ -137,7 +137,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     return {
         "file": str(path),
         "size_bytes": len(data),
-        "unpacked_bytes": len(payload),
+        "unpacked_bytes": payload_bytes(header),
         "codec": artifact.codec_of(data),
         "format": header["format"],
         "task": header["task"],

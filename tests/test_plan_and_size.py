@@ -48,7 +48,7 @@ def test_encodings_pick_the_cheapest() -> None:
 def test_baseline_artifact_stores_every_tensor_exactly() -> None:
     model = nn.Sequential(nn.Linear(10, 20), nn.BatchNorm1d(20), nn.Linear(20, 3)).eval()
     expected = {k: v.clone() for k, v in model.state_dict().items()}
-    header, payload = read_header(pack(model, CompressionPlan(), {}).data)
+    header, payload = read_header(pack(model, CompressionPlan(), {"model": "x"}).data)
     decoded = dict(decode_tensors(header, payload))
     assert decoded.keys() == expected.keys()
     for key, tensor in expected.items():
@@ -65,7 +65,7 @@ def test_quantized_sparse_layer_is_stored_as_codes_bitmask_and_fp16_scales() -> 
     assert codes.bits == 4 and codes.values.abs().max() <= 7
     nnz = int(torch.count_nonzero(codes.values))
     assert nnz <= 2500
-    header, _ = read_header(pack(model, CompressionPlan({"0": LayerPlan(sparsity=0.5, bits=4)}), {}).data)
+    header, _ = read_header(pack(model, CompressionPlan({"0": LayerPlan(sparsity=0.5, bits=4)}), {"model": "x"}).data)
     weight = next(t for t in header["tensors"] if t["name"] == "0.weight")
     assert weight["kind"] == "codes" and weight["enc"] == "bitmask" and weight["n"] == nnz
     assert weight["index"][1] == math.ceil(5000 / 8)  # one bit per position

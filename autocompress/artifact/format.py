@@ -18,21 +18,37 @@ CODECS = ("zlib", "lzma")  # the codec byte is the index
 # Raw LZMA2 without literal context bits: the streams are symbols, not text.
 # A 16 MiB dictionary: what the decoder allocates, whatever the file's size.
 LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 16 << 20, "lc": 0, "lp": 0, "pb": 0}]
-MAX_UNPACKED_BYTES = 4 << 30  # refuse decompression bombs
 MAX_HEADER_BYTES = 64 << 20  # a ResNet-152's header is under 1 MB
-MAX_HEADER_DEPTH = 8  # the deepest real header nests 5 levels
 MAX_TENSORS = 100_000
 MAX_TENSOR_VALUES = 1 << 34
-ZLIB_MAX_RATIO = 1100  # deflate expands a byte to at most ~1032: more declared is a lie
+MAX_CLASSES = 1 << 17  # ImageNet-21k has 21,841
+MAX_INPUT_VALUES = 1 << 22  # values in one input the rebuild traces (3 x 1024 x 1024 is 3.1 M)
+MAX_INDEX_BITS = 8  # the widest relative-index encoding (size.MAX_INDEX_BITS)
+# What a file's bytes may claim. A real payload compresses a few times at most (codes and floats
+# are near random), so more than 1024 bytes of payload per file byte is a lie; and a model packs
+# at most a few hundred weights per byte (2-bit codes at 99% sparsity: about 100), so a header
+# whose model would hold more than 256 values per file byte (or 16 M for a small file) is refused
+# before that model is built.
+PAYLOAD_PER_FILE_BYTE = 1024
+VALUES_PER_FILE_BYTE = 256
+MIN_VALUES_CAP = 1 << 24
+
+
+def values_cap(file_bytes: int) -> int:
+    """The most weights and buffers a file of this size may make a reader build."""
+    return max(MIN_VALUES_CAP, VALUES_PER_FILE_BYTE * file_bytes)
+
+
 # LZMA2 runs at about 1 MB/s here: past this body size (a float ResNet's 45 MB took 48 s) zlib
 # alone seals the file; LZMA2's gain on such bodies, mostly float32, is about 1%.
 LZMA_MAX_BODY = 8 << 20
-LZMA_MAX_RATIO = 1 << 16  # LZMA2 expands runs far further; max_length still bounds each read
 MAX_FILE_BYTES = 4 << 30  # what load() reads of a file at most
+READ_CHUNK = 1 << 20  # a stream (a pipe, a device) is read this much at a time, never a cap reserved
 ENCODINGS = ("dense", "empty", "bitmask")
 KINDS = ("raw", "codes", "shared", "sparse", "float")
 PLAN_KEYS = set(LayerPlan.__dataclass_fields__)
-DTYPE_NAMES = ("float32", "float16", "int64", "bfloat16")  # what a raw tensor may be stored as
+DTYPE_BYTES = {"float32": 4, "float16": 2, "int64": 8, "bfloat16": 2}  # what a raw tensor may be stored as
+DTYPE_NAMES = tuple(DTYPE_BYTES)
 PACKINGS = ("bytes", "bits")  # a symbol per byte (format 2's default), or bit-packed at its width
 
 

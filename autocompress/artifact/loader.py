@@ -4,6 +4,8 @@ is unpickled, and nothing is imported because a file names it."""
 from __future__ import annotations
 
 import inspect
+import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,10 @@ import torch
 from torch import nn
 
 from autocompress import compress
-from autocompress.artifact.format import MAGIC, MAGIC_V1, MAX_FILE_BYTES
-from autocompress.artifact.header import Artifact, read_header
+from autocompress.artifact.format import MAGIC, MAGIC_V1, MAX_FILE_BYTES, READ_CHUNK
+from autocompress.artifact.header import Artifact
 from autocompress.artifact.streams import decode_positions, unpack_symbols, unpack_uint
-from autocompress.errors import ArtifactError
+from autocompress.errors import ArtifactError, AutocompressError
 from autocompress.plan import CompressionPlan
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bfloat16": torch.bfloat16}
@@ -87,12 +89,14 @@ def decode_tensors(header: dict[str, Any], payload: bytes) -> Iterator[tuple[str
 Build = Callable[..., nn.Module]  # (num_classes=, input_shape=) -> the untrained architecture
 
 
-def rebuild(header: dict[str, Any], build: Build | None = None, source: str = "artifact") -> nn.Module:
+def rebuild(header: dict[str, Any], build: Build | None = None, source: str = "artifact", values_cap: int | None = None) -> nn.Module:
     """The module skeleton the header describes: the model factory, then the plan's structure.
 
     A file is data: its header may name a built-in model or a ``torchvision:NAME`` classifier,
     and nothing else is ever imported because a file says so. A model of the user's own
-    (``module:function``) is rebuilt only through ``build``, which the caller passes.
+    (``module:function``) is rebuilt only through ``build``, which the caller passes. A built-in
+    model is first built on the meta device (no memory): past ``values_cap`` values, or naming
+    layers it lacks, the header is refused before the real one is allocated.
     """
     from autocompress.tasks import MODELS
     from autocompress.tasks.custom import is_custom
@@ -105,34 +109,92 @@ def rebuild(header: dict[str, Any], build: Build | None = None, source: str = "a
             "pass the architecture yourself, autocompress.load(FILE, build=your_model_function)"
         )
     if build is not None and not inspect.signature(build).parameters:
-        model = build()  # a build hook or a model class of no arguments: the shapes are its own
+        make: Callable[[], nn.Module] = build  # a build hook or a model class of no arguments: the shapes are its own
     else:
         factory = build or MODELS.get(name).factory
         # A task of the user's own may have no classes (a regression): its build takes none anyway.
-        model = factory(num_classes=task.get("num_classes"), input_shape=tuple(task.get("input_shape", [])))
+        shape = tuple(task.get("input_shape", []))
+
+        def make() -> nn.Module:
+            return factory(num_classes=task.get("num_classes"), input_shape=shape)
+
+    skeleton: nn.Module | None = None
+    if build is None:
+        for key in ("input_shape", "num_classes"):
+            if not task.get(key):
+                raise ArtifactError(f"{source} has a corrupt header (task.{key} is missing; model '{name}' is built for one): re-export it")
+        try:
+            with torch.device("meta"):
+                skeleton = make()
+        except Exception:  # noqa: BLE001 - a few initialisers copy data (regnet): such models are checked once built
+            skeleton = None
+        if skeleton is not None:
+            _check_model(header, skeleton, source, values_cap)
+    model = make()
+    if build is not None or skeleton is None:
+        _check_model(header, model, source, values_cap)
     plan = CompressionPlan.from_dict(header["plan"])
-    example = torch.zeros(1, *task["input_shape"])
+    example = torch.zeros(1, *task.get("input_shape", []))
     compress.apply_structure(model, plan, header, example)
     return model.eval()
+
+
+def _check_model(header: dict[str, Any], model: nn.Module, source: str, values_cap: int | None) -> None:
+    """The model is no larger than the file may make a reader build, and has every layer the
+    plan, the folds and the removed channels name."""
+    values = sum(t.numel() for t in model.state_dict().values())
+    if values_cap is not None and values > values_cap:
+        raise ArtifactError(
+            f"{source} describes a {header['task']['model']} of {values} values, more than a file of its size packs: it is not a real artifact"
+        )
+    layers = compress.compressible_layers(model)
+    modules = dict(model.named_modules())
+    named = [("plan", n, n in layers) for n in header["plan"]]
+    named += [("channels_removed", n, n in layers) for n in header["channels_removed"]]
+    named += [
+        ("bn_folded", bn, isinstance(modules.get(bn), nn.modules.batchnorm._BatchNorm) and layer in layers)
+        for bn, layer in header["bn_folded"].items()
+    ]
+    for field, layer, found in named:
+        if not found:
+            raise ArtifactError(
+                f"{source}: its {field} names '{layer}', which model '{header['task']['model']}' does not have as such: it was made for another model; re-export it"
+            )
+
+
+def _check_table(header: dict[str, Any], expected: dict[str, torch.Tensor], source: str) -> None:
+    """The tensor table against the rebuilt model, names and shapes, before a byte is decoded."""
+    seen = set()
+    for t in header["tensors"]:
+        key = t["name"]
+        if key not in expected or tuple(expected[key].shape) != tuple(t["shape"]):
+            raise ArtifactError(f"{source}: tensor '{key}' does not fit the rebuilt model; it was made by another version")
+        seen.add(key)
+    missing = set(expected) - seen
+    if missing:
+        raise ArtifactError(f"{source}: tensor '{sorted(missing)[0]}' is missing; re-export it")
+
+
+# What a header that passed its schema may still make torch or NumPy raise while it is rebuilt (a
+# rank past a layer's width, a channel index past its count): refused as a bad file, in one line.
+_REBUILD_ERRORS = (KeyError, ValueError, TypeError, IndexError, RuntimeError, RecursionError, AttributeError, AutocompressError)
 
 
 def loads(data: bytes | Artifact, source: str = "artifact", build: Build | None = None) -> nn.Module:
     """Rebuild a packed model (its bytes, or the ``Artifact`` they were read into once);
     ``build`` makes the architecture of a model of your own."""
-    if isinstance(data, Artifact):
-        header, payload, source = data.header, data.payload, data.source
-    else:
-        header, payload = read_header(data, source)
-    model = rebuild(header, build, source)
-    state = dict(decode_tensors(header, payload))
-    expected = model.state_dict()
-    for key, tensor in state.items():
-        if key not in expected or expected[key].shape != tensor.shape:
-            raise ArtifactError(f"{source}: tensor '{key}' does not fit the rebuilt model; it was made by another version")
-    missing = set(expected) - set(state)
-    if missing:
-        raise ArtifactError(f"{source}: tensor '{sorted(missing)[0]}' is missing; re-export it")
-    model.load_state_dict(state)
+    art = data if isinstance(data, Artifact) else Artifact.read(data, source)
+    try:
+        model = rebuild(art.header, build, art.source, art.values_cap)
+        expected = model.state_dict()
+        _check_table(art.header, expected, art.source)
+        model.load_state_dict(dict(decode_tensors(art.header, art.payload)))
+    except ArtifactError:
+        raise
+    except _REBUILD_ERRORS as exc:
+        raise ArtifactError(
+            f"{art.source} does not rebuild ({type(exc).__name__}: {str(exc)[:200]}): it was made for another model or version; re-export it"
+        ) from None
     return model.eval()
 
 
@@ -149,18 +211,30 @@ def load(path: str | Path, build: Build | None = None) -> nn.Module:
 
 
 def read_file(path: str | Path) -> bytes:
-    """A file's bytes, refused past MAX_FILE_BYTES (``/dev/zero`` is not read forever)."""
+    """A file's bytes, refused past MAX_FILE_BYTES (``/dev/zero`` is not read forever).
+
+    A regular file is read at its own size; anything else in chunks: nothing reserves the cap."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             magic = f.read(len(MAGIC))  # a foreign file or device is refused before reading on
             if magic not in (MAGIC, MAGIC_V1):
                 return magic
-            data = magic + f.read(MAX_FILE_BYTES)
+            info = os.fstat(f.fileno())
+            if stat.S_ISREG(info.st_mode) and info.st_size > MAX_FILE_BYTES:
+                raise _too_large(path)
+            chunks, total = [magic], len(magic)
+            while chunk := f.read(READ_CHUNK):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > MAX_FILE_BYTES:
+                    raise _too_large(path)
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact ({path}): {exc.strerror}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ArtifactError(
-            f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB, far beyond any packed model: pass an artifact from 'autocompress export'"
-        )
-    return data
+    return b"".join(chunks)
+
+
+def _too_large(path: Path) -> ArtifactError:
+    return ArtifactError(
+        f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB, far beyond any packed model: pass an artifact from 'autocompress export'"
+    )
