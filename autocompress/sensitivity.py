@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,8 @@ from autocompress.outputs import write_atomic
 from autocompress.plan import FULL_PRECISION_BITS, TOP1, CompressionPlan, MetricInfo
 from autocompress.space import WORD_DEFAULTS, SearchSpace
 from autocompress.space_file import allows_channel
+
+LOG = logging.getLogger(__name__)
 
 # Probed values besides every bit-width the space offers (snapped into each knob's range).
 SPARSITY_PROBES = (0.25, 0.5, 0.75, 0.9)
@@ -130,14 +133,36 @@ def cache_key(task_key: str, space: SearchSpace, deploy_identity: dict[str, Any]
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+_ROW_TYPES: dict[str, tuple[type, ...]] = {
+    "group": (str,),
+    "knob": (str,),
+    "value": (int, float),
+    "accuracy": (int, float),
+    "drop_points": (int, float),
+    "size_bytes": (int,),
+    "size_delta": (int,),
+    "latency_ratio": (int, float, type(None)),
+}
+
+
 def read_cache(path: Path) -> tuple[dict[str, Any], list[Row]] | None:
-    """The cached reference and rows, or None when absent or unreadable (then measured again).
-    Plain JSON: reading it runs nothing."""
+    """The cached reference and rows, or None when absent or not of this schema (then measured
+    again, after one warning). Plain JSON: reading it runs nothing."""
+    if not path.is_file():
+        return None
     try:
         data = json.loads(path.read_text())
-        return dict(data["reference"]), [Row(**r) for r in data["rows"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        reference, rows = data["reference"], data["rows"]
+        ok = isinstance(reference, dict) and isinstance(rows, list) and isinstance(reference.get("agreement", {}), dict)
+        ok = ok and isinstance(reference.get("accuracy"), (int, float)) and isinstance(reference.get("size_bytes"), int)
+        ok = ok and all(isinstance(r, dict) and set(r) == set(_ROW_TYPES) for r in rows)
+        ok = ok and all(isinstance(r[k], kinds) and not isinstance(r[k], bool) for r in rows for k, kinds in _ROW_TYPES.items())
+        if ok:
+            return dict(reference), [Row(**r) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        pass
+    LOG.warning("ignoring the sensitivity cache %s: it is not one this version wrote; measuring again", path)
+    return None
 
 
 def write_cache(path: Path, reference: dict[str, Any], rows: list[Row]) -> None:

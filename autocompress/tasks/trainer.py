@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import socket
 import time
@@ -21,6 +22,8 @@ from autocompress.outputs import write_atomic
 from autocompress.stats import accuracy
 from autocompress.tasks.metrics import correct_of
 from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry, state_mismatch
+
+LOG = logging.getLogger(__name__)
 
 # Seconds between checkpoints while the baseline trains (what a Ctrl-C can cost; a worker ships
 # one to the driver no more often).
@@ -124,9 +127,75 @@ def _save(obj: Any, path: Path) -> None:
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def trained_by_of(cache: Path) -> dict[str, Any]:
+    """Where a cached baseline was trained, from its sidecar: a mapping of plain values, else
+    nothing (with one warning): the sidecar only labels the weights."""
+    sidecar = cache.with_suffix(".json")
+    found = read_json(sidecar).get("trained_by", {}) if sidecar.is_file() else {}
+    if isinstance(found, dict) and all(isinstance(k, str) and isinstance(v, (str, int, float, type(None))) for k, v in found.items()):
+        return found
+    LOG.warning("ignoring %s: its 'trained_by' is not a mapping of plain values (the weights are used; only the label is lost)", sidecar)
+    return {}
+
+
+# Caches are data with a schema: one that does not fit is ignored with one warning and rebuilt.
+def _misfit(state: Any, expected: dict[str, torch.Tensor]) -> str | None:
+    """Why ``state`` is not a state_dict that loads into a model of ``expected``'s, or None."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return "not a state_dict of tensors"
+    missing, extra, wrong = state_mismatch(expected, state)
+    if missing or extra or wrong:
+        return f"tensor '{(missing or extra or wrong)[0]}' does not fit the model"
+    return None
+
+
+def read_cached_state(path: Path, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """A cached baseline's weights, or None (one warning) when unreadable or not this model's."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        why = _misfit(state, model.state_dict())
+    except Exception as exc:  # noqa: BLE001  (torch raises many kinds for bad files; weights_only runs no code)
+        why = f"unreadable: {type(exc).__name__}"
+    if why is None:
+        return state
+    LOG.warning("ignoring the cached baseline %s (%s); training it again", path, why)
+    return None
+
+
+def resume_misfit(resume: Any, model: nn.Module, spec: TaskSpec) -> str | None:
+    """Why a partial checkpoint cannot resume this training (checked before any epoch runs on
+    it, here or on a worker), or None."""
+    keys = {"model", "optimizer", "scheduler", "generator", "epoch"}
+    if not isinstance(resume, dict) or not keys <= set(resume):
+        return f"not a checkpoint of this trainer (it holds {', '.join(sorted(keys))})"
+    epoch, seconds = resume["epoch"], resume.get("seconds", 0.0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 1 <= epoch < spec.train_epochs:
+        return f"epoch {epoch!r} is not one of 1..{spec.train_epochs - 1}"
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < 1e9:
+        return "its seconds are not a duration"
+    why = _misfit(resume["model"], model.state_dict())
+    if why is not None:
+        return f"model: {why}"
+    generator = resume["generator"]
+    if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8 or generator.shape != torch.Generator().get_state().shape:
+        return "its generator state is not a CPU generator's"
+    try:  # the optimizer and schedule load into fresh copies, as the trainer will load them
+        params = [torch.nn.Parameter(torch.empty_like(p, device="cpu")) for p in model.parameters()]
+        opt = torch.optim.Adam(params, lr=spec.train_lr)
+        opt.load_state_dict(resume["optimizer"])
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.train_epochs).load_state_dict(resume["scheduler"])
+    except Exception as exc:  # noqa: BLE001  (optimizers raise many kinds for states of other models)
+        return f"its optimizer or schedule does not load ({type(exc).__name__})"
+    for p in params:
+        for key, value in opt.state.get(p, {}).items():
+            if key != "step" and (not isinstance(value, torch.Tensor) or value.shape != p.shape):
+                return f"its optimizer's {key} does not fit the model"
+    return None
 
 
 def train_baseline(model: nn.Module, data: DataSplits, spec: TaskSpec, cache: Path, trainer: Trainer, say: Callable[[str], None]) -> dict[str, Any]:
@@ -138,8 +207,12 @@ def train_baseline(model: nn.Module, data: DataSplits, spec: TaskSpec, cache: Pa
     if partial.is_file():
         try:
             resume = torch.load(partial, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001  (an unreadable checkpoint only costs the epochs it held)
-            say(f"  ignoring an unreadable checkpoint {partial}; training from the start")
+            why = resume_misfit(resume, model, spec)
+        except Exception as exc:  # noqa: BLE001  (an unreadable checkpoint only costs the epochs it held)
+            why = f"unreadable: {type(exc).__name__}"
+        if why is not None:
+            LOG.warning("ignoring the checkpoint %s (%s); training from the start", partial, why)
+            resume = None
     begun = f", resuming after epoch {resume['epoch']}" if resume else ""
     say(f"training the baseline {spec.model} on {spec.dataset} for {spec.train_epochs} epochs{begun} (cached at {cache} for next time)")
     where: dict[str, Any] = {}

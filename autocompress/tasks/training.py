@@ -22,7 +22,7 @@ from autocompress.tasks.data import load_data
 from autocompress.tasks.metrics import TOP1, MetricInfo
 from autocompress.tasks.protocol import TaskProtocol, first_tensor, last_line
 from autocompress.tasks.spec import DataSplits, TaskSpec, model_entry
-from autocompress.tasks.trainer import Trainer, load_checkpoint, local_trainer, make_model, read_json, train_baseline
+from autocompress.tasks.trainer import Trainer, load_checkpoint, local_trainer, make_model, read_cached_state, train_baseline, trained_by_of
 
 
 @dataclass
@@ -209,14 +209,14 @@ def build_task(
         say(f"baseline weights: {spec.weights}")
     elif entry.trained and not trains_own_model(spec):
         say(f"baseline weights: {spec.model}'s own")
-    elif cache.is_file():
-        model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+    elif cache.is_file() and (cached := read_cached_state(cache, model)) is not None:
+        model.load_state_dict(cached)
         say(f"baseline weights: trained before, cached at {cache}")
     else:
         trained_by = train_baseline(model, data, spec, cache, trainer or local_trainer(torch.device("cpu")), say)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if cache.is_file() and not trained_by:
-        trained_by = read_json(cache.with_suffix(".json")).get("trained_by", {})
+        trained_by = trained_by_of(cache)
     return Task(spec=spec, data=data, state_dict=state, trained_by=trained_by)
 
 
