@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,15 @@ import yaml
 from autocompress.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
+
+
+_REPR = reprlib.Repr()  # keyword arguments arrive only in Python 3.12
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def _brief(value: Any) -> str:
+    """A value as an error message shows it: cut short, whatever its size."""
+    return _REPR.repr(value)
 
 
 def _type_name(tp: Any) -> str:
@@ -38,14 +48,14 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 with contextlib.suppress(ConfigError):
                     return _coerce(value, option, key, where)
             names = " or ".join(_type_name(a) for a in inner)
-            raise ConfigError(f"key '{key}' must be {names}, got {value!r} ({where}): fix the value")
+            raise ConfigError(f"key '{key}' must be {names}, got {_brief(value)} ({where}): fix the value")
         return _coerce(value, inner[0], key, where)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, where, prefix=f"{key}.")
     if origin is tuple:  # tuple[X, ...]: a YAML list of X
         (inner, _) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"key '{key}' must be a list of {_type_name(inner).split(' ', 1)[1]}s, got {value!r} ({where}): fix the value")
+            raise ConfigError(f"key '{key}' must be a list of {_type_name(inner).split(' ', 1)[1]}s, got {_brief(value)} ({where}): fix the value")
         return tuple(_coerce(v, inner, key, where) for v in value)
     ok = {
         bool: isinstance(value, bool),
@@ -56,7 +66,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if ok is None:
         return value
     if not ok:
-        raise ConfigError(f"key '{key}' must be {_type_name(tp)}, got {value!r} ({where}): fix the value")
+        raise ConfigError(f"key '{key}' must be {_type_name(tp)}, got {_brief(value)} ({where}): fix the value")
     return float(value) if tp is float else value
 
 
@@ -70,7 +80,7 @@ def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str, where: s
     if "choices" in meta and value not in meta["choices"]:
         choices = ", ".join(map(str, meta["choices"]))
         hint = did_you_mean(str(value), map(str, meta["choices"]))
-        raise ConfigError(f"key '{key}' is {value!r}{hint} ({where}): use one of {choices}")
+        raise ConfigError(f"key '{key}' is {_brief(value)}{hint} ({where}): use one of {choices}")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"key '{key}' is {value}, below its minimum {meta['min']} ({where}): raise it")
     if "max" in meta and value > meta["max"]:
@@ -95,7 +105,7 @@ def from_mapping(cls: type[T], data: Any, where: str, prefix: str = "") -> T:
         data = {}
     if not isinstance(data, dict):
         section = prefix.rstrip(".") or "the top level"
-        raise ConfigError(f"'{section}' must be a mapping of keys to values, got {data!r} ({where}): fix its layout")
+        raise ConfigError(f"'{section}' must be a mapping of keys to values, got {_brief(data)} ({where}): fix its layout")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -111,8 +121,37 @@ def from_mapping(cls: type[T], data: Any, where: str, prefix: str = "") -> T:
     return cls(**kwargs)
 
 
+MAX_YAML_NODES = 100_000  # a config or space file has hundreds; aliases count each time they expand
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded, counted without
+    expanding (an alias is the same node object again: its count is remembered)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a node that reaches itself (a recursive alias) counts once, then grows
+    if isinstance(node, yaml.MappingNode):
+        count = 1 + sum(_expanded_nodes(k, memo) + _expanded_nodes(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        count = 1 + sum(_expanded_nodes(v, memo) for v in node.value)
+    else:
+        count = 1
+    memo[id(node)] = min(count, MAX_YAML_NODES + 1)
+    return memo[id(node)]
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently),
+    and a document whose aliases expand past MAX_YAML_NODES (a "billion laughs" file: each use of
+    the result, an error message's repr included, would otherwise expand it)."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None and _expanded_nodes(node, {}) > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the document expands to more than {MAX_YAML_NODES} values through its aliases", node.start_mark
+            )
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -139,7 +178,7 @@ def read_yaml(path: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        fix = "keep one of them" if "twice" in problem else "fix the YAML syntax"
+        fix = "keep one of them" if "twice" in problem else "write the values out" if "aliases" in problem else "fix the YAML syntax"
         raise ConfigError(f"{problem} ({path}{line}): {fix}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the file ({path}): {exc}") from None

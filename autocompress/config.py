@@ -24,33 +24,33 @@ PRUNERS = ("none", "front", "median", "hyperband")  # keys of fidelity.PRUNERS
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    steps: int = field(default=150, metadata={"min": 0})  # optimizer steps after compression; 0 skips
+    steps: int = field(default=150, metadata={"min": 0, "max": 10_000_000})  # optimizer steps after compression; 0 skips
     lr: float = field(default=5e-4, metadata={"min": 0.0, "max": 1.0})  # Adam, cosine-annealed to 0
-    batch_size: int = field(default=64, metadata={"min": 1})
-    log_every: int = field(default=10, metadata={"min": 1})  # record the loss every this many steps
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 1 << 16})
+    log_every: int = field(default=10, metadata={"min": 1, "max": 10_000_000})  # record the loss every this many steps
     # Knowledge distillation from the uncompressed baseline: this share of the loss is the KL
     # divergence to its softened outputs (Hinton et al. 2015); 0 trains on the labels alone.
     distill: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
-    temperature: float = field(default=4.0, metadata={"min": 1.0})
+    temperature: float = field(default=4.0, metadata={"min": 1.0, "max": 100.0})
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    trials: int = field(default=20, metadata={"min": 1})  # target number of COMPLETE trials
-    workers: int = field(default=2, metadata={"min": 0})  # trials in flight; 0 runs in-process
+    trials: int = field(default=20, metadata={"min": 1, "max": 1_000_000})  # target number of COMPLETE trials
+    workers: int = field(default=2, metadata={"min": 0, "max": 4096})  # trials in flight; 0 runs in-process
     sampler: str = field(default="auto", metadata={"choices": SAMPLERS})  # auto: TPE up to 1,000 trials, NSGA-II above
-    seed: int | None = None  # sampler seed; None draws one
+    seed: int | None = field(default=None, metadata={"min": 0, "max": 2**32 - 1})  # sampler seed; None draws one
     warm_start: bool = True  # enqueue uniform plans first so the front starts from known points
     new_study: bool = False  # never resume: a taken name becomes NAME-2, NAME-3, ...
-    max_failures_in_a_row: int = field(default=10, metadata={"min": 1})  # then stop the search
+    max_failures_in_a_row: int = field(default=10, metadata={"min": 1, "max": 1_000_000})  # then stop the search
     # Seconds from the start of this run: no trial starts after it (those in flight finish);
     # a later run resumes toward ``trials``. None: run until ``trials`` are complete.
-    timeout: float | None = field(default=None, metadata={"min": 1.0})
+    timeout: float | None = field(default=None, metadata={"min": 1.0, "max": 1e8})
     ray_address: str | None = None  # join this Ray cluster (else RAY_ADDRESS, else a local Ray)
-    cpus_per_worker: float = field(default=1.0, metadata={"min": 0.0})  # Ray actor resources
-    gpus_per_worker: float = field(default=0.0, metadata={"min": 0.0})
-    max_retries: int = field(default=1, metadata={"min": 0})  # re-runs of a trial whose worker died
-    trial_timeout: float | None = field(default=None, metadata={"min": 1.0})  # seconds, then FAIL
+    cpus_per_worker: float = field(default=1.0, metadata={"min": 0.0, "max": 1024.0})  # Ray actor resources
+    gpus_per_worker: float = field(default=0.0, metadata={"min": 0.0, "max": 64.0})
+    max_retries: int = field(default=1, metadata={"min": 0, "max": 100})  # re-runs of a trial whose worker died
+    trial_timeout: float | None = field(default=None, metadata={"min": 1.0, "max": 1e8})  # seconds, then FAIL
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})  # where workers evaluate
     # Multi-fidelity trials: workers report validation accuracy at these fine-tuning steps
     # (rungs; 0 is before fine-tuning) and the driver stops a trial that cannot pay off.
@@ -66,8 +66,10 @@ class SearchConfig:
     # share of the search's (trials x a trial's measurement alone, over the workers: a lower
     # bound, fine-tuning comes on top); past it, probes are measured untimed.
     sensitivity_share: float = field(default=0.25, metadata={"min": 0.0, "max": 1.0})
-    ladder: tuple[float, ...] = field(default=(4.0, 8.0, 16.0, 32.0), metadata={"min": 1.0})
-    rungs: tuple[int, ...] | None = field(default=None, metadata={"min": 0})  # None: 0, 1/4 and 1/2 of finetune.steps (hyperband: 1/27, 1/9, 1/3)
+    ladder: tuple[float, ...] = field(default=(4.0, 8.0, 16.0, 32.0), metadata={"min": 1.0, "max": 1e6})
+    rungs: tuple[int, ...] | None = field(
+        default=None, metadata={"min": 0, "max": 10_000_000}
+    )  # None: 0, 1/4 and 1/2 of finetune.steps (hyperband: 1/27, 1/9, 1/3)
     # A baseline no better than chance stops the search before anything is spent on it (every
     # drop would be measured against a model that has not learned); True searches anyway, and
     # the report marks the study.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from optuna.trial import TrialState
 from autocompress import _optuna, artifact
 from autocompress.artifact.header import Artifact, payload_bytes
 from autocompress.artifact_store import read_artifact
-from autocompress.errors import ArtifactError, StorageError
+from autocompress.errors import ArtifactError, StorageError, TaskError
 from autocompress.outputs import check_output, write_atomic
 
 
@@ -52,6 +53,7 @@ def export_trial(
     fmt: str = "acz",
     precision: str | None = None,
     force: bool = False,
+    code: Collection[str] = (),
 ) -> tuple[Path, str]:
     """Write a trial's model as ``acz`` (the packed artifact, exactly what was sized) or ``onnx``;
     returns the path and how the file came to be."""
@@ -63,7 +65,7 @@ def export_trial(
     data, packed = read_trial(study, number, trial)
     how = "the packed artifact the search sized"
     if fmt == "onnx":
-        data, how = trial_onnx(study, number, packed, precision, trial)
+        data, how = trial_onnx(study, number, packed, precision, trial, code)
     write_atomic(path, data, force)
     return path, how
 
@@ -77,7 +79,12 @@ def study_deploy(study: optuna.Study) -> dict[str, Any]:
 
 
 def trial_onnx(
-    study: optuna.Study, number: int, packed: bytes | Artifact, precision: str | None, trial: optuna.trial.FrozenTrial | None = None
+    study: optuna.Study,
+    number: int,
+    packed: bytes | Artifact,
+    precision: str | None,
+    trial: optuna.trial.FrozenTrial | None = None,
+    code: Collection[str] = (),
 ) -> tuple[bytes, str]:
     """A trial's ONNX file: the one its numbers were measured on when the study deployed to an
     ONNX runtime at this precision, else exported from its packed artifact."""
@@ -110,13 +117,13 @@ def trial_onnx(
     if stored and deploy["runtime"] != "torch" and deploy["precision"] == precision:
         data = read_artifact(study.user_attrs["artifact_dir"], stored, f"the ONNX file of trial {number}")
         return data, f"the file measured on {deploy['runtime']} {precision}"
-    model = artifact.loads(packed, build=study_build(study))
+    model = artifact.loads(packed, build=study_build(study, code))
     example = torch.zeros(deploy.get("batch_size", 32), *header["task"]["input_shape"])
     calibration: list[torch.Tensor] = []
     if precision == "int8":
         from autocompress.tasks import load_data
 
-        spec = study_task(study).resolved()
+        spec = study_task(study, code).resolved()
         calibration = calibration_batches(load_data(spec).x_train, spec.seed, deploy.get("calibration_batches", 8), deploy.get("batch_size", 32))
     data, _ = to_onnx(model, plan, example, precision, calibration)
     return data, f"exported from the packed artifact ({precision})"
@@ -161,17 +168,38 @@ def _is_parameter(name: str) -> bool:
     return not name.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
-def study_build(study: optuna.Study):
+def study_build(study: optuna.Study, code: Collection[str] = ()):
     """The architecture factory of a study's own model, from the task the study was run with
     (the user's config, not a file's header): its build hook when it has one; None for built-in
-    and torchvision models."""
+    and torchvision models. User code runs only as ``study_task`` allows."""
     from autocompress.tasks.custom import architecture
 
-    return architecture(study_task(study))
+    return architecture(study_task(study, code))
 
 
-def study_task(study: optuna.Study):
-    """The task a study was run with, read from its attribute (the one parse of it per command)."""
+def study_task(study: optuna.Study, code: Collection[str] = ()):
+    """The task a study was run with, read from its attribute (the one parse of it per command),
+    for a command that will build its model or open its data.
+
+    Whoever can write a shared study database could name any ``module:function`` there, so user
+    code the stored task names (its model, dataset or build hook) is imported only when the
+    person running the command names it too (``code``: ``--code`` or the study's config)."""
     from autocompress.tasks import TaskSpec
+    from autocompress.tasks.custom import IN_MEMORY, is_custom
 
-    return TaskSpec.from_dict(study.user_attrs.get("task") or {})
+    spec = TaskSpec.from_dict(study.user_attrs.get("task") or {})
+    named = {name: key for key, name in (("task.build", spec.build), ("task.dataset", spec.dataset), ("task.model", spec.model)) if name}
+    unasked = [name for name in named if is_custom(name) and name not in IN_MEMORY and name not in code]
+    if unasked:
+        which = ", ".join(f"'{name}' ({named[name]})" for name in unasked)
+        raise TaskError(
+            f"study '{study.study_name}' was run with user code {which}, and code named in a database never runs unasked: "
+            f"pass {' '.join(f'--code {name}' for name in unasked)} to run it here"
+        )
+    return spec
+
+
+def task_code(spec: Any) -> set[str]:
+    """The user code a task of the user's own config names: what a command run with that config
+    may import when a study it reads names the same."""
+    return {name for name in (spec.model, spec.dataset, spec.build) if name}

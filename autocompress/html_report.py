@@ -314,5 +314,5 @@ the threshold until the time cap. Get a trial's file with <code>autocompress exp
 </body></html>
 """
     path = Path(path)
-    write_atomic(path, page.encode(), force)
+    write_atomic(path, page.encode(), force, "--html")
     return path

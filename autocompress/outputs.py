@@ -38,7 +38,8 @@ def write_then_rename(tmp: Path, data: bytes, final: Path, midway: Callable[[], 
 
 def check_output(path: str | Path, force: bool = False, flag: str = "-o") -> None:
     """Refuse an output path that would replace something: an existing file (unless ``force``),
-    a symbolic link (never written through: its target could be anything), a device, a folder."""
+    a symbolic link (never written through: its target could be anything), a device, a folder;
+    and one whose folder is missing or is a file."""
     path = Path(path)
     if path.is_symlink():
         raise ArtifactError(f"'{path}' is a symbolic link ({flag}); autocompress does not write through links: give the real path")
@@ -47,23 +48,28 @@ def check_output(path: str | Path, force: bool = False, flag: str = "-o") -> Non
             raise ArtifactError(f"'{path}' exists and is not a regular file ({flag}): pick a file path")
         if not force:
             raise ArtifactError(f"'{path}' exists ({flag}): pass --force to replace it, or pick another path")
-
-
-def write_atomic(path: str | Path, data: bytes, force: bool = True) -> None:
-    """Write via a temporary file and rename, so a failure leaves nothing half-written.
-
-    With ``force=False`` an existing file is refused (``check_output``); links and devices always are.
-    """
-    path = Path(path)
-    check_output(path, force)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise ArtifactError(f"folder '{folder}' does not exist (-o {path}): create it or pick another path")
+        found = folder if folder.exists() else next((p for p in folder.parents if p.exists()), None)
+        if found is not None and not found.is_dir():
+            raise ArtifactError(f"'{found}' is a file, not a folder ({flag} {path}): pick a path inside a folder")
+        raise ArtifactError(f"folder '{folder}' does not exist ({flag} {path}): create it or pick another path")
+
+
+def write_atomic(path: str | Path, data: bytes, force: bool = True, flag: str = "-o") -> None:
+    """Write via a temporary file and rename, so a failure leaves nothing half-written.
+
+    With ``force=False`` an existing file is refused (``check_output``); links and devices always
+    are. ``flag`` is the option the path came from, for messages.
+    """
+    path = Path(path)
+    check_output(path, force, flag)
+    folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
     except OSError as exc:
-        raise ArtifactError(f"cannot write to '{folder}' (-o {path}): {exc.strerror}") from None
+        raise ArtifactError(f"cannot write to '{folder}' ({flag} {path}): {exc.strerror}") from None
     try:
         write_then_rename(Path(tmp), data, path)
     except OSError as exc:

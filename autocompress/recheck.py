@@ -4,6 +4,7 @@ numbers stored with the study. The driver calls it at the end of a search and ``
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import optuna
@@ -15,16 +16,17 @@ from autocompress.export import read_trial, study_deploy, study_task
 from autocompress.report import checked_analysis, shown_trials
 
 
-def recheck(study: optuna.Study) -> int:
-    """Evaluate on the test split the shown trials that lack it, and store the scores; how many."""
+def recheck(study: optuna.Study, code: Collection[str] = ()) -> int:
+    """Evaluate on the test split the shown trials that lack it, and store the scores; how many.
+    ``code``: the user code the caller names (``export.study_task``)."""
     numbers = shown_trials(study, checked_analysis(study))
     missing = [n for n in numbers if str(n) not in study.user_attrs.get("test_accuracy", {})]
     if missing:
-        test_accuracies(study, missing)
+        test_accuracies(study, missing, code)
     return len(missing)
 
 
-def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]:
+def test_accuracies(study: optuna.Study, numbers: list[int], code: Collection[str] = ()) -> dict[int, float]:
     """Test-split accuracy of the given trials on the study's deploy target, computed once and
     kept in the study.
 
@@ -52,7 +54,7 @@ def test_accuracies(study: optuna.Study, numbers: list[int]) -> dict[int, float]
                 stored[str(n)] = float(score)
         study.set_user_attr("test_accuracy", stored)
     elif missing:
-        spec = study_task(study)
+        spec = study_task(study, code)
         data = load_data(spec.resolved())
         build = architecture(spec)  # from the task the study recorded, once for every trial
         for n in missing:

@@ -34,7 +34,11 @@ def mask_url(url: str) -> str:
     last ``@`` before the host, and ``?password=`` query parameters are masked too.
     """
     scheme, sep, rest = url.partition("://")
-    if sep:
+    if not sep and "@" in url.partition("/")[0]:  # a schemeless address (user:pass@host:port)
+        credentials, _, host = url.partition("/")[0].rpartition("@")
+        user, colon, _ = credentials.partition(":")
+        return f"{user}:***@{host}{url[len(url.partition('/')[0]) :]}" if colon else url
+    if sep and not scheme.startswith("sqlite"):  # a file path may hold '@'; only a server URL has credentials
         netloc, slash, tail = rest.partition("/")
         if "@" in tail.partition("?")[0] and "@" not in netloc:  # an unescaped / inside the password
             head, _, after = rest.rpartition("@")
@@ -58,11 +62,13 @@ def sqlite_path(url: str) -> Path | None:
 
 def check_url(url: str) -> None:
     """Reject a malformed URL before anything is created or connected to."""
-    netloc = url.partition("://")[2].partition("/")[0]
-    if netloc.count("@") > 1:
+    scheme, _, rest = url.partition("://")
+    netloc, _, tail = rest.partition("/")
+    slash_in_password = not scheme.startswith("sqlite") and netloc and "@" not in netloc and "@" in tail.partition("?")[0]
+    if netloc.count("@") > 1 or slash_in_password:
         # Parsed, the password's tail would become the host and appear in the driver's errors.
         raise StorageError(
-            f"the password in the storage URL '{mask_url(url)}' holds an unescaped '@': percent-encode it as %40 "
+            f"the password in the storage URL '{mask_url(url)}' holds an unescaped '@' or '/': percent-encode them as %40 and %2F "
             "(or leave the password out of the URL and set PGPASSWORD)"
         )
     try:

@@ -150,3 +150,30 @@ def test_a_knob_switched_off_for_a_layer_says_why() -> None:
     assert space.layers["head"].knobs["sparsity_mode"].off  # unstructured, as a plan without the knob
     assert "channels kept: the model's output (one per class)" in space.layers["head"].notes
     assert not space.layers["stem"].notes  # every knob applies there
+
+
+def test_every_numeric_option_has_a_range() -> None:
+    """Every int or float a config, flag or task takes is bounded both ways beside its field, so
+    a careless value (a negative seed, a million workers) is one line naming the key or flag."""
+    import dataclasses
+    import typing
+
+    from autocompress.config import StudyConfig
+
+    seen: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+                continue
+            kinds = {a for a in typing.get_args(tp) or (tp,) if a is not type(None)}
+            kinds |= {b for a in kinds for b in typing.get_args(a) if b is not Ellipsis}  # tuple[int, ...]
+            if kinds & {int, float} and str not in kinds and bool not in kinds:
+                seen.append(f"{prefix}{f.name}")
+                assert {"min", "max"} <= set(f.metadata) or "choices" in f.metadata, f"{prefix}{f.name} has no documented range"
+
+    walk(StudyConfig, "")
+    assert {"search.seed", "search.workers", "search.trials", "finetune.steps", "deploy.threads", "task.seed", "task.batch_size"} <= set(seen)

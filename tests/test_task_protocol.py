@@ -223,9 +223,11 @@ def test_regression_searches_on_two_ray_workers_without_the_driver_opening_data(
     text = run_cli("report", "diabetes", "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env).stdout
     assert "metric: mse, lower is better" in text and "paired bootstrap, 1000 resamples" in text
     knee = next(r["trial"] for r in rows if r["knee"])
-    proc = run_cli(
-        "export", "diabetes", "--trial", str(knee), "--format", "onnx", "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path, env=env
-    )
+    export = ("export", "diabetes", "--trial", str(knee), "--format", "onnx", "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    proc = run_cli(*export, cwd=tmp_path, env=env)  # the database names code: it never runs unasked
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--code diabetes:DiabetesNet --code diabetes:make_task" in lines[0], proc.stderr
+    proc = run_cli(*export, "--code", "diabetes:DiabetesNet", "--code", "diabetes:make_task", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"mse {next(r['score'] for r in rows if r['knee']):.4g}" in proc.stdout and (tmp_path / f"diabetes-trial{knee}.onnx").stat().st_size > 0
     # Resumed: two more trials in the same study, same direction

@@ -25,6 +25,16 @@ def add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="study config YAML (default: studies/default.yaml, else built-in defaults)")
 
 
+def add_code(parser: argparse.ArgumentParser) -> None:
+    """``--code``: the user code a command may import for a study that names it (never unasked)."""
+    parser.add_argument(
+        "--code",
+        action="append",
+        metavar="MODULE:FUNCTION",
+        help="run this task function, dataset or build hook of the study's (repeat for each); code named in a database never runs unasked",
+    )
+
+
 def add_debug(parser: argparse.ArgumentParser) -> None:
     """``--debug`` after the command too (``autocompress search --debug``)."""
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from autocompress.cli.options import Handler, Subparsers, add_config, add_debug, add_storage, not_the_database, open_study
+from autocompress.cli.options import Handler, Subparsers, add_code, add_config, add_debug, add_storage, not_the_database, open_study
 
 EXAMPLES_SEARCH = """examples:
   autocompress search                              # studies/default.yaml: digits-cnn, 20 trials, 2 Ray workers
@@ -23,6 +23,7 @@ EXAMPLES_REPORT = """examples:
   autocompress report autocompress --json > front.json
   autocompress report autocompress --html studies/report.html   # plots, opens offline
   autocompress report autocompress --recheck   # test-split numbers for a search that stopped early
+  autocompress report my-study --recheck --code user_model:build   # a study of your own model: name its code
   optuna-dashboard sqlite:///studies/autocompress.db   # the same study in the browser"""
 
 EXAMPLES_DASHBOARD = """examples:
@@ -35,6 +36,7 @@ EXAMPLES_EXPORT = """examples:
   python -c "import autocompress; m = autocompress.load('model.acz')"   # an nn.Module again
   autocompress export autocompress --trial 14 --format onnx   # autocompress-trial14.onnx for ONNX Runtime / OpenVINO
   autocompress export autocompress --trial 14 --format onnx --precision int8 -o model-int8.onnx
+  autocompress export my-study --trial 3 --format onnx --code user_model:build   # your own model: name its code
 
 ONNX files: layers at <= 8 bits hold the trial's exact integer codes (int8 + per-channel scales
 through DequantizeLinear); --precision int8 also quantizes their activations (ranges calibrated
@@ -140,6 +142,7 @@ def add_report(sub: Subparsers, fmt: type[argparse.HelpFormatter]) -> Handler:
         action="store_true",
         help="first evaluate on the test split the front's trials that lack it, and store the results (a search does this when it ends)",
     )
+    add_code(r)
     add_debug(r)
     return _report
 
@@ -156,7 +159,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.recheck:
         from autocompress.recheck import recheck
 
-        done = recheck(study)
+        done = recheck(study, args.code or ())
         print(f"re-checked {done} trial{'s' * (done != 1)} on the test split", file=sys.stderr)
     if args.json:
         print(report_json(study))
@@ -248,6 +251,7 @@ def add_export(sub: Subparsers, fmt: type[argparse.HelpFormatter]) -> Handler:
     e.add_argument("--precision", help="onnx only: fp32 or int8 (default: the study's deploy precision for an ONNX runtime, else fp32)")
     add_storage(e)
     e.add_argument("--force", action="store_true", help="replace the output file if it exists (never a link or a device)")
+    add_code(e)
     add_debug(e)
     return _export
 
@@ -262,7 +266,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.output:
         not_the_database(args.output, args.storage, "-o")
     study = open_study(args.name, args.storage)
-    path, how = export_trial(study, args.trial, args.output, args.format, args.precision, args.force)
+    path, how = export_trial(study, args.trial, args.output, args.format, args.precision, args.force, args.code or ())
     from autocompress import _optuna
     from autocompress.baseline import Baseline
 

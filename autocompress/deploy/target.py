@@ -23,14 +23,14 @@ class DeployConfig:
     # simulated while fine-tuning; torch: dynamic int8 Linear kernels, CPU only). fp32: float kernels.
     precision: str = field(default="fp32", metadata={"choices": PRECISIONS})
     device: str = field(default="auto", metadata={"choices": DEVICES})  # auto: the search's device
-    threads: int = field(default=1, metadata={"min": 1})  # intra-op threads; fixed so runs compare
-    batch_size: int = field(default=32, metadata={"min": 1})  # inputs per timed forward pass
-    threshold: float = field(default=0.05, metadata={"min": 0.001})  # stop timing once the CV <= this
-    max_seconds: float = field(default=1.0, metadata={"min": 0.01})  # time cap per measurement
+    threads: int = field(default=1, metadata={"min": 1, "max": 1024})  # intra-op threads; fixed so runs compare
+    batch_size: int = field(default=32, metadata={"min": 1, "max": 1 << 16})  # inputs per timed forward pass
+    threshold: float = field(default=0.05, metadata={"min": 0.001, "max": 1.0})  # stop timing once the CV <= this
+    max_seconds: float = field(default=1.0, metadata={"min": 0.01, "max": 3600.0})  # time cap per measurement
     # Time every trial on a Ray node that has this custom resource (hardware in the loop); None:
     # on the worker that fine-tuned it.
     resource: str | None = None
-    calibration_batches: int = field(default=8, metadata={"min": 1})  # int8: activation ranges from these
+    calibration_batches: int = field(default=8, metadata={"min": 1, "max": 10_000})  # int8: activation ranges from these
 
     def describe(self, device: str | None = None) -> str:
         """``onnxruntime int8 cpu, 1 thread, batch 32`` (+ ``on NAME nodes``); ``device``: what

@@ -11,11 +11,11 @@ from typing import Any
 
 from autocompress.config import StudyConfig
 from autocompress.devices import resolve_device
-from autocompress.errors import AutocompressError, SearchError
+from autocompress.errors import AutocompressError, SearchError, StorageError
 from autocompress.fidelity import check_rungs
 from autocompress.plan import TOP1, MetricInfo
 from autocompress.space import SearchSpace, load_space
-from autocompress.storage import check_url
+from autocompress.storage import check_url, mask_url, sqlite_path
 from autocompress.tasks import TaskSpec, model_skeleton
 from autocompress.tasks.custom import task_protocol
 from autocompress.tasks.data import CACHE, describe_data, load_data
@@ -26,20 +26,30 @@ def check_ray_address(address: str | None, source: str = "--ray-address") -> Non
     if not address or address in ("auto", "local") or "://" in address:
         return
     host, _, port = address.rpartition(":")
+    shown = mask_url(address)
+    if "@" in host:
+        raise SearchError(
+            f"Ray address '{shown}' holds credentials ({source}): a Ray head takes host:port; use ray://user:password@host:port for Ray Client"
+        )
     if not host or not port.isdigit():
-        raise SearchError(f"Ray address '{address}' is not host:port ({source}): e.g. 10.0.0.5:6379, or 'auto'")
+        raise SearchError(f"Ray address '{shown}' is not host:port ({source}): e.g. 10.0.0.5:6379, or 'auto'")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise SearchError(
-            f"Ray address {address} is unreachable ({reason}) ({source}): start the head with 'ray start --head' or fix the address"
+            f"Ray address {shown} is unreachable ({reason}) ({source}): start the head with 'ray start --head' or fix the address"
         ) from None
 
 
 def prepare(config: StudyConfig) -> SearchSpace:
     """Validate the task and resolve the space against the model, before training or storage."""
     check_url(config.storage)
+    if config.storage.startswith("sqlite") and sqlite_path(config.storage) is None:
+        raise StorageError(
+            f"storage '{config.storage}' names no database file, so the search would live in memory and be lost when it ends "
+            "(--storage / storage): name a file, e.g. sqlite:///studies/autocompress.db"
+        )
     search = config.search
     check_rungs(search.pruner, search.rungs, config.finetune.steps, config.source)
     address = search.ray_address or os.environ.get("RAY_ADDRESS")

@@ -96,7 +96,7 @@ class Driver:
         start = time.monotonic()
         where = cfg.search.ray_address or os.environ.get("RAY_ADDRESS")
         if cfg.search.workers:
-            self.say(f"joining Ray at {where}" if where else f"starting a local Ray for {cfg.search.workers} workers")
+            self.say(f"joining Ray at {mask_url(where)}" if where else f"starting a local Ray for {cfg.search.workers} workers")
         self.runner.connect(cfg.deploy)  # Ray's own checks (deploy.resource), still before storage
         if cfg.search.workers:
             self.say(f"  Ray ready ({time.monotonic() - start:.1f} s)")
@@ -160,10 +160,11 @@ class Driver:
 
     def _recheck_front(self, study: optuna.Study, lease: Lease) -> None:
         """The front's test-split scores, on the deploy target's form, stored once: reports only read them."""
+        from autocompress.export import task_code
         from autocompress.recheck import recheck
 
         with lease.ask_lock():  # drivers sharing a study merge into one attribute in turn
-            done = recheck(study)
+            done = recheck(study, task_code(self.config.task))  # this run's own config names its code
         if done:
             log.info("re-checked %d front trials on the test split", done)
 

@@ -165,7 +165,10 @@ def describe(study: optuna.Study, cfg: StudyConfig, space: SearchSpace) -> None:
     study.set_user_attr("space", space.to_dict())
     # Stored to reproduce the run; the storage URL without its password (the database and
     # optuna-dashboard's API show every attribute to whoever can read them).
-    study.set_user_attr("config", {**cfg.to_dict(), "storage": mask_url(cfg.storage)})
+    stored = cfg.to_dict()
+    address = stored["search"].get("ray_address")
+    stored["search"]["ray_address"] = mask_url(address) if address else address
+    study.set_user_attr("config", {**stored, "storage": mask_url(cfg.storage)})
     study.set_user_attr("artifact_dir", str(Path(cfg.artifact_dir).resolve()))
     if cfg.search.warm_start:
         for sparsity, bits, rank, mode, quant_mode in warm_start_plans(space, cfg.search.trials):

@@ -55,23 +55,23 @@ class TaskSpec:
 
     model: str = "digits-cnn"  # a name in MODELS, torchvision:NAME, or package.module:function
     dataset: str | None = None  # a name in DATASETS or module:function; None takes the model's default
-    num_classes: int | None = field(default=None, metadata={"min": 2})  # None: the dataset's
+    num_classes: int | None = field(default=None, metadata={"min": 2, "max": 1 << 17})  # None: the dataset's
     weights: str | None = None  # the trained baseline's state_dict (torch.save); None trains one
     data_root: str | None = None  # folder of a file-based dataset (MNIST, CIFAR, ImageFolder)
     download: bool = False  # let torchvision fetch a missing dataset into data_root
-    image_size: int | None = field(default=None, metadata={"min": 4})  # resize images to this square
+    image_size: int | None = field(default=None, metadata={"min": 4, "max": 8192})  # resize images to this square
     channels: int | None = field(default=None, metadata={"choices": (1, 3)})  # gray <-> RGB
-    max_train_samples: int | None = field(default=None, metadata={"min": 1})  # a seeded subset
-    max_eval_samples: int | None = field(default=None, metadata={"min": 1})  # per val/test split
-    seed: int = 0  # data split and baseline initialisation
-    train_epochs: int = field(default=40, metadata={"min": 1})  # baseline training, when not cached
-    train_lr: float = field(default=2e-3, metadata={"min": 0.0})
-    batch_size: int = field(default=64, metadata={"min": 1})
+    max_train_samples: int | None = field(default=None, metadata={"min": 1, "max": 1 << 40})  # a seeded subset
+    max_eval_samples: int | None = field(default=None, metadata={"min": 1, "max": 1 << 40})  # per val/test split
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})  # data split and baseline initialisation
+    train_epochs: int = field(default=40, metadata={"min": 1, "max": 100_000})  # baseline training, when not cached
+    train_lr: float = field(default=2e-3, metadata={"min": 0.0, "max": 10.0})
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 1 << 16})
     # A user's model: a cheap function returning its untrained architecture (package.module:function),
     # so workers, `layers`, `export` and `load` never run the task function again.
     build: str | None = None
     # One input's shape (no batch): lets `layers` list a build hook's model without any data.
-    input_shape: tuple[int, ...] | None = field(default=None, metadata={"min": 1})
+    input_shape: tuple[int, ...] | None = field(default=None, metadata={"min": 1, "max": 1 << 16})
 
     def resolved(self) -> TaskSpec:
         """The same spec with the dataset filled in, after checking both names exist."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
 from autocompress.errors import AutocompressError
+from autocompress.storage import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,13 @@ def start_or_join(address: str | None, num_cpus: int) -> bool:
             )
         kwargs["num_cpus"] = num_cpus
     try:
-        ray.init(**kwargs)
+        with warnings.catch_warnings():  # Ray Client warns before it raises: the error below says it once
+            warnings.filterwarnings("ignore", message="Ray Client connection timed out")
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise AutocompressError(f"cannot start or join Ray ({address or 'a local Ray instance'}): {exc}") from None
+        shown = mask_url(address) if address else "a local Ray instance"
+        reason = str(exc).replace(address, shown) if address else str(exc)
+        raise AutocompressError(f"cannot start or join Ray ({shown}): {reason}") from None
     return True
 
 
