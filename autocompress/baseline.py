@@ -17,6 +17,14 @@ from autocompress.errors import ConfigError
 from autocompress.plan import TOP1, MetricInfo, Result
 from autocompress.stats import above_chance
 
+SIZE_OBJECTIVES = ("packed", "deployed")  # pareto.size
+
+
+def objective_bytes(packed: int, onnx_bytes: int | None, size: str = "packed") -> int:
+    """The size objective's bytes (``pareto.size``): the packed artifact, or the file the deploy
+    target ran (an ONNX runtime's; for torch, the packed artifact is the deployed file)."""
+    return int(onnx_bytes) if size == "deployed" and onnx_bytes else int(packed)
+
 
 @dataclass(frozen=True)
 class Relative:
@@ -140,10 +148,14 @@ def trial_metrics(result: Result, baseline: dict[str, Any]) -> dict[str, Any]:
         )
     }
     metrics["latency_ms_measured"] = result.latency_ms  # this slot's own milliseconds, for reference
+    # The size objective as the study chose it (recorded with its baseline); both files' bytes kept.
+    metrics["packed_bytes"] = result.size_bytes
+    metrics["deployed_bytes"] = objective_bytes(result.size_bytes, result.onnx_bytes, "deployed")
+    metrics["size_bytes"] = objective_bytes(result.size_bytes, result.onnx_bytes, (baseline or {}).get("size_objective", "packed"))
     if baseline:
         base = Baseline.of(baseline)
         metrics["latency_ms"] = base.latency_at(result.latency_ratio)
-        relative = base.relative(result.accuracy, result.size_bytes, metrics["latency_ms"])
+        relative = base.relative(result.accuracy, metrics["size_bytes"], metrics["latency_ms"])
         metrics["accuracy_drop"] = relative.accuracy_drop
         metrics["compression_ratio"] = relative.compression_ratio
         metrics["speedup"] = relative.speedup

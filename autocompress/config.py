@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from autocompress._schema import from_mapping, read_yaml
+from autocompress.baseline import SIZE_OBJECTIVES
 from autocompress.deploy.target import LEGACY_LATENCY_KEYS, DeployConfig, from_legacy_latency
 from autocompress.errors import ConfigError
 from autocompress.storage import DEFAULT_STORAGE
@@ -85,6 +86,10 @@ class ParetoConfig:
     # top-1/top-k) or a share of the baseline's score ("2%"). None: max_accuracy_drop for point
     # metrics, 1% of the baseline's score for every other metric.
     max_drop: str | float | None = None
+    # What the size objective counts: "packed", the .acz artifact's bytes (the codes entropy-coded);
+    # "deployed", the bytes of the file the deploy target runs (an ONNX runtime's .onnx file;
+    # the packed artifact itself for torch). A study records its choice; every report shows both.
+    size: str = field(default="packed", metadata={"choices": SIZE_OBJECTIVES})
 
     def __post_init__(self) -> None:
         # Checked here, before a search starts (a share is resolved against the baseline later).

@@ -22,11 +22,13 @@ def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int,
     baseline = study.user_attrs.get("baseline", {})
     metric = Baseline.of(baseline).metric if baseline else MetricInfo()
     shown = analysis.front or analysis.closest
+    sized_by = baseline.get("size_objective", "packed")
     trials = _optuna.trials_by_number(study, shown)
     rows = []
     for number in shown:
         p = analysis.point(number)
         t = trials[number]
+        metrics = t.user_attrs.get("metrics", {})
         row: dict[str, Any] = {
             "trial": number,
             # The metric by name, in its direction: positive drops are worse, in its units.
@@ -34,7 +36,11 @@ def front_rows(study: optuna.Study, analysis: Analysis, test_accuracy: dict[int,
             "higher_is_better": metric.higher_is_better,
             "score": p.accuracy,
             "score_drop": round(p.accuracy_drop, 6),
-            "size_bytes": p.size_bytes,
+            "size_bytes": p.size_bytes,  # the size objective (pareto.size)
+            # Both files: the packed artifact, and the one the deploy target ran (an ONNX runtime's
+            # .onnx; the packed artifact itself for torch).
+            "packed_bytes": metrics.get("packed_bytes", p.size_bytes if sized_by == "packed" else None),
+            "deployed_bytes": metrics.get("deployed_bytes") or metrics.get("onnx_bytes") or (p.size_bytes if sized_by == "deployed" else None),
             "compression_ratio": p.compression_ratio,
             "latency_ms": p.latency_ms,
             "speedup": p.speedup,

@@ -5,8 +5,12 @@ layers are physically smaller, factorized layers are their two ops, folded Batch
 Two passes then put in what the exporter cannot know:
 
 * Weights of layers at <= 8 bits become the trial's exact integer codes, as int8 initializers
-  with their per-channel scales feeding ``DequantizeLinear`` (QDQ). Dequantized, they equal the
-  evaluated weights bit for bit (``codes * scale`` in float32 both ways).
+  (INT4, two per byte, for codes of 4 bits or fewer: the file then declares opset 21) with
+  their per-channel scales feeding ``DequantizeLinear`` (QDQ). Dequantized, they equal the
+  evaluated weights bit for bit (``codes * scale`` in float32 both ways). An int8 export keeps
+  int8 weights: the integer kernels it runs take int8.
+* Weights of k-means layers become their codebook (a small float table) and each weight's
+  index into it (UINT4 for up to 16 values, else UINT8) through ``Cast`` and ``Gather``: exact.
 * With ``precision="int8"``, ONNX Runtime's static quantizer adds ``QuantizeLinear`` /
   ``DequantizeLinear`` pairs on the activations of those layers, with ranges calibrated on
   training batches, so runtimes fuse them into integer kernels (QLinearConv, QGemm...). The
@@ -38,7 +42,9 @@ if TYPE_CHECKING:
     import onnx
 
 OPSET = 20  # what the exporter writes today; ONNX Runtime >= 1.17 and OpenVINO read it
+INT4_OPSET = 21  # INT4 initializers for DequantizeLinear: ONNX Runtime >= 1.18, OpenVINO 2024+
 INPUT, OUTPUT = "input", "logits"
+log = logging.getLogger(__name__)
 
 
 class ExportError(DeployError):
@@ -65,6 +71,27 @@ def quantized_weights(model: nn.Module, plan: CompressionPlan) -> dict[str, tupl
             if not torch.equal(codes * scale, weight):
                 raise ExportError(f"layer '{layer}': its weights are not {lp.bits}-bit codes times a scale; export the model as evaluated (baked)")
             found[f"{names[id(leaf)]}.weight"] = (codes.to(torch.int8).numpy(), scale.reshape(-1).numpy().astype(np.float32))
+    return found
+
+
+def shared_weights(model: nn.Module, plan: CompressionPlan) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"fc1.weight": (indices, table)}`` for every leaf of a k-means layer: the baked weight's
+    distinct values (its codebook and zero, at most 2^bits) and each weight's index into them,
+    so that ``table[indices]`` is the weight exactly."""
+    layers = layer_map(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for layer, lp in plan.layers.items():
+        if lp.quant_mode != "kmeans" or lp.bits > 8 or layer not in layers:
+            continue
+        for leaf in leaf_layers(layers[layer]):
+            weight = leaf.weight.detach().cpu().float().numpy()
+            table = np.unique(weight)
+            if table.size > 2**lp.bits:
+                continue  # not (yet) shared values: left float
+            indices = np.searchsorted(table, weight).astype(np.uint8)
+            if np.array_equal(table[indices], weight):
+                found[f"{names[id(leaf)]}.weight"] = (indices, table.astype(np.float32))
     return found
 
 
@@ -116,9 +143,35 @@ class _silence:
         self._ctx.__exit__(*exc)
 
 
+def _int4(name: str, values: np.ndarray):
+    """An INT4 initializer (two's complement)."""
+    from onnx import TensorProto
+
+    return _packed_nibbles(name, values, TensorProto.INT4)
+
+
+def _packed_nibbles(name: str, values: np.ndarray, data_type: int):
+    """A 4-bit initializer (INT4 or UINT4): two values per byte, the first in the low nibble
+    (ONNX's packing, opset 21)."""
+    from onnx import helper
+
+    flat = values.reshape(-1).astype(np.int16)
+    if flat.size % 2:
+        flat = np.append(flat, np.int16(0))
+    nibbles = (flat & 0xF).astype(np.uint8)
+    return helper.make_tensor(name, data_type, list(values.shape), (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes(), raw=True)
+
+
+def fits_int4(codes: np.ndarray) -> bool:
+    """Codes of 4 bits or fewer (any layer whose codes lie in [-8, 7]): stored as INT4, exactly."""
+    return codes.size == 0 or (int(codes.min()) >= -8 and int(codes.max()) <= 7)
+
+
 def _weight_qdq(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
-    """Replace float weight initializers by int8 codes -> DequantizeLinear (axis 0). Returns the
-    names replaced (an initializer the exporter renamed or folded is left as it is)."""
+    """Replace float weight initializers by their codes -> DequantizeLinear (axis 0): INT4
+    initializers for codes of 4 bits or fewer (opset 21; ONNX Runtime and OpenVINO read them),
+    int8 for the rest. Returns the names replaced (an initializer the exporter renamed or folded
+    is left as it is)."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in proto.graph.initializer}
@@ -128,13 +181,14 @@ def _weight_qdq(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> lis
         if init is None or tuple(init.dims) != codes.shape:
             continue
         proto.graph.initializer.remove(init)
-        proto.graph.initializer.extend(
-            [
+        if fits_int4(codes):
+            stored = [_int4(f"{name}_quantized", codes), _int4(f"{name}_zero_point", np.zeros(scale.shape, np.int8))]
+        else:
+            stored = [
                 numpy_helper.from_array(codes, f"{name}_quantized"),
-                numpy_helper.from_array(scale, f"{name}_scale"),
                 numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
             ]
-        )
+        proto.graph.initializer.extend([stored[0], numpy_helper.from_array(scale, f"{name}_scale"), stored[1]])
         nodes.append(
             helper.make_node(
                 "DequantizeLinear",
@@ -149,7 +203,50 @@ def _weight_qdq(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> lis
     existing = list(proto.graph.node)
     del proto.graph.node[:]
     proto.graph.node.extend(nodes + existing)
+    if any(fits_int4(weights[n][0]) for n in replaced):
+        _require_opset(proto, INT4_OPSET)
     return replaced
+
+
+def _weight_gather(proto, shared: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """Replace the float weights of k-means layers by their codebook (a float table) and indices
+    (UINT4 for a table of 16 values or fewer, else UINT8) -> Cast -> Gather. Returns the names replaced."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    replaced, nodes = [], []
+    for name, (indices, table) in shared.items():
+        init = inits.get(name)
+        if init is None or tuple(init.dims) != indices.shape:
+            continue
+        proto.graph.initializer.remove(init)
+        packed = (
+            _packed_nibbles(f"{name}_indices", indices, TensorProto.UINT4)
+            if table.size <= 16
+            else numpy_helper.from_array(indices, f"{name}_indices")
+        )
+        proto.graph.initializer.extend([packed, numpy_helper.from_array(table, f"{name}_codebook")])
+        nodes += [
+            helper.make_node("Cast", [f"{name}_indices"], [f"{name}_indices_int32"], name=f"{name}_Cast", to=TensorProto.INT32),
+            helper.make_node("Gather", [f"{name}_codebook", f"{name}_indices_int32"], [name], name=f"{name}_Gather", axis=0),
+        ]
+        replaced.append(name)
+    existing = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes + existing)
+    if any(shared[n][1].size <= 16 for n in replaced):
+        _require_opset(proto, INT4_OPSET)
+    return replaced
+
+
+def _require_opset(proto, version: int) -> None:
+    """Raise the default domain's opset to ``version``: the ops the exporter writes at 20 keep
+    their meaning at 21 (21 added the 4-bit types)."""
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version < version:
+            entry.version = version
+    if proto.ir_version < 10:  # INT4 arrived with IR version 10
+        proto.ir_version = 10
 
 
 def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], calibration: Iterable[np.ndarray]):
@@ -250,5 +347,21 @@ def to_onnx(
         stored = [n for n in weights if any(i.name == f"{n}_quantized" for i in proto.graph.initializer)]
     else:
         stored = _weight_qdq(proto, weights)
+    stored += _weight_gather(proto, shared_weights(model, plan))
+    missing = sorted(set(weights) - set(stored))
+    if missing:  # the exporter renamed or folded these initializers: their codes ship as float
+        log.warning("ONNX export: %s kept as float weights (the exporter renamed or folded them)", ", ".join(missing))
+    _strip(proto)
     proto.producer_name = "autocompress"
     return proto.SerializeToString(), stored
+
+
+def _strip(proto) -> None:
+    """What the runtimes never read: the exporter's per-node metadata (stack traces with this
+    machine's paths, FX node text: a fifth of a small model's file), doc strings and inferred
+    shapes of intermediate values (recomputed on load)."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.graph.value_info[:]
+    proto.graph.doc_string = ""

@@ -11,7 +11,7 @@ from typing import Any
 
 from autocompress.config import StudyConfig
 from autocompress.devices import resolve_device
-from autocompress.errors import AutocompressError, SearchError, StorageError
+from autocompress.errors import AutocompressError, ConfigError, SearchError, StorageError
 from autocompress.fidelity import check_rungs
 from autocompress.plan import TOP1, MetricInfo
 from autocompress.space import SearchSpace, load_space
@@ -52,6 +52,11 @@ def prepare(config: StudyConfig) -> SearchSpace:
         )
     search = config.search
     check_rungs(search.pruner, search.rungs, config.finetune.steps, config.source)
+    if config.pareto.size == "deployed" and search.pruner == "front" and config.deploy.runtime != "torch":
+        raise ConfigError(
+            f"search.pruner front judges a trial by its packed size, taken before fine-tuning, and pareto.size deployed sizes the "
+            f"front by its {config.deploy.runtime} files ({config.source}): use search.pruner median, hyperband or none, or pareto.size packed"
+        )
     address = search.ray_address or os.environ.get("RAY_ADDRESS")
     if search.workers:
         check_ray_address(address, "--ray-address" if search.ray_address else "RAY_ADDRESS")

@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autocompress import _faults, _optuna
-from autocompress.baseline import Baseline, resolve_max_drop
+from autocompress.baseline import Baseline, objective_bytes, resolve_max_drop
 from autocompress.config import ParetoConfig, StudyConfig
 from autocompress.deletion import plan_deletion
 from autocompress.deploy.target import DeployConfig
@@ -63,7 +63,10 @@ def measure_baseline(task: Task, runner: Runner, deploy: DeployConfig, pareto_co
         "metric": metric.to_dict(),
         # The feasibility limit in the metric's units, resolved once against this baseline.
         "max_drop": resolve_max_drop(pareto_config.max_drop, pareto_config.max_accuracy_drop, metric, result.accuracy),
-        "size_bytes": result.size_bytes,
+        # The size objective (pareto.size), recorded here: every trial is sized the same way.
+        "size_objective": pareto_config.size,
+        "size_bytes": objective_bytes(result.size_bytes, result.onnx_bytes, pareto_config.size),
+        "packed_bytes": result.size_bytes,
         "latency_ms": result.latency_ms,
         "latency_cv": result.latency_cv,
         "latency_capped": result.latency_capped,

@@ -88,6 +88,12 @@ def check_existing(study: optuna.Study, config: StudyConfig, space: SearchSpace,
             f"study '{study.study_name}' was created with another search space (differs at layer "
             f"{', '.join(diff[:3])}): choose another --name, pass --new-study, or use the space it was created with"
         )
+    sized_by = (attrs.get("baseline") or {}).get("size_objective", "packed")
+    if attrs.get("baseline") and sized_by != config.pareto.size:
+        raise StorageError(
+            f"study '{study.study_name}' sizes its trials by {sized_by} bytes (pareto.size), not {config.pareto.size}: its front "
+            f"would not compare; set pareto.size {sized_by}, choose another --name, or pass --new-study"
+        )
     old_finetune = (attrs.get("config") or {}).get("finetune")
     new_finetune = config.to_dict()["finetune"]
     if old_finetune is not None and old_finetune != new_finetune:

@@ -147,7 +147,7 @@ class Teller:
         max_drop = self.limit()
         if max_drop is not None and baseline:
             system.update(_optuna.constraint_attrs("max_accuracy_drop", metrics["accuracy_drop"] - max_drop))
-        values = [result.accuracy, float(result.size_bytes), metrics["latency_ms"]]
+        values = [result.accuracy, float(metrics["size_bytes"]), metrics["latency_ms"]]
         _optuna.complete_trial(self.study, trial, values, attrs, system)
         with self._lease.ask_lock():  # drivers sharing a study write their snapshots one at a time
             with self._timings.part("analysis"):

@@ -90,7 +90,8 @@ class WarmStart:
         tables.record_sensitivity(engine, study_id, [r.to_dict() for r in rows])
         # The phase's cost, next to the trials' in the report (a cached sensitivity costs nothing).
         study.set_user_attr("sensitivity_seconds", round(time.monotonic() - start, 2))  # measured or read from the cache
-        baseline_bytes = int(study.user_attrs["baseline"]["size_bytes"])
+        stored = study.user_attrs["baseline"]
+        baseline_bytes = int(stored.get("packed_bytes", stored["size_bytes"]))  # the ladder plans packed sizes
         queued = []
         for target in targets:
             plan = self._ladder_plan(space, rows, baseline_bytes, target)
