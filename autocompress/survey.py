@@ -6,11 +6,12 @@ then plain data over the survey (``SpaceSpec.resolve_survey``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from autocompress.compress import compressible_layers, full_rank
+from autocompress.compress import COMPRESSIBLE_TYPES, compressible_layers, full_rank
 from autocompress.compress.dependency import channel_prunable, output_layers
 from autocompress.compress.lowrank import tucker_applies, tucker_limits
 
@@ -70,3 +71,59 @@ def layer_kind(module: nn.Module) -> str:
         kh, kw = module.kernel_size
         return f"Conv2d-{kh}x{kw}" + ("-grouped" if module.groups > 1 else "")
     return type(module).__name__
+
+
+# Why a module's own parameters are not compressed, by type (``layers`` names them, never skips).
+_KEPT = {
+    "norm": "normalization: kept in float (a few values per channel)",
+    "Embedding": "nn.Embedding: not a compression site yet (Linear and Conv2d are)",
+    "MultiheadAttention": "nn.MultiheadAttention's fused q/k/v projection: not a compression site yet",
+}
+
+
+def _kept_reason(module: nn.Module) -> str:
+    kind = type(module).__name__
+    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or "Norm" in kind:
+        return _KEPT["norm"]
+    if kind in _KEPT:
+        return _KEPT[kind]
+    if isinstance(module, COMPRESSIBLE_TYPES):
+        return "bias: kept in float with its layer"
+    if any(isinstance(m, COMPRESSIBLE_TYPES) for m in module.children()) or kind.endswith(("Model", "Transformer", "Encoder", "Net")):
+        return f"parameters of the {kind} itself (tokens, position embeddings, scales): kept in float"
+    return f"a {kind}: not a compression site yet (Linear and Conv2d are)"
+
+
+def weight_coverage(model: nn.Module, listed: set[str]) -> dict[str, Any]:
+    """What share of the model's parameters the listed layers' weights hold, and the rest by
+    module type with the reason each is left uncompressed."""
+    total = sum(p.numel() for p in model.parameters())
+    covered = 0
+    left: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        if not own:
+            continue
+        for pname, param in own.items():
+            if name in listed and pname == "weight":
+                covered += param.numel()
+                continue
+            kind = type(module).__name__ if not (name in listed and pname == "bias") else "bias"
+            key = (kind, _kept_reason(module) if kind != "bias" else "kept in float with its layer")
+            entry = left.setdefault(
+                key, {"type": key[0], "reason": key[1], "tensors": 0, "params": 0, "example": f"{name}.{pname}" if name else pname}
+            )
+            entry["tensors"] += 1
+            entry["params"] += param.numel()
+    rest = sorted(left.values(), key=lambda e: -e["params"])
+    return {"layers": len(listed), "params": total, "covered": covered, "share": covered / total if total else 0.0, "not_compressed": rest}
+
+
+def coverage_line(coverage: dict[str, Any]) -> str:
+    """``4 layers hold 98.9% of the model's weights; not compressed: ...``"""
+    parts = [
+        f"{e['type']} x{e['tensors']} ({100 * e['params'] / max(1, coverage['params']):.1f}%: {e['reason']})" for e in coverage["not_compressed"]
+    ]
+    return f"{coverage['layers']} layers hold {100 * coverage['share']:.1f}% of the model's weights" + (
+        f"; not compressed: {'; '.join(parts)}" if parts else ""
+    )

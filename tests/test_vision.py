@@ -386,3 +386,26 @@ def test_example_configs_validate() -> None:
         assert config.task.model in ("torchvision:resnet18", "lenet5")
         space = load_space(config.space).resolve(*layer_skeleton(TaskSpec(model=config.task.model)))
         assert space.dimensions > 0
+
+
+def test_layers_lists_a_model_at_its_own_size_and_names_what_it_leaves_out(tmp_path) -> None:
+    """`layers --json`: every listed layer with its knobs, and the weights left uncompressed by
+    type with the reason; a ViT is built at its own 224x224 with no config (it was a traceback)."""
+    import json
+
+    from tests.helpers import run_cli
+
+    proc = run_cli("layers", "digits-cnn", "--json", cwd=tmp_path)
+    found = json.loads(proc.stdout)
+    assert [layer["name"] for layer in found["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    assert found["coverage"]["share"] > 0.99 and found["layers"][0]["knobs"]["bits"]["choices"]
+    text = run_cli("layers", "digits-cnn", cwd=tmp_path).stdout
+    assert "4 layers hold 99.7% of the model's weights; not compressed: bias x4" in text
+    (tmp_path / "unstructured.yaml").write_text("knobs: {sparsity_mode: unstructured}\n")
+    proc = run_cli("layers", "torchvision:vit_b_16", "--space", str(tmp_path / "unstructured.yaml"), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    vit = json.loads(proc.stdout)
+    left = {e["type"]: e for e in vit["coverage"]["not_compressed"]}
+    assert left["MultiheadAttention"]["params"] == 12 * 3 * (768 * 768 + 768) and "not a compression site yet" in left["MultiheadAttention"]["reason"]
+    assert abs(vit["coverage"]["covered"] + sum(e["params"] for e in left.values()) - vit["coverage"]["params"]) == 0
+    assert run_cli("layers", "torchvision:inception_v3", cwd=tmp_path).returncode == 0  # 75x75, its smallest

@@ -32,7 +32,10 @@ EXAMPLES_LAYERS = """examples:
   autocompress layers digits-cnn
   autocompress layers digits-mlp --space search_spaces/default.yaml
   autocompress layers torchvision:resnet50 --space search_spaces/deep.yaml   # knobs shared per block
-  autocompress layers --config studies/cifar10-resnet18.yaml                  # the task of a study config"""
+  autocompress layers --config studies/cifar10-resnet18.yaml                  # the task of a study config
+  autocompress layers torchvision:vit_b_16 --json > layers.json               # built at its own 224x224
+The last line says what share of the model's weights the listed layers hold, and names what is
+left uncompressed (norms, embeddings, fused attention projections...) and why."""
 
 
 def add_inspect(sub: Subparsers, fmt: type[argparse.HelpFormatter]) -> Handler:
@@ -150,6 +153,7 @@ def add_layers(sub: Subparsers, fmt: type[argparse.HelpFormatter]) -> Handler:
     )
     lay.add_argument("--config", help="study config whose task (model, dataset, data options) and space to use")
     lay.add_argument("--space", default=None, help="search space YAML (default: the config's space, else the built-in one)")
+    lay.add_argument("--json", action="store_true", help="print the layers, their knobs and what is left uncompressed as JSON")
     add_debug(lay)
     return _layers
 
@@ -161,13 +165,26 @@ def _layers(args: argparse.Namespace) -> int:
     from autocompress.report import make_console
     from autocompress.space import load_space
     from autocompress.space_file import OPTIONAL_KNOBS
+    from autocompress.survey import coverage_line, weight_coverage
     from autocompress.tasks import TaskSpec, layer_skeleton
 
     if args.task is not None and args.task.endswith((".yaml", ".yml")) and args.config is None:
         args.task, args.config = None, args.task  # `layers study.yaml`: a config, not a model name
     config = load_config(args.config)
     spec = config.task if args.task is None else TaskSpec(model=args.task)
-    space = load_space(args.space or config.space).resolve(*layer_skeleton(spec))
+    model, example = layer_skeleton(spec)
+    space = load_space(args.space or config.space).resolve(model, example)
+    coverage = weight_coverage(model, set(space.layers))
+    if args.json:
+        import json
+
+        print(
+            json.dumps(
+                {"model": spec.model, "space": space.source, "layers": [_layer_json(ls) for ls in space.layers.values()], "coverage": coverage},
+                indent=2,
+            )
+        )
+        return 0
     groups = f", {len(space.groups)} groups" if space.grouped else ""
     from autocompress.tasks.custom import task_protocol
 
@@ -210,8 +227,26 @@ def _layers(args: argparse.Namespace) -> int:
             *(ls.knobs[k].describe() for k in OPTIONAL_KNOBS if shown[k]),
             *(("; ".join(ls.notes),) if any(x.notes for x in space.layers.values()) else ()),
         )
-    make_console().print(table)
+    console = make_console()
+    console.print(table)
+    console.print(coverage_line(coverage))
     return 0
+
+
+def _layer_json(ls) -> dict:
+    params = 1
+    for d in ls.weight_shape:
+        params *= d
+    return {
+        "name": ls.name,
+        "group": ls.group,
+        "type": ls.type,
+        "weight_shape": list(ls.weight_shape),
+        "params": params,
+        "full_rank": ls.full_rank,
+        "knobs": {k: knob.to_dict() for k, knob in ls.knobs.items() if not knob.off},
+        "notes": list(ls.notes),
+    }
 
 
 COMMANDS = {"layers": add_layers, "inspect": add_inspect, "sensitivity": add_sensitivity, "check-task": add_check_task}

@@ -59,15 +59,39 @@ def torchvision_model(name: str) -> ModelEntry:
             f"its segmentation models are {', '.join(segmentation_models())}"
         )
 
+    own = _own_size(name)
+
     def factory(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
         import torchvision
 
         if len(input_shape) != 3 or input_shape[0] != 3:
             raise TaskError(f"torchvision:{name} takes 3-channel images, the data has shape {tuple(input_shape)}: set task.channels: 3")
         extra: dict[str, Any] = {"aux_logits": False, "init_weights": True} if name in _AUX_HEADS else {}
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+        height, width = input_shape[1:]
+        if name.startswith("vit_"):  # a ViT is built for one image size: the data's
+            extra["image_size"] = height
+        elif name.startswith("maxvit_"):
+            extra["input_size"] = (height, width)
+        try:
+            return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+        except (ValueError, AssertionError, RuntimeError) as exc:
+            raise TaskError(f"torchvision:{name} cannot be built for {height}x{width} images ({exc}): set task.image_size to {own}") from None
 
-    return ModelEntry(factory, default_dataset=None, description=f"torchvision {name}", input_shape=(3, 32, 32))
+    return ModelEntry(factory, default_dataset=None, description=f"torchvision {name}", input_shape=(3, own, own))
+
+
+def _own_size(name: str) -> int:
+    """The image size a torchvision classifier is built for when no data says (``layers`` with
+    no config): the smallest its published weights take (224 for ViT, Swin and MaxViT, 75 for
+    Inception v3), and 32 for the models that take any size (read from the weights' metadata:
+    nothing is downloaded)."""
+    import torchvision
+
+    try:
+        sizes = [min(w.meta.get("min_size", (1, 1))) for w in torchvision.models.get_model_weights(name)]
+    except (ValueError, KeyError):  # a model without published weights
+        sizes = []
+    return max(32, min(sizes, default=32))
 
 
 def _segmentation_model(name: str) -> ModelEntry:
