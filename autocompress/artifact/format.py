@@ -34,9 +34,21 @@ VALUES_PER_FILE_BYTE = 256
 MIN_VALUES_CAP = 1 << 24
 
 
+# The architecture is built before its channels are removed: a model pruned to 25% of its
+# channels in every layer keeps about 1/16 of its weights, so its skeleton may hold that many
+# times the file's own cap.
+SKELETON_FACTOR = 16
+
+
 def values_cap(file_bytes: int) -> int:
-    """The most weights and buffers a file of this size may make a reader build."""
+    """The most weights and buffers a file of this size may declare."""
     return max(MIN_VALUES_CAP, VALUES_PER_FILE_BYTE * file_bytes)
+
+
+def skeleton_cap(file_bytes: int) -> int:
+    """The most values the architecture a file names may hold before its plan's structure
+    (removed channels, factorized layers) is applied."""
+    return max(MIN_VALUES_CAP, SKELETON_FACTOR * VALUES_PER_FILE_BYTE * file_bytes)
 
 
 # LZMA2 runs at about 1 MB/s here: past this body size (a float ResNet's 45 MB took 48 s) zlib

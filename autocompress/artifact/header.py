@@ -20,6 +20,7 @@ from autocompress.artifact.format import (
     PAYLOAD_PER_FILE_BYTE,
     READ_FORMATS,
     VALUES_PER_FILE_BYTE,
+    skeleton_cap,
     values_cap,
 )
 from autocompress.artifact.schema import SPANS, Invalid, validate
@@ -43,9 +44,9 @@ class Artifact:
         return cls(header, payload, source, len(data))
 
     @property
-    def values_cap(self) -> int:
-        """The most values this file may make a reader build (``format.values_cap``)."""
-        return values_cap(self.file_bytes)
+    def skeleton_cap(self) -> int:
+        """The most values the architecture this file names may hold (``format.skeleton_cap``)."""
+        return skeleton_cap(self.file_bytes)
 
 
 def read_header(data: bytes, source: str = "artifact", payload: bool = True) -> tuple[dict[str, Any], bytes]:

@@ -185,7 +185,7 @@ def loads(data: bytes | Artifact, source: str = "artifact", build: Build | None 
     ``build`` makes the architecture of a model of your own."""
     art = data if isinstance(data, Artifact) else Artifact.read(data, source)
     try:
-        model = rebuild(art.header, build, art.source, art.values_cap)
+        model = rebuild(art.header, build, art.source, art.skeleton_cap)
         expected = model.state_dict()
         _check_table(art.header, expected, art.source)
         model.load_state_dict(dict(decode_tensors(art.header, art.payload)))
