@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from autocompress import compress
-from autocompress.artifact.format import MAGIC, MAGIC_V1, MAX_FILE_BYTES, READ_CHUNK
-from autocompress.artifact.header import Artifact
+from autocompress.artifact.format import MAGIC, MAGIC_V1, MAX_FILE_BYTES, READ_CHUNK, skeleton_cap
+from autocompress.artifact.header import Artifact, read_header
 from autocompress.artifact.streams import decode_positions, unpack_symbols, unpack_uint
 from autocompress.errors import ArtifactError, AutocompressError
 from autocompress.plan import CompressionPlan
@@ -182,18 +182,26 @@ _REBUILD_ERRORS = (KeyError, ValueError, TypeError, IndexError, RuntimeError, Re
 
 def loads(data: bytes | Artifact, source: str = "artifact", build: Build | None = None) -> nn.Module:
     """Rebuild a packed model (its bytes, or the ``Artifact`` they were read into once);
-    ``build`` makes the architecture of a model of your own."""
-    art = data if isinstance(data, Artifact) else Artifact.read(data, source)
+    ``build`` makes the architecture of a model of your own.
+
+    From bytes, the payload is inflated only after the model is rebuilt and the header's tensor
+    table matched against it: what a file's payload may cost is then bounded by the model it
+    really builds, not by what its header claims."""
+    if isinstance(data, Artifact):
+        header, source, cap = data.header, data.source, data.skeleton_cap
+    else:
+        header, _ = read_header(data, source, payload=False)
+        cap = skeleton_cap(len(data))
     try:
-        model = rebuild(art.header, build, art.source, art.skeleton_cap)
-        expected = model.state_dict()
-        _check_table(art.header, expected, art.source)
+        model = rebuild(header, build, source, cap)
+        _check_table(header, model.state_dict(), source)
+        art = data if isinstance(data, Artifact) else Artifact.read(data, source)
         model.load_state_dict(dict(decode_tensors(art.header, art.payload)))
     except ArtifactError:
         raise
     except _REBUILD_ERRORS as exc:
         raise ArtifactError(
-            f"{art.source} does not rebuild ({type(exc).__name__}: {str(exc)[:200]}): it was made for another model or version; re-export it"
+            f"{source} does not rebuild ({type(exc).__name__}: {str(exc)[:200]}): it was made for another model or version; re-export it"
         ) from None
     return model.eval()
 
