@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from optuna.trial import TrialState
 
 from autocompress import _optuna, artifact
 from autocompress.artifact.header import Artifact, payload_bytes
+from autocompress.artifact.schema import SPANS
 from autocompress.artifact_store import read_artifact
 from autocompress.errors import ArtifactError, StorageError, TaskError
 from autocompress.outputs import check_output, write_atomic
@@ -137,7 +139,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     header, _ = artifact.read_header(data, str(path), payload=False)
     tensors = []
     for t in header["tensors"]:
-        stored = sum(t[k][1] for k in ("values", "index", "scale", "codebook") if k in t)
+        stored = sum(t[k][1] for k in SPANS if k in t)
         tensors.append(
             {"name": t["name"], "shape": t["shape"], "kind": t["kind"], "encoding": t.get("enc", "raw"), "bits": t.get("bits"), "bytes": stored}
         )
@@ -151,16 +153,9 @@ def describe(path: str | Path) -> dict[str, Any]:
         "plan": header["plan"],
         "channels_removed": header.get("channels_removed", {}),
         "bn_folded": header.get("bn_folded", {}),
-        "params": sum(_numel(t["shape"]) for t in header["tensors"] if t["kind"] != "raw" or _is_parameter(t["name"])),
+        "params": sum(math.prod(t["shape"]) for t in header["tensors"] if t["kind"] != "raw" or _is_parameter(t["name"])),
         "tensors": tensors,
     }
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def _is_parameter(name: str) -> bool:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import time
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,16 +134,13 @@ def cache_key(task_key: str, space: SearchSpace, deploy_identity: dict[str, Any]
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_ROW_TYPES: dict[str, tuple[type, ...]] = {
-    "group": (str,),
-    "knob": (str,),
-    "value": (int, float),
-    "accuracy": (int, float),
-    "drop_points": (int, float),
-    "size_bytes": (int,),
-    "size_delta": (int,),
-    "latency_ratio": (int, float, type(None)),
-}
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """What JSON gives back for a field of this type (a float written as 4 reads back an int)."""
+    kinds = set(typing.get_args(hint)) or {hint}
+    return tuple(kinds | ({int} if float in kinds else set()))
+
+
+_ROW_TYPES = {name: _json_types(hint) for name, hint in typing.get_type_hints(Row).items()}  # a cached row's schema
 
 
 def read_cache(path: Path) -> tuple[dict[str, Any], list[Row]] | None:

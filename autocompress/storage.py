@@ -34,10 +34,11 @@ def mask_url(url: str) -> str:
     last ``@`` before the host, and ``?password=`` query parameters are masked too.
     """
     scheme, sep, rest = url.partition("://")
-    if not sep and "@" in url.partition("/")[0]:  # a schemeless address (user:pass@host:port)
-        credentials, _, host = url.partition("/")[0].rpartition("@")
+    authority, slash, path = url.partition("/")
+    if not sep and "@" in authority:  # a schemeless address (user:pass@host:port)
+        credentials, _, host = authority.rpartition("@")
         user, colon, _ = credentials.partition(":")
-        return f"{user}:***@{host}{url[len(url.partition('/')[0]) :]}" if colon else url
+        return f"{user}:***@{host}{slash}{path}" if colon else url
     if sep and not scheme.startswith("sqlite"):  # a file path may hold '@'; only a server URL has credentials
         netloc, slash, tail = rest.partition("/")
         if "@" in tail.partition("?")[0] and "@" not in netloc:  # an unescaped / inside the password

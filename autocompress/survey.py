@@ -88,8 +88,8 @@ def _kept_reason(module: nn.Module) -> str:
     if kind in _KEPT:
         return _KEPT[kind]
     if isinstance(module, COMPRESSIBLE_TYPES):
-        return "bias: kept in float with its layer"
-    if any(isinstance(m, COMPRESSIBLE_TYPES) for m in module.children()) or kind.endswith(("Model", "Transformer", "Encoder", "Net")):
+        return "left out by the search space (its layers or exclude)"
+    if any(True for _ in module.children()):  # a container's own tensors: ViT's class token, position embeddings
         return f"parameters of the {kind} itself (tokens, position embeddings, scales): kept in float"
     return f"a {kind}: not a compression site yet (Linear and Conv2d are)"
 
@@ -101,15 +101,11 @@ def weight_coverage(model: nn.Module, listed: set[str]) -> dict[str, Any]:
     covered = 0
     left: dict[tuple[str, str], dict[str, Any]] = {}
     for name, module in model.named_modules():
-        own = dict(module.named_parameters(recurse=False))
-        if not own:
-            continue
-        for pname, param in own.items():
+        for pname, param in module.named_parameters(recurse=False):
             if name in listed and pname == "weight":
                 covered += param.numel()
                 continue
-            kind = type(module).__name__ if not (name in listed and pname == "bias") else "bias"
-            key = (kind, _kept_reason(module) if kind != "bias" else "kept in float with its layer")
+            key = ("bias", "kept in float with its layer") if name in listed else (type(module).__name__, _kept_reason(module))
             entry = left.setdefault(
                 key, {"type": key[0], "reason": key[1], "tensors": 0, "params": 0, "example": f"{name}.{pname}" if name else pname}
             )

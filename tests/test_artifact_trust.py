@@ -124,6 +124,20 @@ def test_crafted_headers_end_in_one_artifact_error(case: str, genuine: dict[str,
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_the_schema_knows_every_plan_field_and_encoding() -> None:
+    """The header's schema names each LayerPlan field (a new field must be added there too) and
+    each encoding the packer chooses among."""
+    import dataclasses
+
+    from autocompress.artifact.schema import ENCODING, LAYER_PLAN
+    from autocompress.plan import LayerPlan
+    from autocompress.size import MAX_INDEX_BITS
+
+    assert set(LAYER_PLAN.required) | set(LAYER_PLAN.optional) == {f.name for f in dataclasses.fields(LayerPlan)}
+    for encoding in ("dense", "empty", "bitmask", *(f"relative-index-{b}" for b in range(1, MAX_INDEX_BITS + 1))):
+        ENCODING.check(encoding, "enc")
+
+
 # --- the validator under mutation: ArtifactError or the same model, never another exception ---
 
 JSON_LEAVES = st.one_of(

@@ -8,8 +8,6 @@ import lzma
 from dataclasses import dataclass, field
 from typing import Any
 
-from autocompress.plan import LayerPlan
-
 MAGIC = b"ACZ2"
 MAGIC_V1 = b"ACZ1"  # format 1: zlib, bit-packed streams; still read
 FORMAT_VERSION = 2
@@ -56,9 +54,7 @@ def skeleton_cap(file_bytes: int) -> int:
 LZMA_MAX_BODY = 8 << 20
 MAX_FILE_BYTES = 4 << 30  # what load() reads of a file at most
 READ_CHUNK = 1 << 20  # a stream (a pipe, a device) is read this much at a time, never a cap reserved
-ENCODINGS = ("dense", "empty", "bitmask")
 KINDS = ("raw", "codes", "shared", "sparse", "float")
-PLAN_KEYS = set(LayerPlan.__dataclass_fields__)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "int64": 8, "bfloat16": 2}  # what a raw tensor may be stored as
 DTYPE_NAMES = tuple(DTYPE_BYTES)
 PACKINGS = ("bytes", "bits")  # a symbol per byte (format 2's default), or bit-packed at its width

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import lzma
+import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +52,20 @@ class Artifact:
 
 
 def read_header(data: bytes, source: str = "artifact", payload: bool = True) -> tuple[dict[str, Any], bytes]:
-    """Check the magic, decompress with a size cap, parse and check the JSON header.
+    """Check the magic, decompress with a size cap, parse and check the JSON header, then
+    inflate the payload (with ``payload=False``, as ``inspect`` reads, nothing past the header)."""
+    header, rest = open_file(data, source)
+    return header, rest() if payload else b""
+
+
+def open_file(data: bytes, source: str = "artifact") -> tuple[dict[str, Any], Callable[[], bytes]]:
+    """The checked header, and what inflates the payload when called (once).
 
     Decompression is bounded twice: the header comes first (at most MAX_HEADER_BYTES), and the
     payload is then inflated only up to the size the header's own tensor table declares, which
     each tensor's shape bounds and which may not exceed what the file's bytes can honestly hold.
-    A bomb is refused after reading its header, not after inflating gigabytes. With
-    ``payload=False`` (``inspect``) nothing past the header is inflated.
+    A bomb is refused after reading its header, not after inflating gigabytes; a caller that can
+    check the header against more (``loads``: the model it builds) does so before inflating.
     """
     if data.startswith(MAGIC) and len(data) > len(MAGIC) and data[len(MAGIC)] < len(CODECS):
         codec, stream, version = CODECS[data[len(MAGIC)]], data[len(MAGIC) + 1 :], 2
@@ -88,7 +97,7 @@ def read_header(data: bytes, source: str = "artifact", payload: bool = True) -> 
     check_header(header, source)
     if header["format"] != version:
         raise ArtifactError(f"{source} has a corrupt header (format {header['format']} in a format {version} file): re-export it")
-    values = sum(_numel(t["shape"]) for t in header["tensors"])
+    values = sum(math.prod(t["shape"]) for t in header["tensors"])
     if values > values_cap(len(data)):
         raise ArtifactError(
             f"{source} declares {values} weight values in {len(data)} bytes, more than any packed model holds "
@@ -101,30 +110,25 @@ def read_header(data: bytes, source: str = "artifact", payload: bool = True) -> 
         )
     header["channels_removed"] = {k: mask_indices(v) for k, v in header.setdefault("channels_removed", {}).items()}
     header.setdefault("bn_folded", {})
-    if not payload:
-        return header, b""
-    try:
-        body = inflater.read(declared)
-        # A real file ends where its header says: one more byte of output means it does not.
-        if inflater.more and inflater.read(1):
-            raise ArtifactError(f"{source} holds more data than its header declares: it is not a real artifact; re-export it")
-    except corrupt:
-        raise ArtifactError(f"{source} is corrupt (bad compressed data): re-export it") from None
-    if len(body) < declared or not inflater.eof:
-        raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
-    return header, body
+
+    def rest() -> bytes:
+        try:
+            body = inflater.read(declared)
+            # A real file ends where its header says: one more byte of output means it does not.
+            if inflater.more and inflater.read(1):
+                raise ArtifactError(f"{source} holds more data than its header declares: it is not a real artifact; re-export it")
+        except corrupt:
+            raise ArtifactError(f"{source} is corrupt (bad compressed data): re-export it") from None
+        if len(body) < declared or not inflater.eof:
+            raise ArtifactError(f"{source} is truncated or corrupt (the compressed stream ends early): re-export it")
+        return body
+
+    return header, rest
 
 
 def payload_bytes(header: dict[str, Any]) -> int:
     """The payload's length as the header's tensor table declares it."""
     return max((t[k][0] + t[k][1] for t in header["tensors"] for k in SPANS if k in t), default=0)
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def check_header(header: Any, source: str = "artifact") -> None:

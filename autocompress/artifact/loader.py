@@ -16,7 +16,7 @@ from torch import nn
 
 from autocompress import compress
 from autocompress.artifact.format import MAGIC, MAGIC_V1, MAX_FILE_BYTES, READ_CHUNK, skeleton_cap
-from autocompress.artifact.header import Artifact, read_header
+from autocompress.artifact.header import Artifact, open_file
 from autocompress.artifact.streams import decode_positions, unpack_symbols, unpack_uint
 from autocompress.errors import ArtifactError, AutocompressError
 from autocompress.plan import CompressionPlan
@@ -189,14 +189,14 @@ def loads(data: bytes | Artifact, source: str = "artifact", build: Build | None 
     really builds, not by what its header claims."""
     if isinstance(data, Artifact):
         header, source, cap = data.header, data.source, data.skeleton_cap
+        rest = lambda: data.payload  # noqa: E731  (read already)
     else:
-        header, _ = read_header(data, source, payload=False)
+        header, rest = open_file(data, source)
         cap = skeleton_cap(len(data))
     try:
         model = rebuild(header, build, source, cap)
         _check_table(header, model.state_dict(), source)
-        art = data if isinstance(data, Artifact) else Artifact.read(data, source)
-        model.load_state_dict(dict(decode_tensors(art.header, art.payload)))
+        model.load_state_dict(dict(decode_tensors(header, rest())))
     except ArtifactError:
         raise
     except _REBUILD_ERRORS as exc:

@@ -10,6 +10,7 @@ five levels), and the walk never recurses further than the schema does. No torch
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,17 +163,13 @@ ENCODING = Text(rf"dense|empty|bitmask|relative-index-[1-{MAX_INDEX_BITS}]")
 
 
 def _task_rule(task: dict[str, Any], where: str) -> None:
-    values = 1
-    for d in task.get("input_shape", []):
-        values *= d
+    values = math.prod(task.get("input_shape", []))
     if values > MAX_INPUT_VALUES:
         raise Invalid(f"{where}.input_shape", f"{values} values per input, over the {MAX_INPUT_VALUES} this version builds")
 
 
 def _tensor_rule(t: dict[str, Any], where: str) -> None:
-    numel = 1
-    for d in t["shape"]:
-        numel *= d
+    numel = math.prod(t["shape"])
     if numel > MAX_TENSOR_VALUES:
         raise Invalid(f"{where}.shape", f"{numel} values, over the {MAX_TENSOR_VALUES} this version reads")
     kind = t["kind"]

@@ -25,7 +25,7 @@ import io
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,76 +167,63 @@ def fits_int4(codes: np.ndarray) -> bool:
     return codes.size == 0 or (int(codes.min()) >= -8 and int(codes.max()) <= 7)
 
 
-def _weight_qdq(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
-    """Replace float weight initializers by their codes -> DequantizeLinear (axis 0): INT4
-    initializers for codes of 4 bits or fewer (opset 21; ONNX Runtime and OpenVINO read them),
-    int8 for the rest. Returns the names replaced (an initializer the exporter renamed or folded
-    is left as it is)."""
+Encoded = tuple[list[Any], list[Any], bool]  # initializers, the nodes computing the weight, a 4-bit type used
+
+
+def _replace_weights(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], encode: Callable[[str, np.ndarray, np.ndarray], Encoded]) -> list[str]:
+    """Replace the float weight initializers named in ``weights`` (values whose first array has
+    the weight's shape) by what ``encode`` makes of them; nodes go first, which keeps the graph
+    topologically sorted, and a 4-bit type raises the opset to 21. Returns the names replaced
+    (an initializer the exporter renamed or folded is left as it is)."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    replaced, nodes, four_bit = [], [], False
+    for name, (first, second) in weights.items():
+        init = inits.get(name)
+        if init is None or tuple(init.dims) != first.shape:
+            continue
+        proto.graph.initializer.remove(init)
+        stored, computing, narrow = encode(name, first, second)
+        proto.graph.initializer.extend(stored)
+        nodes += computing
+        four_bit |= narrow
+        replaced.append(name)
+    existing = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes + existing)
+    if four_bit:
+        _require_opset(proto, INT4_OPSET)
+    return replaced
+
+
+def _qdq(name: str, codes: np.ndarray, scale: np.ndarray) -> Encoded:
+    """Codes -> DequantizeLinear (axis 0): INT4 initializers for codes of 4 bits or fewer (opset
+    21; ONNX Runtime and OpenVINO read them), int8 for the rest."""
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in proto.graph.initializer}
-    replaced, nodes = [], []
-    for name, (codes, scale) in weights.items():
-        init = inits.get(name)
-        if init is None or tuple(init.dims) != codes.shape:
-            continue
-        proto.graph.initializer.remove(init)
-        if fits_int4(codes):
-            stored = [_int4(f"{name}_quantized", codes), _int4(f"{name}_zero_point", np.zeros(scale.shape, np.int8))]
-        else:
-            stored = [
-                numpy_helper.from_array(codes, f"{name}_quantized"),
-                numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
-            ]
-        proto.graph.initializer.extend([stored[0], numpy_helper.from_array(scale, f"{name}_scale"), stored[1]])
-        nodes.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
-                [name],
-                name=f"{name}_DequantizeLinear",
-                axis=0,
-            )
-        )
-        replaced.append(name)
-    # Constants first keeps the graph topologically sorted.
-    existing = list(proto.graph.node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes + existing)
-    if any(fits_int4(weights[n][0]) for n in replaced):
-        _require_opset(proto, INT4_OPSET)
-    return replaced
+    zeros = np.zeros(scale.shape, np.int8)
+    narrow = fits_int4(codes)
+    if narrow:
+        quantized, zero_point = _int4(f"{name}_quantized", codes), _int4(f"{name}_zero_point", zeros)
+    else:
+        quantized, zero_point = numpy_helper.from_array(codes, f"{name}_quantized"), numpy_helper.from_array(zeros, f"{name}_zero_point")
+    node = helper.make_node(
+        "DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"], [name], name=f"{name}_DequantizeLinear", axis=0
+    )
+    return [quantized, numpy_helper.from_array(scale, f"{name}_scale"), zero_point], [node], narrow
 
 
-def _weight_gather(proto, shared: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
-    """Replace the float weights of k-means layers by their codebook (a float table) and indices
-    (UINT4 for a table of 16 values or fewer, else UINT8) -> Cast -> Gather. Returns the names replaced."""
+def _gather(name: str, indices: np.ndarray, table: np.ndarray) -> Encoded:
+    """A k-means layer's codebook (a float table) and indices (UINT4 for a table of 16 values or
+    fewer, else UINT8) -> Cast -> Gather."""
     from onnx import TensorProto, helper, numpy_helper
 
-    inits = {i.name: i for i in proto.graph.initializer}
-    replaced, nodes = [], []
-    for name, (indices, table) in shared.items():
-        init = inits.get(name)
-        if init is None or tuple(init.dims) != indices.shape:
-            continue
-        proto.graph.initializer.remove(init)
-        packed = (
-            _packed_nibbles(f"{name}_indices", indices, TensorProto.UINT4)
-            if table.size <= 16
-            else numpy_helper.from_array(indices, f"{name}_indices")
-        )
-        proto.graph.initializer.extend([packed, numpy_helper.from_array(table, f"{name}_codebook")])
-        nodes += [
-            helper.make_node("Cast", [f"{name}_indices"], [f"{name}_indices_int32"], name=f"{name}_Cast", to=TensorProto.INT32),
-            helper.make_node("Gather", [f"{name}_codebook", f"{name}_indices_int32"], [name], name=f"{name}_Gather", axis=0),
-        ]
-        replaced.append(name)
-    existing = list(proto.graph.node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes + existing)
-    if any(shared[n][1].size <= 16 for n in replaced):
-        _require_opset(proto, INT4_OPSET)
-    return replaced
+    narrow = table.size <= 16
+    packed = _packed_nibbles(f"{name}_indices", indices, TensorProto.UINT4) if narrow else numpy_helper.from_array(indices, f"{name}_indices")
+    nodes = [
+        helper.make_node("Cast", [f"{name}_indices"], [f"{name}_indices_int32"], name=f"{name}_Cast", to=TensorProto.INT32),
+        helper.make_node("Gather", [f"{name}_codebook", f"{name}_indices_int32"], [name], name=f"{name}_Gather", axis=0),
+    ]
+    return [packed, numpy_helper.from_array(table, f"{name}_codebook")], nodes, narrow
 
 
 def _require_opset(proto, version: int) -> None:
@@ -346,8 +333,8 @@ def to_onnx(
         _check_codes(proto, weights)
         stored = [n for n in weights if any(i.name == f"{n}_quantized" for i in proto.graph.initializer)]
     else:
-        stored = _weight_qdq(proto, weights)
-    stored += _weight_gather(proto, shared_weights(model, plan))
+        stored = _replace_weights(proto, weights, _qdq)
+    stored += _replace_weights(proto, shared_weights(model, plan), _gather)
     missing = sorted(set(weights) - set(stored))
     if missing:  # the exporter renamed or folded these initializers: their codes ship as float
         log.warning("ONNX export: %s kept as float weights (the exporter renamed or folded them)", ", ".join(missing))
