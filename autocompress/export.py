@@ -91,6 +91,7 @@ def trial_onnx(
     """A trial's ONNX file: the one its numbers were measured on when the study deployed to an
     ONNX runtime at this precision, else exported from its packed artifact."""
     from autocompress.deploy.onnx_export import calibration_batches, to_onnx
+    from autocompress.deploy.runtimes import float_layers
     from autocompress.plan import CompressionPlan
 
     deploy = study_deploy(study)
@@ -127,7 +128,10 @@ def trial_onnx(
 
         spec = study_task(study, code).resolved()
         calibration = calibration_batches(load_data(spec).x_train, spec.seed, deploy.get("calibration_batches", 8), deploy.get("batch_size", 32))
-    data, _ = to_onnx(model, plan, example, precision, calibration)
+    # Exported for ONNX Runtime: the layers whose integer kernels time slower here stay float, as
+    # in the study's own int8 deploy (its whole-model race aside: the file asked for is int8).
+    keep_float = float_layers(deploy.get("threads", 1)) if precision == "int8" and deploy["runtime"] == "onnxruntime" else None
+    data, _ = to_onnx(model, plan, example, precision, calibration, keep_float=keep_float)
     return data, f"exported from the packed artifact ({precision})"
 
 

@@ -1,5 +1,7 @@
-"""Deploy targets side by side: the same plans on eager PyTorch fp32, ONNX Runtime fp32 and ONNX
-Runtime int8 (CPU, 1 thread, batch 32), each timed paired with that target's own baseline.
+"""Deploy targets side by side: the same plans on eager PyTorch fp32, ONNX Runtime fp32 and int8,
+OpenVINO fp32 and int8 (CPU, 1 thread, batch 32), each timed paired with that target's own
+baseline. ONNX Runtime int8 runs integer kernels only where they time faster (per layer, and the
+whole model against its float kernels); OpenVINO compiles the same QDQ file.
 
 Three parts, one run:
 
@@ -41,7 +43,7 @@ from autocompress.tasks import MODELS
 from benchmarks.scratch import scratch
 
 MODELS_TIMED = {"digits-cnn": (1, 8, 8), "lenet5": (1, 28, 28), "torchvision:resnet18": (3, 32, 32)}
-TARGETS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
+TARGETS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8"))
 
 
 def uniform(model: torch.nn.Module, bits: int, channel: float = 0.0) -> CompressionPlan:

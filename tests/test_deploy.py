@@ -116,6 +116,51 @@ def test_int8_onnx_runs_integer_kernels_with_the_trial_codes(model_name: str) ->
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.75
 
 
+def test_a_layer_kept_float_in_an_int8_file_ships_the_evaluated_weights_and_float_ops_after_it() -> None:
+    """``keep_float`` names a layer: it ships float weights equal to its codes times scales, the ops
+    it alone feeds stay float (a uint8 pooling op after a float layer ran 40x slower), the others
+    run integer kernels."""
+    model, plan, x = _compressed("digits-cnn", "quantize", batch=32)
+    codes = quantized_weights(model, plan)
+    first = next(iter(codes))
+    data, stored = to_onnx(model, plan, x, "int8", [x], keep_float=lambda proto, weights, shape: [first])
+    assert first not in stored and set(stored) == set(codes) - {first}
+    proto = onnx.load_from_string(data)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    values, scale = codes[first]
+    assert np.array_equal(inits[first], values.astype(np.float32) * scale.reshape(-1, *[1] * (values.ndim - 1)))
+    layer = next(n for n in proto.graph.node if n.op_type == "Conv" and n.input[1] == first)
+    after = [n for n in proto.graph.node if layer.output[0] in n.input]
+    assert after and all(n.op_type != "QuantizeLinear" for n in after)  # what it alone feeds runs float (its ReLU)
+    ops = _optimized_ops(data)
+    assert any(op in INTEGER_OPS for op in ops) and ({"Conv", "FusedConv"} & set(ops)), collections.Counter(ops)
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert (got.argmax(1) == model(x).numpy().argmax(1)).mean() >= 0.75
+
+
+def test_onnxruntime_int8_deploys_the_faster_form_and_says_which_layers_run_float() -> None:
+    """Each layer's two kernels are timed once per shape (cached), and the deployed form is either
+    integer kernels (naming any layer left float) or the same plan on float kernels (saying why);
+    both predict what the model predicts."""
+    from autocompress.deploy import kernel_choice
+
+    model, plan, x = _compressed("digits-cnn", "quantize", batch=32)
+    kernel_choice._CACHE.clear()
+    deployed = runtime("onnxruntime").deploy(model, plan, x, "int8", "cpu", 1, [x])
+    timed = dict(kernel_choice._CACHE)
+    assert len(timed) == len(quantized_weights(model, plan)) and all(r > 0 for r in timed.values())
+    runtime("onnxruntime").deploy(model, plan, x, "int8", "cpu", 1, [x])
+    assert kernel_choice._CACHE == timed  # the same shapes are not timed again
+    if " fp32 " in deployed.backend:
+        assert "integer kernels took" in deployed.backend and "QuantizeLinear" not in {n.op_type for n in onnx.load_from_string(deployed.onnx).graph.node}
+    else:
+        slower = [n for n, r in timed.items() if r >= 1.0]
+        assert "[Q" in deployed.backend and (not slower or "float where integer kernels are slower" in deployed.backend)
+    with torch.no_grad():
+        assert (deployed.predict(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.75
+
+
 def test_resnet18_with_channels_4_bits_and_low_rank_exports_and_runs_in_onnxruntime() -> None:
     import torchvision
 

@@ -14,7 +14,9 @@ Two passes then put in what the exporter cannot know:
 * With ``precision="int8"``, ONNX Runtime's static quantizer adds ``QuantizeLinear`` /
   ``DequantizeLinear`` pairs on the activations of those layers, with ranges calibrated on
   training batches, so runtimes fuse them into integer kernels (QLinearConv, QGemm...). The
-  weights' scales are handed to it as overrides, so it keeps the trial's codes.
+  weights' scales are handed to it as overrides, so it keeps the trial's codes. A runtime may
+  keep some layers float (``keep_float``: ONNX Runtime's are timed both ways, see
+  ``kernel_choice``); those ship their float weights.
 
 Unstructured sparsity stays as zeros in dense tensors: ONNX has no sparse kernels that run faster.
 """
@@ -168,6 +170,8 @@ def fits_int4(codes: np.ndarray) -> bool:
 
 
 Encoded = tuple[list[Any], list[Any], bool]  # initializers, the nodes computing the weight, a 4-bit type used
+# (float graph, {weight: (codes, scales)}, input shape) -> the weights whose layers run float kernels
+KeepFloat = Callable[[Any, dict[str, tuple[np.ndarray, np.ndarray]], tuple[int, ...]], Iterable[str]]
 
 
 def _replace_weights(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], encode: Callable[[str, np.ndarray, np.ndarray], Encoded]) -> list[str]:
@@ -242,11 +246,13 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    # Layers not at <= 8 bits stay float; everything else (pooling, reshapes, adds between them)
-    # is quantized too, so no float island splits two integer kernels.
+    # Layers not at <= 8 bits stay float; the ops between layers (pooling, reshapes, adds) are
+    # quantized where an integer layer feeds them, so no float island splits two integer kernels,
+    # and stay float after a float layer (a uint8 MaxPool in NCHW took 157 us where the float one
+    # took 4 us, fused into the convolution before it).
     layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1]
     targets = [n.name for n in layers if n.input[1] in weights]
-    excluded = [n.name for n in layers if n.input[1] not in weights]
+    excluded = [n.name for n in layers if n.input[1] not in weights] + _fed_by_float(proto, set(weights))
     overrides = {name: [{"scale": np.float32(s), "zero_point": np.int8(0), "axis": 0} for s in scale] for name, (_, scale) in weights.items()}
 
     class Reader(CalibrationDataReader):
@@ -288,6 +294,25 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
         return onnx.load(str(dst)), targets
 
 
+def _fed_by_float(proto, integer_weights: set[str]) -> list[str]:
+    """The names of the weightless ops that no integer layer feeds (through other ops): the graph
+    is walked in its topological order, integer-ness flowing from integer layers' outputs."""
+    inits = {i.name for i in proto.graph.initializer}
+    integer: set[str] = set()  # tensors an integer layer computes, directly or through weightless ops
+    excluded = []
+    for node in proto.graph.node:
+        weighted = node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits
+        if weighted:
+            fed = node.input[1] in integer_weights
+        else:
+            fed = any(i in integer for i in node.input)
+            if not fed:
+                excluded.append(node.name)
+        if fed:
+            integer.update(node.output)
+    return excluded
+
+
 def _check_codes(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """The int8 initializers hold the trial's codes exactly (what the quantizer wrote is checked)."""
     from onnx import numpy_helper
@@ -312,6 +337,7 @@ def to_onnx(
     example: torch.Tensor,
     precision: str = "fp32",
     calibration: Iterable[torch.Tensor] = (),
+    keep_float: KeepFloat | None = None,
 ) -> tuple[bytes, list[str]]:
     """The ONNX file of a baked compressed model, and the weights stored as int8 codes.
 
@@ -320,6 +346,9 @@ def to_onnx(
         precision: ``fp32`` (integer codes, float activations) or ``int8`` (also quantized
             activations: integer kernels).
         calibration: input batches for the activation ranges (``int8`` only).
+        keep_float: ``int8`` only: given the float graph, the weights' codes and the example's
+            shape, the weights whose layers should run float kernels (where the runtime's integer
+            kernel is slower); those layers ship their float weights.
     """
     if not any(isinstance(m, COMPRESSIBLE_TYPES) for m in model.modules()):
         raise ExportError("the model has no Linear or Conv2d layer to export")
@@ -329,6 +358,8 @@ def to_onnx(
         batches = [b.detach().cpu().float().numpy() for b in calibration]
         if not batches:
             raise ExportError("int8 export needs calibration batches (training inputs) for the activation ranges")
+        floats = set(keep_float(proto, weights, tuple(example.shape))) if keep_float else set()
+        weights = {n: w for n, w in weights.items() if n not in floats}
         proto, _ = _int8_activations(proto, weights, batches)
         _check_codes(proto, weights)
         stored = [n for n in weights if any(i.name == f"{n}_quantized" for i in proto.graph.initializer)]

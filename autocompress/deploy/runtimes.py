@@ -25,11 +25,15 @@ import torch
 from torch import nn
 
 from autocompress.deploy.onnx_export import INPUT, to_onnx
+from autocompress.deploy.timing import time_paired
 from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
 from autocompress.registry import Registry
 
 # Ops that run integer arithmetic (what an int8 deploy must show in its optimized graph).
+# The int8-or-float race of a whole model (a choice, not a reported number): paired, within 5%
+# or this many seconds.
+CHOICE_THRESHOLD, CHOICE_SECONDS = 0.05, 1.0
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd")
 
 
@@ -195,6 +199,34 @@ def _export(model, plan, example, precision, calibration) -> bytes:
     return data
 
 
+def session_options(threads: int) -> Any:
+    """ONNX Runtime session options for timing: ``threads`` intra-op threads, sequential, every
+    graph optimization on, errors only (ORT warns about its own optimized-model file)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def float_layers(threads: int, found: dict[str, float] | None = None) -> Any:
+    """``keep_float`` for an int8 export to ONNX Runtime on the CPU: the layers whose integer
+    kernels time slower than float here (recorded in ``found``, weight -> time ratio)."""
+    from autocompress.deploy.kernel_choice import slower_in_int8
+
+    def choose(proto: Any, weights: dict[str, Any], shape: tuple[int, ...]) -> list[str]:
+        slower = slower_in_int8(proto, weights, shape, threads)
+        if found is not None:
+            found.update(slower)
+        return list(slower)
+
+    return choose
+
+
 def integer_kernels(optimized_graph_ops: Iterable[str]) -> str:
     """``QLinearConv x2, QGemm x2``: the integer kernels an optimized graph runs."""
     counts = collections.Counter(op for op in optimized_graph_ops if op in INTEGER_OPS)
@@ -218,22 +250,41 @@ class OnnxRuntime(Runtime):
             )
 
     def deploy(self, model, plan, example, precision, device, threads=1, calibration=()):
-        data = _export(model, plan, example, precision, calibration)
-        return self.load_onnx(data, example, device, threads, precision)
+        if precision != "int8" or device != "cpu":
+            return self.load_onnx(_export(model, plan, example, precision, calibration), example, device, threads, precision)
+        # int8 on the CPU: integer kernels where they pay. Each layer is timed both ways alone
+        # (kernel_choice), and the whole model, so chosen, against the same plan on float kernels
+        # (the int8 codes folded at load): ONNX Runtime moves a QuantizeLinear up through pooling,
+        # which can run a pooling op on uint8 in NCHW, slower than a model with no integer layer.
+        floats: dict[str, float] = {}
+        data, stored = to_onnx(model, plan, example, "int8", calibration, keep_float=float_layers(threads, floats))
+        mixed = self.load_onnx(data, example, device, threads, precision)
+        if not stored:
+            return mixed
+        plain = self.load_onnx(_export(model, plan, example, "fp32", ()), example, device, threads, "fp32")
+        race = time_paired(plain, mixed, CHOICE_THRESHOLD, CHOICE_SECONDS)
+        if race.ratio >= 1.0:
+            plain.backend += f" (its integer kernels took {race.ratio:.2f}x the float model's time here)"
+            return plain
+        if floats:  # say which layers run float on this int8 target, and why
+            names = [n.removesuffix(".weight") for n in floats]
+            shown = ", ".join(names[:4]) + (f" +{len(names) - 4}" if len(names) > 4 else "")
+            mixed.backend += f" (float where integer kernels are slower: {shown})"
+        return mixed
 
     def load_onnx(self, data: bytes, example: torch.Tensor, device: str, threads: int = 1, precision: str = "") -> Deployed:
         import onnx
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: ORT warns about its own optimized-model file
-        if precision == "fp32":
-            # fp32 target: fold the weights' DequantizeLinear into float constants when the session
-            # loads (the file keeps the int8 codes; the kernels run fp32, not a dequantize per call).
+        options = session_options(threads)
+        try:
+            activations_quantized = any(n.op_type == "QuantizeLinear" for n in onnx.load_from_string(data).graph.node)
+        except Exception as exc:  # noqa: BLE001  protobuf's decode errors
+            raise DeployError(f"ONNX Runtime cannot load the exported model: not an ONNX file ({type(exc).__name__})") from None
+        if precision == "fp32" or not activations_quantized:
+            # Float kernels (the fp32 target, or an int8 target's plan that ran faster on them):
+            # fold the weights' DequantizeLinear into float constants when the session loads (the
+            # file keeps the integer codes; no dequantize per call, and NCHWc convolutions).
             options.add_session_config_entry("session.disable_quant_qdq", "1")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         with tempfile.TemporaryDirectory() as tmp:
