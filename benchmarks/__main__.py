@@ -2,7 +2,7 @@
 
     python -m benchmarks all            # everything, full size (about 130 minutes on 2 cores; fidelity 55, techniques 47)
     python -m benchmarks all --quick    # a smoke run of each (a few minutes)
-    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, files, driver, driver_pg, storage, fidelity, techniques, streaming
+    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, yardstick, files, driver, driver_pg, storage, fidelity, techniques, streaming
 
 Each run writes benchmarks/results/NAME.json (NAME-quick.json for smoke runs); RESULTS.md is
 rebuilt from the full runs' JSON, with the machine and the date of each run. Benchmarks are not tests: nothing here asserts a time.
@@ -22,7 +22,21 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-NAMES = ("quality", "overhead", "scaling", "latency", "deploy", "files", "driver", "driver_pg", "storage", "fidelity", "techniques", "streaming")
+NAMES = (
+    "quality",
+    "overhead",
+    "scaling",
+    "latency",
+    "deploy",
+    "yardstick",
+    "files",
+    "driver",
+    "driver_pg",
+    "storage",
+    "fidelity",
+    "techniques",
+    "streaming",
+)
 # driver_pg: the driver benchmark on the PostgreSQL database this environment variable names
 # (an empty one: the benchmark grows its study there); skipped when it is unset.
 POSTGRES_ENV = "AUTOCOMPRESS_BENCH_POSTGRES"
@@ -55,6 +69,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         storage_paths,
         streaming,
         techniques,
+        yardstick,
     )
 
     module = {
@@ -70,6 +85,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         "fidelity": fidelity,
         "techniques": techniques,
         "streaming": streaming,
+        "yardstick": yardstick,
     }[name]
     print(f"== {name}{' (quick)' if quick else ''}", flush=True)
     argv = ["--quick"] if quick else []
@@ -504,12 +520,67 @@ def _files(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _speed(e: dict[str, Any]) -> str:
+    return f"{e['speedup']:.2f}x{' ~' if e['capped'] else ''}"
+
+
+def _yardstick(result: dict[str, Any]) -> list[str]:
+    from benchmarks.yardstick import best
+
+    if "skipped" in result:
+        return [f"Not run: {result['skipped']}."]
+    base = result["baseline"]
+    out = [
+        f"studies/fashion-resnet8.yaml searched on ONNX Runtime int8, {result['trials']} trials ({result['wall_s']:.0f} s); every front "
+        "trial's ONNX file then timed on ONNX Runtime, and the same plan exported for OpenVINO (every layer at <= 8 bits "
+        "quantized: ONNX Runtime's file keeps float the layers its integer kernels run slower) timed there, each paired with that runtime's fp32 "
+        "baseline (the study's baseline file), 1 thread, batch 32; test drops are points of test accuracy (2000 held-out "
+        "images) lost against that runtime's baseline, run in the runtime timed. Bytes are the ONNX file's "
+        f"(baseline {base['bytes']} bytes; test accuracy {100 * base['onnxruntime']['test_accuracy']:.2f}%). "
+        "~ = the 2 s cap ended the pairing above a 5% CV.",
+        "",
+        "| | ONNX Runtime speedup | test drop | ONNX bytes | OpenVINO speedup | test drop | ONNX bytes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = [(f"trial {e['trial']}", e["onnxruntime"], e["openvino"]) for e in result["front"]]
+    peers = result["peers"]
+    rows += [(label, p["onnxruntime"], p["openvino"]) for label, p in peers.items() if label != "skipped"]
+    for label, o, v in rows:
+        out.append(f"| {label} | {_speed(o)} | {o['test_drop']:+.2f} | {o['bytes']} | {_speed(v)} | {v['test_drop']:+.2f} | {v['bytes']} |")
+    out.append("")
+    for rt, name in (("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO")):
+        fast, small = best(result["front"], rt, 1.0, "speedup"), best(result["front"], rt, 0.5, "bytes")
+        peer_fast = max((p[rt]["speedup"] for lbl, p in peers.items() if lbl != "skipped" and p[rt]["test_drop"] <= 1.0), default=None)
+        line = f"- {name}: "
+        line += (
+            f"fastest front trial within 1 test point: trial {fast['trial']}, {fast['speedup']:.2f}x"
+            if fast
+            else "no front trial within 1 test point"
+        )
+        line += f"; smallest file within 0.5: trial {small['trial']}, {base['bytes'] / small['bytes']:.1f}x smaller" if small else ""
+        if peer_fast is not None and fast:
+            line += f"; NNCF's fastest within 1 point: {peer_fast:.2f}x"
+        out.append(line + ".")
+    if fast := best(result["front"], "onnxruntime", 1.0, "speedup"):
+        out.append(f"- What ONNX Runtime ran for trial {fast['trial']}: {fast['backend']}.")
+    if "skipped" in peers:
+        out.append(f"- NNCF: not run ({peers['skipped']}).")
+    else:
+        out.append(
+            "- NNCF 3.4: post-training int8 through its ONNX backend (300 calibration images), so both runtimes load the same "
+            "QDQ file; its torch pruning is unstructured (masks), so its file stays dense. Its OpenVINO IR route does not compile "
+            'on this CPU with OpenVINO 2026.4 ("No suitable implementations"), which is why its ONNX file is timed.'
+        )
+    return out
+
+
 SECTIONS = {
     "quality": ("Search quality on digits-mlp (quality.py)", _quality),
     "overhead": ("Orchestration overhead (overhead.py)", _overhead),
     "scaling": ("Scaling, 1 vs 2 Ray workers (scaling.py)", _scaling),
     "latency": ("Latency fidelity (latency_fidelity.py)", _latency),
     "deploy": ("Deploy targets: torch, ONNX Runtime and OpenVINO, fp32 and int8 (deploy.py)", _deploy),
+    "yardstick": ("Speed yardstick: ResNet-8 on Fashion-MNIST, int8 on ONNX Runtime and OpenVINO, against NNCF (yardstick.py)", _yardstick),
     "files": ("What you ship: the packed artifact and the ONNX file of the same plans (deployed_files.py)", _files),
     "gpu_paired": ("Two workers sharing one GPU (gpu_paired.py, on the lent GPU machine)", _gpu),
     "driver": ("The driver's cost per trial as a study grows (driver_scale.py)", _driver),

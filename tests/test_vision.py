@@ -381,9 +381,9 @@ def test_cuda_asked_for_but_absent(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_example_configs_validate() -> None:
     """The shipped examples parse and name real models; their data roots are the user's."""
-    for name in ("cifar10-resnet18.yaml", "mnist-lenet5.yaml"):
+    for name in ("cifar10-resnet18.yaml", "mnist-lenet5.yaml", "fashion-resnet8.yaml"):
         config = load_config(REPO / "studies" / name)
-        assert config.task.model in ("torchvision:resnet18", "lenet5")
+        assert config.task.model in ("torchvision:resnet18", "lenet5", "resnet8")
         space = load_space(config.space).resolve(*layer_skeleton(TaskSpec(model=config.task.model)))
         assert space.dimensions > 0
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from autocompress.deploy.onnx_export import INPUT, OPSET, OUTPUT, _int8_activations
+
 log = logging.getLogger(__name__)
 
 CHOSEN_OPS = ("Conv", "Gemm", "MatMul")
@@ -91,8 +93,6 @@ def _one_node(node: Any, used: list[Any], shape: tuple[int, ...]) -> Any:
     """A model of ``node`` alone: its activation input, its constant inputs, its output."""
     from onnx import TensorProto, helper
 
-    from autocompress.deploy.onnx_export import INPUT, OPSET, OUTPUT
-
     single = helper.make_node(node.op_type, [INPUT, *node.input[1:]], [OUTPUT], name=node.name or "layer")
     single.attribute.extend(node.attribute)
     graph = helper.make_graph(
@@ -107,8 +107,6 @@ def _one_node(node: Any, used: list[Any], shape: tuple[int, ...]) -> Any:
 
 def _time_layer(node: Any, used: list[Any], shape: tuple[int, ...], codes: tuple[np.ndarray, np.ndarray], threads: int, seconds: float) -> float:
     """Median over alternating runs of integer time / float time for one layer."""
-    from autocompress.deploy.onnx_export import INPUT, _int8_activations
-
     fp32 = _one_node(node, used, shape)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     try:
@@ -133,10 +131,22 @@ def _time_layer(node: Any, used: list[Any], shape: tuple[int, ...], codes: tuple
     return statistics.median(ratios)
 
 
-def _session(data: bytes, threads: int) -> Any:
-    """A session as ``OnnxRuntime.load_onnx`` makes one (the timing must match the deployed kind)."""
+def session_options(threads: int) -> Any:
+    """ONNX Runtime session options for timing (``OnnxRuntime.load_onnx``'s and the layer timings
+    here, so both time the same kind of session): ``threads`` intra-op threads, sequential, every
+    graph optimization on, errors only (ORT warns about its own optimized-model file)."""
     import onnxruntime as ort
 
-    from autocompress.deploy.runtimes import session_options
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def _session(data: bytes, threads: int) -> Any:
+    import onnxruntime as ort
 
     return ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress.deploy.kernel_choice import session_options, slower_in_int8
 from autocompress.deploy.onnx_export import INPUT, to_onnx
 from autocompress.deploy.timing import time_paired
 from autocompress.errors import DeployError
@@ -199,24 +200,9 @@ def _export(model, plan, example, precision, calibration) -> bytes:
     return data
 
 
-def session_options(threads: int) -> Any:
-    """ONNX Runtime session options for timing: ``threads`` intra-op threads, sequential, every
-    graph optimization on, errors only (ORT warns about its own optimized-model file)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return options
-
-
 def float_layers(threads: int, found: dict[str, float] | None = None) -> Any:
     """``keep_float`` for an int8 export to ONNX Runtime on the CPU: the layers whose integer
     kernels time slower than float here (recorded in ``found``, weight -> time ratio)."""
-    from autocompress.deploy.kernel_choice import slower_in_int8
 
     def choose(proto: Any, weights: dict[str, Any], shape: tuple[int, ...]) -> list[str]:
         slower = slower_in_int8(proto, weights, shape, threads)

@@ -15,7 +15,6 @@ standardised per channel with the training split's mean and standard deviation.
 from __future__ import annotations
 
 import functools
-
 import gzip
 import math
 import struct
