@@ -28,15 +28,22 @@ def int8_model(model: nn.Module, plan: CompressionPlan) -> tuple[nn.Module, list
         qualified
         for qualified, module in model.named_modules()
         for name in chosen
-        if isinstance(module, nn.Linear) and any(module is leaf for leaf in leaf_layers(layers[name]))
+        if _swappable(module) and any(module is leaf for leaf in leaf_layers(layers[name]))
     }
-    linear_layers = sorted({n for n in chosen if any(isinstance(leaf, nn.Linear) for leaf in leaf_layers(layers[n]))})
+    linear_layers = sorted({n for n in chosen if any(_swappable(leaf) for leaf in leaf_layers(layers[n]))})
     if not names:
         return model, []
     with warnings.catch_warnings():  # eager-mode quantization is deprecated upstream, still shipped
         warnings.simplefilter("ignore")
         quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), names, dtype=torch.qint8)
     return quantized, linear_layers
+
+
+def _swappable(module: nn.Module) -> bool:
+    """A Linear that PyTorch's dynamic int8 module can replace: not one whose weight its parent
+    reads directly (``nn.MultiheadAttention``'s output projection is a
+    ``NonDynamicallyQuantizableLinear`` for that reason: swapped, the attention fails)."""
+    return isinstance(module, nn.Linear) and not isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 
 def count_macs(model: nn.Module, example: Any) -> int:

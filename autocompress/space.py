@@ -40,6 +40,8 @@ from autocompress.space_file import DEFAULT_KNOBS, GROUP_BY, KNOBS, OPTIONAL_KNO
 from autocompress.space_file import allows_channel as _allows_channel
 from autocompress.survey import LayerFacts, ModelSurvey, survey
 
+# A layer the model never calls reads its weight directly: a factorized replacement would not run.
+UNCALLED = "the model reads its weight without calling it (as nn.MultiheadAttention does its output projection), so a factorized layer would not run"
 WORD_DEFAULTS = {"quant_mode": "uniform", "lowrank_mode": "svd", "importance": "l1", "act_bits": 8}  # what a plan does without them
 
 __all__ = ["DEFAULT_KNOBS", "GROUP_BY", "KNOBS", "Knob", "LayerSpace", "SearchSpace", "SpaceSpec", "load_space", "parse_space"]
@@ -220,10 +222,11 @@ class SpaceSpec(SpaceFile):
             raw[name] = dict(knobs)
             notes: list[str] = []
             rank_limit = facts.full_rank
-            if rank_limit is None:
+            if rank_limit is None or not facts.called:
                 if not knobs["rank"].off:
-                    notes.append("rank off: a depthwise or grouped conv")
+                    notes.append("rank off: " + ("a depthwise or grouped conv" if facts.called else UNCALLED))
                 knobs["rank"] = Knob()
+                rank_limit = None
             if "tucker" in knob_values(knobs["lowrank_mode"]) and facts.tucker_limits is None:
                 if not knobs["rank"].off:
                     notes.append("tucker: convs only, svd here")
@@ -247,7 +250,8 @@ class SpaceSpec(SpaceFile):
             prunable = model.channel_prunable or frozenset()
             for name, ls in result.items():
                 if name not in prunable:
-                    kept = ("channels kept: they feed a grouped conv",) if _allows_channel(ls.knobs["sparsity_mode"]) else ()
+                    why = model.channel_refused.get(name, "channels kept: they feed a grouped conv")
+                    kept = (why,) if _allows_channel(ls.knobs["sparsity_mode"]) else ()
                     result[name] = replace(ls, knobs={**ls.knobs, "sparsity_mode": Knob()}, notes=(*ls.notes, *kept))
         for i, (globs, _) in enumerate(self.overrides):
             self._check_globs(globs, selected, f"overrides[{i}].layers", edges)

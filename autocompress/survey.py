@@ -5,14 +5,14 @@ then plain data over the survey (``SpaceSpec.resolve_survey``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from autocompress.compress import COMPRESSIBLE_TYPES, compressible_layers, full_rank
-from autocompress.compress.dependency import channel_prunable, output_layers
+from autocompress.compress.dependency import channel_prunable, forward_facts
 from autocompress.compress.lowrank import tucker_applies, tucker_limits
 
 
@@ -28,6 +28,7 @@ class LayerFacts:
     tucker_limits: tuple[int, int] | None  # largest (output, input) Tucker-2 ranks; None: no Tucker
     frozen: bool  # requires_grad False: no gradient ranks its weights
     output: bool  # produces the model's output (known only with an example input)
+    called: bool = True  # the model calls it as a module (False: it reads the weight directly)
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,13 @@ class ModelSurvey:
     layers: dict[str, LayerFacts]
     channel_prunable: frozenset[str] | None = None  # None: the graph was not traced
     channel_error: str | None = None  # why the graph could not follow the model, when it could not
+    channel_refused: dict[str, str] = field(default_factory=dict)  # layer -> why its channels stay
 
 
 def survey(model: nn.Module, example: torch.Tensor | None = None, trace_channels: bool = False) -> ModelSurvey:
     """One look at ``model``: its layers' facts, with an ``example`` input the layers producing its
     output (one forward pass), and with ``trace_channels`` the dependency graph (one trace)."""
-    outputs = output_layers(model, example) if example is not None else set()
+    outputs, called = forward_facts(model, example) if example is not None else (set(), None)
     layers = {
         name: LayerFacts(
             name=name,
@@ -53,13 +55,15 @@ def survey(model: nn.Module, example: torch.Tensor | None = None, trace_channels
             tucker_limits=tucker_limits(module) if isinstance(module, nn.Conv2d) and tucker_applies(module) else None,
             frozen=not module.weight.requires_grad,
             output=module in outputs,
+            called=called is None or module in called,
         )
         for name, module in compressible_layers(model).items()
     }
     if example is None or not trace_channels:
         return ModelSurvey(layers)
     try:
-        return ModelSurvey(layers, frozenset(channel_prunable(model, example)))
+        prunable, refused = channel_prunable(model, example)
+        return ModelSurvey(layers, frozenset(prunable), channel_refused=refused)
     except Exception as exc:  # noqa: BLE001  (Torch-Pruning raises many kinds on structures it cannot follow)
         return ModelSurvey(layers, channel_error=f"{type(exc).__name__}: {exc}")
 

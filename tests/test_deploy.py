@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from autocompress import compress
 from autocompress.config import load_config
-from autocompress.deploy.onnx_export import fits_int4, quantized_weights, shared_weights, to_onnx
+from autocompress.deploy.onnx_export import quantized_weights, shared_weights, to_onnx
+from autocompress.deploy.onnx_weights import fits_int4
 from autocompress.deploy.runtimes import INTEGER_OPS, RUNTIMES, runtime
 from autocompress.deploy.target import RUNTIME_NAMES, DeployConfig
 from autocompress.plan import CompressionPlan, LayerPlan
@@ -151,14 +152,44 @@ def test_onnxruntime_int8_deploys_the_faster_form_and_says_which_layers_run_floa
     timed = dict(kernel_choice._CACHE)
     assert len(timed) == len(quantized_weights(model, plan)) and all(r > 0 for r in timed.values())
     runtime("onnxruntime").deploy(model, plan, x, "int8", "cpu", 1, [x])
-    assert kernel_choice._CACHE == timed  # the same shapes are not timed again
+    assert timed == kernel_choice._CACHE  # the same shapes are not timed again
     if " fp32 " in deployed.backend:
-        assert "integer kernels took" in deployed.backend and "QuantizeLinear" not in {n.op_type for n in onnx.load_from_string(deployed.onnx).graph.node}
+        assert "integer kernels took" in deployed.backend and "QuantizeLinear" not in {
+            n.op_type for n in onnx.load_from_string(deployed.onnx).graph.node
+        }
     else:
         slower = [n for n, r in timed.items() if r >= 1.0]
         assert "[Q" in deployed.backend and (not slower or "float where integer kernels are slower" in deployed.backend)
     with torch.no_grad():
         assert (deployed.predict(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.75
+
+
+def test_a_vit_ships_every_linear_as_codes_and_its_token_linears_run_integer_kernels() -> None:
+    """A Linear on 3-D inputs is a MatMul of its transposed weight: the file holds its codes under
+    the weight's name (exact in fp32), int8 runs it as QLinearMatMul, and PyTorch's dynamic int8
+    leaves the attention's output projection alone (the attention reads its weight)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
+    x = torch.randn(16, 3, 32, 32)
+    layers = list(compress.compressible_layers(model.eval()))
+    plan = CompressionPlan({n: LayerPlan(bits=4 if "mlp" in n else 8) for n in layers})
+    compress.apply(model, plan, example=x[:2])
+    compress.bake(model)
+    data, stored = to_onnx(model, plan, x)
+    assert sorted(stored) == sorted(f"{n}.weight" for n in layers)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load_from_string(data).graph.initializer}
+    codes, _ = quantized_weights(model, plan)["encoder.layers.encoder_layer_0.mlp.0.weight"]
+    assert np.array_equal(inits["encoder.layers.encoder_layer_0.mlp.0.weight_quantized"].astype(np.int8), codes.T)
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-4)
+    int8, _ = to_onnx(model, plan, x, "int8", [x])
+    assert collections.Counter(_optimized_ops(int8))["QLinearMatMul"] >= 4  # the two MLPs' Linears
+    torch_int8 = runtime("torch").deploy(model, plan, x, "int8", "cpu")
+    assert "out_proj" not in torch_int8.backend and "mlp.0" in torch_int8.backend
+    assert torch_int8.predict(x).shape == (16, 10)
 
 
 def test_resnet18_with_channels_4_bits_and_low_rank_exports_and_runs_in_onnxruntime() -> None:

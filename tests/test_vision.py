@@ -409,3 +409,32 @@ def test_layers_lists_a_model_at_its_own_size_and_names_what_it_leaves_out(tmp_p
     assert left["MultiheadAttention"]["params"] == 12 * 3 * (768 * 768 + 768) and "not a compression site yet" in left["MultiheadAttention"]["reason"]
     assert abs(vit["coverage"]["covered"] + sum(e["params"] for e in left.values()) - vit["coverage"]["params"]) == 0
     assert run_cli("layers", "torchvision:inception_v3", cwd=tmp_path).returncode == 0  # 75x75, its smallest
+
+
+def _tiny_vit() -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    ).eval()
+
+
+def test_a_vit_takes_the_default_space_with_each_knob_off_only_where_it_cannot_apply() -> None:
+    """Channel pruning is refused per layer, with the reason: the attention's output projection
+    (not in Torch-Pruning's graph) and the embedding width (torchvision's ViT reshapes by its
+    hidden_dim: pruned once on a copy, it fails); the MLP's hidden channels keep it. Rank is off
+    where the model reads the weight without calling the layer. Every sampled plan then applies."""
+    x = torch.randn(4, 3, 32, 32)
+    space = load_space(REPO / "search_spaces" / "default.yaml").resolve(_tiny_vit(), x[:2])
+    block = "encoder.layers.encoder_layer_0"
+    out_proj, hidden, width = space.layers[f"{block}.self_attention.out_proj"], space.layers[f"{block}.mlp.0"], space.layers[f"{block}.mlp.3"]
+    assert out_proj.knobs["sparsity_mode"].off and out_proj.knobs["rank"].off
+    assert any("cannot follow it" in n for n in out_proj.notes) and any(n.startswith("rank off: the model reads its weight") for n in out_proj.notes)
+    assert width.knobs["sparsity_mode"].off and any("breaks the model's forward pass" in n for n in width.notes)
+    assert "channel" in hidden.knobs["sparsity_mode"].choices and not hidden.knobs["rank"].off
+    for seed in range(4):
+        model = _tiny_vit()
+        plan = space.sample(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask())
+        compress.apply(model, plan, example=x[:2])
+        assert model.eval()(x).shape == (4, 10)

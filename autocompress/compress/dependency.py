@@ -5,6 +5,7 @@ criteria both read the graph from here; a criterion scores a group it is handed.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -43,22 +44,69 @@ def remove_channels(model: nn.Module, target: nn.Module, idxs: list[int], exampl
     pruning_group(graph if graph is not None else dependency_graph(model, example), target, idxs).prune()
 
 
-def channel_prunable(model: nn.Module, example: torch.Tensor) -> set[str]:
-    """Names of the Linear/Conv2d layers whose output channels can be removed consistently.
+def channel_prunable(model: nn.Module, example: torch.Tensor) -> tuple[set[str], dict[str, str]]:
+    """Names of the Linear/Conv2d layers whose output channels can be removed consistently, and
+    why each other one cannot.
 
-    Raises what Torch-Pruning raises when it cannot follow the model at all. A layer is left out
-    when removing its channels would cut into a grouped (not depthwise) conv: arbitrary channel
-    indices would break the groups.
+    Raises what Torch-Pruning raises when it cannot build the graph at all (ShuffleNet's channel
+    shuffle). A layer the graph cannot follow (the output projection of ``nn.MultiheadAttention``,
+    whose weight the attention reads without calling the module) is left out with the reason, and
+    the rest keep channel pruning. So is a layer whose channels feed a grouped (not depthwise)
+    conv: arbitrary channel indices would break the groups.
     """
     graph = dependency_graph(model, example)
-    ok = set()
+    ok, refused = set(), {}
+    checked: dict[frozenset[int], str | None] = {}  # a group's layers -> why removing its channels breaks the model
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
-        group = pruning_group(graph, module, [0])
-        if not any(_grouped(dep.target.module) for dep, _ in group):
-            ok.add(name)
-    return ok
+        try:
+            group = pruning_group(graph, module, [0])
+        except Exception as exc:  # noqa: BLE001  (Torch-Pruning raises many kinds on structures it cannot follow)
+            refused[name] = f"channels kept: Torch-Pruning's graph cannot follow it ({_first_line(exc)})"
+            continue
+        if any(_grouped(dep.target.module) for dep, _ in group):
+            refused[name] = "channels kept: they feed a grouped conv"
+            continue
+        if _needs_trial(group):
+            key = frozenset(id(dep.target.module) for dep, _ in group if isinstance(dep.target.module, nn.Module))
+            if key not in checked:
+                checked[key] = _breaks_forward(model, name, example)
+            if checked[key] is not None:
+                refused[name] = f"channels kept: removing them breaks the model's forward pass ({checked[key]})"
+                continue
+        ok.add(name)
+    return ok, refused
+
+
+# What Torch-Pruning prunes by itself, exactly: a group holding anything else (an attention
+# module, a parameter the model uses directly, a module of the model's own) is pruned once on a
+# copy and run, because the model may read a width from an attribute: torchvision's ViT reshapes
+# by its hidden_dim, so removing embedding channels passed the graph and broke every forward.
+_TRUSTED = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def _needs_trial(group: Any) -> bool:
+    return any(not isinstance(dep.target.module, _TRUSTED) and type(dep.target.module).__module__ != "torch_pruning.ops" for dep, _ in group)
+
+
+def _breaks_forward(model: nn.Module, name: str, example: Any) -> str | None:
+    """Why a copy of ``model`` with one output channel of layer ``name`` removed fails to run, or None."""
+    from autocompress.tasks.metrics import call_model
+
+    trial = copy.deepcopy(model)
+    try:
+        remove_channels(trial, dict(trial.named_modules())[name], [0], example)
+        with torch.no_grad():
+            call_model(trial.eval(), example)
+    except Exception as exc:  # noqa: BLE001  whatever the model raises on a width it did not expect
+        return _first_line(exc)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:120]}" if text else type(exc).__name__
 
 
 def _grouped(module: nn.Module) -> bool:
@@ -70,6 +118,13 @@ def output_layers(model: nn.Module, example: Any) -> set[nn.Module]:
     would change the classes or the predicted values), from one forward pass: those whose
     output is an output tensor or a view of one (a squeeze shares its storage); when none is
     (the output was resized, as segmentation models do), the last such module to run."""
+    return forward_facts(model, example)[0]
+
+
+def forward_facts(model: nn.Module, example: Any) -> tuple[set[nn.Module], set[nn.Module]]:
+    """From one forward pass: the output layers (``output_layers``) and the layers the model
+    calls as modules. A layer it never calls has its weight read directly (the output projection
+    of ``nn.MultiheadAttention``, Swin's q/k/v): replacing the module changes nothing there."""
     from autocompress.tasks.metrics import call_model
     from autocompress.tasks.protocol import tensor_leaves
 
@@ -93,4 +148,4 @@ def output_layers(model: nn.Module, example: Any) -> set[nn.Module]:
                 break
             found.add(module)
         found = found or {produced[-1][0]}
-    return found
+    return found, {m for m, _ in produced}

@@ -37,6 +37,7 @@ from torch import nn
 
 from autocompress.compress import COMPRESSIBLE_TYPES, layer_map, leaf_layers
 from autocompress.compress.quantize import FakeQuant
+from autocompress.deploy.onnx_weights import as_gather, as_qdq, channel_axes, find_transposed, replace_weights
 from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
 
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     import onnx
 
 OPSET = 20  # what the exporter writes today; ONNX Runtime >= 1.17 and OpenVINO read it
-INT4_OPSET = 21  # INT4 initializers for DequantizeLinear: ONNX Runtime >= 1.18, OpenVINO 2024+
 INPUT, OUTPUT = "input", "logits"
 log = logging.getLogger(__name__)
 
@@ -145,99 +145,8 @@ class _silence:
         self._ctx.__exit__(*exc)
 
 
-def _int4(name: str, values: np.ndarray):
-    """An INT4 initializer (two's complement)."""
-    from onnx import TensorProto
-
-    return _packed_nibbles(name, values, TensorProto.INT4)
-
-
-def _packed_nibbles(name: str, values: np.ndarray, data_type: int):
-    """A 4-bit initializer (INT4 or UINT4): two values per byte, the first in the low nibble
-    (ONNX's packing, opset 21)."""
-    from onnx import helper
-
-    flat = values.reshape(-1).astype(np.int16)
-    if flat.size % 2:
-        flat = np.append(flat, np.int16(0))
-    nibbles = (flat & 0xF).astype(np.uint8)
-    return helper.make_tensor(name, data_type, list(values.shape), (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes(), raw=True)
-
-
-def fits_int4(codes: np.ndarray) -> bool:
-    """Codes of 4 bits or fewer (any layer whose codes lie in [-8, 7]): stored as INT4, exactly."""
-    return codes.size == 0 or (int(codes.min()) >= -8 and int(codes.max()) <= 7)
-
-
-Encoded = tuple[list[Any], list[Any], bool]  # initializers, the nodes computing the weight, a 4-bit type used
 # (float graph, {weight: (codes, scales)}, input shape) -> the weights whose layers run float kernels
 KeepFloat = Callable[[Any, dict[str, tuple[np.ndarray, np.ndarray]], tuple[int, ...]], Iterable[str]]
-
-
-def _replace_weights(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], encode: Callable[[str, np.ndarray, np.ndarray], Encoded]) -> list[str]:
-    """Replace the float weight initializers named in ``weights`` (values whose first array has
-    the weight's shape) by what ``encode`` makes of them; nodes go first, which keeps the graph
-    topologically sorted, and a 4-bit type raises the opset to 21. Returns the names replaced
-    (an initializer the exporter renamed or folded is left as it is)."""
-    inits = {i.name: i for i in proto.graph.initializer}
-    replaced, nodes, four_bit = [], [], False
-    for name, (first, second) in weights.items():
-        init = inits.get(name)
-        if init is None or tuple(init.dims) != first.shape:
-            continue
-        proto.graph.initializer.remove(init)
-        stored, computing, narrow = encode(name, first, second)
-        proto.graph.initializer.extend(stored)
-        nodes += computing
-        four_bit |= narrow
-        replaced.append(name)
-    existing = list(proto.graph.node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes + existing)
-    if four_bit:
-        _require_opset(proto, INT4_OPSET)
-    return replaced
-
-
-def _qdq(name: str, codes: np.ndarray, scale: np.ndarray) -> Encoded:
-    """Codes -> DequantizeLinear (axis 0): INT4 initializers for codes of 4 bits or fewer (opset
-    21; ONNX Runtime and OpenVINO read them), int8 for the rest."""
-    from onnx import helper, numpy_helper
-
-    zeros = np.zeros(scale.shape, np.int8)
-    narrow = fits_int4(codes)
-    if narrow:
-        quantized, zero_point = _int4(f"{name}_quantized", codes), _int4(f"{name}_zero_point", zeros)
-    else:
-        quantized, zero_point = numpy_helper.from_array(codes, f"{name}_quantized"), numpy_helper.from_array(zeros, f"{name}_zero_point")
-    node = helper.make_node(
-        "DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"], [name], name=f"{name}_DequantizeLinear", axis=0
-    )
-    return [quantized, numpy_helper.from_array(scale, f"{name}_scale"), zero_point], [node], narrow
-
-
-def _gather(name: str, indices: np.ndarray, table: np.ndarray) -> Encoded:
-    """A k-means layer's codebook (a float table) and indices (UINT4 for a table of 16 values or
-    fewer, else UINT8) -> Cast -> Gather."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    narrow = table.size <= 16
-    packed = _packed_nibbles(f"{name}_indices", indices, TensorProto.UINT4) if narrow else numpy_helper.from_array(indices, f"{name}_indices")
-    nodes = [
-        helper.make_node("Cast", [f"{name}_indices"], [f"{name}_indices_int32"], name=f"{name}_Cast", to=TensorProto.INT32),
-        helper.make_node("Gather", [f"{name}_codebook", f"{name}_indices_int32"], [name], name=f"{name}_Gather", axis=0),
-    ]
-    return [packed, numpy_helper.from_array(table, f"{name}_codebook")], nodes, narrow
-
-
-def _require_opset(proto, version: int) -> None:
-    """Raise the default domain's opset to ``version``: the ops the exporter writes at 20 keep
-    their meaning at 21 (21 added the 4-bit types)."""
-    for entry in proto.opset_import:
-        if entry.domain in ("", "ai.onnx") and entry.version < version:
-            entry.version = version
-    if proto.ir_version < 10:  # INT4 arrived with IR version 10
-        proto.ir_version = 10
 
 
 def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], calibration: Iterable[np.ndarray]):
@@ -253,7 +162,10 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
     layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1]
     targets = [n.name for n in layers if n.input[1] in weights]
     excluded = [n.name for n in layers if n.input[1] not in weights] + _fed_by_float(proto, set(weights))
-    overrides = {name: [{"scale": np.float32(s), "zero_point": np.int8(0), "axis": 0} for s in scale] for name, (_, scale) in weights.items()}
+    axes = channel_axes(proto)
+    overrides = {
+        name: [{"scale": np.float32(s), "zero_point": np.int8(0), "axis": axes.get(name, 0)} for s in scale] for name, (_, scale) in weights.items()
+    }
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -352,8 +264,9 @@ def to_onnx(
     """
     if not any(isinstance(m, COMPRESSIBLE_TYPES) for m in model.modules()):
         raise ExportError("the model has no Linear or Conv2d layer to export")
-    weights = quantized_weights(model, plan)
     proto = export_fp32(model, example)
+    weights = find_transposed(proto, quantized_weights(model, plan), lambda codes, scale: codes.astype(np.float32) * scale[:, None])
+    shared = find_transposed(proto, shared_weights(model, plan), lambda indices, table: table[indices.astype(np.int64)])
     if precision == "int8" and weights:
         batches = [b.detach().cpu().float().numpy() for b in calibration]
         if not batches:
@@ -364,8 +277,8 @@ def to_onnx(
         _check_codes(proto, weights)
         stored = [n for n in weights if any(i.name == f"{n}_quantized" for i in proto.graph.initializer)]
     else:
-        stored = _replace_weights(proto, weights, _qdq)
-    stored += _replace_weights(proto, shared_weights(model, plan), _gather)
+        stored = replace_weights(proto, weights, as_qdq)
+    stored += replace_weights(proto, shared, as_gather)
     missing = sorted(set(weights) - set(stored))
     if missing:  # the exporter renamed or folded these initializers: their codes ship as float
         log.warning("ONNX export: %s kept as float weights (the exporter renamed or folded them)", ", ".join(missing))
