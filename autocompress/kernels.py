@@ -47,13 +47,18 @@ def _swappable(module: nn.Module) -> bool:
 
 
 def count_macs(model: nn.Module, example: Any) -> int:
-    """Multiply-accumulates of one sample through every Linear/Conv2d (dense count); ``example``
+    """Multiply-accumulates of one sample through every Linear/Conv2d and every
+    ``nn.MultiheadAttention`` (its projections and both attention products: it calls no module,
+    so no Linear hook sees them; a quarter of ViT-B's count) (dense count); ``example``
     is a batch tensor, or a protocol task's example input (a tuple or mapping: one sample's
     share of its outputs is counted)."""
     total = 0
 
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
         nonlocal total
+        if isinstance(module, nn.MultiheadAttention):
+            total += _attention_macs(module, inputs, output[0])
+            return
         per_sample_outputs = output[0].numel()
         if isinstance(module, nn.Linear):
             total += per_sample_outputs * module.in_features
@@ -61,7 +66,8 @@ def count_macs(model: nn.Module, example: Any) -> int:
             kh, kw = module.kernel_size
             total += per_sample_outputs * (module.in_channels // module.groups) * kh * kw
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, COMPRESSIBLE_TYPES)]
+    counted = (*COMPRESSIBLE_TYPES, nn.MultiheadAttention)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
     try:
         with torch.inference_mode():
             if isinstance(example, torch.Tensor):
@@ -72,3 +78,18 @@ def count_macs(model: nn.Module, example: Any) -> int:
         for h in handles:
             h.remove()
     return total
+
+
+def _attention_macs(attention: nn.MultiheadAttention, inputs: tuple[Any, ...], output: torch.Tensor) -> int:
+    """One sample's MACs through an attention module: q/k/v and output projections, Q K^T and
+    the weighted sum of V (from its inputs' token counts; keys and values passed by keyword
+    are taken to be the query)."""
+    tokens = 1 if attention.batch_first else 0  # the token axis of (batch, tokens, dim) or (tokens, batch, dim)
+    if output.dim() < 3:  # an unbatched call: (tokens, dim)
+        tokens = 0
+    query = output.shape[tokens]
+    keys = inputs[1].shape[tokens] if len(inputs) > 1 and isinstance(inputs[1], torch.Tensor) and inputs[1].dim() == output.dim() else query
+    dim = attention.embed_dim
+    projections = query * dim * dim + keys * dim * (attention.kdim + attention.vdim) + query * dim * dim
+    return int(projections + 2 * query * keys * dim)
+
