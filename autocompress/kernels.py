@@ -92,4 +92,3 @@ def _attention_macs(attention: nn.MultiheadAttention, inputs: tuple[Any, ...], o
     dim = attention.embed_dim
     projections = query * dim * dim + keys * dim * (attention.kdim + attention.vdim) + query * dim * dim
     return int(projections + 2 * query * keys * dim)
-

@@ -5,7 +5,11 @@ criteria both read the graph from here; a criterion scores a group it is handed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -61,7 +65,11 @@ def channel_prunable(model: nn.Module, example: torch.Tensor) -> tuple[set[str],
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         try:
-            group = pruning_group(graph, module, [0])
+            with _time_limit(GROUP_SECONDS):
+                group = pruning_group(graph, module, [0])
+        except (_OutOfTime, MemoryError):
+            refused[name] = f"channels kept: Torch-Pruning's graph did not resolve its group within {GROUP_SECONDS} s"
+            continue
         except Exception as exc:  # noqa: BLE001  (Torch-Pruning raises many kinds on structures it cannot follow)
             refused[name] = f"channels kept: Torch-Pruning's graph cannot follow it ({_first_line(exc)})"
             continue
@@ -77,6 +85,35 @@ def channel_prunable(model: nn.Module, example: torch.Tensor) -> tuple[set[str],
                 continue
         ok.add(name)
     return ok, refused
+
+
+# Torch-Pruning resolves a group in well under a second, but Swin's patch merging (a concat of
+# four strided slices) ran 76 s and grew to 6.8 GB before failing: a group gets this long.
+GROUP_SECONDS = 10
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise _OutOfTime in the block after ``seconds`` (a timer signal: the main thread only;
+    elsewhere the block runs unbounded)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # What Torch-Pruning prunes by itself, exactly: a group holding anything else (an attention
