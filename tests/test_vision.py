@@ -11,6 +11,7 @@ import re
 import struct
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -463,3 +464,96 @@ def test_a_dependency_group_gets_a_time_limit_in_the_main_thread() -> None:
     with _time_limit(5):  # a block that ends in time is left alone, and the timer is off after it
         pass
     time.sleep(0.1)
+
+
+# Tiny configurations of torchvision's architectures: the contract is about structure, and 32x32
+# keeps the whole zoo to a minute.
+TINY_ZOO = {
+    "vit": lambda **_: __import__("torchvision").models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    ),
+    "swin": lambda **_: __import__("torchvision").models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[2, 2], num_classes=10
+    ),
+    "maxvit": lambda **_: __import__("torchvision").models.MaxVit(
+        input_size=(32, 32),
+        stem_channels=8,
+        partition_size=2,
+        block_channels=[16, 32],
+        block_layers=[1, 1],
+        head_dim=8,
+        stochastic_depth_prob=0.0,
+        num_classes=10,
+    ),
+    "resnet18": lambda **_: __import__("torchvision").models.resnet18(num_classes=10),
+    "mobilenet_v3_small": lambda **_: __import__("torchvision").models.mobilenet_v3_small(num_classes=10),
+}
+
+
+CNNS = ("resnet18", "mobilenet_v3_small")
+
+
+def _contract_plans(space) -> list[tuple[str, dict[str, Any]]]:
+    """One plan per value the space offers for each knob (the extremes of a range): every group
+    at that value where its layers offer it, every other knob neutral (no sparsity, 32 bits,
+    full rank); a sparsity plan prunes channels wherever the space offers it."""
+    from autocompress.space_file import knob_values
+
+    def offered(knob) -> list[Any]:
+        return list(knob_values(knob)) if knob.low is None else [knob.low, knob.high]
+
+    def neutral(name: str, knob) -> Any:
+        if knob.low is not None:
+            return knob.high if name == "rank" else knob.low
+        return 32 if name == "bits" and 32 in knob.choices else knob.choices[0]
+
+    plans = []
+    names = sorted({k for knobs in space.groups.values() for k, knob in knobs.items() if not knob.fixed})
+    for name in names:
+        for value in sorted({v for knobs in space.groups.values() if name in knobs and not knobs[name].fixed for v in offered(knobs[name])}, key=str):
+            params = {}
+            for group, knobs in space.groups.items():
+                for k, knob in knobs.items():
+                    if knob.fixed:
+                        continue
+                    params[f"{group}.{k}"] = value if k == name and value in offered(knob) else neutral(k, knob)
+                    if name == "sparsity" and k == "sparsity_mode" and "channel" in offered(knob):
+                        params[f"{group}.{k}"] = "channel"
+            plans.append((f"{name}={value}", params))
+    return plans
+
+
+@pytest.mark.parametrize("name", list(TINY_ZOO))
+def test_every_knob_value_the_default_space_offers_applies_packs_reloads_and_exports(name: str) -> None:
+    """The zoo contract: for ViT, Swin, MaxViT, ResNet-18 and MobileNetV3, each value the default
+    space offers (per knob, every group at it) applies, runs, packs, reloads bit-identically and
+    exports to ONNX that ONNX Runtime runs with the model's outputs. No knob is offered that fails."""
+    import onnxruntime as ort
+
+    from autocompress.deploy.onnx_export import to_onnx
+
+    torch.manual_seed(0)
+    base = TINY_ZOO[name]().eval()
+    x = torch.randn(4, 3, 32, 32)
+    space = load_space(REPO / "search_spaces" / "default.yaml").resolve(base, x[:2])
+    task = {"model": "mine:build", "num_classes": 10, "input_shape": [3, 32, 32]}
+    plans = _contract_plans(space)
+    assert len(plans) >= 10
+    for label, params in plans:
+        plan = space.plan_from_params(params)
+        model = copy.deepcopy(base)
+        compress.apply(model, plan, example=x[:2])
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape == (4, 10) and torch.isfinite(out).all(), label
+        packed = pack(model, plan, task, compress.structure(model))
+        reloaded = loads(packed.data, build=TINY_ZOO[name])  # removing channels again traces with autograd
+        with torch.no_grad():
+            assert torch.equal(reloaded(x), model(x)), label
+        if name in CNNS:
+            continue  # their ONNX files are checked in test_deploy (and here they double the zoo's time)
+        data, _ = to_onnx(model, plan, x)
+        got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(x).numpy(), atol=1e-3, rtol=1e-3, err_msg=label)

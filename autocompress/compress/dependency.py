@@ -60,7 +60,7 @@ def channel_prunable(model: nn.Module, example: torch.Tensor) -> tuple[set[str],
     """
     graph = dependency_graph(model, example)
     ok, refused = set(), {}
-    checked: dict[frozenset[int], str | None] = {}  # a group's layers -> why removing its channels breaks the model
+    checked: dict[tuple[Any, ...], str | None] = {}  # a group's shape -> why removing its channels breaks the model
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
@@ -77,7 +77,7 @@ def channel_prunable(model: nn.Module, example: torch.Tensor) -> tuple[set[str],
             refused[name] = "channels kept: they feed a grouped conv"
             continue
         if _needs_trial(group):
-            key = frozenset(id(dep.target.module) for dep, _ in group if isinstance(dep.target.module, nn.Module))
+            key = _shape_of(group)
             if key not in checked:
                 checked[key] = _breaks_forward(model, name, example)
             if checked[key] is not None:
@@ -124,7 +124,25 @@ _TRUSTED = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn
 
 
 def _needs_trial(group: Any) -> bool:
-    return any(not isinstance(dep.target.module, _TRUSTED) and type(dep.target.module).__module__ != "torch_pruning.ops" for dep, _ in group)
+    """A group that reaches a reshape (a model may split channels into heads by an attribute, as
+    MaxViT's attention does) or anything Torch-Pruning does not prune by itself exactly."""
+    for dep, _ in group:
+        target = dep.target.module
+        if type(target).__name__ == "_ReshapeOp" or not (isinstance(target, _TRUSTED) or type(target).__module__ == "torch_pruning.ops"):
+            return True
+    return False
+
+
+def _shape_of(group: Any) -> tuple[Any, ...]:
+    """What a group is made of (types, weight shapes, how each is pruned): the twelve MLP groups
+    of ViT-B's blocks are one shape, tried once (each trial copies and traces the model)."""
+    parts = []
+    for dep, _ in group:
+        target = dep.target.module
+        weight = getattr(target, "weight", None)
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else tuple(getattr(target, "shape", ()))
+        parts.append((type(target).__name__, shape, getattr(dep.handler, "__name__", str(dep.handler))))
+    return tuple(sorted(parts, key=str))
 
 
 def _breaks_forward(model: nn.Module, name: str, example: Any) -> str | None:

@@ -31,10 +31,10 @@ from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
 from autocompress.registry import Registry
 
-# Ops that run integer arithmetic (what an int8 deploy must show in its optimized graph).
 # The int8-or-float race of a whole model (a choice, not a reported number): paired, within 5%
 # or this many seconds.
 CHOICE_THRESHOLD, CHOICE_SECONDS = 0.05, 1.0
+# Ops that run integer arithmetic (what an int8 deploy must show in its optimized graph).
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd")
 
 
