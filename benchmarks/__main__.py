@@ -246,7 +246,9 @@ def _deploy(result: dict[str, Any]) -> list[str]:
     out += [
         "",
         "Honesty check: the uniform 8-bit plan (the baseline's architecture) against the baseline on fp32 targets, "
-        "5 paired measurements each while another process keeps a core busy:",
+        "5 paired measurements each while another process keeps a core busy"
+        + (f" ({result['honesty_rerun']})" if result.get("honesty_rerun") else "")
+        + ":",
         "",
     ]
     for row in result["honesty"]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,9 +56,18 @@ def _timed(rt: str, base: Any, data: bytes, example: torch.Tensor, x: torch.Tens
     }
 
 
+def _nncf() -> Any:
+    """NNCF with its usage telemetry off (it reports to a server by default; NNCF_CI is its own
+    switch for that)."""
+    os.environ.setdefault("NNCF_CI", "1")
+    import nncf
+
+    return nncf
+
+
 def _nncf_int8(fp32: bytes, calibration: list[np.ndarray]) -> bytes:
     """NNCF's post-training int8 of an fp32 ONNX file (its defaults: mixed preset, 300 samples)."""
-    import nncf
+    nncf = _nncf()
     import onnx
 
     dataset = nncf.Dataset(calibration, lambda batch: {"input": batch})
@@ -70,7 +80,7 @@ def _nncf_pruned(model: torch.nn.Module, data: Any, steps: int, lr: float, examp
     trial's fine-tuning, the optimizer autocompress fine-tunes with), masks applied."""
     import copy
 
-    import nncf
+    nncf = _nncf()
 
     plain = copy.deepcopy(model)
     pruned = nncf.prune(model, mode=nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL, ratio=0.5, examples_inputs=example[:2])
