@@ -533,7 +533,8 @@ def _yardstick(result: dict[str, Any]) -> list[str]:
         return [f"Not run: {result['skipped']}."]
     base = result["baseline"]
     out = [
-        f"studies/fashion-resnet8.yaml searched on ONNX Runtime int8, {result['trials']} trials ({result['wall_s']:.0f} s); every front "
+        f"studies/fashion-resnet8.yaml searched on ONNX Runtime int8 (size objective: the ONNX file's bytes, pareto.size deployed), "
+        f"{result['trials']} trials ({result['wall_s']:.0f} s); every front "
         "trial's ONNX file then timed on ONNX Runtime, and the same plan exported for OpenVINO (every layer at <= 8 bits "
         "quantized: ONNX Runtime's file keeps float the layers its integer kernels run slower) timed there, each paired with that runtime's fp32 "
         "baseline (the study's baseline file), 1 thread, batch 32; test drops are points of test accuracy (2000 held-out "
