@@ -151,9 +151,12 @@ def _breaks_forward(model: nn.Module, name: str, example: Any) -> str | None:
 
     trial = copy.deepcopy(model)
     try:
-        remove_channels(trial, dict(trial.named_modules())[name], [0], example)
-        with torch.no_grad():
-            call_model(trial.eval(), example)
+        with _time_limit(GROUP_SECONDS):  # the copy's graph is traced and grouped again
+            remove_channels(trial, dict(trial.named_modules())[name], [0], example)
+            with torch.no_grad():
+                call_model(trial.eval(), example)
+    except _OutOfTime:
+        return f"not removed within {GROUP_SECONDS} s on a copy"
     except Exception as exc:  # noqa: BLE001  whatever the model raises on a width it did not expect
         return _first_line(exc)
     return None
