@@ -250,6 +250,7 @@ def to_onnx(
     precision: str = "fp32",
     calibration: Iterable[torch.Tensor] = (),
     keep_float: KeepFloat | None = None,
+    exported: onnx.ModelProto | None = None,
 ) -> tuple[bytes, list[str]]:
     """The ONNX file of a baked compressed model, and the weights stored as int8 codes.
 
@@ -261,10 +262,12 @@ def to_onnx(
         keep_float: ``int8`` only: given the float graph, the weights' codes and the example's
             shape, the weights whose layers should run float kernels (where the runtime's integer
             kernel is slower); those layers ship their float weights.
+        exported: ``export_fp32(model, example)`` when the caller has it already (it is
+            rewritten in place): the torch exporter is the expensive step.
     """
     if not any(isinstance(m, COMPRESSIBLE_TYPES) for m in model.modules()):
         raise ExportError("the model has no Linear or Conv2d layer to export")
-    proto = export_fp32(model, example)
+    proto = exported if exported is not None else export_fp32(model, example)
     weights = find_transposed(proto, quantized_weights(model, plan), lambda codes, scale: codes.astype(np.float32) * scale[:, None])
     shared = find_transposed(proto, shared_weights(model, plan), lambda indices, table: table[indices.astype(np.int64)])
     if precision == "int8" and weights:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from autocompress.deploy.kernel_choice import session_options, slower_in_int8
-from autocompress.deploy.onnx_export import INPUT, to_onnx
+from autocompress.deploy.onnx_export import INPUT, export_fp32, to_onnx
 from autocompress.deploy.timing import time_paired
 from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
@@ -243,8 +243,11 @@ class OnnxRuntime(Runtime):
         # (the int8 codes folded at load): ONNX Runtime moves a QuantizeLinear up through pooling,
         # which can run a pooling op on uint8 in NCHW, slower than a model with no integer layer.
         floats: dict[str, float] = {}
-        data, stored = to_onnx(model, plan, example, "int8", calibration, keep_float=float_layers(threads, floats))
-        plain = self.load_onnx(_export(model, plan, example, "fp32", ()), example, device, threads, "fp32")
+        exported = export_fp32(model, example)  # once: both forms rewrite their own copy
+        twin = type(exported)()
+        twin.CopyFrom(exported)
+        data, stored = to_onnx(model, plan, example, "int8", calibration, keep_float=float_layers(threads, floats), exported=exported)
+        plain = self.load_onnx(to_onnx(model, plan, example, "fp32", exported=twin)[0], example, device, threads, "fp32")
         if not stored:  # no layer at <= 8 bits, or none faster on integer kernels: the codes ship, folded at load
             if floats:
                 plain.backend += " (every layer's integer kernel timed slower here)"
