@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from autocompress.deploy.onnx_export import INPUT, OPSET, OUTPUT, _int8_activations
+from autocompress.deploy.onnx_weights import WEIGHTED_OPS
 
 log = logging.getLogger(__name__)
 
-CHOSEN_OPS = ("Conv", "Gemm", "MatMul")
 MIN_PAIRS, MAX_PAIRS = 5, 200
 _CACHE: dict[tuple[Any, ...], float] = {}  # layer signature -> median time ratio integer / float
 
@@ -49,7 +49,7 @@ def slower_in_int8(
     inits = {i.name: i for i in proto.graph.initializer}
     slower: dict[str, float] = {}
     for node in proto.graph.node:
-        if node.op_type not in CHOSEN_OPS or len(node.input) < 2 or node.input[1] not in weights:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or node.input[1] not in weights:
             continue
         shape = shapes.get(node.input[0])
         if shape is None or any(d <= 0 for d in shape):

@@ -37,7 +37,7 @@ from torch import nn
 
 from autocompress.compress import COMPRESSIBLE_TYPES, layer_map, leaf_layers
 from autocompress.compress.quantize import FakeQuant
-from autocompress.deploy.onnx_weights import as_gather, as_qdq, channel_axes, find_transposed, replace_weights
+from autocompress.deploy.onnx_weights import WEIGHTED_OPS, as_gather, as_qdq, channel_axes, find_transposed, replace_weights
 from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
 
@@ -159,7 +159,7 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
     # quantized where an integer layer feeds them, so no float island splits two integer kernels,
     # and stay float after a float layer (a uint8 MaxPool in NCHW took 157 us where the float one
     # took 4 us, fused into the convolution before it).
-    layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1]
+    layers = [n for n in proto.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1]
     targets = [n.name for n in layers if n.input[1] in weights]
     excluded = [n.name for n in layers if n.input[1] not in weights] + _fed_by_float(proto, set(weights))
     axes = channel_axes(proto)
@@ -213,7 +213,7 @@ def _fed_by_float(proto, integer_weights: set[str]) -> list[str]:
     integer: set[str] = set()  # tensors an integer layer computes, directly or through weightless ops
     excluded = []
     for node in proto.graph.node:
-        weighted = node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits
+        weighted = node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits
         if weighted:
             fed = node.input[1] in integer_weights
         else:

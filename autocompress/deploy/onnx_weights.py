@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 INT4_OPSET = 21  # INT4 initializers for DequantizeLinear: ONNX Runtime >= 1.18, OpenVINO 2024+
+# The ops that read a layer's weight as their second input (one definition for every pass here).
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 Encoded = tuple[list[Any], list[Any], bool]  # initializers, the nodes computing the weight, a 4-bit type used
 Encoder = Callable[[str, np.ndarray, np.ndarray, int], Encoded]  # (name, first, second, output-channel axis)
 
@@ -102,7 +104,7 @@ def channel_axes(proto) -> dict[str, int]:
     a Linear applied to 3-D inputs transposed, as MatMul's [in, out])."""
     axes: dict[str, int] = {}
     for node in proto.graph.node:
-        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1:
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             axes.setdefault(node.input[1], 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else 1)
     return axes
