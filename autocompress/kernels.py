@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from autocompress.compress import COMPRESSIBLE_TYPES, layer_map, leaf_layers
+from autocompress.compress.sites import Attention, out_linear
 from autocompress.plan import CompressionPlan
 from autocompress.tasks.metrics import call_model
 
@@ -59,6 +60,10 @@ def count_macs(model: nn.Module, example: Any) -> int:
         if isinstance(module, nn.MultiheadAttention):
             total += _attention_macs(module, inputs, output[0])
             return
+        if isinstance(module, Attention):  # its projections are Linears the hooks see; the two products are not
+            query, keys = _tokens(module.batch_first, inputs, output[0])
+            total += 2 * query * keys * out_linear(module.q_proj).weight.shape[0]
+            return
         per_sample_outputs = output[0].numel()
         if isinstance(module, nn.Linear):
             total += per_sample_outputs * module.in_features
@@ -66,7 +71,7 @@ def count_macs(model: nn.Module, example: Any) -> int:
             kh, kw = module.kernel_size
             total += per_sample_outputs * (module.in_channels // module.groups) * kh * kw
 
-    counted = (*COMPRESSIBLE_TYPES, nn.MultiheadAttention)
+    counted = (*COMPRESSIBLE_TYPES, nn.MultiheadAttention, Attention)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
     try:
         with torch.inference_mode():
@@ -80,15 +85,21 @@ def count_macs(model: nn.Module, example: Any) -> int:
     return total
 
 
-def _attention_macs(attention: nn.MultiheadAttention, inputs: tuple[Any, ...], output: torch.Tensor) -> int:
-    """One sample's MACs through an attention module: q/k/v and output projections, Q K^T and
-    the weighted sum of V (from its inputs' token counts; keys and values passed by keyword
-    are taken to be the query)."""
-    tokens = 1 if attention.batch_first else 0  # the token axis of (batch, tokens, dim) or (tokens, batch, dim)
+def _tokens(batch_first: bool, inputs: tuple[Any, ...], output: torch.Tensor) -> tuple[int, int]:
+    """Query and key token counts of an attention call (keys passed by keyword: the query's)."""
+    tokens = 1 if batch_first else 0  # the token axis of (batch, tokens, dim) or (tokens, batch, dim)
     if output.dim() < 3:  # an unbatched call: (tokens, dim)
         tokens = 0
     query = output.shape[tokens]
     keys = inputs[1].shape[tokens] if len(inputs) > 1 and isinstance(inputs[1], torch.Tensor) and inputs[1].dim() == output.dim() else query
+    return query, keys
+
+
+def _attention_macs(attention: nn.MultiheadAttention, inputs: tuple[Any, ...], output: torch.Tensor) -> int:
+    """One sample's MACs through an attention module: q/k/v and output projections, Q K^T and
+    the weighted sum of V (from its inputs' token counts; keys and values passed by keyword
+    are taken to be the query)."""
+    query, keys = _tokens(attention.batch_first, inputs, output)
     dim = attention.embed_dim
     projections = query * dim * dim + keys * dim * (attention.kdim + attention.vdim) + query * dim * dim
     return int(projections + 2 * query * keys * dim)

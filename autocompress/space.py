@@ -239,6 +239,8 @@ class SpaceSpec(SpaceFile):
             if facts.output and _allows_channel(knobs["sparsity_mode"]):
                 notes.append("channels kept: the model's output (one per class)")
                 knobs["sparsity_mode"] = Knob()
+            if facts.channel_unit and _allows_channel(knobs["sparsity_mode"]):
+                notes.append(facts.channel_unit)
             result[name] = LayerSpace(name, facts.type, facts.weight_shape, rank_limit, knobs, notes=tuple(notes), tucker_limits=facts.tucker_limits)
         traced = model.channel_prunable is not None or model.channel_error is not None
         if traced and any(_allows_channel(ls.knobs["sparsity_mode"]) for ls in result.values()):

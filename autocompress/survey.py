@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.compress import COMPRESSIBLE_TYPES, compressible_layers, full_rank
+from autocompress.compress import COMPRESSIBLE_TYPES, canonical, compressible_layers, full_rank
 from autocompress.compress.dependency import channel_prunable, forward_facts
 from autocompress.compress.lowrank import tucker_applies, tucker_limits
+from autocompress.compress.sites import attention_of, kept_reason
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class LayerFacts:
     frozen: bool  # requires_grad False: no gradient ranks its weights
     output: bool  # produces the model's output (known only with an example input)
     called: bool = True  # the model calls it as a module (False: it reads the weight directly)
+    channel_unit: str | None = None  # what its channels go in when not one by one (an attention's heads)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class ModelSurvey:
 
 def survey(model: nn.Module, example: torch.Tensor | None = None, trace_channels: bool = False) -> ModelSurvey:
     """One look at ``model``: its layers' facts, with an ``example`` input the layers producing its
-    output (one forward pass), and with ``trace_channels`` the dependency graph (one trace)."""
+    output (one forward pass), and with ``trace_channels`` the dependency graph (one trace).
+    Rewrites ``model`` into its canonical form first (``compress.sites``): its layers are those."""
+    canonical(model)
     outputs, called = forward_facts(model, example) if example is not None else (set(), None)
     layers = {
         name: LayerFacts(
@@ -56,6 +60,7 @@ def survey(model: nn.Module, example: torch.Tensor | None = None, trace_channels
             frozen=not module.weight.requires_grad,
             output=module in outputs,
             called=called is None or module in called,
+            channel_unit=_channel_unit(model, name),
         )
         for name, module in compressible_layers(model).items()
     }
@@ -66,6 +71,14 @@ def survey(model: nn.Module, example: torch.Tensor | None = None, trace_channels
         return ModelSurvey(layers, frozenset(prunable), channel_refused=refused)
     except Exception as exc:  # noqa: BLE001  (Torch-Pruning raises many kinds on structures it cannot follow)
         return ModelSurvey(layers, channel_error=f"{type(exc).__name__}: {exc}")
+
+
+def _channel_unit(model: nn.Module, name: str) -> str | None:
+    found = attention_of(model, name)
+    if found is None or found[1] != "q_proj":
+        return None
+    heads = found[0].num_heads
+    return f"channels go in whole heads ({heads} of {found[0].q_proj.out_features // heads})"
 
 
 def layer_kind(module: nn.Module) -> str:
@@ -81,7 +94,6 @@ def layer_kind(module: nn.Module) -> str:
 _KEPT = {
     "norm": "normalization: kept in float (a few values per channel)",
     "Embedding": "nn.Embedding: not a compression site yet (Linear and Conv2d are)",
-    "MultiheadAttention": "nn.MultiheadAttention's fused q/k/v projection: not a compression site yet",
 }
 
 
@@ -91,6 +103,8 @@ def _kept_reason(module: nn.Module) -> str:
         return _KEPT["norm"]
     if kind in _KEPT:
         return _KEPT[kind]
+    if (reason := kept_reason(module)) is not None:
+        return reason
     if isinstance(module, COMPRESSIBLE_TYPES):
         return "left out by the search space (its layers or exclude)"
     if any(True for _ in module.children()):  # a container's own tensors: ViT's class token, position embeddings

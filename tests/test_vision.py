@@ -402,12 +402,14 @@ def test_layers_lists_a_model_at_its_own_size_and_names_what_it_leaves_out(tmp_p
     assert found["coverage"]["share"] > 0.99 and found["layers"][0]["knobs"]["bits"]["choices"]
     text = run_cli("layers", "digits-cnn", cwd=tmp_path).stdout
     assert "4 layers hold 99.7% of the model's weights; not compressed: bias x4" in text
-    (tmp_path / "unstructured.yaml").write_text("knobs: {sparsity_mode: unstructured}\n")
-    proc = run_cli("layers", "torchvision:vit_b_16", "--space", str(tmp_path / "unstructured.yaml"), "--json", cwd=tmp_path)
+    proc = run_cli("layers", "torchvision:vit_b_16", "--json", cwd=tmp_path)  # the default space, no config
     assert proc.returncode == 0, proc.stderr
     vit = json.loads(proc.stdout)
     left = {e["type"]: e for e in vit["coverage"]["not_compressed"]}
-    assert left["MultiheadAttention"]["params"] == 12 * 3 * (768 * 768 + 768) and "not a compression site yet" in left["MultiheadAttention"]["reason"]
+    # The fused q/k/v projection is three Linears of the canonical form: 99.7% of ViT-B's weights listed.
+    assert vit["coverage"]["share"] > 0.99 and "MultiheadAttention" not in left and len(vit["layers"]) == 74
+    query = {layer["name"]: layer for layer in vit["layers"]}["encoder.layers.encoder_layer_0.self_attention.q_proj"]
+    assert "channel" in query["knobs"]["sparsity_mode"]["choices"] and "channels go in whole heads (12 of 64)" in query["notes"]
     assert abs(vit["coverage"]["covered"] + sum(e["params"] for e in left.values()) - vit["coverage"]["params"]) == 0
     assert run_cli("layers", "torchvision:inception_v3", cwd=tmp_path).returncode == 0  # 75x75, its smallest
 
@@ -422,16 +424,19 @@ def _tiny_vit() -> torch.nn.Module:
 
 
 def test_a_vit_takes_the_default_space_with_each_knob_off_only_where_it_cannot_apply() -> None:
-    """Channel pruning is refused per layer, with the reason: the attention's output projection
-    (not in Torch-Pruning's graph) and the embedding width (torchvision's ViT reshapes by its
-    hidden_dim: pruned once on a copy, it fails); the MLP's hidden channels keep it. Rank is off
-    where the model reads the weight without calling the layer. Every sampled plan then applies."""
+    """The attention's q, k, v and output projections are Linears of the canonical form, each
+    with rank; its structured unit is the head, planned on q_proj (k_proj and v_proj follow it).
+    Channel pruning is refused per layer with the reason: the embedding width (torchvision's ViT
+    reshapes by its hidden_dim: pruned once on a copy, it fails); the MLP's hidden channels keep
+    it. Every sampled plan then applies, and a head plan leaves the attention consistent."""
     x = torch.randn(4, 3, 32, 32)
     space = load_space(REPO / "search_spaces" / "default.yaml").resolve(_tiny_vit(), x[:2])
     block = "encoder.layers.encoder_layer_0"
-    out_proj, hidden, width = space.layers[f"{block}.self_attention.out_proj"], space.layers[f"{block}.mlp.0"], space.layers[f"{block}.mlp.3"]
-    assert out_proj.knobs["sparsity_mode"].off and out_proj.knobs["rank"].off
-    assert any("cannot follow it" in n for n in out_proj.notes) and any(n.startswith("rank off: the model reads its weight") for n in out_proj.notes)
+    layers = {role: space.layers[f"{block}.self_attention.{role}"] for role in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    hidden, width = space.layers[f"{block}.mlp.0"], space.layers[f"{block}.mlp.3"]
+    assert all(not ls.knobs["rank"].off for ls in layers.values())
+    assert "channel" in layers["q_proj"].knobs["sparsity_mode"].choices and "channels go in whole heads (2 of 16)" in layers["q_proj"].notes
+    assert layers["k_proj"].knobs["sparsity_mode"].off and any("whole heads with its attention's q_proj" in n for n in layers["k_proj"].notes)
     assert width.knobs["sparsity_mode"].off and any("breaks the model's forward pass" in n for n in width.notes)
     assert "channel" in hidden.knobs["sparsity_mode"].choices and not hidden.knobs["rank"].off
     for seed in range(4):
@@ -439,6 +444,56 @@ def test_a_vit_takes_the_default_space_with_each_knob_off_only_where_it_cannot_a
         plan = space.sample(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask())
         compress.apply(model, plan, example=x[:2])
         assert model.eval()(x).shape == (4, 10)
+    model = _tiny_vit()
+    plan = CompressionPlan({f"{block}.self_attention.q_proj": LayerPlan(sparsity=0.5, structured=True, bits=32, rank=None)})
+    compress.apply(model, plan, example=x[:2])
+    attention = model.encoder.layers[0].self_attention
+    assert attention.num_heads == 1 and attention.v_proj.weight.shape == (16, 32) and attention.out_proj.weight.shape == (32, 16)
+    assert compress.structure(model)["channels_removed"][f"{block}.self_attention.q_proj"] in (list(range(16)), list(range(16, 32)))
+
+
+def test_an_attention_in_canonical_form_gives_the_same_outputs_and_loses_heads_by_importance() -> None:
+    """nn.MultiheadAttention as four Linears (batch first or not, separate key/value widths,
+    padding and float masks, averaged or per-head weights, unbatched) matches torch's own; a
+    TransformerEncoder's nested-tensor path is turned off so its padded batches run the plain
+    path (the same values at every token that is not padding). Each criterion ranks heads."""
+    from autocompress.compress import ApplyContext
+    from autocompress.compress.importance import IMPORTANCE, head_scores
+    from autocompress.compress.sites import Attention
+
+    torch.manual_seed(0)
+    for batch_first, kdim in ((True, None), (False, 12)):
+        mha = torch.nn.MultiheadAttention(16, 4, batch_first=batch_first, kdim=kdim, vdim=kdim).eval()
+        attention = Attention.of(mha).eval()
+        q = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)
+        kv = torch.randn(3, 7, kdim or 16) if batch_first else torch.randn(7, 3, kdim or 16)
+        padding = torch.zeros(3, 7, dtype=torch.bool)
+        padding[:, -2:] = True
+        for kwargs in (
+            {},
+            {"need_weights": False},
+            {"key_padding_mask": padding},
+            {"attn_mask": torch.randn(5, 7), "key_padding_mask": padding, "average_attn_weights": False},
+        ):
+            (want, want_w), (got, got_w) = mha(q, kv, kv, **kwargs), attention(q, kv, kv, **kwargs)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            assert (want_w is None) == (got_w is None) and (want_w is None or torch.allclose(got_w, want_w, atol=1e-5))
+    encoder = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2, enable_nested_tensor=True).eval()
+    x, padding = torch.randn(2, 6, 32), torch.zeros(2, 6, dtype=torch.bool)
+    padding[0, -2:] = True
+    with torch.no_grad():
+        want = encoder(x, src_key_padding_mask=padding)
+        got = compress.canonical(encoder)(x, src_key_padding_mask=padding)
+    assert isinstance(encoder.layers[0].self_attn, Attention)
+    torch.testing.assert_close(got[~padding], want[~padding], atol=1e-5, rtol=1e-5)
+    attention = encoder.layers[0].self_attn
+    with torch.no_grad():  # head 2 weighs nothing: every criterion ranks it last
+        for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
+            proj.weight[16:24] = 0
+        attention.out_proj.weight[:, 16:24] = 0
+    ctx = ApplyContext(model=encoder, calibration=lambda m: m(x, src_key_padding_mask=padding).square().mean())
+    for name in IMPORTANCE.names():
+        assert int(head_scores(ctx, attention, name, "layers.0.self_attn.q_proj").argmin()) == 2, name
 
 
 def test_macs_count_attention_that_calls_no_module() -> None:

@@ -135,6 +135,8 @@ def rebuild(header: dict[str, Any], build: Build | None = None, source: str = "a
         _check_model(header, model, source, values_cap)
     plan = CompressionPlan.from_dict(header["plan"])
     example = torch.zeros(1, *task.get("input_shape", []))
+    if header.get("canonical"):  # the plan names layers of the canonical form
+        compress.canonical(model)
     compress.apply_structure(model, plan, header, example)
     return model.eval()
 
@@ -147,6 +149,8 @@ def _check_model(header: dict[str, Any], model: nn.Module, source: str, values_c
         raise ArtifactError(
             f"{source} describes a {header['task']['model']} of {values} values, more than a file of its size packs: it is not a real artifact"
         )
+    if header.get("canonical"):
+        compress.canonical(model)
     layers = compress.compressible_layers(model)
     modules = dict(model.named_modules())
     named = [("plan", n, n in layers) for n in header["plan"]]

@@ -136,6 +136,7 @@ def pack(model: nn.Module, plan: CompressionPlan, task: dict[str, Any], structur
             "plan": plan.to_dict(),
             "channels_removed": {k: index_mask(v) for k, v in (structure or {}).get("channels_removed", {}).items()},
             "bn_folded": (structure or {}).get("bn_folded", {}),
+            **({"canonical": True} if compress.is_canonical(model) else {}),
             "tensors": tensors,
         }
         head = json.dumps(header, separators=(",", ":")).encode()

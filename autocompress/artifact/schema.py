@@ -258,6 +258,7 @@ HEADER = Record(
         "packing": Choice(PACKINGS),
         "channels_removed": MapOf(Text(r"([0-9a-f]{2})*", 1 << 16)),  # a hex bitmask of removed channels
         "bn_folded": MapOf(Text()),  # BatchNorm name -> the layer it was folded into
+        "canonical": Flag(),  # the model was rewritten into its canonical form (compress.sites) before packing
     },
 )
 

@@ -21,6 +21,7 @@ from autocompress.compress.lowrank import Factorized, Tucker2, factorize, full_r
 from autocompress.compress.prune import Mask
 from autocompress.compress.quantize import FakeQuant
 from autocompress.compress.share import SharedWeights
+from autocompress.compress.sites import Attention, canonical, is_canonical
 from autocompress.errors import SpaceError, did_you_mean
 from autocompress.plan import LOWRANK_MODES, QUANT_MODES, TERNARY_BITS, CompressionPlan, LayerPlan
 
@@ -28,6 +29,7 @@ __all__ = [
     "COMPRESSIBLE_TYPES",
     "TECHNIQUES",
     "ApplyContext",
+    "Attention",
     "Factorized",
     "FakeQuant",
     "Mask",
@@ -37,9 +39,11 @@ __all__ = [
     "apply",
     "apply_structure",
     "bake",
+    "canonical",
     "compressible_layers",
     "factorize",
     "full_rank",
+    "is_canonical",
     "layer_map",
     "leaf_layers",
     "structure",
@@ -77,6 +81,7 @@ def apply(
         calibration: a labelled batch (inputs, labels), or the task's loss as a function of the
             model; needed by gradient-based importance.
     """
+    canonical(model)
     available = compressible_layers(model)
     for name in plan.layers:
         if name not in available:

@@ -17,6 +17,7 @@ from torch import nn
 
 from autocompress.compress._base import COMPRESSIBLE_TYPES
 from autocompress.compress.lowrank import Factorized
+from autocompress.compress.sites import Attention, attention_of, out_linear
 
 
 def out_layer(layer: nn.Module) -> nn.Linear | nn.Conv2d:
@@ -44,8 +45,22 @@ def pruning_group(graph: Any, target: nn.Module, idxs: list[int]) -> Any:
 
 def remove_channels(model: nn.Module, target: nn.Module, idxs: list[int], example: torch.Tensor, graph: Any = None) -> None:
     """Remove output channels ``idxs`` of ``target`` and everything that depends on them
-    (``graph``: the model's dependency graph when the caller traced it already)."""
+    (``graph``: the model's dependency graph when the caller traced it already). Channels of an
+    attention's q projection go in whole heads, with their k, v and output-projection weights."""
+    owner = head_owner(model, target)
+    if owner is not None:
+        head_dim = out_linear(owner.q_proj).weight.shape[0] // owner.num_heads
+        owner.remove_heads(sorted({i // head_dim for i in idxs}))
+        return
     pruning_group(graph if graph is not None else dependency_graph(model, example), target, idxs).prune()
+
+
+def head_owner(model: nn.Module, target: nn.Module) -> Attention | None:
+    """The attention whose q projection ``target`` is (its channels are pruned in whole heads)."""
+    for module in model.modules():
+        if isinstance(module, Attention) and out_linear(module.q_proj) is target:
+            return module
+    return None
 
 
 def channel_prunable(model: nn.Module, example: torch.Tensor) -> tuple[set[str], dict[str, str]]:
@@ -63,6 +78,16 @@ def channel_prunable(model: nn.Module, example: torch.Tensor) -> tuple[set[str],
     checked: dict[tuple[Any, ...], str | None] = {}  # a group's shape -> why removing its channels breaks the model
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        found = attention_of(model, name)
+        if found is not None and found[1] != "out_proj":
+            attention, role = found
+            if role != "q_proj":
+                refused[name] = "channels kept: removed in whole heads with its attention's q_proj"
+            elif attention.num_heads < 2:
+                refused[name] = "channels kept: its attention has one head, and heads are removed whole"
+            else:
+                ok.add(name)  # whole heads: the attention keeps its projections consistent itself
             continue
         try:
             with _time_limit(GROUP_SECONDS):

@@ -23,6 +23,7 @@ from torch import nn
 
 from autocompress.compress._base import ApplyContext
 from autocompress.compress.dependency import dependency_graph, pruning_group
+from autocompress.compress.sites import Attention, in_linear, out_linear
 from autocompress.errors import SpaceError
 from autocompress.registry import Registry
 
@@ -36,11 +37,14 @@ class Criterion:
             channel by the L1 norm of the layer's own weights.
         unstructured: whether it also ranks single weights.
         gradients: whether it needs the loss's gradients on the weights (labelled batches).
+        units: one score per row of (units x weights), given their gradients when ``gradients``:
+            what ranks an attention's whole heads, whose weights no Torch-Pruning group holds.
     """
 
     torch_pruning: Callable[[], Any] | None
     unstructured: bool
     gradients: bool
+    units: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def _tp(name: str, **kwargs: Any) -> Callable[[], Any]:
@@ -53,10 +57,20 @@ def _tp(name: str, **kwargs: Any) -> Callable[[], Any]:
 
 
 IMPORTANCE: Registry[Criterion] = Registry("importance criterion")
-IMPORTANCE.register("l1")(Criterion(None, unstructured=True, gradients=False))
-IMPORTANCE.register("l2")(Criterion(_tp("MagnitudeImportance", p=2), unstructured=False, gradients=False))
-IMPORTANCE.register("taylor")(Criterion(_tp("TaylorImportance"), unstructured=True, gradients=True))
-IMPORTANCE.register("fpgm")(Criterion(_tp("FPGMImportance", p=2), unstructured=False, gradients=False))
+
+
+def _taylor_units(w: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+    assert g is not None
+    return (w * g).abs().sum(dim=1)
+
+
+IMPORTANCE.register("l1")(Criterion(None, unstructured=True, gradients=False, units=lambda w, g: w.abs().sum(dim=1)))
+IMPORTANCE.register("l2")(Criterion(_tp("MagnitudeImportance", p=2), unstructured=False, gradients=False, units=lambda w, g: w.norm(dim=1)))
+IMPORTANCE.register("taylor")(Criterion(_tp("TaylorImportance"), unstructured=True, gradients=True, units=_taylor_units))
+# FPGM: a unit near the geometric median of its peers is the most replaceable (least summed distance).
+IMPORTANCE.register("fpgm")(
+    Criterion(_tp("FPGMImportance", p=2), unstructured=False, gradients=False, units=lambda w, g: torch.cdist(w, w).sum(dim=1))
+)
 
 
 def criterion(name: str, layer: str, structured: bool) -> Criterion:
@@ -120,6 +134,28 @@ def group_scores(found: Criterion, name: str, group: Any, target: nn.Linear | nn
     if scores is None:  # Torch-Pruning found nothing to score in the group
         raise SpaceError(f"layer '{layer}': importance '{name}' cannot score its channels; use importance l1 for it")
     return scores.detach().to(target.weight.device)
+
+
+def head_scores(ctx: ApplyContext, attention: Attention, name: str, layer: str) -> torch.Tensor:
+    """One score per head of ``attention`` under criterion ``name``, from each head's rows of q,
+    k and v and its columns of the output projection."""
+    found = criterion(name, layer, structured=True)
+    leaves = [
+        (out_linear(attention.q_proj), 0),
+        (out_linear(attention.k_proj), 0),
+        (out_linear(attention.v_proj), 0),
+        (in_linear(attention.out_proj), 1),
+    ]
+    if found.gradients:
+        ensure_gradients(ctx, layer)
+
+    def per_head(tensors: list[torch.Tensor]) -> torch.Tensor:
+        parts = [(t if axis == 0 else t.t()).reshape(attention.num_heads, -1) for t, (_, axis) in zip(tensors, leaves, strict=True)]
+        return torch.cat(parts, dim=1)
+
+    weights = per_head([leaf.weight.detach() for leaf, _ in leaves])
+    gradients = per_head([weight_gradient(leaf, layer) for leaf, _ in leaves]) if found.gradients else None
+    return found.units(weights, gradients)
 
 
 def weight_scores(ctx: ApplyContext, leaf: nn.Linear | nn.Conv2d, name: str, layer: str) -> torch.Tensor:
