@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from autocompress import _optuna, artifact
 from autocompress.artifact.header import Artifact, payload_bytes
+from autocompress.artifact.loader import task_example
 from autocompress.artifact.schema import SPANS
 from autocompress.artifact_store import read_artifact
 from autocompress.errors import ArtifactError, StorageError, TaskError
@@ -99,10 +100,10 @@ def trial_onnx(
     if not isinstance(packed, Artifact):
         packed = Artifact.read(packed, f"trial {number}'s artifact")
     header = packed.header
-    if header["task"].get("inputs", "float tensor") != "float tensor":
+    if header["task"].get("inputs", "float tensor") not in ("float tensor", "token ids"):
         raise ArtifactError(
             f"trial {number}'s model takes {header['task']['inputs']} inputs (its task's example_input), and the ONNX export "
-            "traces one float tensor: export it with --format acz and load it with autocompress.load(FILE, build=...)"
+            "traces one tensor (floats or token ids): export it with --format acz and load it with autocompress.load(FILE, build=...)"
         )
     if "inputs" in header["task"] and precision == "int8":
         raise ArtifactError(
@@ -121,7 +122,7 @@ def trial_onnx(
         data = read_artifact(study.user_attrs["artifact_dir"], stored, f"the ONNX file of trial {number}")
         return data, f"the file measured on {deploy['runtime']} {precision}"
     model = artifact.loads(packed, build=study_build(study, code))
-    example = torch.zeros(deploy.get("batch_size", 32), *header["task"]["input_shape"])
+    example = task_example(header["task"], deploy.get("batch_size", 32))
     calibration: list[torch.Tensor] = []
     if precision == "int8":
         from autocompress.tasks import load_data

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress import compress
-from autocompress.compress import Factorized, FakeQuant, SharedWeights, Tucker2, leaf_layers
+from autocompress.compress import Factorized, FakeQuant, SharedWeights, Site, Tucker2, leaf_layers
 from autocompress.plan import FULL_PRECISION_BITS
 
 MAX_INDEX_BITS = 8
@@ -42,8 +42,8 @@ class WeightCodes:
     codebook: torch.Tensor | None = None  # float16 shared values (code i > 0 is codebook[i - 1]), when shared
 
 
-def weight_codes(leaf: nn.Linear | nn.Conv2d) -> WeightCodes:
-    """Recover the stored codes of a Linear/Conv2d weight from its parametrizations."""
+def weight_codes(leaf: Site) -> WeightCodes:
+    """Recover the stored codes of a layer's weight from its parametrizations."""
     if not parametrize.is_parametrized(leaf, "weight"):
         return WeightCodes(leaf.weight.detach(), FULL_PRECISION_BITS, 0)
     steps: Any = cast(Any, leaf).parametrizations.weight  # a ParametrizationList: an iterable with .original
@@ -111,13 +111,14 @@ def layer_rows(model: nn.Module, codes: dict[int, WeightCodes] | None = None, en
             chosen.append(encodings.get(id(leaf)) or encoded_bits(wc.values, wc.bits)[1])
             params += wc.values.numel()
             nonzeros += int(torch.count_nonzero(wc.values))
-            if leaf.bias is not None:
-                params += leaf.bias.numel()
-                nonzeros += int(torch.count_nonzero(leaf.bias))
+            bias = getattr(leaf, "bias", None)  # an Embedding has none
+            if bias is not None:
+                params += bias.numel()
+                nonzeros += int(torch.count_nonzero(bias))
         rows.append(
             {
                 "layer": name,
-                "type": "Linear" if isinstance(leaves[0], nn.Linear) else "Conv2d",
+                "type": type(leaves[0]).__name__,
                 "weight_shape": list(leaves[-1].weight.shape),
                 "rank": layer.second.weight.shape[1] if isinstance(layer, Factorized) else None,
                 "rank_in": layer.first.weight.shape[0] if isinstance(layer, Tucker2) else None,

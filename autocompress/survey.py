@@ -93,7 +93,6 @@ def layer_kind(module: nn.Module) -> str:
 # Why a module's own parameters are not compressed, by type (``layers`` names them, never skips).
 _KEPT = {
     "norm": "normalization: kept in float (a few values per channel)",
-    "Embedding": "nn.Embedding: not a compression site yet (Linear and Conv2d are)",
 }
 
 
@@ -109,7 +108,7 @@ def _kept_reason(module: nn.Module) -> str:
         return "left out by the search space (its layers or exclude)"
     if any(True for _ in module.children()):  # a container's own tensors: ViT's class token, position embeddings
         return f"parameters of the {kind} itself (tokens, position embeddings, scales): kept in float"
-    return f"a {kind}: not a compression site yet (Linear and Conv2d are)"
+    return f"a {kind}: not a compression site yet (Linear, Conv2d, Embedding and attention projections are)"
 
 
 def weight_coverage(model: nn.Module, listed: set[str]) -> dict[str, Any]:

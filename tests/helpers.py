@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -118,3 +120,80 @@ def small_cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24 * 8 * 8, 5)
     )
+
+
+def _contract_plans(space) -> list[tuple[str, dict[str, Any]]]:
+    """One plan per value the space offers for each knob (the extremes of a range): every group
+    at that value where its layers offer it, every other knob neutral (no sparsity, 32 bits,
+    full rank); a sparsity plan prunes channels wherever the space offers it."""
+    from autocompress.space_file import knob_values
+
+    def offered(knob) -> list[Any]:
+        return list(knob_values(knob)) if knob.low is None else [knob.low, knob.high]
+
+    def neutral(name: str, knob) -> Any:
+        if knob.low is not None:
+            return knob.high if name == "rank" else knob.low
+        return 32 if name == "bits" and 32 in knob.choices else knob.choices[0]
+
+    plans = []
+    names = sorted({k for knobs in space.groups.values() for k, knob in knobs.items() if not knob.fixed})
+    for name in names:
+        for value in sorted({v for knobs in space.groups.values() if name in knobs and not knobs[name].fixed for v in offered(knobs[name])}, key=str):
+            params = {}
+            for group, knobs in space.groups.items():
+                for k, knob in knobs.items():
+                    if knob.fixed:
+                        continue
+                    params[f"{group}.{k}"] = value if k == name and value in offered(knob) else neutral(k, knob)
+                    if name == "sparsity" and k == "sparsity_mode" and "channel" in offered(knob):
+                        params[f"{group}.{k}"] = "channel"
+            plans.append((f"{name}={value}", params))
+    return plans
+
+
+def check_zoo_contract(build: Callable[..., nn.Module], x: torch.Tensor, n_out: int) -> int:
+    """The zoo contract: each value the default space offers (per knob, every group at it)
+    applies, runs, packs, reloads bit-identically and exports to ONNX that ONNX Runtime runs
+    with the model's outputs. No knob is offered that fails. Returns how many plans ran."""
+    import copy
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from autocompress import compress
+    from autocompress.artifact import loads, pack
+    from autocompress.deploy.onnx_export import to_onnx
+    from autocompress.space import load_space
+
+    torch.manual_seed(0)
+    base = build().eval()
+    space = load_space(REPO / "search_spaces" / "default.yaml").resolve(base, x[:2])
+    task = {
+        "model": "mine:build",
+        "num_classes": n_out,
+        "input_shape": list(x.shape[1:]),
+        "inputs": "float tensor" if x.is_floating_point() else "token ids",
+    }
+    plans = _contract_plans(space)
+    for label, params in plans:
+        plan = space.plan_from_params(params)
+        model = copy.deepcopy(base)
+        compress.apply(model, plan, example=x[:2])
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape == (len(x), n_out) and torch.isfinite(out).all(), label
+        packed = pack(model, plan, task, compress.structure(model))
+        reloaded = loads(packed.data, build=build)  # removing channels again traces with autograd
+        with torch.no_grad():
+            assert torch.equal(reloaded(x), model(x)), label
+        data, _ = to_onnx(model, plan, x)
+        # As the fp32 target loads it: weights' DequantizeLinear folded to float constants (else
+        # ONNX Runtime fuses 4-bit codes into MatMulNBits, which quantizes activations).
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        got = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(x).numpy(), atol=1e-3, rtol=1e-3, err_msg=label)
+    return len(plans)

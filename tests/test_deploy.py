@@ -167,13 +167,13 @@ def test_onnxruntime_int8_deploys_the_faster_form_and_says_which_layers_run_floa
 def test_a_vit_ships_every_linear_as_codes_and_its_token_linears_run_integer_kernels() -> None:
     """A Linear on 3-D inputs is a MatMul of its transposed weight: the file holds its codes under
     the weight's name (exact in fp32), int8 runs it as QLinearMatMul, and PyTorch's dynamic int8
-    leaves the attention's output projection alone (the attention reads its weight)."""
+    runs every projection of the attention in its canonical form (four Linears it calls)."""
     import torchvision
 
     torch.manual_seed(0)
     model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
     x = torch.randn(16, 3, 32, 32)
-    layers = list(compress.compressible_layers(model.eval()))
+    layers = list(compress.compressible_layers(compress.canonical(model.eval())))
     plan = CompressionPlan({n: LayerPlan(bits=4 if "mlp" in n else 8) for n in layers})
     compress.apply(model, plan, example=x[:2])
     compress.bake(model)
@@ -188,7 +188,9 @@ def test_a_vit_ships_every_linear_as_codes_and_its_token_linears_run_integer_ker
     int8, _ = to_onnx(model, plan, x, "int8", [x])
     assert collections.Counter(_optimized_ops(int8))["QLinearMatMul"] >= 4  # the two MLPs' Linears
     torch_int8 = runtime("torch").deploy(model, plan, x, "int8", "cpu")
-    assert "out_proj" not in torch_int8.backend and "mlp.0" in torch_int8.backend
+    assert "self_attention.q_proj" in torch_int8.backend and "self_attention.out_proj" in torch_int8.backend and "mlp.0" in torch_int8.backend
+    with torch.no_grad():
+        assert torch.allclose(torch_int8.model(x), model(x), atol=0.1)
     assert torch_int8.predict(x).shape == (16, 10)
 
 

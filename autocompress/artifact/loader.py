@@ -134,11 +134,17 @@ def rebuild(header: dict[str, Any], build: Build | None = None, source: str = "a
     if build is not None or skeleton is None:
         _check_model(header, model, source, values_cap)
     plan = CompressionPlan.from_dict(header["plan"])
-    example = torch.zeros(1, *task.get("input_shape", []))
+    example = task_example(task)
     if header.get("canonical"):  # the plan names layers of the canonical form
         compress.canonical(model)
     compress.apply_structure(model, plan, header, example)
     return model.eval()
+
+
+def task_example(task: dict[str, Any], batch: int = 1) -> torch.Tensor:
+    """An input batch of zeros the header's model takes: token ids, or floats."""
+    dtype = torch.int64 if task.get("inputs") == "token ids" else torch.float32
+    return torch.zeros(batch, *task.get("input_shape", []), dtype=dtype)
 
 
 def _check_model(header: dict[str, Any], model: nn.Module, source: str, values_cap: int | None) -> None:

@@ -224,7 +224,7 @@ TASK = Record(
         "dataset": Maybe(Text()),
         "input_shape": ListOf(Int(1, 1 << 16), 0, 4),
         "num_classes": Maybe(Int(1, MAX_CLASSES)),
-        "inputs": Choice(("float tensor", "structured")),
+        "inputs": Choice(("float tensor", "token ids", "structured")),
     },
     rule=_task_rule,
 )

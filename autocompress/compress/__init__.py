@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress.compress import channel, fold, lowrank, prune, quantize, share  # noqa: F401  (register techniques)
-from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Technique, leaf_layers, set_submodule
+from autocompress.compress._base import COMPRESSIBLE_TYPES, TECHNIQUES, ApplyContext, Site, Technique, leaf_layers, set_submodule
 from autocompress.compress.dependency import out_layer, remove_channels
 from autocompress.compress.lowrank import Factorized, Tucker2, factorize, full_rank
 from autocompress.compress.prune import Mask
@@ -34,6 +34,7 @@ __all__ = [
     "FakeQuant",
     "Mask",
     "SharedWeights",
+    "Site",
     "Technique",
     "Tucker2",
     "apply",
@@ -52,8 +53,8 @@ __all__ = [
 _STRUCTURE_ATTR = "_autocompress_structure"
 
 
-def compressible_layers(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
-    """Every Linear and Conv2d of ``model`` by qualified name, in definition order."""
+def compressible_layers(model: nn.Module) -> dict[str, Site]:
+    """Every Linear, Conv2d and Embedding of ``model`` by qualified name, in definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSIBLE_TYPES)}
 
 

@@ -10,8 +10,10 @@ from torch import nn
 from autocompress.plan import LayerPlan
 from autocompress.registry import Registry
 
-# Layer types a plan can name. Factorized layers become a Factorized pair of these.
-COMPRESSIBLE_TYPES = (nn.Linear, nn.Conv2d)
+# Layer types a plan can name (after ``compress.sites.canonical``: attention projections and
+# GPT-2's Conv1D are Linears by then). Factorized layers become a Factorized pair of these.
+COMPRESSIBLE_TYPES = (nn.Linear, nn.Conv2d, nn.Embedding)
+Site = nn.Linear | nn.Conv2d | nn.Embedding  # one of COMPRESSIBLE_TYPES
 
 
 @dataclass
@@ -62,8 +64,8 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def leaf_layers(layer: nn.Module) -> list[nn.Linear | nn.Conv2d]:
-    """The weight-bearing Linear/Conv2d modules of a compressible layer (two when factorized)."""
+def leaf_layers(layer: nn.Module) -> list[Site]:
+    """The weight-bearing modules of a compressible layer (two or three when factorized)."""
     if isinstance(layer, COMPRESSIBLE_TYPES):
         return [layer]
     return [m for m in layer.modules() if isinstance(m, COMPRESSIBLE_TYPES)]

@@ -14,12 +14,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique
-from autocompress.compress.dependency import out_layer, output_layers, remove_channels
+from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique, leaf_layers
+from autocompress.compress.dependency import EMBEDDING_CHANNELS, out_layer, output_layers, remove_channels
 from autocompress.compress.importance import channel_scores, head_scores
 from autocompress.compress.sites import Attention, attention_of, head_rows, out_linear
 from autocompress.errors import SpaceError
 from autocompress.plan import LayerPlan
+
+# Channels a layer keeps, at least: a width of 1 reads as broadcasting to Torch-Pruning's graph,
+# which then fails to trace the model (a ViT whose embedding width was halved nine times did).
+MIN_CHANNELS = 2
 
 
 @TECHNIQUES.register("channel")
@@ -32,6 +36,8 @@ class ChannelPrune(Technique):
     def apply(self, layer: nn.Module, plan: LayerPlan, name: str, ctx: ApplyContext) -> nn.Module:
         if ctx.example is None:
             raise SpaceError(f"layer '{name}': channel pruning needs an example input to trace the model")
+        if any(isinstance(leaf, nn.Embedding) for leaf in leaf_layers(layer)):
+            raise SpaceError(f"layer '{name}': {EMBEDDING_CHANNELS}: use sparsity_mode: unstructured for it")
         target = out_layer(layer)
         found = attention_of(ctx.model, name)
         if found is not None and found[1] != "out_proj":
@@ -43,7 +49,7 @@ class ChannelPrune(Technique):
                 f"layer '{name}' produces the model's output; removing its channels would drop classes: use sparsity_mode: unstructured for it"
             )
         n_out = target.weight.shape[0]
-        n_remove = min(n_out - 1, round(plan.sparsity * n_out))
+        n_remove = min(n_out - MIN_CHANNELS, round(plan.sparsity * n_out))
         if n_remove <= 0:
             return layer
         scores, graph = channel_scores(ctx, target, plan.importance, name)

@@ -20,11 +20,11 @@ from autocompress.compress.lowrank import Factorized
 from autocompress.compress.sites import Attention, attention_of, out_linear
 
 
-def out_layer(layer: nn.Module) -> nn.Linear | nn.Conv2d:
+def out_layer(layer: nn.Module) -> nn.Linear | nn.Conv2d | nn.Embedding:
     """The module whose output channels are the layer's (the second factor when factorized)."""
     if isinstance(layer, Factorized):
         return layer.second
-    assert isinstance(layer, (nn.Linear, nn.Conv2d))
+    assert isinstance(layer, COMPRESSIBLE_TYPES)
     return layer
 
 
@@ -77,6 +77,9 @@ def channel_prunable(model: nn.Module, example: torch.Tensor) -> tuple[set[str],
     ok, refused = set(), {}
     checked: dict[tuple[Any, ...], str | None] = {}  # a group's shape -> why removing its channels breaks the model
     for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            refused[name] = EMBEDDING_CHANNELS
+            continue
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         found = attention_of(model, name)
@@ -111,6 +114,8 @@ def channel_prunable(model: nn.Module, example: torch.Tensor) -> tuple[set[str],
         ok.add(name)
     return ok, refused
 
+
+EMBEDDING_CHANNELS = "channels kept: an embedding's channels are the model's width (its rows are tokens)"
 
 # Torch-Pruning resolves a group in well under a second, but Swin's patch merging (a concat of
 # four strided slices) ran 76 s and grew to 6.8 GB before failing: a group gets this long.

@@ -21,7 +21,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from autocompress.compress._base import ApplyContext
+from autocompress.compress._base import ApplyContext, Site
 from autocompress.compress.dependency import dependency_graph, pruning_group
 from autocompress.compress.sites import Attention, in_linear, out_linear
 from autocompress.errors import SpaceError
@@ -99,7 +99,7 @@ def compute_gradients(ctx: ApplyContext, layer: str) -> None:
     model.train(was_training)
 
 
-def weight_gradient(leaf: nn.Linear | nn.Conv2d, layer: str) -> torch.Tensor:
+def weight_gradient(leaf: Site, layer: str) -> torch.Tensor:
     """The gradient of the leaf's stored weight (the original under a parametrization)."""
     from torch.nn.utils import parametrize
 
@@ -111,7 +111,7 @@ def weight_gradient(leaf: nn.Linear | nn.Conv2d, layer: str) -> torch.Tensor:
     return param.grad.detach()
 
 
-def channel_scores(ctx: ApplyContext, target: nn.Linear | nn.Conv2d, name: str, layer: str) -> tuple[torch.Tensor, Any]:
+def channel_scores(ctx: ApplyContext, target: Site, name: str, layer: str) -> tuple[torch.Tensor, Any]:
     """One score per output channel of ``target`` under criterion ``name``, and the dependency
     graph traced to score them (None when the layer's own weights did): removing the channels
     reuses it."""
@@ -126,7 +126,7 @@ def channel_scores(ctx: ApplyContext, target: nn.Linear | nn.Conv2d, name: str, 
     return group_scores(found, name, pruning_group(graph, target, list(range(target.weight.shape[0]))), target, layer), graph
 
 
-def group_scores(found: Criterion, name: str, group: Any, target: nn.Linear | nn.Conv2d, layer: str) -> torch.Tensor:
+def group_scores(found: Criterion, name: str, group: Any, target: Site, layer: str) -> torch.Tensor:
     """One score per output channel of ``target`` from the pruning group it is handed (every
     layer that removing the channels drags along), under criterion ``name`` (Torch-Pruning's)."""
     assert found.torch_pruning is not None
@@ -158,7 +158,7 @@ def head_scores(ctx: ApplyContext, attention: Attention, name: str, layer: str) 
     return found.units(weights, gradients)
 
 
-def weight_scores(ctx: ApplyContext, leaf: nn.Linear | nn.Conv2d, name: str, layer: str) -> torch.Tensor:
+def weight_scores(ctx: ApplyContext, leaf: Site, name: str, layer: str) -> torch.Tensor:
     """One score per weight of ``leaf`` under criterion ``name`` (unstructured pruning)."""
     found = criterion(name, layer, structured=False)
     weight = leaf.weight.detach()

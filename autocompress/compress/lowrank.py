@@ -3,7 +3,8 @@
 SVD (``lowrank_mode: svd``): Linear(in, out) becomes Linear(in, r) -> Linear(r, out). Conv2d(in,
 out, k) becomes a k x k conv to r channels followed by a 1x1 conv to ``out`` channels, from the
 SVD of the weight reshaped to ``out x (in*k*k)``. The split keeps stride, padding and dilation on
-the first conv so the output shape is unchanged.
+the first conv so the output shape is unchanged. Embedding(n, d) becomes Embedding(n, r) -> Linear(r,
+d): a narrower table and the map back to the model's width.
 
 Tucker-2 (``lowrank_mode: tucker``, Kim et al., ICLR 2016): the conv's 4-way weight is
 decomposed along its output and input channel modes by tensorly's ``partial_tucker`` into a
@@ -26,10 +27,10 @@ from autocompress.plan import LayerPlan
 class Factorized(nn.Module):
     """``second(first(x))``: the two factors of a low-rank layer."""
 
-    first: nn.Linear | nn.Conv2d
+    first: nn.Linear | nn.Conv2d | nn.Embedding
     second: nn.Linear | nn.Conv2d
 
-    def __init__(self, first: nn.Linear | nn.Conv2d, second: nn.Linear | nn.Conv2d) -> None:
+    def __init__(self, first: nn.Linear | nn.Conv2d | nn.Embedding, second: nn.Linear | nn.Conv2d) -> None:
         super().__init__()
         self.first = first
         self.second = second
@@ -71,6 +72,8 @@ def full_rank(layer: nn.Module) -> int | None:
     if isinstance(layer, nn.Conv2d) and layer.groups == 1:
         kh, kw = layer.kernel_size
         return min(layer.out_channels, layer.in_channels * kh * kw)
+    if isinstance(layer, nn.Embedding) and layer.max_norm is None:  # max_norm renormalizes rows: no factor keeps that
+        return min(layer.num_embeddings, layer.embedding_dim)
     return None
 
 
@@ -108,10 +111,17 @@ def factorize(layer: nn.Module, rank: int, name: str = "", mode: str = "svd", ra
         raise SpaceError(f"layer '{name}': {type(layer).__name__} cannot be factorized; remove its rank knob")
     if not 1 <= rank <= limit:
         raise SpaceError(f"layer '{name}': rank {rank} is outside 1..{limit} (its full rank)")
-    bias = layer.bias is not None
-    first: nn.Linear | nn.Conv2d
+    bias = getattr(layer, "bias", None) is not None
+    first: nn.Linear | nn.Conv2d | nn.Embedding
     second: nn.Linear | nn.Conv2d
-    if isinstance(layer, nn.Linear):
+    if isinstance(layer, nn.Embedding):  # rows of the table: a narrower table, then a Linear back to the width
+        a, b = _split(layer.weight, rank)
+        first = nn.Embedding(
+            layer.num_embeddings, rank, padding_idx=layer.padding_idx, scale_grad_by_freq=layer.scale_grad_by_freq, sparse=layer.sparse
+        )
+        second = nn.Linear(rank, layer.embedding_dim, bias=False)
+        a, b = b, a.t()
+    elif isinstance(layer, nn.Linear):
         a, b = _split(layer.weight, rank)
         first = nn.Linear(layer.in_features, rank, bias=False)
         second = nn.Linear(rank, layer.out_features, bias=bias)

@@ -58,7 +58,7 @@ class HalfBias(nn.Module):
 def round_biases(layer: nn.Module) -> None:
     """Attach ``HalfBias`` to every bias of a quantized layer's leaves."""
     for leaf in leaf_layers(layer):
-        if leaf.bias is not None and not parametrize.is_parametrized(leaf, "bias"):
+        if getattr(leaf, "bias", None) is not None and not parametrize.is_parametrized(leaf, "bias"):
             parametrize.register_parametrization(leaf, "bias", HalfBias())
 
 

@@ -98,10 +98,13 @@ def shared_weights(model: nn.Module, plan: CompressionPlan) -> dict[str, tuple[n
 
 
 def export_fp32(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
-    """The baked model as an ONNX graph with a dynamic batch axis."""
+    """The baked model as an ONNX graph with a dynamic batch axis (and, for token ids, a dynamic
+    sequence axis wherever the model allows one: a fixed table of positions keeps it static)."""
     model = model.eval().cpu()
     example = example.cpu()
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
+    if not example.is_floating_point() and example.dim() >= 2:
+        axes[1] = torch.export.Dim.AUTO
     # The exporter and torch.export report progress and advice on every call; none of it is ours.
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo", "torch._export")]
     levels = [q.level for q in quiet]
@@ -116,7 +119,7 @@ def export_fp32(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
                 dynamo=True,
                 input_names=[INPUT],
                 output_names=[OUTPUT],
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=(axes,),
                 opset_version=OPSET,
                 verbose=False,
                 optimize=True,
@@ -270,6 +273,10 @@ def to_onnx(
     proto = exported if exported is not None else export_fp32(model, example)
     weights = find_transposed(proto, quantized_weights(model, plan), lambda codes, scale: codes.astype(np.float32) * scale[:, None])
     shared = find_transposed(proto, shared_weights(model, plan), lambda indices, table: table[indices.astype(np.int64)])
+    # A table read by Gather (an Embedding) has no integer kernel: its codes ship through
+    # DequantizeLinear whatever the precision, and the activation quantizer never sees it.
+    tables = {n: w for n, w in weights.items() if n in _gathered(proto)}
+    weights = {n: w for n, w in weights.items() if n not in tables}
     if precision == "int8" and weights:
         batches = [b.detach().cpu().float().numpy() for b in calibration]
         if not batches:
@@ -281,13 +288,19 @@ def to_onnx(
         stored = [n for n in weights if any(i.name == f"{n}_quantized" for i in proto.graph.initializer)]
     else:
         stored = replace_weights(proto, weights, as_qdq)
+    stored += replace_weights(proto, tables, as_qdq)
     stored += replace_weights(proto, shared, as_gather)
-    missing = sorted(set(weights) - set(stored))
+    missing = sorted((set(weights) | set(tables)) - set(stored))
     if missing:  # the exporter renamed or folded these initializers: their codes ship as float
         log.warning("ONNX export: %s kept as float weights (the exporter renamed or folded them)", ", ".join(missing))
     _strip(proto)
     proto.producer_name = "autocompress"
     return proto.SerializeToString(), stored
+
+
+def _gathered(proto) -> set[str]:
+    """Initializers read as the table of a Gather (an Embedding's weight)."""
+    return {n.input[0] for n in proto.graph.node if n.op_type == "Gather" and n.input}
 
 
 def _strip(proto) -> None:

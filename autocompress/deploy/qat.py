@@ -52,6 +52,7 @@ def int8_activations(model: nn.Module, plan: CompressionPlan) -> Iterator[int]:
         for name, lp in plan.layers.items()
         if lp.integer_codes and name in layers
         for leaf in leaf_layers(layers[name])
+        if not isinstance(leaf, nn.Embedding)  # its input is token ids: a table lookup, no activation to quantize
     ]
     try:
         yield len(handles)

@@ -69,7 +69,9 @@ class Task:
             task["num_classes"] = self.num_classes
         if self.protocol is not None:  # what a forward takes: an export from the header alone needs one float tensor
             example = self.protocol.example_input
-            task["inputs"] = "float tensor" if isinstance(example, torch.Tensor) and example.is_floating_point() else "structured"
+            task["inputs"] = "structured"
+            if isinstance(example, torch.Tensor):
+                task["inputs"] = "float tensor" if example.is_floating_point() else "token ids"
         return task
 
     def payload(self) -> dict[str, Any]:
