@@ -2,7 +2,7 @@
 
     python -m benchmarks all            # everything, full size (about 130 minutes on 2 cores; fidelity 55, techniques 47)
     python -m benchmarks all --quick    # a smoke run of each (a few minutes)
-    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, yardstick, files, driver, driver_pg, storage, fidelity, techniques, streaming
+    python -m benchmarks quality        # one of: quality, overhead, scaling, latency, deploy, yardstick, transformers, files, driver, driver_pg, storage, fidelity, techniques, streaming
 
 Each run writes benchmarks/results/NAME.json (NAME-quick.json for smoke runs); RESULTS.md is
 rebuilt from the full runs' JSON, with the machine and the date of each run. Benchmarks are not tests: nothing here asserts a time.
@@ -29,6 +29,7 @@ NAMES = (
     "latency",
     "deploy",
     "yardstick",
+    "transformers",
     "files",
     "driver",
     "driver_pg",
@@ -69,6 +70,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         storage_paths,
         streaming,
         techniques,
+        transformers,
         yardstick,
     )
 
@@ -86,6 +88,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         "techniques": techniques,
         "streaming": streaming,
         "yardstick": yardstick,
+        "transformers": transformers,
     }[name]
     print(f"== {name}{' (quick)' if quick else ''}", flush=True)
     argv = ["--quick"] if quick else []
@@ -533,7 +536,7 @@ def _yardstick(result: dict[str, Any]) -> list[str]:
         return [f"Not run: {result['skipped']}."]
     base = result["baseline"]
     out = [
-        f"studies/fashion-resnet8.yaml searched on ONNX Runtime int8 (size objective: the ONNX file's bytes, pareto.size deployed), "
+        f"{result.get('study', 'studies/fashion-resnet8.yaml')} searched on ONNX Runtime int8 (size objective: the ONNX file's bytes, pareto.size deployed), "
         f"{result['trials']} trials ({result['wall_s']:.0f} s); every front "
         "trial's ONNX file then timed on ONNX Runtime, and the same plan exported for OpenVINO (every layer at <= 8 bits "
         "quantized: ONNX Runtime's file keeps float the layers its integer kernels run slower) timed there, each paired with that runtime's fp32 "
@@ -561,13 +564,26 @@ def _yardstick(result: dict[str, Any]) -> list[str]:
             else "no front trial within 1 test point"
         )
         line += f"; smallest file within 0.5: trial {small['trial']}, {base['bytes'] / small['bytes']:.1f}x smaller" if small else ""
+        small1 = best(result["front"], rt, 1.0, "bytes")
+        line += f"; within 1: trial {small1['trial']}, {base['bytes'] / small1['bytes']:.1f}x smaller" if small1 else ""
         if peer_fast is not None and fast:
             line += f"; NNCF's fastest within 1 point: {peer_fast:.2f}x"
         out.append(line + ".")
     if fast := best(result["front"], "onnxruntime", 1.0, "speedup"):
         out.append(f"- What ONNX Runtime ran for trial {fast['trial']}: {fast['backend']}.")
+    if torch_dynamic := result.get("torch_dynamic"):
+        out.append(
+            f"- PyTorch's dynamic int8 of every Linear, on torch paired with the same model in fp32: {_speed(torch_dynamic)}, "
+            f"{torch_dynamic['test_drop']:+.2f} test points, its saved state dict {torch_dynamic['bytes']} bytes "
+            f"(fp32: {torch_dynamic['fp32_bytes']}): it has no ONNX form to time on the runtimes above."
+        )
     if "skipped" in peers:
         out.append(f"- NNCF: not run ({peers['skipped']}).")
+    elif "NNCF 50% magnitude pruning + int8" not in peers:
+        out.append(
+            "- NNCF 3.4: post-training int8 with its transformer preset (ModelType.TRANSFORMER) through its ONNX backend (300 "
+            "calibration images), so both runtimes load the same QDQ file."
+        )
     else:
         out.append(
             "- NNCF 3.4: post-training int8 through its ONNX backend (300 calibration images), so both runtimes load the same "
@@ -584,6 +600,10 @@ SECTIONS = {
     "latency": ("Latency fidelity (latency_fidelity.py)", _latency),
     "deploy": ("Deploy targets: torch, ONNX Runtime and OpenVINO, fp32 and int8 (deploy.py)", _deploy),
     "yardstick": ("Speed yardstick: ResNet-8 on Fashion-MNIST, int8 on ONNX Runtime and OpenVINO, against NNCF (yardstick.py)", _yardstick),
+    "transformers": (
+        "Transformer yardstick: a small ViT on Fashion-MNIST, int8 on ONNX Runtime and OpenVINO, against NNCF and PyTorch (transformers.py)",
+        _yardstick,
+    ),
     "files": ("What you ship: the packed artifact and the ONNX file of the same plans (deployed_files.py)", _files),
     "gpu_paired": ("Two workers sharing one GPU (gpu_paired.py, on the lent GPU machine)", _gpu),
     "driver": ("The driver's cost per trial as a study grows (driver_scale.py)", _driver),

@@ -65,13 +65,15 @@ def _nncf() -> Any:
     return nncf
 
 
-def _nncf_int8(fp32: bytes, calibration: list[np.ndarray]) -> bytes:
-    """NNCF's post-training int8 of an fp32 ONNX file (its defaults: mixed preset, 300 samples)."""
+def _nncf_int8(fp32: bytes, calibration: list[np.ndarray], transformer: bool = False) -> bytes:
+    """NNCF's post-training int8 of an fp32 ONNX file (its defaults: mixed preset, 300 samples;
+    for a transformer its ``ModelType.TRANSFORMER``, which keeps the ops it finds sensitive float)."""
     nncf = _nncf()
     import onnx
 
     dataset = nncf.Dataset(calibration, lambda batch: {"input": batch})
-    quantized = nncf.quantize(onnx.load_from_string(fp32), dataset, subset_size=len(calibration))
+    extra = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    quantized = nncf.quantize(onnx.load_from_string(fp32), dataset, subset_size=len(calibration), **extra)
     return quantized.SerializeToString()
 
 
@@ -103,7 +105,50 @@ def _nncf_pruned(model: torch.nn.Module, data: Any, steps: int, lr: float, examp
     return plain.eval()
 
 
-def yardstick(trials: int, steps: int, epochs: int, quick: bool = False) -> dict[str, Any]:
+def _torch_dynamic(trained: torch.nn.Module, example: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """PyTorch's dynamic int8 of every nn.Linear (weights int8, activations quantized per call):
+    paired against the same model in fp32 on torch, 1 thread; bytes of its saved state dict."""
+    import copy
+    import io
+    import warnings
+
+    from autocompress.deploy.runtimes import runtime
+    from autocompress.deploy.timing import time_paired
+    from autocompress.plan import CompressionPlan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(trained).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    base = runtime("torch").deploy(copy.deepcopy(trained).eval(), CompressionPlan(), example, "fp32", "cpu", 1, [])
+    form = type(base)(quantized, example, "torch int8-dynamic cpu")
+    # Torch's fused encoder fast path reads each Linear's weight as a tensor, and a dynamic int8
+    # Linear's is a method: it fails there. Off for both sides of the pairing, so they match.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            base_test = float((trained.eval()(x).argmax(1) == y).float().mean())
+            test = float((quantized(x).argmax(1) == y).float().mean())
+        t = time_paired(base, form, 0.05, 2.0)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    buffer = io.BytesIO()
+    torch.save(quantized.state_dict(), buffer)
+    plain = io.BytesIO()
+    torch.save(trained.state_dict(), plain)
+    return {
+        "speedup": round(1 / t.ratio, 3),
+        "cv": round(t.cv, 4),
+        "capped": t.capped,
+        "test_drop": round(100 * (base_test - test), 2),
+        "bytes": len(buffer.getvalue()),
+        "fp32_bytes": len(plain.getvalue()),
+    }
+
+
+def yardstick(trials: int, steps: int, epochs: int, quick: bool = False, study_file: Path = STUDY, transformer: bool = False) -> dict[str, Any]:
+    """The study's search and its front timed against the peers (``transformer``: NNCF's
+    transformer preset and PyTorch's dynamic int8; else NNCF's int8 and its pruning + int8)."""
     import optuna
 
     from autocompress import artifact
@@ -120,7 +165,7 @@ def yardstick(trials: int, steps: int, epochs: int, quick: bool = False) -> dict
     if not FASHION.is_dir():
         return {"skipped": f"Debian's Fashion-MNIST is not in {FASHION}: apt-get install dataset-fashion-mnist"}
     folder = scratch("deploy-yardstick-")
-    study_config = yaml.safe_load(STUDY.read_text())
+    study_config = yaml.safe_load(study_file.read_text())
     study_config.update(
         storage=f"sqlite:///{folder / 's.db'}", artifact_dir=str(folder / "artifacts"), cache_dir=str(folder / "baselines"), space=str(SPACE)
     )
@@ -149,7 +194,14 @@ def yardstick(trials: int, steps: int, epochs: int, quick: bool = False) -> dict
     torch.set_num_threads(1)
 
     ranges = calibration_batches(data.x_train, spec.seed, config.deploy.calibration_batches, config.deploy.batch_size)
-    out: dict[str, Any] = {"trials": len(complete), "wall_s": round(wall, 1), "baseline": {}, "front": [], "peers": {}}
+    out: dict[str, Any] = {
+        "study": f"studies/{study_file.name}",
+        "trials": len(complete),
+        "wall_s": round(wall, 1),
+        "baseline": {},
+        "front": [],
+        "peers": {},
+    }
     bases = {}
     for rt in ("onnxruntime", "openvino"):
         bases[rt] = runtime(rt).load_onnx(base_file, example, "cpu", 1, "fp32")
@@ -175,11 +227,17 @@ def yardstick(trials: int, steps: int, epochs: int, quick: bool = False) -> dict
     else:
         trained = artifact.loads(read_artifact(adir, baseline["artifact_id"], "the baseline's artifact")).eval()
         calibration = [b.numpy() for b in calibration_batches(data.x_train, spec.seed, 10, 30)]  # NNCF's default: 300 samples
-        ptq = _nncf_int8(base_file, calibration)
-        pruned = _nncf_pruned(trained, data, steps, config.finetune.lr, example)
-        pruned_int8 = _nncf_int8(to_onnx(pruned, CompressionPlan(), example)[0], calibration)  # its metadata stripped, as ours
-        for label, file in (("NNCF int8 (PTQ)", ptq), ("NNCF 50% magnitude pruning + int8", pruned_int8)):
+        peers = {"NNCF int8 (PTQ)": _nncf_int8(base_file, calibration, transformer)}
+        if not transformer:  # NNCF's pruning is for convolutional nets: magnitude masks, dense files
+            pruned = _nncf_pruned(trained, data, steps, config.finetune.lr, example)
+            peers["NNCF 50% magnitude pruning + int8"] = _nncf_int8(
+                to_onnx(pruned, CompressionPlan(), example)[0], calibration
+            )  # metadata stripped, as ours
+        for label, file in peers.items():
             out["peers"][label] = {rt: _timed(rt, bases[rt], file, example, x, y, out["baseline"][rt]["test_accuracy"]) for rt in bases}
+    if transformer:
+        trained = artifact.loads(read_artifact(adir, baseline["artifact_id"], "the baseline's artifact")).eval()
+        out["torch_dynamic"] = _torch_dynamic(trained, example, x, y)
     return out
 
 

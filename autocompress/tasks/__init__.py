@@ -8,6 +8,7 @@ workers rebuild from :meth:`Task.payload` without touching the filesystem.
 from autocompress.tasks import custom as _custom  # noqa: F401  (registers module:function tasks)
 from autocompress.tasks import digits as _digits  # noqa: F401  (registers the built-ins)
 from autocompress.tasks import vision as _vision  # noqa: F401  (torchvision models and datasets)
+from autocompress.tasks import vit as _vit  # noqa: F401  (the built-in small ViT)
 from autocompress.tasks.data import DataCache, load_data
 from autocompress.tasks.metrics import correct_of, evaluate_accuracy
 from autocompress.tasks.spec import DATASETS, MODELS, DataSplits, ModelEntry, TaskSpec
