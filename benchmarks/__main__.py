@@ -571,6 +571,13 @@ def _yardstick(result: dict[str, Any]) -> list[str]:
         out.append(line + ".")
     if fast := best(result["front"], "onnxruntime", 1.0, "speedup"):
         out.append(f"- What ONNX Runtime ran for trial {fast['trial']}: {fast['backend']}.")
+    if result.get("torch_dynamic") and any(e["openvino"]["test_drop"] > 5 >= e["onnxruntime"]["test_drop"] for e in result["front"]):
+        out.append(
+            "- OpenVINO computes these int8 files wrongly; ONNX Runtime runs them within a point. Isolated on a toy model: an int8 "
+            "patch-embedding conv whose tokens are reshaped, transposed and concatenated with the class token gives OpenVINO "
+            "0.2 of error where ONNX Runtime gives 0.002, also when ONNX Runtime's own quantize_static quantizes that conv alone; "
+            "without the class token both agree. NNCF's file does not quantize that path. Not fixed yet."
+        )
     if torch_dynamic := result.get("torch_dynamic"):
         out.append(
             f"- PyTorch's dynamic int8 of every Linear, on torch paired with the same model in fp32: {_speed(torch_dynamic)}, "
