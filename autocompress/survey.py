@@ -77,8 +77,7 @@ def _channel_unit(model: nn.Module, name: str) -> str | None:
     found = attention_of(model, name)
     if found is None or found[1] != "q_proj":
         return None
-    heads = found[0].num_heads
-    return f"channels go in whole heads ({heads} of {found[0].q_proj.out_features // heads})"
+    return f"channels go in whole heads ({found[0].num_heads} of {found[0].head_dim})"
 
 
 def layer_kind(module: nn.Module) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from autocompress.compress._base import TECHNIQUES, ApplyContext, Technique, leaf_layers
 from autocompress.compress.dependency import EMBEDDING_CHANNELS, out_layer, output_layers, remove_channels
 from autocompress.compress.importance import channel_scores, head_scores
-from autocompress.compress.sites import Attention, attention_of, head_rows, out_linear
+from autocompress.compress.sites import Attention, attention_of, head_rows
 from autocompress.errors import SpaceError
 from autocompress.plan import LayerPlan
 
@@ -69,9 +69,8 @@ class ChannelPrune(Technique):
         n_remove = min(attention.num_heads - 1, round(plan.sparsity * attention.num_heads))
         if n_remove <= 0:
             return layer
-        head_dim = out_linear(attention.q_proj).weight.shape[0] // attention.num_heads
         scores = head_scores(ctx, attention, plan.importance, name)
         heads = sorted(torch.argsort(scores, stable=True)[:n_remove].tolist())
         attention.remove_heads(heads)
-        ctx.channels_removed[name] = head_rows(heads, head_dim)
+        ctx.channels_removed[name] = head_rows(heads, attention.head_dim)
         return layer

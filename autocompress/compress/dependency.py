@@ -49,8 +49,7 @@ def remove_channels(model: nn.Module, target: nn.Module, idxs: list[int], exampl
     attention's q projection go in whole heads, with their k, v and output-projection weights."""
     owner = head_owner(model, target)
     if owner is not None:
-        head_dim = out_linear(owner.q_proj).weight.shape[0] // owner.num_heads
-        owner.remove_heads(sorted({i // head_dim for i in idxs}))
+        owner.remove_heads(sorted({i // owner.head_dim for i in idxs}))
         return
     pruning_group(graph if graph is not None else dependency_graph(model, example), target, idxs).prune()
 

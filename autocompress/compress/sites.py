@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autocompress.compress._base import set_submodule
 from autocompress.compress.lowrank import Factorized
 
 _CANONICAL_ATTR = "_autocompress_canonical"
@@ -39,7 +40,7 @@ class Attention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, kdim: int, vdim: int, bias: bool, dropout: float, batch_first: bool) -> None:
         super().__init__()
         self.embed_dim, self.num_heads, self.dropout, self.batch_first = embed_dim, num_heads, dropout, batch_first
-        self.head_dim = embed_dim // num_heads
+        self.head_dim = embed_dim // num_heads  # what heads are removed in: it never changes
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(kdim, embed_dim, bias=bias)
         self.v_proj = nn.Linear(vdim, embed_dim, bias=bias)
@@ -120,12 +121,10 @@ class Attention(nn.Module):
         keep = [h for h in range(self.num_heads) if h not in gone]
         if not keep:
             raise ValueError("an attention keeps at least one head")
-        rows_qk = head_rows(keep, out_linear(self.q_proj).weight.shape[0] // self.num_heads)
-        rows_v = head_rows(keep, out_linear(self.v_proj).weight.shape[0] // self.num_heads)
-        _keep_rows(out_linear(self.q_proj), rows_qk)
-        _keep_rows(out_linear(self.k_proj), rows_qk)
-        _keep_rows(out_linear(self.v_proj), rows_v)
-        _keep_columns(in_linear(self.out_proj), rows_v)
+        rows = head_rows(keep, self.head_dim)
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            _keep_rows(out_linear(proj), rows)
+        _keep_columns(in_linear(self.out_proj), rows)
         self.num_heads = len(keep)
 
 
@@ -244,8 +243,7 @@ def canonical(model: nn.Module) -> nn.Module:
     for name, module in replace:
         if not name:  # the model is itself the layer: nothing holds it to swap
             continue
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, module)
+        set_submodule(model, name, module)
         rewritten.append(name)
     setattr(model, _CANONICAL_ATTR, rewritten)
     return model

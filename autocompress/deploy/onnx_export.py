@@ -275,7 +275,8 @@ def to_onnx(
     shared = find_transposed(proto, shared_weights(model, plan), lambda indices, table: table[indices.astype(np.int64)])
     # A table read by Gather (an Embedding) has no integer kernel: its codes ship through
     # DequantizeLinear whatever the precision, and the activation quantizer never sees it.
-    tables = {n: w for n, w in weights.items() if n in _gathered(proto)}
+    gathered = _gathered(proto)
+    tables = {n: w for n, w in weights.items() if n in gathered}
     weights = {n: w for n, w in weights.items() if n not in tables}
     if precision == "int8" and weights:
         batches = [b.detach().cpu().float().numpy() for b in calibration]
