@@ -37,7 +37,17 @@ from torch import nn
 
 from autocompress.compress import COMPRESSIBLE_TYPES, layer_map, leaf_layers
 from autocompress.compress.quantize import FakeQuant
-from autocompress.deploy.onnx_weights import WEIGHTED_OPS, as_gather, as_qdq, channel_axes, find_transposed, replace_weights
+from autocompress.deploy.onnx_weights import (
+    WEIGHTED_OPS,
+    as_blockwise,
+    as_gather,
+    as_qdq,
+    block_size,
+    channel_axes,
+    find_transposed,
+    fits_int4,
+    replace_weights,
+)
 from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
 
@@ -278,6 +288,11 @@ def to_onnx(
     gathered = _gathered(proto)
     tables = {n: w for n, w in weights.items() if n in gathered}
     weights = {n: w for n, w in weights.items() if n not in tables}
+    # A 4-bit MatMul weight in an int8 file ships its codes at 4 bits, blockwise (ONNX Runtime's
+    # MatMulNBits reads them as they are), and stays out of the activation quantizer: as int8
+    # codes it would take twice the bytes its plan chose.
+    narrow = _nibble_matmuls(proto, weights) if precision == "int8" else {}
+    weights = {n: w for n, w in weights.items() if n not in narrow}
     if precision == "int8" and weights:
         batches = [b.detach().cpu().float().numpy() for b in calibration]
         if not batches:
@@ -289,14 +304,65 @@ def to_onnx(
         stored = [n for n in weights if any(i.name == f"{n}_quantized" for i in proto.graph.initializer)]
     else:
         stored = replace_weights(proto, weights, as_qdq)
+    stored += replace_weights(proto, narrow, as_blockwise)
     stored += replace_weights(proto, tables, as_qdq)
     stored += replace_weights(proto, shared, as_gather)
-    missing = sorted((set(weights) | set(tables)) - set(stored))
+    missing = sorted((set(weights) | set(tables) | set(narrow)) - set(stored))
     if missing:  # the exporter renamed or folded these initializers: their codes ship as float
         log.warning("ONNX export: %s kept as float weights (the exporter renamed or folded them)", ", ".join(missing))
     _strip(proto)
     proto.producer_name = "autocompress"
     return proto.SerializeToString(), stored
+
+
+def _nibble_matmuls(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The weights of ``weights`` with 4-bit codes that only MatMuls read as [in, out] (16 input
+    rows or more): the ones ``as_blockwise`` stores."""
+    readers: dict[str, set[str]] = {}
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in weights:
+                readers.setdefault(name, set()).add(node.op_type if i == 1 else "other")
+    axes = channel_axes(proto)
+    return {
+        n: w
+        for n, w in weights.items()
+        if readers.get(n) == {"MatMul"} and axes.get(n) == 1 and w[0].ndim == 2 and block_size(w[0].shape[0]) and fits_int4(w[0])
+    }
+
+
+_LAYOUT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Expand", "Tile")
+
+
+def joined_to_learned_tokens(proto, weights: dict[str, Any], input_shape: tuple[int, ...] = ()) -> list[str]:
+    """``keep_float`` for OpenVINO: the layers whose output, only reshaped, is concatenated with a
+    learned tensor (a ViT's patch embedding joined to its class token). OpenVINO 2026.4 computes
+    such a layer wrongly at int8 (0.2 of error on a toy model where ONNX Runtime's error is 0.002,
+    also when ONNX Runtime's own quantizer quantizes that layer alone); in float it agrees."""
+    made = {o: n for n in proto.graph.node for o in n.output}
+    inits = {i.name for i in proto.graph.initializer}
+
+    def source(tensor: str) -> str | None:
+        """The weight of the layer computing ``tensor`` through layout ops, "learned" for an
+        initializer reached so, else None."""
+        while tensor not in inits:
+            node = made.get(tensor)
+            if node is None:
+                return None
+            if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in weights:
+                return node.input[1]
+            if node.op_type not in _LAYOUT_OPS or not node.input:
+                return None
+            tensor = node.input[0]
+        return "learned"
+
+    kept: list[str] = []
+    for node in proto.graph.node:
+        if node.op_type == "Concat":
+            sources = [source(i) for i in node.input]
+            if "learned" in sources:
+                kept += [s for s in sources if s not in (None, "learned")]
+    return kept
 
 
 def _gathered(proto) -> set[str]:

@@ -84,6 +84,34 @@ def as_qdq(name: str, codes: np.ndarray, scale: np.ndarray, axis: int = 0) -> En
     return [quantized, numpy_helper.from_array(scale, f"{name}_scale"), zero_point], [node], narrow
 
 
+def block_size(rows: int) -> int:
+    """The block of a MatMul weight's input rows that one scale covers in ``as_blockwise``: the
+    largest power of two within the rows, 16 to 256 (what ONNX Runtime's MatMulNBits takes), or 0
+    for fewer than 16 rows."""
+    if rows < 16:
+        return 0
+    return min(256, 1 << (rows.bit_length() - 1))
+
+
+def as_blockwise(name: str, codes: np.ndarray, scale: np.ndarray, axis: int = 1) -> Encoded:
+    """A MatMul's 4-bit codes ([in, out], one scale per output column) -> a blockwise
+    DequantizeLinear on the input axis (opset 21), each column's scale repeated over its blocks:
+    the same values as ``as_qdq``, in the form ONNX Runtime fuses with its MatMul into a
+    MatMulNBits kernel that keeps the weights at 4 bits. An int8 file uses it for 4-bit layers,
+    whose per-channel int8 form would double their bytes."""
+    from onnx import helper, numpy_helper
+
+    if axis != 1 or codes.ndim != 2 or not block_size(codes.shape[0]) or not fits_int4(codes):
+        raise ValueError(f"{name}: blockwise INT4 takes a MatMul's [in, out] 4-bit codes of 16 rows or more")
+    block = block_size(codes.shape[0])
+    blocks = -(-codes.shape[0] // block)
+    scales = np.ascontiguousarray(np.broadcast_to(scale.astype(np.float32)[None, :], (blocks, codes.shape[1])))
+    node = helper.make_node(
+        "DequantizeLinear", [f"{name}_quantized", f"{name}_scale"], [name], name=f"{name}_DequantizeLinear", axis=0, block_size=block
+    )
+    return [_int4(f"{name}_quantized", codes), numpy_helper.from_array(scales, f"{name}_scale")], [node], True
+
+
 def as_gather(name: str, indices: np.ndarray, table: np.ndarray, axis: int = 0) -> Encoded:
     """A k-means layer's codebook (a float table) and indices (UINT4 for a table of 16 values or
     fewer, else UINT8) -> Cast -> Gather."""
