@@ -8,6 +8,7 @@ import collections
 import importlib.util
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -186,12 +187,70 @@ def test_a_vit_ships_every_linear_as_codes_and_its_token_linears_run_integer_ker
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-4)
     int8, _ = to_onnx(model, plan, x, "int8", [x])
-    assert collections.Counter(_optimized_ops(int8))["QLinearMatMul"] >= 4  # the two MLPs' Linears
+    ops = collections.Counter(_optimized_ops(int8))
+    assert ops["QLinearMatMul"] >= 8 and ops["MatMulNBits"] == 4  # 8-bit projections; 4-bit MLP Linears stay 4-bit
     torch_int8 = runtime("torch").deploy(model, plan, x, "int8", "cpu")
     assert "self_attention.q_proj" in torch_int8.backend and "self_attention.out_proj" in torch_int8.backend and "mlp.0" in torch_int8.backend
     with torch.no_grad():
         assert torch.allclose(torch_int8.model(x), model(x), atol=0.1)
     assert torch_int8.predict(x).shape == (16, 10)
+
+
+def _small_vit(plan_bits: Callable[[str], int]) -> tuple[torch.nn.Module, CompressionPlan, torch.Tensor]:
+    from autocompress.tasks.vit import SmallViT
+
+    torch.manual_seed(0)
+    model = compress.canonical(SmallViT(depth=1, width=64, heads=2, mlp=128).eval())
+    plan = CompressionPlan({n: LayerPlan(bits=plan_bits(n)) for n in compress.compressible_layers(model)})
+    x = torch.randn(64, 1, 28, 28)
+    compress.apply(model, plan, example=x[:2])
+    return compress.bake(model), plan, x
+
+
+def test_an_int8_file_keeps_four_bit_matmul_weights_at_four_bits() -> None:
+    """4-bit Linears on tokens ship in an int8 file as blockwise INT4 holding the trial's codes
+    (ONNX Runtime runs them as MatMulNBits, in float, as evaluated), not as int8 codes taking twice
+    the bytes: the 4-bit plan's int8 file is much smaller than the 8-bit plan's."""
+    sizes = {}
+    for bits in (8, 4):
+        model, plan, x = _small_vit(lambda n, b=bits: b)
+        data, _ = to_onnx(model, plan, x[:32], "int8", [x[32:]])
+        sizes[bits] = len(data)
+    proto = onnx.load_from_string(data)
+    blockwise = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and any(a.name == "block_size" for a in n.attribute)]
+    assert len(blockwise) == 6  # q, k, v, out and the MLP's two Linears
+    inits = {i.name: i for i in proto.graph.initializer}
+    codes, _ = quantized_weights(model, plan)["encoder.layers.0.linear1.weight"]
+    stored_codes = inits["encoder.layers.0.linear1.weight_quantized"]
+    assert stored_codes.data_type == onnx.TensorProto.INT4 and np.array_equal(onnx.numpy_helper.to_array(stored_codes).astype(np.int8), codes.T)
+    assert sizes[4] < 0.65 * sizes[8], sizes
+    deployed = runtime("onnxruntime").load_onnx(data, x[:32], "cpu", 1, "int8")
+    assert "MatMulNBits x6" in deployed.backend
+    # The fused kernels compute what the file says (its ops one by one, unoptimized): the 4-bit
+    # Linears in float on the trial's weights; the rest as the int8 target rounds it.
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = ort.InferenceSession(data, plain, providers=["CPUExecutionProvider"]).run(None, {"input": x[:32].numpy()})[0]
+    np.testing.assert_allclose(deployed.predict(x[:32]).numpy(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'autocompress[openvino]')")
+def test_openvino_int8_keeps_float_a_layer_joined_to_a_learned_token() -> None:
+    """OpenVINO computes a ViT's patch embedding wrongly at int8 when its tokens are joined to the
+    class token: its int8 deploy keeps that layer float and says so, and then computes the model as
+    ONNX Runtime does. A convolutional net has no such layer."""
+    from autocompress.deploy.onnx_export import export_fp32, joined_to_learned_tokens
+
+    model, plan, x = _small_vit(lambda n: 8)
+    deployed = runtime("openvino").deploy(model, plan, x[:32], "int8", "cpu", 1, [x[32:]])
+    assert "float where OpenVINO's int8 is wrong: patches," in deployed.backend
+    reference = runtime("onnxruntime").load_onnx(to_onnx(model, plan, x[:32], "int8", [x[32:]])[0], x[:32], "cpu", 1, "int8")
+    with torch.no_grad():
+        expected = model(x[:32])
+    ov_error = float((deployed.predict(x[:32]) - expected).abs().max())
+    assert ov_error <= 2 * float((reference.predict(x[:32]) - expected).abs().max()) + 0.05
+    cnn, cnn_plan, cnn_x = _compressed("digits-cnn", "quantize")
+    assert joined_to_learned_tokens(export_fp32(cnn, cnn_x), quantized_weights(cnn, cnn_plan)) == []
 
 
 def test_resnet18_with_channels_4_bits_and_low_rank_exports_and_runs_in_onnxruntime() -> None:

@@ -162,9 +162,10 @@ class _silence:
 KeepFloat = Callable[[Any, dict[str, tuple[np.ndarray, np.ndarray]], tuple[int, ...]], Iterable[str]]
 
 
-def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], calibration: Iterable[np.ndarray]):
+def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], calibration: Iterable[np.ndarray], nibbles: Iterable[str] = ()):
     """ONNX Runtime's static QDQ quantizer over the nodes whose weight is quantized, keeping
-    the trial's codes (scales given as overrides). Returns (model, weight nodes quantized)."""
+    the trial's codes (scales given as overrides); ``nibbles``: the 4-bit MatMul weights, whose
+    layers take float inputs. Returns (model, weight nodes quantized)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -174,7 +175,7 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
     # took 4 us, fused into the convolution before it).
     layers = [n for n in proto.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1]
     targets = [n.name for n in layers if n.input[1] in weights]
-    excluded = [n.name for n in layers if n.input[1] not in weights] + _fed_by_float(proto, set(weights))
+    excluded = [n.name for n in layers if n.input[1] not in weights] + _fed_by_float(proto, set(weights)) + _feeding_only(proto, set(nibbles))
     axes = channel_axes(proto)
     overrides = {
         name: [{"scale": np.float32(s), "zero_point": np.int8(0), "axis": axes.get(name, 0)} for s in scale] for name, (_, scale) in weights.items()
@@ -238,6 +239,27 @@ def _fed_by_float(proto, integer_weights: set[str]) -> list[str]:
     return excluded
 
 
+def _feeding_only(proto, nibbles: set[str]) -> list[str]:
+    """The weightless ops whose outputs reach only MatMuls of 4-bit weights (an MLP's norm and
+    activation): ONNX Runtime fuses such a MatMul into MatMulNBits only when its input is float, and
+    with a quantized one it dequantizes the weights on every call (14% slower here)."""
+    consumers: dict[str, list[Any]] = {}
+    for node in proto.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    outputs = {o.name for o in proto.graph.output}
+    bound = {n.name for n in proto.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in nibbles}
+    found = []
+    for node in reversed(proto.graph.node):  # consumers before producers
+        if node.name in bound or (node.op_type in WEIGHTED_OPS and len(node.input) > 1) or outputs.intersection(node.output):
+            continue
+        after = [c for o in node.output for c in consumers.get(o, [])]
+        if after and all(c.name in bound for c in after):
+            bound.add(node.name)
+            found.append(node.name)
+    return found
+
+
 def _check_codes(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """The int8 initializers hold the trial's codes exactly (what the quantizer wrote is checked)."""
     from onnx import numpy_helper
@@ -299,7 +321,7 @@ def to_onnx(
             raise ExportError("int8 export needs calibration batches (training inputs) for the activation ranges")
         floats = set(keep_float(proto, weights, tuple(example.shape))) if keep_float else set()
         weights = {n: w for n, w in weights.items() if n not in floats}
-        proto, _ = _int8_activations(proto, weights, batches)
+        proto, _ = _int8_activations(proto, weights, batches, narrow)
         _check_codes(proto, weights)
         stored = [n for n in weights if any(i.name == f"{n}_quantized" for i in proto.graph.initializer)]
     else:

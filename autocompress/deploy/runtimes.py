@@ -35,7 +35,17 @@ from autocompress.registry import Registry
 # or this many seconds.
 CHOICE_THRESHOLD, CHOICE_SECONDS = 0.05, 1.0
 # Ops that run integer arithmetic (what an int8 deploy must show in its optimized graph).
-INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd", "MatMulNBits")
+INTEGER_OPS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "MatMulInteger",
+    "ConvInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QLinearAdd",
+    "MatMulNBits",
+)
 
 
 class Deployed(ABC):
