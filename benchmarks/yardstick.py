@@ -154,7 +154,8 @@ def yardstick(trials: int, steps: int, epochs: int, quick: bool = False, study_f
     from autocompress import artifact
     from autocompress.artifact_store import read_artifact
     from autocompress.config import load_config
-    from autocompress.deploy.onnx_export import calibration_batches, joined_to_learned_tokens, to_onnx
+    from autocompress.deploy.onnx_export import calibration_batches, to_onnx
+    from autocompress.deploy.onnx_graph import joined_to_learned_tokens
     from autocompress.deploy.runtimes import runtime
     from autocompress.driver import run_search
     from autocompress.pareto import study_analysis

@@ -239,7 +239,8 @@ def test_openvino_int8_keeps_float_a_layer_joined_to_a_learned_token() -> None:
     """OpenVINO computes a ViT's patch embedding wrongly at int8 when its tokens are joined to the
     class token: its int8 deploy keeps that layer float and says so, and then computes the model as
     ONNX Runtime does. A convolutional net has no such layer."""
-    from autocompress.deploy.onnx_export import export_fp32, joined_to_learned_tokens
+    from autocompress.deploy.onnx_export import export_fp32
+    from autocompress.deploy.onnx_graph import joined_to_learned_tokens
 
     model, plan, x = _small_vit(lambda n: 8)
     deployed = runtime("openvino").deploy(model, plan, x[:32], "int8", "cpu", 1, [x[32:]])

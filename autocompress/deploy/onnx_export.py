@@ -37,17 +37,8 @@ from torch import nn
 
 from autocompress.compress import COMPRESSIBLE_TYPES, layer_map, leaf_layers
 from autocompress.compress.quantize import FakeQuant
-from autocompress.deploy.onnx_weights import (
-    WEIGHTED_OPS,
-    as_blockwise,
-    as_gather,
-    as_qdq,
-    block_size,
-    channel_axes,
-    find_transposed,
-    fits_int4,
-    replace_weights,
-)
+from autocompress.deploy.onnx_graph import fed_by_float, feeding_only, gathered, nibble_matmuls
+from autocompress.deploy.onnx_weights import WEIGHTED_OPS, as_blockwise, as_gather, as_qdq, channel_axes, find_transposed, replace_weights
 from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
 
@@ -175,7 +166,7 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
     # took 4 us, fused into the convolution before it).
     layers = [n for n in proto.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1]
     targets = [n.name for n in layers if n.input[1] in weights]
-    excluded = [n.name for n in layers if n.input[1] not in weights] + _fed_by_float(proto, set(weights)) + _feeding_only(proto, set(nibbles))
+    excluded = [n.name for n in layers if n.input[1] not in weights] + fed_by_float(proto, set(weights)) + feeding_only(proto, set(nibbles))
     axes = channel_axes(proto)
     overrides = {
         name: [{"scale": np.float32(s), "zero_point": np.int8(0), "axis": axes.get(name, 0)} for s in scale] for name, (_, scale) in weights.items()
@@ -218,46 +209,6 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
         finally:
             root.setLevel(level)
         return onnx.load(str(dst)), targets
-
-
-def _fed_by_float(proto, integer_weights: set[str]) -> list[str]:
-    """The names of the weightless ops that no integer layer feeds (through other ops): the graph
-    is walked in its topological order, integer-ness flowing from integer layers' outputs."""
-    inits = {i.name for i in proto.graph.initializer}
-    integer: set[str] = set()  # tensors an integer layer computes, directly or through weightless ops
-    excluded = []
-    for node in proto.graph.node:
-        weighted = node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits
-        if weighted:
-            fed = node.input[1] in integer_weights
-        else:
-            fed = any(i in integer for i in node.input)
-            if not fed:
-                excluded.append(node.name)
-        if fed:
-            integer.update(node.output)
-    return excluded
-
-
-def _feeding_only(proto, nibbles: set[str]) -> list[str]:
-    """The weightless ops whose outputs reach only MatMuls of 4-bit weights (an MLP's norm and
-    activation): ONNX Runtime fuses such a MatMul into MatMulNBits only when its input is float, and
-    with a quantized one it dequantizes the weights on every call (14% slower here)."""
-    consumers: dict[str, list[Any]] = {}
-    for node in proto.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    outputs = {o.name for o in proto.graph.output}
-    bound = {n.name for n in proto.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in nibbles}
-    found = []
-    for node in reversed(proto.graph.node):  # consumers before producers
-        if node.name in bound or (node.op_type in WEIGHTED_OPS and len(node.input) > 1) or outputs.intersection(node.output):
-            continue
-        after = [c for o in node.output for c in consumers.get(o, [])]
-        if after and all(c.name in bound for c in after):
-            bound.add(node.name)
-            found.append(node.name)
-    return found
 
 
 def _check_codes(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -307,13 +258,13 @@ def to_onnx(
     shared = find_transposed(proto, shared_weights(model, plan), lambda indices, table: table[indices.astype(np.int64)])
     # A table read by Gather (an Embedding) has no integer kernel: its codes ship through
     # DequantizeLinear whatever the precision, and the activation quantizer never sees it.
-    gathered = _gathered(proto)
-    tables = {n: w for n, w in weights.items() if n in gathered}
+    read_as_tables = gathered(proto)
+    tables = {n: w for n, w in weights.items() if n in read_as_tables}
     weights = {n: w for n, w in weights.items() if n not in tables}
     # A 4-bit MatMul weight in an int8 file ships its codes at 4 bits, blockwise (ONNX Runtime's
     # MatMulNBits reads them as they are), and stays out of the activation quantizer: as int8
     # codes it would take twice the bytes its plan chose.
-    narrow = _nibble_matmuls(proto, weights) if precision == "int8" else {}
+    narrow = nibble_matmuls(proto, weights) if precision == "int8" else {}
     weights = {n: w for n, w in weights.items() if n not in narrow}
     if precision == "int8" and weights:
         batches = [b.detach().cpu().float().numpy() for b in calibration]
@@ -335,61 +286,6 @@ def to_onnx(
     _strip(proto)
     proto.producer_name = "autocompress"
     return proto.SerializeToString(), stored
-
-
-def _nibble_matmuls(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The weights of ``weights`` with 4-bit codes that only MatMuls read as [in, out] (16 input
-    rows or more): the ones ``as_blockwise`` stores."""
-    readers: dict[str, set[str]] = {}
-    for node in proto.graph.node:
-        for i, name in enumerate(node.input):
-            if name in weights:
-                readers.setdefault(name, set()).add(node.op_type if i == 1 else "other")
-    axes = channel_axes(proto)
-    return {
-        n: w
-        for n, w in weights.items()
-        if readers.get(n) == {"MatMul"} and axes.get(n) == 1 and w[0].ndim == 2 and block_size(w[0].shape[0]) and fits_int4(w[0])
-    }
-
-
-_LAYOUT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Expand", "Tile")
-
-
-def joined_to_learned_tokens(proto, weights: dict[str, Any], input_shape: tuple[int, ...] = ()) -> list[str]:
-    """``keep_float`` for OpenVINO: the layers whose output, only reshaped, is concatenated with a
-    learned tensor (a ViT's patch embedding joined to its class token). OpenVINO 2026.4 computes
-    such a layer wrongly at int8 (0.2 of error on a toy model where ONNX Runtime's error is 0.002,
-    also when ONNX Runtime's own quantizer quantizes that layer alone); in float it agrees."""
-    made = {o: n for n in proto.graph.node for o in n.output}
-    inits = {i.name for i in proto.graph.initializer}
-
-    def source(tensor: str) -> str | None:
-        """The weight of the layer computing ``tensor`` through layout ops, "learned" for an
-        initializer reached so, else None."""
-        while tensor not in inits:
-            node = made.get(tensor)
-            if node is None:
-                return None
-            if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in weights:
-                return node.input[1]
-            if node.op_type not in _LAYOUT_OPS or not node.input:
-                return None
-            tensor = node.input[0]
-        return "learned"
-
-    kept: list[str] = []
-    for node in proto.graph.node:
-        if node.op_type == "Concat":
-            sources = [source(i) for i in node.input]
-            if "learned" in sources:
-                kept += [s for s in sources if s not in (None, "learned")]
-    return kept
-
-
-def _gathered(proto) -> set[str]:
-    """Initializers read as the table of a Gather (an Embedding's weight)."""
-    return {n.input[0] for n in proto.graph.node if n.op_type == "Gather" and n.input}
 
 
 def _strip(proto) -> None:

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from autocompress.deploy.kernel_choice import session_options, slower_in_int8
-from autocompress.deploy.onnx_export import INPUT, export_fp32, joined_to_learned_tokens, to_onnx
+from autocompress.deploy.onnx_export import INPUT, export_fp32, to_onnx
+from autocompress.deploy.onnx_graph import joined_to_learned_tokens
 from autocompress.deploy.timing import time_paired
 from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
