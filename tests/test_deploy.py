@@ -189,6 +189,10 @@ def test_a_vit_ships_every_linear_as_codes_and_its_token_linears_run_integer_ker
     int8, _ = to_onnx(model, plan, x, "int8", [x])
     ops = collections.Counter(_optimized_ops(int8))
     assert ops["QLinearMatMul"] >= 8 and ops["MatMulNBits"] == 4  # 8-bit projections; 4-bit MLP Linears stay 4-bit
+    graph = onnx.load_from_string(int8).graph
+    made = {o: n.op_type for n in graph.node for o in n.output}
+    softmax = [n for n in graph.node if n.op_type == "Softmax"]  # the attention's probabilities stay float
+    assert len(softmax) == 2 and all(made.get(n.input[0]) != "DequantizeLinear" for n in softmax)
     torch_int8 = runtime("torch").deploy(model, plan, x, "int8", "cpu")
     assert "self_attention.q_proj" in torch_int8.backend and "self_attention.out_proj" in torch_int8.backend and "mlp.0" in torch_int8.backend
     with torch.no_grad():

@@ -37,7 +37,7 @@ from torch import nn
 
 from autocompress.compress import COMPRESSIBLE_TYPES, layer_map, leaf_layers
 from autocompress.compress.quantize import FakeQuant
-from autocompress.deploy.onnx_graph import fed_by_float, feeding_only, gathered, nibble_matmuls
+from autocompress.deploy.onnx_graph import FLOAT_OPS, fed_by_float, feeding_only, gathered, nibble_matmuls
 from autocompress.deploy.onnx_weights import WEIGHTED_OPS, as_blockwise, as_gather, as_qdq, channel_axes, find_transposed, replace_weights
 from autocompress.errors import DeployError
 from autocompress.plan import CompressionPlan
@@ -167,6 +167,7 @@ def _int8_activations(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]], 
     layers = [n for n in proto.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1]
     targets = [n.name for n in layers if n.input[1] in weights]
     excluded = [n.name for n in layers if n.input[1] not in weights] + fed_by_float(proto, set(weights)) + feeding_only(proto, set(nibbles))
+    excluded += [n.name for n in proto.graph.node if n.op_type in FLOAT_OPS]
     axes = channel_axes(proto)
     overrides = {
         name: [{"scale": np.float32(s), "zero_point": np.int8(0), "axis": axes.get(name, 0)} for s in scale] for name, (_, scale) in weights.items()
