@@ -572,7 +572,9 @@ def _yardstick(result: dict[str, Any]) -> list[str]:
         if result.get("torch_dynamic"):  # the transformer yardstick's targets
             smaller = small1 is not None and base["bytes"] / small1["bytes"] >= 8
             faster = fast is not None and peer_fast is not None and fast["speedup"] > peer_fast
-            line += f". Targets: 8x smaller within 1 point {'met' if smaller else 'not met'}; faster than NNCF's int8 {'met' if faster else 'not met'}"
+            line += (
+                f". Targets: 8x smaller within 1 point {'met' if smaller else 'not met'}; faster than NNCF's int8 {'met' if faster else 'not met'}"
+            )
         out.append(line + ".")
     if fast := best(result["front"], "onnxruntime", 1.0, "speedup"):
         out.append(f"- What ONNX Runtime ran for trial {fast['trial']}: {fast['backend']}.")
