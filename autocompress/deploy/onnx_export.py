@@ -8,7 +8,8 @@ Two passes then put in what the exporter cannot know:
   (INT4, two per byte, for codes of 4 bits or fewer: the file then declares opset 21) with
   their per-channel scales feeding ``DequantizeLinear`` (QDQ). Dequantized, they equal the
   evaluated weights bit for bit (``codes * scale`` in float32 both ways). An int8 export keeps
-  int8 weights: the integer kernels it runs take int8.
+  int8 weights: the integer kernels it runs take int8. A MatMul's 4-bit codes are the exception:
+  they stay INT4 there, blockwise, for ONNX Runtime's MatMulNBits (``onnx_graph.nibble_matmuls``).
 * Weights of k-means layers become their codebook (a small float table) and each weight's
   index into it (UINT4 for up to 16 values, else UINT8) through ``Cast`` and ``Gather``: exact.
 * With ``precision="int8"``, ONNX Runtime's static quantizer adds ``QuantizeLinear`` /
