@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from autocompress.deploy.onnx_weights import WEIGHTED_OPS, block_size, channel_axes, fits_int4
+from autocompress.deploy.onnx_weights import WEIGHTED_OPS, channel_axes, fits_blockwise
 
 # Ops kept out of the activation quantizer wherever they are. An attention's softmax in uint8 is
 # coarse (probabilities on 256 levels) and slow: on a small ViT (width 128, 50 tokens, 1 thread,
@@ -66,11 +66,7 @@ def nibble_matmuls(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> 
             if name in weights:
                 readers.setdefault(name, set()).add(node.op_type if i == 1 else "other")
     axes = channel_axes(proto)
-    return {
-        n: w
-        for n, w in weights.items()
-        if readers.get(n) == {"MatMul"} and axes.get(n) == 1 and w[0].ndim == 2 and block_size(w[0].shape[0]) and fits_int4(w[0])
-    }
+    return {n: w for n, w in weights.items() if readers.get(n) == {"MatMul"} and fits_blockwise(w[0], axes.get(n))}
 
 
 _LAYOUT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Expand", "Tile")

@@ -93,6 +93,12 @@ def block_size(rows: int) -> int:
     return min(256, 1 << (rows.bit_length() - 1))
 
 
+def fits_blockwise(codes: np.ndarray, axis: int | None) -> bool:
+    """Codes ``as_blockwise`` stores: a MatMul's [in, out] (channel axis 1), 16 input rows or
+    more, each within 4 bits."""
+    return axis == 1 and codes.ndim == 2 and block_size(codes.shape[0]) > 0 and fits_int4(codes)
+
+
 def as_blockwise(name: str, codes: np.ndarray, scale: np.ndarray, axis: int = 1) -> Encoded:
     """A MatMul's 4-bit codes ([in, out], one scale per output column) -> a blockwise
     DequantizeLinear on the input axis (opset 21), each column's scale repeated over its blocks:
@@ -101,7 +107,7 @@ def as_blockwise(name: str, codes: np.ndarray, scale: np.ndarray, axis: int = 1)
     whose per-channel int8 form would double their bytes."""
     from onnx import helper, numpy_helper
 
-    if axis != 1 or codes.ndim != 2 or not block_size(codes.shape[0]) or not fits_int4(codes):
+    if not fits_blockwise(codes, axis):
         raise ValueError(f"{name}: blockwise INT4 takes a MatMul's [in, out] 4-bit codes of 16 rows or more")
     block = block_size(codes.shape[0])
     blocks = -(-codes.shape[0] // block)

@@ -35,7 +35,7 @@ from autocompress.registry import Registry
 # The int8-or-float race of a whole model (a choice, not a reported number): paired, within 5%
 # or this many seconds.
 CHOICE_THRESHOLD, CHOICE_SECONDS = 0.05, 1.0
-# Ops that run integer arithmetic (what an int8 deploy must show in its optimized graph).
+# Ops of an int8 deploy (what its optimized graph shows): integer arithmetic, and 4-bit weights.
 INTEGER_OPS = (
     "QLinearConv",
     "QLinearMatMul",
