@@ -155,3 +155,19 @@ def test_a_token_model_exports_with_dynamic_batch_and_sequence() -> None:
         got = session.run(None, {"input": ids.numpy()})[0]
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(got), model(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_a_token_model_deploys_int8_on_the_onnx_runtimes() -> None:
+    """Token ids reach an ONNX session, its calibration and its timing as integers (a float cast
+    of them is refused by ONNX Runtime), and the int8 form predicts as the model does."""
+    from autocompress.deploy.runtimes import runtime
+
+    model = compress.canonical(TinyBert().eval())
+    plan = CompressionPlan({n: LayerPlan(bits=4 if "linear" in n else 8) for n in compress.compressible_layers(model)})
+    ids = _ids(32)
+    compress.apply(model, plan, example=ids[:2])
+    compress.bake(model)
+    deployed = runtime("onnxruntime").deploy(model, plan, ids, "int8", "cpu", 1, [ids])
+    assert deployed.backend.startswith("onnxruntime") and deployed.run_block(2) > 0
+    with torch.no_grad():
+        assert (deployed.predict(ids).argmax(1) == model(ids).argmax(1)).float().mean() >= 0.9

@@ -269,7 +269,7 @@ def to_onnx(
     narrow = nibble_matmuls(proto, weights) if precision == "int8" else {}
     weights = {n: w for n, w in weights.items() if n not in narrow}
     if precision == "int8" and weights:
-        batches = [b.detach().cpu().float().numpy() for b in calibration]
+        batches = [(b.float() if b.is_floating_point() else b).detach().cpu().numpy() for b in calibration]  # token ids stay integers
         if not batches:
             raise ExportError("int8 export needs calibration batches (training inputs) for the activation ranges")
         floats = set(keep_float(proto, weights, tuple(example.shape))) if keep_float else set()

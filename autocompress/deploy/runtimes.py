@@ -171,8 +171,8 @@ class TorchRuntime(Runtime):
 # ---- ONNX Runtime ----------------------------------------------------------------------------
 
 
-def _numpy(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().cpu().float().numpy())
+def _numpy(x: torch.Tensor) -> np.ndarray:  # float32, or token ids as the integers they are
+    return np.ascontiguousarray((x.float() if x.is_floating_point() else x).detach().cpu().numpy())
 
 
 class _SessionDeployed(Deployed):
